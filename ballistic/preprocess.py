@@ -1,0 +1,412 @@
+"""Preprocessing of breech-face topographies: levelling, segmentation, band-pass, resampling.
+
+All functions are stateless, take a :class:`~ballistic.surface.Surface` first and
+return a new one (inputs are never mutated). Lengths are micrometres (um).
+NaN means "not measured / masked" and is carried through every step by
+normalized (mask-aware) convolution rather than zero-filled.
+
+Pipeline for a RAW cartridge-case scan (primer, firing-pin hole and roll-off
+still present), see :func:`preprocess_cartridge`:
+
+1. :func:`find_breech_face` - locate the primer disc and the firing-pin aperture
+   on a coarse copy (robust plane inliers, largest component, circle fits);
+2. mask everything outside the breech-face annulus;
+3. :func:`remove_trend` - robust (iteratively trimmed) plane fit over the annulus;
+4. :func:`bandpass_filter` - Gaussian band-pass, cut-offs in um;
+5. :func:`resample` to the common spacing (default 6.25 um) and crop to the mask.
+
+An already processed scan (levelled, masked, band-passed; e.g. the cmcR-style
+Fadul set) is detected by its small height range and only resampled.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import scipy.ndimage as ndi
+
+from ballistic import _kernels
+from ballistic.surface import Surface
+
+__all__ = [
+    "PreprocessError",
+    "BreechFaceGeometry",
+    "remove_trend",
+    "bandpass_filter",
+    "gaussian_lowpass",
+    "resample",
+    "rotate",
+    "crop_to_mask",
+    "find_breech_face",
+    "looks_processed",
+    "preprocess_cartridge",
+]
+
+# ISO 16610-21 Gaussian: sigma = cutoff * sqrt(ln 2 / 2) / pi
+_SIGMA_PER_CUTOFF = math.sqrt(math.log(2.0) / 2.0) / math.pi
+
+
+class PreprocessError(ValueError):
+    """A scan could not be preprocessed (too little valid data, no breech face found...)."""
+
+
+def _require_valid(surface: Surface, what: str, min_points: int = 16) -> None:
+    if int(surface.mask.sum()) < min_points:
+        raise PreprocessError(
+            f"{what}: surface has only {int(surface.mask.sum())} valid points "
+            f"(need at least {min_points}); check the scan is not empty or fully masked")
+
+
+def _plane_design(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return yy.astype(np.float64), xx.astype(np.float64)
+
+
+def _robust_poly(z: np.ndarray, sel: np.ndarray, init: np.ndarray, *, order: int, iterations: int,
+                 k: float, tol_min: float = 0.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Iteratively trimmed least-squares polynomial surface (order 1 = plane, 2 = quadric).
+
+    Starts from the points ``init``; each pass keeps the points of ``sel`` within
+    ``max(k * sigma, tol_min)`` of the fit, sigma = 1.4826 * MAD of the current
+    inliers. Returns (trend over the whole grid, final inliers, sigma).
+    """
+    yy, xx = _plane_design(z.shape)
+    yy /= max(1, z.shape[0])
+    xx /= max(1, z.shape[1])
+    cols = [np.ones_like(xx), xx, yy]
+    if order >= 2:
+        cols += [xx * xx, xx * yy, yy * yy]
+    D = np.stack(cols, axis=-1)
+    inl = init.copy()
+    sigma = float("nan")
+    trend = np.zeros_like(z)
+    for _ in range(max(1, iterations)):
+        if inl.sum() < len(cols):
+            break
+        coef, *_ = np.linalg.lstsq(D[inl], z[inl], rcond=None)
+        trend = D @ coef
+        r = z - trend
+        sigma = 1.4826 * float(np.median(np.abs(r[inl])))
+        if not np.isfinite(sigma) or sigma == 0:
+            break
+        inl = sel & (np.abs(r) < max(k * sigma, tol_min))
+    return trend, inl, sigma
+
+
+def remove_trend(surface: Surface, *, robust: bool = True, iterations: int = 6, k: float = 3.0) -> Surface:
+    """Subtract a (robustly fitted) plane from the heights.
+
+    Parameters
+    ----------
+    surface : Surface
+        Heights in um, NaN = missing.
+    robust : bool, keyword-only
+        Trim points further than ``k`` robust standard deviations (1.4826 * MAD)
+        from the plane and refit, ``iterations`` times. A plain least-squares fit
+        when False.
+
+    Returns
+    -------
+    Surface
+        Same shape; heights minus the plane, NaN where the input was NaN.
+    """
+    _require_valid(surface, "remove_trend", 3)
+    z = surface.heights
+    m = surface.mask
+    trend, _, _ = _robust_poly(np.where(m, z, 0.0), m, m, order=1, iterations=iterations if robust else 1, k=k)
+    return surface.with_heights(np.where(m, z - trend, np.nan))
+
+
+def gaussian_lowpass(surface: Surface, *, cutoff_um: float, min_weight: float = 0.5) -> Surface:
+    """Mask-aware Gaussian low-pass (normalized convolution), ISO 16610-21 cut-off in um.
+
+    ``out = G*(z m) / G*m``; points whose local valid weight ``G*m`` falls below
+    ``min_weight`` (or that were missing) stay NaN, so edges are not pulled to zero.
+    """
+    if not cutoff_um > 0:
+        raise ValueError(f"cutoff_um must be > 0 um, got {cutoff_um!r}")
+    sigma_px = cutoff_um * _SIGMA_PER_CUTOFF / surface.spacing_um
+    m = surface.mask
+    z0 = np.where(m, surface.heights, 0.0)
+    num = ndi.gaussian_filter(z0, sigma_px, mode="constant", truncate=3.0)
+    den = ndi.gaussian_filter(m.astype(np.float64), sigma_px, mode="constant", truncate=3.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    out = np.where(m & (den >= min_weight), out, np.nan)
+    return surface.with_heights(out)
+
+
+def bandpass_filter(surface: Surface, *, short_cutoff_um: float | None = 16.0,
+                    long_cutoff_um: float | None = 500.0) -> Surface:
+    """Gaussian band-pass: keep wavelengths between ``short_cutoff_um`` and ``long_cutoff_um``.
+
+    Parameters
+    ----------
+    surface : Surface
+        Heights in um, NaN = missing.
+    short_cutoff_um : float or None, keyword-only
+        Low-pass cut-off (noise removal), um. ``None`` skips it.
+    long_cutoff_um : float or None, keyword-only
+        High-pass cut-off (form / waviness removal), um. ``None`` skips it.
+        The defaults (16 um, 500 um) are those used for breech faces by cmcR.
+
+    Returns
+    -------
+    Surface
+        Same shape and spacing; NaN where the input was NaN or too close to
+        missing data for the filter to be defined.
+    """
+    if short_cutoff_um is not None and long_cutoff_um is not None and short_cutoff_um >= long_cutoff_um:
+        raise ValueError(f"short_cutoff_um ({short_cutoff_um}) must be below long_cutoff_um ({long_cutoff_um})")
+    _require_valid(surface, "bandpass_filter")
+    out = surface
+    if short_cutoff_um is not None:
+        out = gaussian_lowpass(out, cutoff_um=short_cutoff_um)
+    if long_cutoff_um is not None:
+        form = gaussian_lowpass(out, cutoff_um=long_cutoff_um, min_weight=1e-3)
+        out = out.with_heights(out.heights - form.heights)
+    return out
+
+
+def resample(surface: Surface, *, spacing_um: float, min_valid: float = 0.5) -> Surface:
+    """Resample to a new pixel spacing (um), mask-aware.
+
+    Downsampling averages the valid points falling in each new pixel (area
+    interpolation of ``z m`` divided by that of ``m``); upsampling is bilinear.
+    A new pixel is NaN when less than ``min_valid`` of its footprint was measured.
+    """
+    if not spacing_um > 0:
+        raise ValueError(f"spacing_um must be > 0 um, got {spacing_um!r}")
+    f = surface.spacing_um / spacing_um
+    if abs(f - 1.0) < 1e-6:
+        return surface
+    ny, nx = surface.shape
+    new = (max(1, int(round(nx * f))), max(1, int(round(ny * f))))
+    m = surface.mask.astype(np.float32)
+    z = np.where(surface.mask, surface.heights, 0.0)
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    zm = cv2.resize(z * m, new, interpolation=interp)
+    mm = cv2.resize(m, new, interpolation=interp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(mm >= min_valid, zm / mm, np.nan)
+    return surface.with_heights(out.astype(np.float64), spacing_um=spacing_um)
+
+
+def rotate(surface: Surface, angle_deg: float, *, expand: bool = True) -> Surface:
+    """Rotate a surface counter-clockwise (as displayed, row 0 on top) about its centre.
+
+    Bilinear, NaN-aware: a point whose neighbours include a missing one is missing.
+    With ``expand`` the canvas grows so that nothing is cut off.
+    """
+    h = np.ascontiguousarray(surface.heights, dtype=np.float64)
+    ny, nx = h.shape
+    a = math.radians(angle_deg)
+    if expand:
+        c, s = abs(math.cos(a)), abs(math.sin(a))
+        ony, onx = int(math.ceil(ny * c + nx * s)), int(math.ceil(nx * c + ny * s))
+    else:
+        ony, onx = ny, nx
+    out = _kernels.warp_rotate(h, a, (ny - 1) / 2.0, (nx - 1) / 2.0, ony, onx,
+                               (ony - 1) / 2.0, (onx - 1) / 2.0, 0.0, 0.0)
+    return surface.with_heights(out, rotated_deg=float(angle_deg))
+
+
+def crop_to_mask(surface: Surface, *, pad_px: int = 0) -> Surface:
+    """Crop to the bounding box of the valid points (plus ``pad_px`` pixels)."""
+    m = surface.mask
+    if not m.any():
+        raise PreprocessError("crop_to_mask: surface has no valid points")
+    rows = np.flatnonzero(m.any(axis=1))
+    cols = np.flatnonzero(m.any(axis=0))
+    r0, r1 = max(0, rows[0] - pad_px), min(m.shape[0], rows[-1] + 1 + pad_px)
+    c0, c1 = max(0, cols[0] - pad_px), min(m.shape[1], cols[-1] + 1 + pad_px)
+    return surface.with_heights(surface.heights[r0:r1, c0:c1].copy())
+
+
+@dataclass(frozen=True)
+class BreechFaceGeometry:
+    """Where the breech-face impression lies in a raw scan (pixels of the input scan).
+
+    ``center_yx`` and radii are in input pixels; ``mask`` (input shape) is True on
+    the breech-face annulus.
+    """
+
+    center_yx: tuple[float, float]
+    primer_radius_px: float
+    aperture_radius_px: float
+    mask: np.ndarray
+    spacing_um: float
+
+    @property
+    def primer_radius_um(self) -> float:
+        return self.primer_radius_px * self.spacing_um
+
+    @property
+    def aperture_radius_um(self) -> float:
+        return self.aperture_radius_px * self.spacing_um
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    return ndi.binary_fill_holes(mask)
+
+
+def find_breech_face(surface: Surface, *, work_spacing_um: float = 20.0, central_fraction: float = 0.45,
+                     edge_margin_um: float = 60.0, aperture_margin_um: float = 40.0,
+                     max_slope: float = 0.25) -> BreechFaceGeometry:
+    """Locate the breech-face annulus in a raw cartridge-case scan.
+
+    The primer surface carrying the breech-face marks is the dominant plane in the
+    middle of the scan. On a coarse copy (``work_spacing_um``) a robust plane is
+    fitted over the central disc (radius ``central_fraction`` of the short side);
+    its inliers form the breech face. The largest inlier component, holes filled,
+    gives the primer disc (centre, radius by area); the largest hole inside it is
+    the firing-pin aperture (together with the raised or sunk ring around it).
+
+    Parameters
+    ----------
+    surface : Surface
+        Raw heights, um.
+    edge_margin_um, aperture_margin_um : float, keyword-only
+        Bands (um) removed inside the primer edge (roll-off) and around the aperture.
+
+    Returns
+    -------
+    BreechFaceGeometry
+        In the pixel frame of ``surface``.
+
+    Raises
+    ------
+    PreprocessError
+        When no plausible annulus is found (e.g. the scan is not a breech face).
+    """
+    _require_valid(surface, "find_breech_face", 100)
+    coarse = resample(surface, spacing_um=max(work_spacing_um, surface.spacing_um))
+    scale = coarse.spacing_um / surface.spacing_um
+    z = coarse.heights
+    valid = coarse.mask
+    ny, nx = z.shape
+    yy, xx = _plane_design(z.shape)
+    cy0, cx0 = (ny - 1) / 2.0, (nx - 1) / 2.0
+    central = ((yy - cy0) ** 2 + (xx - cx0) ** 2) <= (central_fraction * min(ny, nx)) ** 2
+    sel = valid & central
+    if sel.sum() < 50:
+        raise PreprocessError("find_breech_face: too few valid points in the centre of the scan; "
+                              "is the primer centred in the field of view?")
+    # Seed at the height mode so the fit locks onto the dominant surface, not the mean; then
+    # let a plane and a quadric (primers are tilted and domed) grow the inlier set.
+    zc = z[sel]
+    hist, edges = np.histogram(zc, bins=100)
+    mode = 0.5 * (edges[np.argmax(hist)] + edges[np.argmax(hist) + 1])
+    seed = sel & (np.abs(z - mode) < max(3 * (edges[1] - edges[0]), 5.0))
+    z0 = np.where(valid, z, 0.0)
+    _, inl, _ = _robust_poly(z0, sel, seed, order=1, iterations=10, k=3.0, tol_min=5.0)
+    trend, inl, sigma = _robust_poly(z0, sel, inl, order=2, iterations=10, k=3.0, tol_min=5.0)
+    r = np.where(valid, z - trend, np.inf)
+    inl = valid & (np.abs(r) < max(3.0 * sigma, 5.0))
+    # walls (primer edge, aperture rim, steps around the aperture ring) are steep
+    gy, gx = np.gradient(np.where(valid, z, np.nan), coarse.spacing_um)
+    steep = ~(np.hypot(gy, gx) <= max_slope)
+    inl &= ~ndi.binary_dilation(steep, iterations=1)
+    # a wide opening cuts the thin bridges between the breech face and the raised or sunk
+    # ring that often surrounds the firing-pin aperture; the ring then falls into the hole.
+    inl_open = ndi.binary_opening(inl, iterations=3)
+    lab, n = ndi.label(inl_open)
+    if n == 0:
+        raise PreprocessError("find_breech_face: no planar breech-face region found")
+    # component with most pixels inside the central disc
+    counts = np.bincount(lab[central].ravel(), minlength=n + 1)
+    counts[0] = 0
+    comp = lab == int(np.argmax(counts))
+    disc = _fill_holes(comp)
+    area = float(disc.sum())
+    if area < 0.05 * ny * nx:
+        raise PreprocessError(f"find_breech_face: breech-face region too small ({area / (ny * nx):.1%} of scan)")
+    cy, cx = ndi.center_of_mass(disc)
+    # primer radius: robust from the disc boundary distances
+    edge = disc & ~ndi.binary_erosion(disc)
+    ey, ex = np.nonzero(edge)
+    rad = np.hypot(ey - cy, ex - cx)
+    R = float(np.median(rad))
+    holes = disc & ~comp
+    hl, hn = ndi.label(holes)
+    aperture = np.zeros_like(disc)
+    if hn:
+        idx = np.arange(1, hn + 1)
+        sizes = np.asarray(ndi.sum(np.ones_like(hl), hl, index=idx))
+        com = ndi.center_of_mass(np.ones_like(hl), hl, index=idx)
+        d = np.array([math.hypot(a - cy, b - cx) for a, b in com])
+        score = sizes * (d < 0.5 * R)  # the aperture is the big hole near the middle
+        k = int(np.argmax(score))
+        if score[k] > 0:
+            aperture = hl == (k + 1)
+    r_ap = math.sqrt(aperture.sum() / math.pi)
+    # Work in the coarse frame with the real shapes (the aperture and its ring are rarely
+    # concentric with the primer), then bring the mask to the input frame.
+    edge_px = edge_margin_um / coarse.spacing_um
+    ap_px = aperture_margin_um / coarse.spacing_um
+    keep = ndi.distance_transform_edt(disc) > edge_px
+    if aperture.any():
+        keep &= ndi.distance_transform_edt(~aperture) > ap_px
+    keep &= ndi.binary_closing(ndi.binary_dilation(comp, iterations=3) & inl, iterations=2)
+    if keep.sum() < 0.02 * ny * nx:
+        raise PreprocessError("find_breech_face: aperture and margins leave no breech-face annulus; "
+                              "lower edge_margin_um / aperture_margin_um or check the scan")
+    keep_full = cv2.resize(keep.astype(np.uint8), (surface.shape[1], surface.shape[0]),
+                           interpolation=cv2.INTER_NEAREST).astype(bool)
+    mask = surface.mask & keep_full
+    cy_in = (cy + 0.5) * scale - 0.5
+    cx_in = (cx + 0.5) * scale - 0.5
+    return BreechFaceGeometry((float(cy_in), float(cx_in)), float(R * scale), float(r_ap * scale), mask,
+                              surface.spacing_um)
+
+
+def looks_processed(surface: Surface, *, max_range_um: float = 30.0) -> bool:
+    """True when a scan already looks levelled and band-passed (robust height range
+    after plane removal below ``max_range_um``); raw scans with primer walls,
+    firing-pin impression and roll-off span far more."""
+    lev = remove_trend(surface)
+    lo, hi = np.nanpercentile(lev.heights, [1, 99])
+    return bool(hi - lo < max_range_um)
+
+
+def preprocess_cartridge(surface: Surface, *, kind: str = "auto", spacing_um: float = 6.25,
+                         short_cutoff_um: float | None = 16.0, long_cutoff_um: float | None = 500.0) -> Surface:
+    """Turn a breech-face scan into a comparison-ready surface.
+
+    Parameters
+    ----------
+    surface : Surface
+        Heights in um (as read by :func:`ballistic.io.read_x3p`).
+    kind : {"auto", "raw", "processed"}, keyword-only
+        ``"raw"`` runs segmentation, levelling and band-pass; ``"processed"`` only
+        resamples (and crops). ``"auto"`` decides with :func:`looks_processed`.
+    spacing_um : float, keyword-only
+        Output pixel spacing, um (default 6.25).
+    short_cutoff_um, long_cutoff_um : float or None, keyword-only
+        Band-pass cut-offs for raw scans, um.
+
+    Returns
+    -------
+    Surface
+        Cropped to the breech face, NaN outside it; ``meta['preprocess']`` records
+        the steps applied.
+    """
+    if kind not in ("auto", "raw", "processed"):
+        raise ValueError(f"kind must be 'auto', 'raw' or 'processed', got {kind!r}")
+    _require_valid(surface, "preprocess_cartridge", 100)
+    if kind == "auto":
+        kind = "processed" if looks_processed(surface) else "raw"
+    if kind == "processed":
+        out = resample(surface, spacing_um=spacing_um)
+        out = crop_to_mask(out)
+        return out.with_heights(out.heights, preprocess=f"processed:resample({spacing_um})")
+    geom = find_breech_face(surface)
+    masked = surface.with_heights(np.where(geom.mask, surface.heights, np.nan))
+    lev = remove_trend(masked)
+    bp = bandpass_filter(lev, short_cutoff_um=short_cutoff_um, long_cutoff_um=long_cutoff_um)
+    out = crop_to_mask(resample(bp, spacing_um=spacing_um))
+    return out.with_heights(out.heights, preprocess=(
+        f"raw:find_breech_face(R={geom.primer_radius_um:.0f}um,aperture={geom.aperture_radius_um:.0f}um),"
+        f"remove_trend,bandpass({short_cutoff_um},{long_cutoff_um}),resample({spacing_um})"))
