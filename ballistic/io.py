@@ -1,0 +1,928 @@
+"""Reading and writing topographies (ISO 25178-72 / ISO 5436-2 ``.x3p``) and 2D images.
+
+Every reader returns a :class:`~ballistic.surface.Surface` whose heights are in
+micrometres (um) and whose missing points are quiet ``NaN``; every reader treats
+its input as untrusted: sizes declared in headers are checked against explicit
+limits *before* anything is decompressed or allocated, and each kind of failure
+raises a typed exception whose message says what is wrong and how to fix it.
+
+Functions
+---------
+read_x3p
+    Read an ``.x3p`` zip (path, bytes or binary file object).
+write_x3p
+    Write a Surface as an ISO-conformant ``.x3p`` in metres, atomically.
+read_image
+    Read an 8/16-bit grayscale (or RGB, converted to luminance) PNG or TIFF.
+read_surface
+    Dispatch on the file suffix.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import lzma
+import os
+import posixpath
+import re
+import struct
+import tempfile
+import threading
+import warnings
+import xml.etree.ElementTree as ET
+import zipfile
+import zlib
+from pathlib import Path
+from typing import IO, Any, Union
+from xml.sax.saxutils import escape as _xml_escape
+
+import numpy as np
+
+from ballistic.surface import Surface
+
+__all__ = [
+    "X3PError",
+    "X3PFormatError",
+    "X3PChecksumError",
+    "X3PLimitError",
+    "ImageLimitError",
+    "ImageFormatError",
+    "read_x3p",
+    "write_x3p",
+    "read_image",
+    "read_surface",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Source = Union[PathLike, bytes, bytearray, memoryview, IO[bytes]]
+
+
+# --------------------------------------------------------------------------- errors
+class X3PError(ValueError):
+    """Base class of every error raised while reading an ``.x3p`` file."""
+
+
+class X3PFormatError(X3PError):
+    """The input is not a readable x3p: not a zip, truncated, bad XML, missing members,
+    unsupported data type or layout."""
+
+
+class X3PChecksumError(X3PError):
+    """An MD5 checksum declared in the file does not match the stored bytes."""
+
+
+class X3PLimitError(X3PError):
+    """A size declared in the file exceeds a safety limit (points, members, bytes, ratio)."""
+
+
+class ImageLimitError(ValueError):
+    """A 2D image is larger than the allowed number of pixels."""
+
+
+class ImageFormatError(ValueError):
+    """A 2D image cannot be decoded or has an unsupported pixel format."""
+
+
+# --------------------------------------------------------------------------- constants
+#: x3p z data types: ISO 5436-2 letter -> little-endian numpy dtype.
+_X3P_DTYPES: dict[str, np.dtype] = {
+    "D": np.dtype("<f8"),
+    "F": np.dtype("<f4"),
+    "L": np.dtype("<i4"),
+    "I": np.dtype("<i2"),
+}
+_WRITE_DTYPES = {"float64": "D", "float32": "F"}
+
+#: An x-increment below this (in file units) means the file is in metres (ISO); otherwise micrometres.
+_METRE_INCREMENT_THRESHOLD = 1e-3
+#: main.xml and md5checksum.hex are small; anything bigger is hostile or broken.
+_MAX_XML_BYTES = 16 * 1024 * 1024
+_MAX_HEX_BYTES = 4096
+#: The compression-ratio check only applies to members at least this big (declared).
+_RATIO_CHECK_MIN_BYTES = 1024 * 1024
+
+_ZIP_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    NotImplementedError,  # unsupported compression method
+    struct.error,
+    RuntimeError,  # encrypted member
+    OSError,  # bz2 "Invalid data stream"; io errors on a corrupt stream
+    ValueError,
+)
+
+_PIL_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------- x3p reading
+def read_x3p(
+    source: Source,
+    *,
+    max_points: int = 64_000_000,
+    max_members: int = 64,
+    max_uncompressed_bytes: int = 1_500_000_000,
+    max_compression_ratio: float = 1100.0,
+    verify_md5: bool = True,
+) -> Surface:
+    """Read an ISO 5436-2 / ISO 25178-72 ``.x3p`` topography.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes or binary file object
+        The ``.x3p`` file (a zip archive). A file object must be seekable.
+    max_points : int, optional
+        Largest accepted ``SizeX * SizeY * SizeZ`` declared in ``main.xml``; checked
+        before any point data is decompressed or allocated.
+    max_members : int, optional
+        Largest accepted number of members in the zip archive.
+    max_uncompressed_bytes : int, optional
+        Largest accepted sum of the uncompressed sizes declared in the zip directory.
+    max_compression_ratio : float, optional
+        Largest accepted ratio of uncompressed to compressed size for any member of
+        at least 1 MiB. Deflate cannot exceed about 1032:1, so the default only
+        rejects forged headers and bzip2/lzma zip bombs.
+    verify_md5 : bool, optional
+        Check the MD5 of the point data against ``MD5ChecksumPointData`` and, when an
+        ``md5checksum.hex`` member is present, the MD5 of ``main.xml`` against it.
+
+    Returns
+    -------
+    Surface
+        ``heights`` : float64, shape (SizeY, SizeX), micrometres, ``NaN`` where missing
+        (signalling NaN such as R's ``NA`` and +-Inf become quiet NaN).
+        ``spacing_um`` : pixel spacing in micrometres.
+        ``meta`` : ``kind`` ("topography3d"), ``source`` (file name, if a path),
+        ``units_in_file`` ("m" or "um"), ``instrument``, ``manufacturer``, ``model``,
+        ``creator``, ``comment``, ``date``, ``dtype_in_file`` (e.g. "float64"),
+        ``spacing_x_um``, ``spacing_y_um``, ``has_mask_png``, ``md5_verified``.
+
+    Raises
+    ------
+    X3PFormatError
+        Not a zip, truncated or corrupt zip, malformed XML, no ``main.xml``, no point
+        data member, unsupported data type/axis type/layer count, non-square pixels,
+        or a data member whose size does not match the declared grid.
+    X3PChecksumError
+        A declared MD5 does not match (only with ``verify_md5=True``).
+    X3PLimitError
+        Declared grid, member count, uncompressed size or compression ratio exceeds
+        the given limits.
+    FileNotFoundError
+        ``source`` is a path that does not exist.
+
+    Notes
+    -----
+    Units are inferred from the x increment: below 1e-3 the file is taken to be in
+    metres (the ISO convention) and spacing and heights are multiplied by 1e6;
+    otherwise (e.g. Cadre TopMatch exports with increment 7.37) both are taken to be
+    micrometres already. The point data layout is x fastest, so the grid is read
+    row-major with shape (SizeY, SizeX); row 0 is the first line in the file.
+    A ``mask.png`` member is noted in ``meta["has_mask_png"]`` but not applied.
+    """
+    name, fileobj, owned = _open_source(source)
+    try:
+        return _read_x3p_fileobj(
+            fileobj,
+            name=name,
+            max_points=int(max_points),
+            max_members=int(max_members),
+            max_uncompressed_bytes=int(max_uncompressed_bytes),
+            max_compression_ratio=float(max_compression_ratio),
+            verify_md5=bool(verify_md5),
+        )
+    finally:
+        if owned:
+            fileobj.close()
+
+
+def _open_source(source: Source) -> tuple[str | None, IO[bytes], bool]:
+    """Return (display name, binary file object, whether we must close it)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return None, io.BytesIO(bytes(source)), True
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return path.name, open(path, "rb"), True  # FileNotFoundError propagates as is
+    if hasattr(source, "read") and hasattr(source, "seek"):
+        raw_name = getattr(source, "name", None)
+        name = os.path.basename(raw_name) if isinstance(raw_name, str) else None
+        return name, source, False  # type: ignore[return-value]
+    raise TypeError(
+        f"expected a path, bytes or a seekable binary file object, got {type(source).__name__}"
+    )
+
+
+def _label(name: str | None) -> str:
+    return repr(name) if name else "the x3p data"
+
+
+def _read_x3p_fileobj(
+    fileobj: IO[bytes],
+    *,
+    name: str | None,
+    max_points: int,
+    max_members: int,
+    max_uncompressed_bytes: int,
+    max_compression_ratio: float,
+    verify_md5: bool,
+) -> Surface:
+    label = _label(name)
+    try:
+        zf = zipfile.ZipFile(fileobj, "r")
+    except _ZIP_ERRORS as exc:
+        raise X3PFormatError(
+            f"{label} is not a readable zip archive ({type(exc).__name__}: {exc}); an .x3p file is a zip "
+            "holding main.xml and bindata/data.bin - check that the file was fully downloaded/copied "
+            "and is really an .x3p"
+        ) from exc
+
+    with zf:
+        infos = zf.infolist()
+        _check_zip_limits(infos, label, max_members, max_uncompressed_bytes, max_compression_ratio)
+        by_name = {i.filename: i for i in infos if i.filename and not i.filename.endswith("/")}
+
+        main_info = _find_main_xml(by_name, label)
+        if main_info.file_size > _MAX_XML_BYTES:
+            raise X3PLimitError(
+                f"main.xml in {label} declares {main_info.file_size} bytes, more than the {_MAX_XML_BYTES} "
+                "bytes any genuine x3p header needs; the file is corrupt or hostile - re-export it"
+            )
+        xml_bytes = _read_member(zf, main_info, label)
+        root = _parse_xml(xml_bytes, label)
+
+        hdr = _parse_header(root, label)
+        sx, sy, sz = hdr["size"]
+        npoints = sx * sy * sz
+        if npoints > max_points:
+            raise X3PLimitError(
+                f"{label} declares a grid of {sx}x{sy}x{sz} = {npoints:.3g} points, which exceeds "
+                f"max_points={max_points:.3g}; pass max_points={npoints} (or more) if this scan is genuine"
+            )
+        if sz != 1:
+            raise X3PFormatError(
+                f"{label} has SizeZ={sz} layers; only single-layer surfaces (SizeZ=1) are supported - "
+                "export one layer per file"
+            )
+
+        inc_x, inc_y = hdr["inc_x"], hdr["inc_y"]
+        in_metres = inc_x < _METRE_INCREMENT_THRESHOLD
+        scale = 1e6 if in_metres else 1.0
+        spacing_x = _clean(inc_x * scale)
+        spacing_y = _clean(inc_y * scale)
+        if abs(spacing_x - spacing_y) > 0.01 * max(spacing_x, spacing_y):
+            raise X3PFormatError(
+                f"{label} has non-square pixels (x increment {spacing_x:g} um, y increment {spacing_y:g} um, "
+                "differing by more than 1%); non-square pixels are unsupported - resample the scan to a "
+                "square grid first"
+            )
+
+        data_info = _find_data_member(by_name, main_info.filename, hdr["data_link"], label)
+        dtype = hdr["dtype"]
+        expected = npoints * dtype.itemsize
+        if data_info.file_size != expected:
+            raise X3PFormatError(
+                f"point data member {data_info.filename!r} in {label} holds {data_info.file_size} bytes but "
+                f"main.xml declares {sx}x{sy} points of {dtype.itemsize}-byte {hdr['dtype_letter']} = {expected} "
+                "bytes; the file is truncated or its header is wrong - re-export it"
+            )
+
+        has_mask_png = any(posixpath.basename(n).lower() == "mask.png" for n in by_name)
+
+        data_bytes = _read_member(zf, data_info, label)
+        md5_verified = False
+        if verify_md5:
+            md5_verified = _verify_checksums(zf, by_name, main_info, xml_bytes, data_bytes, hdr, label)
+
+    heights = _decode_points(data_bytes, dtype, hdr, sx, sy)
+    del data_bytes
+
+    if scale != 1.0:
+        heights *= scale
+
+    meta: dict[str, Any] = {
+        "kind": "topography3d",
+        "source": name,
+        "units_in_file": "m" if in_metres else "um",
+        "instrument": " ".join(p for p in (hdr["manufacturer"], hdr["model"]) if p),
+        "manufacturer": hdr["manufacturer"],
+        "model": hdr["model"],
+        "creator": hdr["creator"],
+        "comment": hdr["comment"],
+        "date": hdr["date"],
+        "dtype_in_file": {"D": "float64", "F": "float32", "L": "int32", "I": "int16"}[hdr["dtype_letter"]],
+        "spacing_x_um": spacing_x,
+        "spacing_y_um": spacing_y,
+        "has_mask_png": has_mask_png,
+        "md5_verified": md5_verified,
+    }
+    return Surface(heights=heights, spacing_um=spacing_x, meta=meta)
+
+
+def _check_zip_limits(
+    infos: list[zipfile.ZipInfo],
+    label: str,
+    max_members: int,
+    max_uncompressed_bytes: int,
+    max_compression_ratio: float,
+) -> None:
+    if len(infos) > max_members:
+        raise X3PLimitError(
+            f"{label} holds {len(infos)} zip members, more than max_members={max_members}; a genuine x3p "
+            f"holds a handful - pass max_members={len(infos)} if this file is genuine"
+        )
+    total = sum(i.file_size for i in infos)
+    if total > max_uncompressed_bytes:
+        raise X3PLimitError(
+            f"{label} declares {total:.3g} uncompressed bytes, more than max_uncompressed_bytes="
+            f"{max_uncompressed_bytes:.3g}; pass max_uncompressed_bytes={total} if this scan is genuine"
+        )
+    for i in infos:
+        if i.file_size >= _RATIO_CHECK_MIN_BYTES:
+            ratio = i.file_size / max(i.compress_size, 1)
+            if ratio > max_compression_ratio:
+                raise X3PLimitError(
+                    f"zip member {i.filename!r} in {label} declares a compression ratio of {ratio:.0f}:1 "
+                    f"({i.file_size} bytes from {i.compress_size}), above max_compression_ratio="
+                    f"{max_compression_ratio:g}; this looks like a zip bomb - pass "
+                    f"max_compression_ratio={ratio:.0f} if the file is genuine"
+                )
+
+
+def _find_main_xml(by_name: dict[str, zipfile.ZipInfo], label: str) -> zipfile.ZipInfo:
+    candidates = [n for n in by_name if posixpath.basename(n).lower() == "main.xml"]
+    if not candidates:
+        listing = ", ".join(sorted(by_name)[:10]) or "(empty archive)"
+        raise X3PFormatError(
+            f"{label} has no main.xml member (members: {listing}); it is not an x3p file or was "
+            "re-zipped wrongly - re-export it from the instrument software"
+        )
+    # Prefer the shallowest one (e.g. "main.xml" over "scan/main.xml").
+    best = min(candidates, key=lambda n: (n.count("/"), n))
+    return by_name[best]
+
+
+def _find_data_member(
+    by_name: dict[str, zipfile.ZipInfo], main_name: str, link: str | None, label: str
+) -> zipfile.ZipInfo:
+    folder = posixpath.dirname(main_name)
+    if link:
+        link = link.strip().replace("\\", "/")
+        rel = posixpath.normpath(posixpath.join(folder, link)) if folder else posixpath.normpath(link)
+        for candidate in (rel, link):
+            if candidate in by_name:
+                return by_name[candidate]
+        base = posixpath.basename(link).lower()
+    else:
+        base = "data.bin"
+    matches = [n for n in by_name if posixpath.basename(n).lower() == base]
+    if not matches:
+        raise X3PFormatError(
+            f"{label} has no point data member (PointDataLink {link!r} not found; members: "
+            f"{', '.join(sorted(by_name)[:10])}); the archive is incomplete - re-export it"
+        )
+    return by_name[min(matches, key=lambda n: (n.count("/"), n))]
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> bytes:
+    try:
+        with zf.open(info, "r") as fh:
+            data = fh.read(info.file_size + 1)
+    except _ZIP_ERRORS as exc:
+        raise X3PFormatError(
+            f"cannot decompress member {info.filename!r} of {label} ({type(exc).__name__}: {exc}); the "
+            "file is truncated or corrupt - copy or download it again"
+        ) from exc
+    if len(data) != info.file_size:
+        raise X3PFormatError(
+            f"member {info.filename!r} of {label} decompressed to {len(data)} bytes but the zip directory "
+            f"declares {info.file_size}; the file is corrupt - copy or download it again"
+        )
+    return data
+
+
+def _parse_xml(xml_bytes: bytes, label: str) -> ET.Element:
+    head = xml_bytes[:4096].upper()
+    if b"<!DOCTYPE" in head or b"<!ENTITY" in xml_bytes.upper():
+        raise X3PFormatError(
+            f"main.xml in {label} contains a DOCTYPE/ENTITY declaration, which x3p never uses and which "
+            "is refused for safety; re-export the file"
+        )
+    try:
+        root = ET.fromstring(xml_bytes)
+    except ET.ParseError as exc:
+        raise X3PFormatError(
+            f"main.xml in {label} is not well-formed XML ({exc}); the header is corrupt - re-export the file"
+        ) from exc
+    for el in root.iter():
+        if isinstance(el.tag, str) and "}" in el.tag:
+            el.tag = el.tag.rsplit("}", 1)[1]
+    return root
+
+
+def _text(root: ET.Element, path: str) -> str | None:
+    el = root.find(path)
+    if el is None or el.text is None:
+        return None
+    t = el.text.strip()
+    return t or None
+
+
+def _req_number(root: ET.Element, path: str, label: str, kind: type = float) -> Any:
+    t = _text(root, path)
+    if t is None:
+        raise X3PFormatError(f"main.xml in {label} lacks {path}; the header is incomplete - re-export the file")
+    try:
+        v = float(t)
+    except ValueError as exc:
+        raise X3PFormatError(f"main.xml in {label} has {path}={t!r}, which is not a number") from exc
+    if not np.isfinite(v):
+        raise X3PFormatError(f"main.xml in {label} has {path}={t!r}, which is not a finite number")
+    if kind is int:
+        try:
+            return int(t)
+        except ValueError:
+            if v != int(v):
+                raise X3PFormatError(f"main.xml in {label} has {path}={t!r}, which is not an integer") from None
+            return int(v)
+    return v
+
+
+def _opt_float(root: ET.Element, path: str, default: float, label: str) -> float:
+    if _text(root, path) is None:
+        return default
+    return _req_number(root, path, label, float)
+
+
+def _parse_header(root: ET.Element, label: str) -> dict[str, Any]:
+    if root.tag != "ISO5436_2" and root.find("Record1") is None:
+        raise X3PFormatError(
+            f"main.xml in {label} has root <{root.tag}> and no Record1; it is not an ISO 5436-2 header"
+        )
+    sizes = []
+    for axis in ("SizeX", "SizeY", "SizeZ"):
+        path = f"Record3/MatrixDimension/{axis}"
+        if axis == "SizeZ" and _text(root, path) is None:
+            sizes.append(1)
+            continue
+        v = _req_number(root, path, label, int)
+        if v <= 0:
+            raise X3PFormatError(f"main.xml in {label} declares {axis}={v}; grid sizes must be positive")
+        sizes.append(v)
+
+    for ax in ("CX", "CY"):
+        at = _text(root, f"Record1/Axes/{ax}/AxisType")
+        if at is not None and at.upper() != "I":
+            raise X3PFormatError(
+                f"{label} uses AxisType {at!r} for {ax}; only incremental (I) x/y axes are supported - "
+                "resample the scan to a regular grid first"
+            )
+    inc_x = _req_number(root, "Record1/Axes/CX/Increment", label, float)
+    inc_y = _opt_float(root, "Record1/Axes/CY/Increment", inc_x, label)
+    if inc_x <= 0 or inc_y <= 0:
+        raise X3PFormatError(f"main.xml in {label} declares non-positive x/y increments ({inc_x}, {inc_y})")
+
+    letter = (_text(root, "Record1/Axes/CZ/DataType") or "").upper()
+    if letter not in _X3P_DTYPES:
+        raise X3PFormatError(
+            f"{label} declares CZ DataType {letter or '(missing)'!r}; supported are D (float64), F (float32), "
+            "L (int32) and I (int16) - convert the file with the instrument software"
+        )
+    if root.find("Record3/DataList") is not None and _text(root, "Record3/DataLink/PointDataLink") is None:
+        raise X3PFormatError(
+            f"{label} stores its points inline as an XML DataList, which is unsupported; re-save it with "
+            "binary point data (bindata/data.bin)"
+        )
+    return {
+        "size": tuple(sizes),
+        "inc_x": float(inc_x),
+        "inc_y": float(inc_y),
+        "dtype_letter": letter,
+        "dtype": _X3P_DTYPES[letter],
+        "z_increment": _opt_float(root, "Record1/Axes/CZ/Increment", 1.0, label),
+        "z_offset": _opt_float(root, "Record1/Axes/CZ/Offset", 0.0, label),
+        "data_link": _text(root, "Record3/DataLink/PointDataLink"),
+        "md5_data": _text(root, "Record3/DataLink/MD5ChecksumPointData"),
+        "checksum_file": _text(root, "Record4/ChecksumFile"),
+        "manufacturer": _text(root, "Record2/Instrument/Manufacturer") or "",
+        "model": _text(root, "Record2/Instrument/Model") or "",
+        "creator": _text(root, "Record2/Creator") or "",
+        "comment": _text(root, "Record2/Comment") or "",
+        "date": _text(root, "Record2/Date") or "",
+    }
+
+
+def _verify_checksums(
+    zf: zipfile.ZipFile,
+    by_name: dict[str, zipfile.ZipInfo],
+    main_info: zipfile.ZipInfo,
+    xml_bytes: bytes,
+    data_bytes: bytes,
+    hdr: dict[str, Any],
+    label: str,
+) -> bool:
+    """Check the data MD5 (and md5checksum.hex when present). Return True if the data MD5 was checked."""
+    checked = False
+    declared = hdr["md5_data"]
+    if declared:
+        actual = hashlib.md5(data_bytes).hexdigest()
+        if declared.lower() != actual:
+            raise X3PChecksumError(
+                f"point data of {label} has MD5 {actual} but main.xml declares {declared.lower()}; the data "
+                "were altered or corrupted after export - obtain a fresh copy (or pass verify_md5=False to "
+                "read it anyway at your own risk)"
+            )
+        checked = True
+
+    folder = posixpath.dirname(main_info.filename)
+    hex_name = hdr["checksum_file"] or "md5checksum.hex"
+    hex_path = posixpath.normpath(posixpath.join(folder, hex_name)) if folder else hex_name
+    hex_info = by_name.get(hex_path) or by_name.get(hex_name)
+    if hex_info is not None and 0 < hex_info.file_size <= _MAX_HEX_BYTES:
+        text = _read_member(zf, hex_info, label).decode("ascii", "replace")
+        m = re.search(r"\b([0-9a-fA-F]{32})\b", text)
+        if m:
+            actual = hashlib.md5(xml_bytes).hexdigest()
+            if m.group(1).lower() != actual:
+                raise X3PChecksumError(
+                    f"main.xml of {label} has MD5 {actual} but {hex_info.filename} declares "
+                    f"{m.group(1).lower()}; the header was edited after export - obtain a fresh copy (or "
+                    "pass verify_md5=False to read it anyway at your own risk)"
+                )
+    return checked
+
+
+def _decode_points(data: bytes, dtype: np.dtype, hdr: dict[str, Any], sx: int, sy: int) -> np.ndarray:
+    raw = np.frombuffer(data, dtype=dtype).reshape(sy, sx)
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = raw.astype(np.float64)  # always a fresh, writable copy
+        if dtype.kind == "i":
+            inc, off = hdr["z_increment"], hdr["z_offset"]
+            if inc != 1.0:
+                z *= inc
+            if off != 0.0:
+                z += off
+    # Signalling NaN (R's NA), other NaN payloads and +-Inf -> quiet NaN (in place: no extra copy).
+    z[~np.isfinite(z)] = np.nan
+    return z
+
+
+def _clean(x: float) -> float:
+    """Round away floating-point noise from a unit conversion (6.25e-06 * 1e6 -> 6.25)."""
+    return float(f"{x:.12g}")
+
+
+# --------------------------------------------------------------------------- x3p writing
+def write_x3p(
+    surface: Surface,
+    path: PathLike,
+    *,
+    dtype: str = "float64",
+    creator: str = "ballistic",
+    comment: str = "",
+) -> None:
+    """Write a Surface as an ISO 5436-2 ``.x3p`` file in metres.
+
+    Parameters
+    ----------
+    surface : Surface
+        Heights in micrometres, shape (ny, nx); NaN is written as NaN.
+    path : str or os.PathLike
+        Destination. Written atomically: a temporary file in the same directory is
+        written, fsynced and then renamed over ``path``.
+    dtype : {"float64", "float32"}, optional
+        Storage type of the heights (x3p DataType D or F).
+    creator : str, optional
+        Text for ``Record2/Creator``.
+    comment : str, optional
+        Text for ``Record2/Comment``.
+
+    Notes
+    -----
+    The archive holds ``main.xml`` at its root, ``bindata/data.bin`` (little-endian,
+    x fastest) with its MD5 in ``MD5ChecksumPointData``, and ``md5checksum.hex``
+    holding the MD5 of ``main.xml``. Spacing and heights are stored in metres, so a
+    spacing of 1000 um or more is refused: it would be read back as micrometres.
+    Instrument fields come from ``surface.meta`` ("manufacturer", "model") when present.
+    """
+    try:
+        letter = _WRITE_DTYPES.get(np.dtype(dtype).name)
+    except TypeError:
+        letter = None
+    if letter is None:
+        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    if not isinstance(surface, Surface):
+        raise TypeError(f"write_x3p expects a Surface, got {type(surface).__name__}")
+    if surface.spacing_um >= 1e3:
+        raise ValueError(
+            f"spacing_um={surface.spacing_um} um (>= 1 mm) cannot be written unambiguously: readers take x "
+            "increments >= 1e-3 as micrometres; resample to a finer grid first"
+        )
+    ny, nx = surface.shape
+    store = np.dtype("<f8") if letter == "D" else np.dtype("<f4")
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = np.ascontiguousarray(surface.heights / 1e6, dtype=store).tobytes()
+    data_md5 = hashlib.md5(data).hexdigest()
+
+    inc = repr(float(surface.spacing_um) / 1e6)  # division by an exact 1e6: 6.25 -> 6.25e-06
+    meta = surface.meta or {}
+    manufacturer = str(meta.get("manufacturer") or "unknown")
+    model = str(meta.get("model") or "unknown")
+    now = _dt.datetime.now().replace(microsecond=0).isoformat()
+    xml = f"""<?xml version="1.0" encoding="UTF-8"?>
+<p:ISO5436_2 xmlns:p="http://www.opengps.eu/2008/ISO5436_2" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="http://www.opengps.eu/2008/ISO5436_2 http://www.opengps.eu/2008/ISO5436_2/ISO5436_2.xsd">
+  <Record1>
+    <Revision>ISO5436 - 2000</Revision>
+    <FeatureType>SUR</FeatureType>
+    <Axes>
+      <CX>
+        <AxisType>I</AxisType>
+        <DataType>D</DataType>
+        <Increment>{inc}</Increment>
+        <Offset>0</Offset>
+      </CX>
+      <CY>
+        <AxisType>I</AxisType>
+        <DataType>D</DataType>
+        <Increment>{inc}</Increment>
+        <Offset>0</Offset>
+      </CY>
+      <CZ>
+        <AxisType>A</AxisType>
+        <DataType>{letter}</DataType>
+        <Increment>1</Increment>
+        <Offset>0</Offset>
+      </CZ>
+    </Axes>
+  </Record1>
+  <Record2>
+    <Date>{now}</Date>
+    <Creator>{_xml_text(creator)}</Creator>
+    <Instrument>
+      <Manufacturer>{_xml_text(manufacturer)}</Manufacturer>
+      <Model>{_xml_text(model)}</Model>
+      <Serial>not available</Serial>
+      <Version>not available</Version>
+    </Instrument>
+    <CalibrationDate>{now}</CalibrationDate>
+    <ProbingSystem>
+      <Type>Software</Type>
+      <Identification>ballistic</Identification>
+    </ProbingSystem>
+    <Comment>{_xml_text(comment)}</Comment>
+  </Record2>
+  <Record3>
+    <MatrixDimension>
+      <SizeX>{nx}</SizeX>
+      <SizeY>{ny}</SizeY>
+      <SizeZ>1</SizeZ>
+    </MatrixDimension>
+    <DataLink>
+      <PointDataLink>bindata/data.bin</PointDataLink>
+      <MD5ChecksumPointData>{data_md5}</MD5ChecksumPointData>
+    </DataLink>
+  </Record3>
+  <Record4>
+    <ChecksumFile>md5checksum.hex</ChecksumFile>
+  </Record4>
+</p:ISO5436_2>
+""".encode("utf-8")
+    hex_text = f"{hashlib.md5(xml).hexdigest()} *main.xml\n".encode("ascii")
+
+    dest = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent if str(dest.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr("main.xml", xml)
+                zf.writestr("bindata/data.bin", data)
+                zf.writestr("md5checksum.hex", hex_text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(dest.parent)
+
+
+def _xml_text(s: str) -> str:
+    """Escape text for XML and drop characters XML 1.0 cannot hold."""
+    s = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", "", str(s))
+    return _xml_escape(s)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    try:
+        dfd = os.open(folder if str(folder) else ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+# --------------------------------------------------------------------------- 2D images
+def read_image(
+    source: Union[PathLike, bytes, bytearray, memoryview, IO[bytes]],
+    *,
+    max_pixels: int = 40_000_000,
+    spacing_um: float | None = None,
+) -> Surface:
+    """Read a 2D grayscale (or colour) PNG or TIFF image as an intensity Surface.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes or binary file object
+        The image file.
+    max_pixels : int, optional
+        Largest accepted width * height, checked from the header before decoding.
+    spacing_um : float, optional
+        Pixel spacing in micrometres if known. When omitted the spacing is 1.0 and
+        ``meta["spacing_calibrated"]`` is False (a photo has no calibrated scale).
+
+    Returns
+    -------
+    Surface
+        ``heights`` : float64, shape (height, width), intensities scaled to [0, 1]
+        (8-bit divided by 255, 16-bit by 65535; colour converted to luminance with
+        ITU-R 601 weights 0.299, 0.587, 0.114).
+        ``meta`` : ``kind`` ("image2d"), ``source``, ``format``, ``mode``,
+        ``bit_depth``, ``spacing_calibrated``.
+
+    Raises
+    ------
+    ImageLimitError
+        The image has more than ``max_pixels`` pixels (nothing is decoded).
+    ImageFormatError
+        Not a decodable PNG/TIFF, truncated, or a pixel format that is not an 8/16-bit
+        intensity (e.g. a float TIFF height map).
+    FileNotFoundError
+        ``source`` is a path that does not exist.
+    """
+    from PIL import Image
+
+    if spacing_um is not None and not (np.isfinite(spacing_um) and spacing_um > 0):
+        raise ValueError(f"spacing_um must be a positive number of micrometres, got {spacing_um!r}")
+    name, fileobj, owned = _open_source(source)
+    label = repr(name) if name else "the image data"
+    try:
+        # Pillow refuses images above 2 * MAX_IMAGE_PIXELS at open(); lift that only when the
+        # caller explicitly allows more, and restore it straight after.
+        need_lift = Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                if need_lift:
+                    with _PIL_LOCK:
+                        old = Image.MAX_IMAGE_PIXELS
+                        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+                        try:
+                            im = Image.open(fileobj, formats=("PNG", "TIFF"))
+                        finally:
+                            Image.MAX_IMAGE_PIXELS = old
+                else:
+                    im = Image.open(fileobj, formats=("PNG", "TIFF"))
+        except Image.DecompressionBombError as exc:
+            raise ImageLimitError(
+                f"{label} is too large to decode safely ({exc}); pass max_pixels=... above its pixel count if "
+                "the image is genuine"
+            ) from exc
+        except Exception as exc:  # Pillow raises many types on hostile input; all mean "unreadable"
+            raise ImageFormatError(
+                f"{label} is not a readable PNG or TIFF image ({type(exc).__name__}: {exc}); convert it to an "
+                "8/16-bit grayscale PNG or TIFF"
+            ) from exc
+
+        with im:
+            w, h = im.size
+            npx = int(w) * int(h)
+            if npx > max_pixels:
+                raise ImageLimitError(
+                    f"{label} is {w}x{h} = {npx:.3g} pixels, more than max_pixels={max_pixels:.3g}; pass "
+                    f"max_pixels={npx} if the image is genuine, or downsample it first"
+                )
+            if npx == 0:
+                raise ImageFormatError(f"{label} has an empty size {w}x{h}; it holds no image")
+            try:
+                arr, bit_depth = _image_to_intensity(im, label)
+                n_frames = int(getattr(im, "n_frames", 1) or 1)
+            except (ImageFormatError, ImageLimitError):
+                raise
+            except Exception as exc:  # Pillow raises many types on hostile input; all mean "corrupt"
+                raise ImageFormatError(
+                    f"{label} cannot be decoded ({type(exc).__name__}: {exc}); the file is truncated or "
+                    "corrupt - copy or export it again"
+                ) from exc
+            meta: dict[str, Any] = {
+                "kind": "image2d",
+                "source": name,
+                "format": im.format,
+                "mode": im.mode,
+                "bit_depth": bit_depth,
+                "spacing_calibrated": spacing_um is not None,
+            }
+            if n_frames > 1:
+                meta["n_frames"] = n_frames  # only the first frame is read
+    finally:
+        if owned:
+            fileobj.close()
+    return Surface(heights=arr, spacing_um=1.0 if spacing_um is None else float(spacing_um), meta=meta)
+
+
+def _image_to_intensity(im: Any, label: str) -> tuple[np.ndarray, int]:
+    """Decode a Pillow image to float64 intensities in [0, 1]; return (array, bit depth)."""
+    mode = im.mode
+    if mode.startswith("I;16"):
+        return np.asarray(im).astype(np.float64) / 65535.0, 16
+    if mode == "I":
+        bits = 16 if im.format == "PNG" else _tiff_bits(im)
+        if bits not in (16, 32):
+            bits = 32
+        arr = np.asarray(im).astype(np.float64)
+        if bits == 32:
+            raise ImageFormatError(
+                f"{label} is a 32-bit integer image; only 8- and 16-bit intensity images are supported - "
+                "convert it to 16-bit"
+            )
+        return arr / 65535.0, 16
+    if mode == "L":
+        return np.asarray(im).astype(np.float64) / 255.0, 8
+    if mode == "1":
+        return np.asarray(im).astype(np.float64), 1
+    if mode in ("LA", "La"):
+        return np.asarray(im.getchannel(0)).astype(np.float64) / 255.0, 8
+    if mode in ("F",):
+        raise ImageFormatError(
+            f"{label} is a floating-point image, not an 8/16-bit intensity image; if it is a height map, "
+            "load it with tifffile and build a Surface(heights, spacing_um) directly"
+        )
+    # P, RGB, RGBA, CMYK, YCbCr, LAB, HSV, ...: luminance from 8-bit RGB.
+    try:
+        rgb = np.asarray(im.convert("RGB")).astype(np.float64)
+    except ValueError as exc:
+        raise ImageFormatError(
+            f"{label} has pixel mode {mode!r}, which cannot be converted to grayscale; convert it to an "
+            "8/16-bit grayscale PNG or TIFF"
+        ) from exc
+    lum = rgb @ np.array([0.299, 0.587, 0.114])
+    return np.clip(lum / 255.0, 0.0, 1.0), 8
+
+
+def _tiff_bits(im: Any) -> int:
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return 0
+    bits = tags.get(258)
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else 0
+    try:
+        return int(bits or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+# --------------------------------------------------------------------------- dispatch
+_SUFFIX_READERS = {".x3p": "x3p", ".png": "image", ".tif": "image", ".tiff": "image"}
+
+
+def read_surface(path: PathLike, **kwargs: Any) -> Surface:
+    """Read a topography or image, choosing the reader from the file suffix.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.x3p`` -> :func:`read_x3p`; ``.png``, ``.tif``, ``.tiff`` -> :func:`read_image`
+        (case-insensitive).
+    **kwargs
+        Keyword arguments passed to the chosen reader.
+
+    Returns
+    -------
+    Surface
+
+    Raises
+    ------
+    ValueError
+        Unsupported suffix (plus whatever the chosen reader raises).
+    """
+    p = Path(path)
+    kind = _SUFFIX_READERS.get(p.suffix.lower())
+    if kind == "x3p":
+        return read_x3p(p, **kwargs)
+    if kind == "image":
+        return read_image(p, **kwargs)
+    raise ValueError(
+        f"cannot read {p.name!r}: unsupported suffix {p.suffix or '(none)'!r}; supported are "
+        f"{', '.join(sorted(_SUFFIX_READERS))} - convert the file or call read_x3p/read_image directly"
+    )

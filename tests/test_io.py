@@ -1,0 +1,477 @@
+"""Tests for ballistic.io: x3p and 2D image reading/writing, including hostile inputs."""
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ballistic.io import (
+    ImageFormatError,
+    ImageLimitError,
+    X3PChecksumError,
+    X3PError,
+    X3PFormatError,
+    X3PLimitError,
+    read_image,
+    read_surface,
+    read_x3p,
+    write_x3p,
+)
+from ballistic.surface import Surface
+
+R_NA_BITS = 0x7FF00000000007A2  # R's NA_real_: a signalling NaN
+
+
+# --------------------------------------------------------------------------- helpers
+def _main_xml(
+    sx: int,
+    sy: int,
+    *,
+    letter: str = "D",
+    inc_x: str = "6.25e-06",
+    inc_y: str | None = None,
+    md5: str = "",
+    link: str = "bindata/data.bin",
+    z_inc: str = "1",
+    z_off: str = "0",
+) -> bytes:
+    inc_y = inc_x if inc_y is None else inc_y
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<p:ISO5436_2 xmlns:p="http://www.opengps.eu/2008/ISO5436_2">
+  <Record1><Revision>ISO5436 - 2000</Revision><FeatureType>SUR</FeatureType>
+    <Axes>
+      <CX><AxisType>I</AxisType><DataType>D</DataType><Increment>{inc_x}</Increment><Offset>0</Offset></CX>
+      <CY><AxisType>I</AxisType><DataType>D</DataType><Increment>{inc_y}</Increment><Offset>0</Offset></CY>
+      <CZ><AxisType>A</AxisType><DataType>{letter}</DataType><Increment>{z_inc}</Increment><Offset>{z_off}</Offset></CZ>
+    </Axes></Record1>
+  <Record2><Date>2020-01-01T00:00:00</Date><Creator>test</Creator>
+    <Instrument><Manufacturer>Acme</Manufacturer><Model>Scope 1</Model><Serial>1</Serial><Version>1</Version></Instrument>
+    <CalibrationDate>2020-01-01T00:00:00</CalibrationDate>
+    <ProbingSystem><Type>NonContacting</Type><Identification>10x</Identification></ProbingSystem>
+    <Comment>hand made</Comment></Record2>
+  <Record3><MatrixDimension><SizeX>{sx}</SizeX><SizeY>{sy}</SizeY><SizeZ>1</SizeZ></MatrixDimension>
+    <DataLink><PointDataLink>{link}</PointDataLink><MD5ChecksumPointData>{md5}</MD5ChecksumPointData></DataLink></Record3>
+  <Record4><ChecksumFile>md5checksum.hex</ChecksumFile></Record4>
+</p:ISO5436_2>
+""".encode()
+
+
+def _make_x3p(
+    path: Path,
+    data: bytes,
+    sx: int,
+    sy: int,
+    *,
+    folder: str = "",
+    md5: str | None = None,
+    extra: dict[str, bytes] | None = None,
+    with_hex: bool = True,
+    compression: int = zipfile.ZIP_DEFLATED,
+    **xml_kw,
+) -> Path:
+    md5 = hashlib.md5(data).hexdigest() if md5 is None else md5
+    xml = _main_xml(sx, sy, md5=md5, **xml_kw)
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        zf.writestr(folder + "main.xml", xml)
+        zf.writestr(folder + "bindata/data.bin", data)
+        if with_hex:
+            zf.writestr(folder + "md5checksum.hex", hashlib.md5(xml).hexdigest() + " *main.xml\n")
+        for name, blob in (extra or {}).items():
+            zf.writestr(name, blob)
+    return path
+
+
+def _surface(ny: int = 7, nx: int = 9, seed: int = 0) -> Surface:
+    rng = np.random.default_rng(seed)
+    h = rng.normal(0.0, 2.5, (ny, nx))  # micrometres
+    h[0, 0] = np.nan
+    h[3, 4:7] = np.nan
+    return Surface(h, 6.25, {"manufacturer": "Acme", "model": "Scope 1"})
+
+
+# --------------------------------------------------------------------------- round trip
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 1e-6)])
+def test_round_trip_keeps_heights_and_nans(tmp_path, dtype, rtol):
+    s = _surface()
+    p = tmp_path / "rt.x3p"
+    write_x3p(s, p, dtype=dtype, comment="round <trip> & co")
+    r = read_x3p(p)
+    assert r.shape == s.shape
+    assert r.spacing_um == 6.25
+    np.testing.assert_array_equal(np.isnan(r.heights), np.isnan(s.heights))
+    np.testing.assert_allclose(r.heights, s.heights, rtol=rtol, atol=0, equal_nan=True)
+    assert r.meta["units_in_file"] == "m"
+    assert r.meta["dtype_in_file"] == dtype
+    assert r.meta["comment"] == "round <trip> & co"
+    assert r.meta["instrument"] == "Acme Scope 1"
+    assert r.meta["md5_verified"] is True
+    assert r.meta["source"] == "rt.x3p"
+    # main.xml at the root, data under bindata/, checksum file consistent
+    with zipfile.ZipFile(p) as zf:
+        names = set(zf.namelist())
+        assert {"main.xml", "bindata/data.bin", "md5checksum.hex"} <= names
+        xml = zf.read("main.xml")
+        assert zf.read("md5checksum.hex").split()[0].decode() == hashlib.md5(xml).hexdigest()
+        assert b"<Increment>6.25e-06</Increment>" in xml  # metres, per ISO
+
+
+def test_write_is_atomic_and_overwrites(tmp_path):
+    p = tmp_path / "a.x3p"
+    write_x3p(_surface(seed=1), p)
+    write_x3p(_surface(seed=2), p)
+    np.testing.assert_allclose(read_x3p(p).heights, _surface(seed=2).heights, equal_nan=True)
+    assert [f.name for f in tmp_path.iterdir()] == ["a.x3p"]  # no temp file left behind
+
+
+def test_write_rejects_bad_dtype_and_huge_spacing(tmp_path):
+    with pytest.raises(ValueError, match="float64"):
+        write_x3p(_surface(), tmp_path / "x.x3p", dtype="int8")
+    with pytest.raises(ValueError, match="resample"):
+        write_x3p(Surface(np.zeros((2, 2)), 2000.0), tmp_path / "x.x3p")
+
+
+def test_read_from_bytes_and_fileobj(tmp_path):
+    p = tmp_path / "b.x3p"
+    write_x3p(_surface(), p)
+    blob = p.read_bytes()
+    a = read_x3p(blob)
+    b = read_x3p(io.BytesIO(blob))
+    assert a.meta["source"] is None
+    np.testing.assert_array_equal(a.heights, b.heights)
+
+
+# --------------------------------------------------------------------------- units, layout, quirks
+def test_metre_file_converted_to_micrometres(tmp_path):
+    z = np.array([[1e-6, 2e-6, 3e-6], [4e-6, 5e-6, -6e-6]])  # metres, x fastest
+    p = _make_x3p(tmp_path / "m.x3p", z.astype("<f8").tobytes(), 3, 2, inc_x="3.125e-06")
+    s = read_x3p(p)
+    assert s.shape == (2, 3)
+    assert s.spacing_um == 3.125
+    assert s.meta["units_in_file"] == "m"
+    np.testing.assert_allclose(s.heights, z * 1e6, rtol=1e-12)
+    assert s.heights[0, 1] == pytest.approx(2.0)  # row-major (SizeY, SizeX): x fastest
+
+
+def test_micrometre_file_left_alone(tmp_path):
+    z = np.arange(12, dtype="<f4").reshape(3, 4) * 1.5  # already micrometres (Cadre style)
+    p = _make_x3p(tmp_path / "um.x3p", z.tobytes(), 4, 3, letter="F", inc_x="7.37468")
+    s = read_x3p(p)
+    assert s.meta["units_in_file"] == "um"
+    assert s.meta["dtype_in_file"] == "float32"
+    assert s.spacing_um == pytest.approx(7.37468)
+    np.testing.assert_array_equal(s.heights, z.astype(np.float64))
+
+
+def test_integer_data_with_increment_and_offset(tmp_path):
+    raw = np.array([[0, 1, 2], [3, 4, 5]], dtype="<i2")
+    p = _make_x3p(tmp_path / "i.x3p", raw.tobytes(), 3, 2, letter="I", z_inc="1e-08", z_off="1e-06")
+    s = read_x3p(p)
+    np.testing.assert_allclose(s.heights, (raw * 1e-8 + 1e-6) * 1e6, rtol=1e-12)
+    assert s.meta["dtype_in_file"] == "int16"
+
+
+def test_nested_main_xml_folder(tmp_path):
+    z = np.arange(6, dtype="<f8").reshape(2, 3) * 1e-6
+    p = _make_x3p(tmp_path / "n.x3p", z.tobytes(), 3, 2, folder="scan_0001/")
+    s = read_x3p(p)
+    np.testing.assert_allclose(s.heights, z * 1e6)
+
+
+def test_signalling_nan_and_inf_normalised(tmp_path):
+    bits = np.array([R_NA_BITS, 0x3EB0C6F7A0B5ED8D, 0x7FF0000000000000, 0xFFF0000000000000], dtype="<u8")
+    data = bits.tobytes()
+    assert np.isnan(np.frombuffer(data, "<f8")[0])
+    p = _make_x3p(tmp_path / "na.x3p", data, 2, 2)
+    s = read_x3p(p)
+    h = s.heights.ravel()
+    assert np.isnan(h[0]) and np.isnan(h[2]) and np.isnan(h[3])
+    assert h[1] == pytest.approx(1.0)
+    # every NaN is now the canonical quiet NaN, not R's payload
+    nan_bits = h.view(np.uint64)[np.isnan(h)]
+    assert np.all(nan_bits & 0x0008000000000000)  # quiet bit set
+    assert not np.any(nan_bits == R_NA_BITS)
+
+
+def test_mask_png_noted_not_applied(tmp_path):
+    z = np.ones((2, 2), "<f8") * 1e-6
+    p = _make_x3p(tmp_path / "mk.x3p", z.tobytes(), 2, 2, extra={"bindata/mask.png": b"\x89PNG fake"})
+    s = read_x3p(p)
+    assert s.meta["has_mask_png"] is True
+    assert np.all(np.isfinite(s.heights))
+
+
+def test_non_square_pixels_rejected(tmp_path):
+    z = np.zeros((2, 2), "<f8")
+    p = _make_x3p(tmp_path / "ns.x3p", z.tobytes(), 2, 2, inc_x="1e-06", inc_y="2e-06")
+    with pytest.raises(X3PFormatError, match="resample"):
+        read_x3p(p)
+
+
+# --------------------------------------------------------------------------- malformed x3p
+def test_truncated_zip(tmp_path):
+    p = tmp_path / "t.x3p"
+    write_x3p(_surface(40, 50), p)
+    blob = p.read_bytes()
+    for cut in (len(blob) // 2, len(blob) - 30, 10):
+        with pytest.raises(X3PFormatError, match="not a readable zip"):
+            read_x3p(blob[:cut])
+
+
+def test_corrupt_member_bytes(tmp_path):
+    # intact central directory, damaged compressed stream -> decompression/CRC error, typed
+    z = np.random.default_rng(0).normal(size=(30, 30)).astype("<f8")
+    p = _make_x3p(tmp_path / "c.x3p", z.tobytes(), 30, 30)
+    blob = bytearray(p.read_bytes())
+    with zipfile.ZipFile(p) as zf:
+        info = zf.getinfo("bindata/data.bin")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    for k in range(start + 50, start + 150):
+        blob[k] ^= 0xFF
+    with pytest.raises(X3PFormatError):
+        read_x3p(bytes(blob))
+
+
+def test_wrong_data_md5(tmp_path):
+    good = np.zeros((3, 3), "<f8")
+    bad = good.copy()
+    bad[1, 1] = 1e-6
+    p = _make_x3p(tmp_path / "md5.x3p", bad.tobytes(), 3, 3, md5=hashlib.md5(good.tobytes()).hexdigest())
+    with pytest.raises(X3PChecksumError, match="verify_md5=False"):
+        read_x3p(p)
+    s = read_x3p(p, verify_md5=False)
+    assert s.heights[1, 1] == pytest.approx(1.0)
+
+
+def test_wrong_main_xml_md5(tmp_path):
+    z = np.zeros((2, 2), "<f8")
+    p = tmp_path / "hx.x3p"
+    xml = _main_xml(2, 2, md5=hashlib.md5(z.tobytes()).hexdigest())
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("main.xml", xml)
+        zf.writestr("bindata/data.bin", z.tobytes())
+        zf.writestr("md5checksum.hex", "0" * 32 + " *main.xml\n")
+    with pytest.raises(X3PChecksumError, match="main.xml"):
+        read_x3p(p)
+
+
+def test_absurd_declared_size_no_allocation(tmp_path):
+    p = _make_x3p(tmp_path / "big.x3p", b"\0" * 64, 10**6, 10**6)
+    with pytest.raises(X3PLimitError, match="max_points") as ei:
+        read_x3p(p)
+    assert "1e+12" in str(ei.value)
+
+
+def test_data_size_mismatch(tmp_path):
+    p = _make_x3p(tmp_path / "short.x3p", b"\0" * 64, 10, 10)  # needs 800 bytes
+    with pytest.raises(X3PFormatError, match="truncated or its header is wrong"):
+        read_x3p(p)
+
+
+def test_missing_main_xml(tmp_path):
+    p = tmp_path / "nomain.x3p"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("bindata/data.bin", b"\0" * 8)
+    with pytest.raises(X3PFormatError, match="no main.xml"):
+        read_x3p(p)
+
+
+def test_missing_data_member(tmp_path):
+    p = tmp_path / "nodata.x3p"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("main.xml", _main_xml(1, 1))
+    with pytest.raises(X3PFormatError, match="no point data member"):
+        read_x3p(p)
+
+
+def test_bad_xml_and_unsupported_dtype(tmp_path):
+    p = tmp_path / "badxml.x3p"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("main.xml", b"<ISO5436_2><Record1>")
+        zf.writestr("bindata/data.bin", b"\0" * 8)
+    with pytest.raises(X3PFormatError, match="well-formed"):
+        read_x3p(p)
+    q = _make_x3p(tmp_path / "u8.x3p", b"\0" * 4, 2, 2, letter="B")
+    with pytest.raises(X3PFormatError, match="DataType"):
+        read_x3p(q)
+
+
+def test_too_many_members(tmp_path):
+    z = np.zeros((2, 2), "<f8")
+    extra = {f"junk/{i}.txt": b"x" for i in range(70)}
+    p = _make_x3p(tmp_path / "many.x3p", z.tobytes(), 2, 2, extra=extra)
+    with pytest.raises(X3PLimitError, match="max_members"):
+        read_x3p(p)
+    assert read_x3p(p, max_members=100).shape == (2, 2)
+
+
+def test_uncompressed_size_limit(tmp_path):
+    z = np.zeros((100, 100), "<f8")
+    p = _make_x3p(tmp_path / "unc.x3p", z.tobytes(), 100, 100)
+    with pytest.raises(X3PLimitError, match="max_uncompressed_bytes"):
+        read_x3p(p, max_uncompressed_bytes=10_000)
+
+
+def test_zip_bomb_ratio(tmp_path):
+    z = np.zeros((512, 512), "<f8")  # 2 MiB of zeros: bzip2 squeezes it far beyond deflate's limit
+    p = _make_x3p(tmp_path / "bomb.x3p", z.tobytes(), 512, 512, compression=zipfile.ZIP_BZIP2)
+    with pytest.raises(X3PLimitError, match="zip bomb"):
+        read_x3p(p)
+
+
+def test_not_a_zip(tmp_path):
+    p = tmp_path / "junk.x3p"
+    p.write_bytes(b"this is not a zip file at all" * 10)
+    with pytest.raises(X3PFormatError, match="not a readable zip"):
+        read_x3p(p)
+    with pytest.raises(X3PError):
+        read_x3p(b"")
+
+
+def test_errors_are_value_errors():
+    for cls in (X3PFormatError, X3PChecksumError, X3PLimitError):
+        assert issubclass(cls, X3PError) and issubclass(cls, ValueError)
+    assert issubclass(ImageLimitError, ValueError) and issubclass(ImageFormatError, ValueError)
+
+
+def test_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_x3p(tmp_path / "nope.x3p")
+
+
+# --------------------------------------------------------------------------- 2D images
+def test_png_16bit(tmp_path):
+    a = np.array([[0, 1000, 65535], [30000, 2, 5]], dtype=np.uint16)
+    p = tmp_path / "g16.png"
+    Image.fromarray(a).save(p)
+    s = read_image(p)
+    assert s.meta["kind"] == "image2d" and s.meta["bit_depth"] == 16
+    assert s.meta["spacing_calibrated"] is False and s.spacing_um == 1.0
+    np.testing.assert_allclose(s.heights, a / 65535.0)
+
+
+def test_png_8bit_and_spacing(tmp_path):
+    a = np.array([[0, 128, 255]], dtype=np.uint8)
+    p = tmp_path / "g8.png"
+    Image.fromarray(a).save(p)
+    s = read_image(p.read_bytes(), spacing_um=3.2)
+    assert s.meta["bit_depth"] == 8
+    assert s.meta["spacing_calibrated"] is True and s.spacing_um == 3.2
+    np.testing.assert_allclose(s.heights, a / 255.0)
+
+
+def test_tiff_16bit(tmp_path):
+    a = (np.arange(20, dtype=np.uint16).reshape(4, 5) * 3000).astype(np.uint16)
+    p = tmp_path / "g16.tif"
+    Image.fromarray(a).save(p)
+    s = read_surface(p)
+    assert s.meta["bit_depth"] == 16
+    np.testing.assert_allclose(s.heights, a / 65535.0)
+
+
+def test_rgb_to_luminance(tmp_path):
+    a = np.zeros((2, 2, 3), np.uint8)
+    a[0, 0] = (255, 0, 0)
+    a[1, 1] = (255, 255, 255)
+    p = tmp_path / "rgb.png"
+    Image.fromarray(a).save(p)
+    s = read_image(p)
+    assert s.heights[0, 0] == pytest.approx(0.299)
+    assert s.heights[1, 1] == pytest.approx(1.0)
+    assert s.heights[0, 1] == 0.0
+
+
+def test_image_over_max_pixels_not_decoded(tmp_path, monkeypatch):
+    p = tmp_path / "big.png"
+    Image.new("L", (2000, 1000)).save(p)
+
+    def _no_decode(self, *a, **k):  # pragma: no cover - must not run
+        raise AssertionError("image was decoded before the size check")
+
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", _no_decode)
+    with pytest.raises(ImageLimitError, match="max_pixels"):
+        read_image(p, max_pixels=1_000_000)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_forged_png_header_is_limit_error():
+    # IHDR claims 100000 x 100000 but the pixel data is a few bytes: a decompression bomb header
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    blob = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b""))
+    with pytest.raises(ImageLimitError, match="max_pixels"):
+        read_image(blob)
+
+
+def test_unreadable_image(tmp_path):
+    p = tmp_path / "bad.png"
+    p.write_bytes(b"not an image")
+    with pytest.raises(ImageFormatError):
+        read_image(p)
+    good = tmp_path / "g.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8)).save(good)
+    with pytest.raises(ImageFormatError):
+        read_image(good.read_bytes()[:300])  # truncated
+
+
+def test_read_surface_dispatch(tmp_path):
+    write_x3p(_surface(), tmp_path / "a.X3P")
+    assert read_surface(tmp_path / "a.X3P").shape == (7, 9)
+    with pytest.raises(ValueError, match="unsupported suffix"):
+        read_surface(tmp_path / "a.jpg")
+
+
+# --------------------------------------------------------------------------- real data
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path}")
+    return path
+
+
+@pytest.mark.realdata
+def test_real_fadul(shared_data):
+    s = read_x3p(_need(shared_data / "cartridge/fadul/Fadul 1-1.x3p"))
+    assert s.spacing_um == pytest.approx(6.25)
+    assert 500 <= s.shape[0] <= 600 and 500 <= s.shape[1] <= 600
+    assert s.meta["units_in_file"] == "m" and s.meta["dtype_in_file"] == "float64"
+    assert 0.6 <= 1 - s.valid_fraction <= 0.8
+    std = float(np.nanstd(s.heights))
+    assert 0.1 <= std <= 50  # micrometres, not metres
+    assert s.meta["md5_verified"] is True
+
+
+@pytest.mark.realdata
+def test_real_baldwin_micrometre_file(shared_data):
+    s = read_x3p(_need(shared_data / "cartridge/baldwin/K013sA1.x3p"))
+    assert s.spacing_um == pytest.approx(7.37, abs=0.01)
+    assert s.meta["units_in_file"] == "um"
+    assert s.meta["has_mask_png"] is True
+    assert np.isfinite(np.nanstd(s.heights)) and np.nanstd(s.heights) > 0.1
+
+
+@pytest.mark.realdata
+def test_real_hamby44_float32(shared_data):
+    s = read_x3p(_need(shared_data / "bullet/hamby44/HS44_Barrel1_Bullet1_Land1.x3p"))
+    assert s.meta["dtype_in_file"] == "float32"
+    assert s.spacing_um == pytest.approx(1.5625)
+    assert s.heights.dtype == np.float64
+    assert 0.1 <= float(np.nanstd(s.heights)) <= 500
+
+
+@pytest.mark.realdata
+def test_real_nbide_image(shared_data):
+    s = read_image(_need(shared_data / "images2d/nbide/NBIDE_R_BF_118.png"))
+    assert s.shape == (1944, 2592)
+    assert s.meta["kind"] == "image2d" and s.meta["bit_depth"] == 8
+    assert 0.0 <= np.nanmin(s.heights) and np.nanmax(s.heights) <= 1.0
