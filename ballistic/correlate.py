@@ -1,0 +1,116 @@
+"""Pair-level comparison of two breech faces: registration, cells both ways, CMC counts.
+
+:func:`compare_pair` is what the benchmark, the explanation figure and the
+service call. The pair's CMC count is the smaller of the two directions'
+High-CMC counts (a pair must be congruent whichever scan provides the cells),
+and ``similarity`` is that count plus the mean correlation of its congruent
+cells (in [0, 1)) so that ties are broken continuously.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ballistic.compare import (CMCParams, DirectionResult, PreparedSurface, compare_cells, invert_registration,
+                               prepare, register_global)
+from ballistic.score import CMCOutcome, cmc_count, decide, high_cmc_count
+from ballistic.surface import Surface
+
+__all__ = ["PairResult", "compare_pair", "ALGORITHM_VERSION"]
+
+ALGORITHM_VERSION = "cmc-coarse2fine/1"
+
+
+@dataclass
+class PairResult:
+    reference: str
+    target: str
+    forward: DirectionResult          # reference cells searched in the target
+    backward: DirectionResult         # target cells searched in the reference
+    original: tuple[CMCOutcome, CMCOutcome]
+    high: tuple[CMCOutcome, CMCOutcome]
+    cmc_count: int
+    similarity: float
+    identification: bool
+    seconds: float
+    params: CMCParams
+
+    @property
+    def registration(self):
+        return self.forward.registration
+
+    def summary(self) -> dict:
+        """Flat record (one CSV row / JSON object) without per-cell data."""
+        r = self.registration
+        return {
+            "reference": self.reference, "target": self.target,
+            "cmc_count": self.cmc_count, "similarity": round(self.similarity, 6),
+            "identification": self.identification,
+            "cmc_forward": self.high[0].count, "cmc_backward": self.high[1].count,
+            "cmc_original_forward": self.original[0].count, "cmc_original_backward": self.original[1].count,
+            "rule_forward": self.high[0].rule, "rule_backward": self.high[1].rule,
+            "cells_forward": len(self.forward.cells), "cells_backward": len(self.backward.cells),
+            "angle_deg": round(r.angle_deg, 3), "dy_um": round(r.dy_um, 2), "dx_um": round(r.dx_um, 2),
+            "registration_ncc": round(r.ncc, 4), "seconds": round(self.seconds, 4),
+            "algorithm": ALGORITHM_VERSION,
+        }
+
+    def to_dict(self) -> dict:
+        """Everything needed to explain the result: summary, both registrations, every cell."""
+        out = self.summary()
+        out["params"] = self.params.as_dict()
+        for name, d, hc in (("forward", self.forward, self.high[0]), ("backward", self.backward, self.high[1])):
+            out[name] = {
+                "registration": asdict(d.registration),
+                "consensus": {"angle_deg": hc.consensus_angle_deg, "dy_um": hc.consensus_dy_um,
+                              "dx_um": hc.consensus_dx_um, "rule": hc.rule},
+                "cells": [{"row": c.row, "col": c.col, "y0_px": c.y0_px, "x0_px": c.x0_px, "size_px": c.size_px,
+                           "valid_fraction": round(c.valid_fraction, 4), "angle_deg": round(c.angle_deg, 3),
+                           "dy_um": None if not np.isfinite(c.dy_um) else round(c.dy_um, 2),
+                           "dx_um": None if not np.isfinite(c.dx_um) else round(c.dx_um, 2),
+                           "corr": None if not np.isfinite(c.corr) else round(c.corr, 4),
+                           "cmc": bool(m)} for c, m in zip(d.cells, hc.cmc_mask)],
+            }
+        return out
+
+
+def _prepared(x: Surface | PreparedSurface, p: CMCParams) -> PreparedSurface:
+    if isinstance(x, PreparedSurface):
+        if abs(x.spacing_um - p.spacing_um) > 1e-9:
+            raise ValueError(f"prepared at {x.spacing_um} um but params ask for {p.spacing_um} um; prepare again")
+        return x
+    if isinstance(x, Surface):
+        return prepare(x, p)
+    raise TypeError(f"expected a Surface or PreparedSurface, got {type(x).__name__}")
+
+
+def compare_pair(reference: Surface | PreparedSurface, target: Surface | PreparedSurface,
+                 params: CMCParams | None = None) -> PairResult:
+    """Compare two preprocessed breech faces with Congruent Matching Cells, both ways.
+
+    Parameters
+    ----------
+    reference, target : Surface or PreparedSurface
+        Preprocessed breech faces (:func:`ballistic.preprocess.preprocess_cartridge`),
+        any relative rotation.
+    params : CMCParams, optional
+
+    Returns
+    -------
+    PairResult
+    """
+    p = params or CMCParams()
+    t0 = time.perf_counter()
+    a, b = _prepared(reference, p), _prepared(target, p)
+    reg = register_global(a, b, p)
+    fwd = compare_cells(a, b, reg, p)
+    bwd = compare_cells(b, a, invert_registration(reg), p)
+    orig = (cmc_count(fwd, p), cmc_count(bwd, p))
+    high = (high_cmc_count(fwd, p), high_cmc_count(bwd, p))
+    k = 0 if high[0].count <= high[1].count else 1
+    count = high[k].count
+    sim = count + (high[k].mean_cmc_corr if count else 0.0)
+    return PairResult(a.name, b.name, fwd, bwd, orig, high, count, float(sim), decide(count, p),
+                      time.perf_counter() - t0, p)
