@@ -69,7 +69,7 @@ class CMCParams:
     max_shift_fraction: float = 0.3     # centre offsets searched, fraction of the reference size: overlap / smaller valid area
     cell_min_overlap: float = 0.5       # cell: shared points / cell valid points
     corr_threshold: float = 0.5         # CMC: cell correlation at least this
-    translation_threshold_um: float = 75.0
+    translation_threshold_um: float = 25.0   # two pixels at 12.5 um
     angle_threshold_deg: float = 6.0
     high_cmc_tau: int = 1
     decision_threshold: int = 6         # C >= 6 -> identification (Song 2013)

@@ -5,9 +5,10 @@
   translation) agrees with the consensus pose of the cells within
   ``angle_threshold_deg`` and ``translation_threshold_um``.
 * :func:`high_cmc_count` - the High-CMC rule (Tong 2015): CMCs are counted per
-  angle; when the angles whose count is within ``tau`` of the best lie within
-  ``angle_threshold_deg`` of it, the cells congruent at any of those angles are
-  counted; otherwise the original count is used.
+  angle (cells whose translation agrees with that angle's consensus); when the
+  angles whose count is within ``tau`` of the best lie within
+  ``angle_threshold_deg`` of it, the count at the best angle is the result;
+  otherwise the original count is used.
 * :func:`decide` - identification when the count reaches the decision threshold
   (C >= 6, Song 2013).
 """
@@ -101,9 +102,7 @@ def high_cmc_count(result: DirectionResult, params: CMCParams | None = None) -> 
         return CMCOutcome(original.count, original.cmc_mask, original.consensus_angle_deg,
                           original.consensus_dy_um, original.consensus_dx_um, "high-cmc:fallback-original",
                           original.mean_cmc_corr)
-    ok = per_angle_ok[:, high].any(axis=1)
-    best_corr = np.where(per_angle_ok[:, high], table[:, high, 3], -np.inf).max(axis=1)
-    return _outcome(best_corr, ok, poses[kmax], "high-cmc")
+    return _outcome(table[:, kmax, 3], per_angle_ok[:, kmax], poses[kmax], "high-cmc")
 
 
 def decide(count: int, params: CMCParams | None = None) -> bool:
