@@ -1,6 +1,7 @@
 """Shared pytest fixtures."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,5 +14,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def shared_data() -> Path:
     """Path to ``../shared/data``; skips the test when the folder is absent."""
     if not SHARED_DATA.is_dir():
+        if os.environ.get("BALLISTIC_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(f"BALLISTIC_REQUIRE_REAL_DATA=1 but real data not found at {SHARED_DATA}")
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
