@@ -108,13 +108,19 @@ def summarise(rows: list[dict], *, reference_counts: dict | None = None, thresho
     if reference_counts:
         from scipy.stats import spearmanr
         ours, theirs = [], []
+        ours_km, theirs_km = [], []
         for r in rows:
             key = frozenset((r["reference"], r["target"]))
             if key in reference_counts:
                 ours.append(r["cmc_count"])
                 theirs.append(reference_counts[key])
+                if r["same_source"]:
+                    ours_km.append(r["cmc_count"])
+                    theirs_km.append(reference_counts[key])
         out["reference_pairs_matched"] = len(ours)
         out["spearman_vs_reference"] = float(spearmanr(ours, theirs).statistic) if len(ours) > 2 else None
+        out["spearman_vs_reference_same_source"] = (float(spearmanr(ours_km, theirs_km).statistic)
+                                                    if len(ours_km) > 2 else None)
     return out
 
 

@@ -44,7 +44,7 @@ def bench_cartridge(directory: Path, labels: Path = typer.Option(..., help="labe
     s = run_cartridge_bench(directory, labels, json_out=json_out, reference_csv=reference,
                             rotate_random=rotate_random, seed=seed, workers=workers, limit=limit)
     keys = ["pairs", "auc", "eer", "errors_at_6", "km_cmc_min", "km_cmc_median", "knm_cmc_max",
-            "spearman_vs_reference", "pairs_per_second", "workers"]
+            "spearman_vs_reference", "spearman_vs_reference_same_source", "pairs_per_second", "workers"]
     for k in keys:
         if k in s:
             typer.echo(f"{k:>24}: {s[k]}")

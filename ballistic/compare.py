@@ -2,7 +2,7 @@
 
 Coarse to fine, so that the full 360 degrees of rotation is searched:
 
-1. rotation prior - :func:`search_rotation` over the full circle (3 degree steps)
+1. rotation prior - :func:`search_rotation` over the full circle (4 degree steps)
    at a coarse 50 um spacing: whole-surface masked normalized cross-correlation,
    translation by FFT, all angles in one batched transform (real exhibits
    arrive in any orientation);
@@ -56,7 +56,7 @@ class CMCParams:
     spacing_um: float = 12.5            # comparison spacing (cells, fine registration)
     coarse_spacing_um: float = 25.0     # coarse registration
     prior_spacing_um: float = 50.0      # full-circle rotation prior
-    prior_step_deg: float = 3.0
+    prior_step_deg: float = 4.0
     grid: int = 8                       # cells per side
     min_cell_valid: float = 0.15        # a cell needs this fraction of measured points
     prior_candidates: int = 3           # rotation-prior peaks refined
@@ -160,10 +160,6 @@ def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = ""
 
 # --------------------------------------------------------------------------- masked NCC
 
-def _fft_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int]:
-    return (sfft.next_fast_len(a[-2] + b[-2] - 1, real=True), sfft.next_fast_len(a[-1] + b[-1] - 1, real=True))
-
-
 def masked_ncc(fixed: np.ndarray, moving: np.ndarray, *, min_overlap: int = 16,
                shifts: tuple[int, int, int, int] | None = None,
                dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
@@ -177,8 +173,8 @@ def masked_ncc(fixed: np.ndarray, moving: np.ndarray, *, min_overlap: int = 16,
     min_overlap : int, keyword-only
         Shifts sharing fewer valid points are NaN.
     shifts : (dy_min, dy_max, dx_min, dx_max), optional, keyword-only
-        Only return shifts d in this inclusive range (default: all); the
-        transforms are the same, the combination is done on fewer points.
+        Only return shifts d in this inclusive range (default: all); a narrow
+        window also shrinks the transforms (no wrap-around can reach it).
     dtype : numpy float type, keyword-only
         Precision of the transforms (float32 is about twice as fast).
 
@@ -196,7 +192,18 @@ def masked_ncc(fixed: np.ndarray, moving: np.ndarray, *, min_overlap: int = 16,
     mm = np.isfinite(moving)
     f = np.where(fm, fixed, 0.0).astype(dtype)
     g = np.where(mm, moving, 0.0).astype(dtype)
-    shape = _fft_shape(fixed.shape, moving.shape)
+    Hm, Wm = moving.shape[-2:]
+    Hf, Wf = fixed.shape[-2:]
+    if shifts is None:
+        shifts = (-(Hm - 1), Hf - 1, -(Wm - 1), Wf - 1)
+    y0, y1, x0, x1 = (int(v) for v in shifts)
+    if not (-(Hm - 1) <= y0 <= y1 <= Hf - 1 and -(Wm - 1) <= x0 <= x1 <= Wf - 1):
+        raise ValueError(f"masked_ncc: shifts {shifts} outside the possible range "
+                         f"({-(Hm - 1)}..{Hf - 1}, {-(Wm - 1)}..{Wf - 1})")
+    # Circular correlation of period N is exact for a requested shift d when d +- N leaves the
+    # range of overlapping shifts [-(Hm - 1), Hf - 1]; a narrow window needs far smaller transforms.
+    shape = (sfft.next_fast_len(max(Hf, Hm, Hf - y0, y1 + Hm), real=True),
+             sfft.next_fast_len(max(Wf, Wm, Wf - x0, x1 + Wm), real=True))
     ax = (-2, -1)
 
     def F(x):
@@ -214,15 +221,7 @@ def masked_ncc(fixed: np.ndarray, moving: np.ndarray, *, min_overlap: int = 16,
     sff = I(Ff2 * Gm)
     sgg = I(Fm * Gg2)
     sfg = I(Ff * Gg)
-    Hm, Wm = moving.shape[-2:]
-    Hf, Wf = fixed.shape[-2:]
-    # circular index k holds shift d = k (k < Hf) or k - shape (negative shifts): reorder
-    if shifts is None:
-        shifts = (-(Hm - 1), Hf - 1, -(Wm - 1), Wf - 1)
-    y0, y1, x0, x1 = (int(v) for v in shifts)
-    if not (-(Hm - 1) <= y0 <= y1 <= Hf - 1 and -(Wm - 1) <= x0 <= x1 <= Wf - 1):
-        raise ValueError(f"masked_ncc: shifts {shifts} outside the possible range "
-                         f"({-(Hm - 1)}..{Hf - 1}, {-(Wm - 1)}..{Wf - 1})")
+    # circular index k holds shift d = k (k < Hf) or k - N (negative shifts)
     ry = np.arange(y0, y1 + 1) % shape[0]
     rx = np.arange(x0, x1 + 1) % shape[1]
     sel = (..., ry[:, None], rx[None, :])
