@@ -35,9 +35,10 @@ def warp_rotate(img, angle, cy, cx, out_ny, out_nx, ocy, ocx, ty, tx):
         dy = r - (ocy + ty)
         for c in range(out_nx):
             dx = c - (ocx + tx)
-            # inverse rotation: counter-clockwise on screen is clockwise in (row, col)
-            sy = cy + ca * dy - sa * dx
-            sx = cx + sa * dy + ca * dx
+            # inverse rotation R(-angle); R(angle) turns counter-clockwise as displayed:
+            # R(a) (dy, dx) = (cos a dy - sin a dx, sin a dy + cos a dx) with rows pointing down
+            sy = cy + ca * dy + sa * dx
+            sx = cx - sa * dy + ca * dx
             y0 = math.floor(sy)
             x0 = math.floor(sx)
             fy = sy - y0
@@ -75,6 +76,8 @@ def pairwise_complete_corr(a, b, min_count):
     n = 0
     sa = 0.0
     sb = 0.0
+    qa = 0.0
+    qb = 0.0
     ny, nx = a.shape
     for i in range(ny):
         for j in range(nx):
@@ -84,6 +87,8 @@ def pairwise_complete_corr(a, b, min_count):
                 n += 1
                 sa += x
                 sb += y
+                qa += x * x
+                qb += y * y
     if n < min_count or n < 2:
         return np.nan, n
     ma = sa / n
@@ -101,7 +106,8 @@ def pairwise_complete_corr(a, b, min_count):
                 sab += dx * dy
                 saa += dx * dx
                 sbb += dy * dy
-    if saa <= 0.0 or sbb <= 0.0:
+    # zero variance, up to the rounding of the mean (a constant 0.1 leaves ~1e-17)
+    if saa <= 1e-12 * qa or sbb <= 1e-12 * qb or saa <= 0.0 or sbb <= 0.0:
         return np.nan, n
     return sab / math.sqrt(saa * sbb), n
 

@@ -453,11 +453,10 @@ def compare_cells(reference: PreparedSurface, target: PreparedSurface, registrat
 def invert_registration(reg: Registration) -> Registration:
     """The registration of reference onto target implied by ``reg`` (target onto reference)."""
     a = math.radians(reg.angle_deg)
-    # p_ref = R(a) (p_t - c_t) + c_r + t  =>  p_t = R(-a) (p_ref - c_r - t) + c_t
+    # p_ref = R(a) (p_t - c_t) + c_r + t  =>  p_t = R(-a) (p_ref - c_r) + c_t - R(-a) t, with
+    # R(a) (dy, dx) = (cos a dy - sin a dx, sin a dy + cos a dx) (counter-clockwise as displayed)
     c, s_ = math.cos(a), math.sin(a)
-    # R(a) in (row, col) for counter-clockwise-as-displayed: [[c, -s]... ] applied to (dy, dx) with y down
     ty, tx = reg.dy_um, reg.dx_um
-    # inverse translation: -R(-a) t
-    iy = -(c * ty - s_ * tx)
-    ix = -(s_ * ty + c * tx)
+    iy = -(c * ty + s_ * tx)
+    ix = -(-s_ * ty + c * tx)
     return Registration((-reg.angle_deg) % 360.0, iy, ix, reg.ncc, ())

@@ -91,11 +91,14 @@ def _robust_poly(z: np.ndarray, sel: np.ndarray, init: np.ndarray, *, order: int
         sigma = 1.4826 * float(np.median(np.abs(r[inl])))
         if not np.isfinite(sigma) or sigma == 0:
             break
-        inl = sel & (np.abs(r) < max(k * sigma, tol_min))
+        new = sel & (np.abs(r) < max(k * sigma, tol_min))
+        if np.array_equal(new, inl):
+            break
+        inl = new
     return trend, inl, sigma
 
 
-def remove_trend(surface: Surface, *, robust: bool = True, iterations: int = 6, k: float = 3.0) -> Surface:
+def remove_trend(surface: Surface, *, robust: bool = True, iterations: int = 30, k: float = 3.0) -> Surface:
     """Subtract a (robustly fitted) plane from the heights.
 
     Parameters
@@ -103,9 +106,12 @@ def remove_trend(surface: Surface, *, robust: bool = True, iterations: int = 6, 
     surface : Surface
         Heights in um, NaN = missing.
     robust : bool, keyword-only
-        Trim points further than ``k`` robust standard deviations (1.4826 * MAD)
-        from the plane and refit, ``iterations`` times. A plain least-squares fit
-        when False.
+        Start from the points within ``k`` robust standard deviations
+        (1.4826 * MAD) of the median height, then repeatedly fit and keep the
+        points within ``k`` robust standard deviations of the plane until that set
+        stops changing (at most ``iterations`` passes). So outliers - even a
+        plateau holding a third of the points - do not pull the plane.
+        A plain least-squares fit when False.
 
     Returns
     -------
@@ -115,7 +121,16 @@ def remove_trend(surface: Surface, *, robust: bool = True, iterations: int = 6, 
     _require_valid(surface, "remove_trend", 3)
     z = surface.heights
     m = surface.mask
-    trend, _, _ = _robust_poly(np.where(m, z, 0.0), m, m, order=1, iterations=iterations if robust else 1, k=k)
+    z0 = np.where(m, z, 0.0)
+    if not robust:
+        trend, _, _ = _robust_poly(z0, m, m, order=1, iterations=1, k=k)
+    else:
+        med = float(np.median(z[m]))
+        mad = 1.4826 * float(np.median(np.abs(z[m] - med)))
+        init = m & (np.abs(z0 - med) <= k * mad) if mad > 0 else m
+        if init.sum() < 3:
+            init = m
+        trend, _, _ = _robust_poly(z0, m, init, order=1, iterations=iterations, k=k)
     return surface.with_heights(np.where(m, z - trend, np.nan))
 
 
@@ -319,7 +334,9 @@ def find_breech_face(surface: Surface, *, work_spacing_um: float = 20.0, central
     counts = np.bincount(lab[central].ravel(), minlength=n + 1)
     counts[0] = 0
     comp = lab == int(np.argmax(counts))
-    disc = _fill_holes(comp)
+    filled = _fill_holes(comp)
+    # the steep-wall band (1 px dilation) and the opening shaved the disc edge: give 2 px back
+    disc = ndi.binary_dilation(filled, iterations=2) & valid
     area = float(disc.sum())
     if area < 0.05 * ny * nx:
         raise PreprocessError(f"find_breech_face: breech-face region too small ({area / (ny * nx):.1%} of scan)")
@@ -329,7 +346,7 @@ def find_breech_face(surface: Surface, *, work_spacing_um: float = 20.0, central
     ey, ex = np.nonzero(edge)
     rad = np.hypot(ey - cy, ex - cx)
     R = float(np.median(rad))
-    holes = disc & ~comp
+    holes = filled & ~comp
     hl, hn = ndi.label(holes)
     aperture = np.zeros_like(disc)
     if hn:
@@ -340,7 +357,10 @@ def find_breech_face(surface: Surface, *, work_spacing_um: float = 20.0, central
         score = sizes * (d < 0.5 * R)  # the aperture is the big hole near the middle
         k = int(np.argmax(score))
         if score[k] > 0:
-            aperture = hl == (k + 1)
+            # the wall band (steep pixels + 1 px) was cut from the hole's side too: give it back
+            aperture = ndi.binary_erosion(hl == (k + 1), iterations=2)
+            if not aperture.any():
+                aperture = hl == (k + 1)
     r_ap = math.sqrt(aperture.sum() / math.pi)
     # Work in the coarse frame with the real shapes (the aperture and its ring are rarely
     # concentric with the primer), then bring the mask to the input frame.

@@ -60,7 +60,7 @@ def cmc_count(result: DirectionResult, params: CMCParams | None = None) -> CMCOu
     ang = np.array([c.angle_deg for c in cells], dtype=float)
     dy = np.array([c.dy_um for c in cells], dtype=float)
     dx = np.array([c.dx_um for c in cells], dtype=float)
-    good = np.isfinite(corr) & (corr >= p.corr_threshold)
+    good = np.isfinite(corr) & (corr >= p.corr_threshold) & np.isfinite(dy) & np.isfinite(dx)
     if not good.any():
         return _outcome(corr, np.zeros(len(cells), bool), (float("nan"),) * 3, "original")
     a0 = _circular_median(ang[good])
@@ -85,7 +85,7 @@ def high_cmc_count(result: DirectionResult, params: CMCParams | None = None) -> 
     poses = []
     for k in range(n_ang):
         dy, dx, corr = table[:, k, 1], table[:, k, 2], table[:, k, 3]
-        good = np.isfinite(corr) & (corr >= p.corr_threshold)
+        good = np.isfinite(corr) & (corr >= p.corr_threshold) & np.isfinite(dy) & np.isfinite(dx)
         if not good.any():
             poses.append((angles[k], np.nan, np.nan))
             continue

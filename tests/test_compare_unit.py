@@ -207,10 +207,6 @@ def test_register_global_recovers_translation(annulus, ref_prep):
     assert reg.dx_um == pytest.approx(-4 * 12.5, abs=12.5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Angle convention: a target turned counter-clockwise as displayed by 90 deg (np.rot90 k=1) "
-    "should register at -90 = 270 deg per compare's docstring, but comes out at 90 because "
-    "warp_rotate (hence rotate / warp_to_reference) turns clockwise for positive angles."))
 def test_register_global_sign_against_np_rot90(annulus, ref_prep):
     target = C.prepare(annulus.with_heights(np.rot90(annulus.heights, 1).copy()), PARAMS)
     reg = C.register_global(ref_prep, target, PARAMS)

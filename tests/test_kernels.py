@@ -20,7 +20,7 @@ from ballistic import _kernels as K
 #: displayed, see ``test_warp_rotate_plus90_is_np_rot90_k1``), so the twin is
 #: compared at ``KERNEL_ANGLE_SIGN * angle``. Flip this to +1 when the kernel's
 #: direction is fixed to match its docstring.
-KERNEL_ANGLE_SIGN = -1.0
+KERNEL_ANGLE_SIGN = 1.0
 
 _W_EPS = 1e-9  # a bilinear weight below this carries no weight (float noise at 90 degrees)
 
@@ -184,10 +184,6 @@ def test_warp_rotate_90_is_a_quarter_turn():
     np.testing.assert_allclose(out180, np.rot90(img, 2), atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "warp_rotate rotates CLOCKWISE as displayed (row 0 on top): +90 deg gives np.rot90(img, k=-1), "
-    "while its docstring (and preprocess.rotate's) promise counter-clockwise, i.e. np.rot90(img, k=1). "
-    "The kernel samples at R(+angle) @ (p - o) + c instead of the documented R(-angle)."))
 def test_warp_rotate_plus90_is_np_rot90_k1():
     img = _image("random", (5, 5), 7)
     np.testing.assert_allclose(_rot90_direction(img), np.rot90(img, k=1), atol=1e-12)
@@ -247,10 +243,6 @@ def test_pairwise_complete_corr_linear_invariance():
     assert n0 == n1 and c1 == pytest.approx(c0, abs=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pairwise_complete_corr tests zero variance with 'saa <= 0.0' exactly; for a constant such "
-    "as 0.1 the rounded mean differs from the values by ~1e-17, so a constant side gives a "
-    "tiny non-NaN corr (~1e-17) and two constant arrays give corr = 1.0 instead of NaN."))
 def test_pairwise_complete_corr_constant_non_dyadic_is_nan():
     a = np.full((7, 7), 0.1)
     b = _rand(np.random.default_rng(0), (7, 7))

@@ -74,20 +74,12 @@ def test_remove_trend_one_sided_spread_outliers_converges(seed):
     assert np.abs(r.heights[~out]).max() < 1e-9
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "remove_trend's default iterations=6 stops before the trimming converges with 30% one-sided "
-    "outliers (+10..+200 um): residual on the exact plane 0.1-0.5 um for seeds 1-5; 10 passes "
-    "reach 1e-13. It should iterate until the inlier set stops changing."))
 def test_remove_trend_one_sided_spread_outliers_default_iterations():
     s, out = _one_sided(3)
     r = P.remove_trend(s)
     assert np.abs(r.heights[~out]).max() < 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "remove_trend starts its trimming from the plain least-squares fit: with 30% of the points on "
-    "a second plateau (+100 um) the fit is pulled up by ~30 um, the MAD of all residuals is ~30 um, "
-    "3 sigma (~133 um) keeps every point and the trimming never starts; residual stays ~30 um."))
 def test_remove_trend_plateau_outliers():
     rng = np.random.default_rng(2)
     z = _plane()
@@ -313,11 +305,6 @@ def test_find_breech_face_synthetic(raw_cartridge):
     assert g.aperture_radius_um == pytest.approx(350.0, abs=80.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "find_breech_face geometry is biased by ~2.5 work pixels (~50 um at 20 um): on an ideal step "
-    "primer R=1300 um / aperture R=350 um it reports R~1247 um / 395 um, because the disc is built "
-    "from inliers after dilating the steep-wall band; the edge/aperture margins then apply on top, "
-    "so ~110/85 um are removed instead of 60/40 um and the mask covers 79.9% of the true annulus."))
 def test_find_breech_face_geometry_accuracy(raw_cartridge):
     s, annulus, _, _ = raw_cartridge
     g = P.find_breech_face(s)

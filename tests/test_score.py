@@ -50,10 +50,6 @@ def test_translation_outside_threshold_not_counted():
     assert out.consensus_dy_um == pytest.approx(0.0) and out.consensus_dx_um == pytest.approx(0.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cmc_count takes np.median of dy/dx over the cells with a good correlation; one such cell "
-    "with a NaN translation makes the consensus NaN and the count 0 for every cell "
-    "(compare_cells never emits that combination, but hand-built or merged results can)."))
 def test_nan_translation_does_not_poison_the_consensus():
     cells = [cell(k) for k in range(6)] + [cell(6, dy=np.nan)]
     out = cmc_count(result(cells), P)

@@ -1,0 +1,70 @@
+"""The benchmark and the command line on a few real Fadul scans (skipped without the data)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ballistic.bench import summarise
+from ballistic.cli import app
+
+runner = CliRunner()
+
+
+def test_summarise_counts_errors_at_the_decision_threshold():
+    rows = [{"same_source": True, "cmc_count": 20, "similarity": 20.8, "reference": "a", "target": "b"},
+            {"same_source": True, "cmc_count": 5, "similarity": 5.7, "reference": "c", "target": "d"},
+            {"same_source": False, "cmc_count": 6, "similarity": 6.6, "reference": "a", "target": "c"},
+            {"same_source": False, "cmc_count": 0, "similarity": 0.0, "reference": "b", "target": "d"}]
+    s = summarise(rows, reference_counts={frozenset(("a", "b")): 27, frozenset(("c", "d")): 10,
+                                          frozenset(("a", "c")): 1, frozenset(("b", "d")): 0})
+    assert s["errors_at_6"] == 2 and s["false_positives_at_6"] == 1 and s["false_negatives_at_6"] == 1
+    assert s["km_cmc_min"] == 5 and s["knm_cmc_max"] == 6
+    assert s["auc"] == pytest.approx(0.75)
+    assert s["spearman_vs_reference"] == pytest.approx(0.8)   # ranks (4,2,3,1) vs (4,3,2,1)
+
+
+@pytest.mark.realdata
+def test_bench_cartridge_cli_writes_summary_csv_and_plots(shared_data, tmp_path):
+    d = shared_data / "cartridge" / "fadul"
+    out = tmp_path / "fadul.json"
+    res = runner.invoke(app, ["bench", "cartridge", str(d), "--labels", str(d / "labels.csv"), "--json", str(out),
+                              "--reference", str(shared_data / "published" / "fadul_cmc_nist.csv"),
+                              "--rotate-random", "--limit", "6", "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    s = json.loads(out.read_text())
+    for key in ("pairs", "auc", "eer", "errors_at_6", "km_cmc_min", "knm_cmc_max", "pairs_per_second",
+                "spearman_vs_reference"):
+        assert key in s, key
+    assert s["pairs"] == 15                      # 6 scans: 1-1, 1-2, 10-1, 10-2, 2-1, 2-2
+    assert s["same_source_pairs"] == 3
+    assert s["auc"] == 1.0 and s["errors_at_6"] == 0
+    assert out.with_suffix(".pairs.csv").exists()
+    for f in s["plots"]:
+        assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.realdata
+def test_compare_cli_writes_explanation(shared_data, tmp_path):
+    d = shared_data / "cartridge" / "fadul"
+    fig, js = tmp_path / "f.png", tmp_path / "r.json"
+    res = runner.invoke(app, ["compare", str(d / "Fadul 1-1.x3p"), str(d / "Fadul 1-2.x3p"),
+                              "--figure", str(fig), "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(js.read_text())
+    assert r["identification"] is True and r["cmc_count"] >= 15
+    cells = r["forward"]["cells"]
+    assert sum(c["cmc"] for c in cells) == r["cmc_forward"]
+    assert all(c["corr"] is None or -1.0 <= c["corr"] <= 1.0 for c in cells)
+    assert fig.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_rejects_labels_without_source_column(tmp_path):
+    lab = tmp_path / "labels.csv"
+    lab.write_text("path,comment\nx.x3p,hello\n")
+    res = runner.invoke(app, ["bench", "cartridge", str(tmp_path), "--labels", str(lab), "--json",
+                              str(tmp_path / "o.json")])
+    assert res.exit_code != 0
+    assert "slide" in str(res.exception) or "slide" in res.output
