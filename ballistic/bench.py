@@ -202,6 +202,16 @@ def run_cartridge_bench(directory: str | Path, labels_csv: str | Path, *, json_o
     t_cmp = time.perf_counter() - t1
     ref = read_reference_counts(reference_csv) if reference_csv else None
     summary = summarise(rows, reference_counts=ref, threshold=p.decision_threshold)
+    try:
+        from ballistic.calibrate import calibration_report
+        src = {sc.name: sc.source for sc in scans}
+        summary["likelihood_ratio"] = calibration_report(
+            [r["similarity"] for r in rows], [r["same_source"] for r in rows],
+            [src[r["reference"]] for r in rows], [src[r["target"]] for r in rows])
+        summary["likelihood_ratio"]["method"] = ("logistic on similarity + invariance bounds (lir), "
+                                                 "leave-one-firearm-out cross-validation")
+    except ValueError as e:   # too few firearms for leave-one-out: say so instead of guessing
+        summary["likelihood_ratio"] = {"error": str(e)}
     summary.update({"pairs_per_second": len(rows) / t_cmp, "compare_seconds": t_cmp,
                     "preprocess_seconds": t_prep, "workers": workers, "rotate_random": rotate_random,
                     "seed": seed, "algorithm": ALGORITHM_VERSION, "params": p.as_dict(),

@@ -48,6 +48,10 @@ def bench_cartridge(directory: Path, labels: Path = typer.Option(..., help="labe
     for k in keys:
         if k in s:
             typer.echo(f"{k:>24}: {s[k]}")
+    lr = s.get("likelihood_ratio", {})
+    for k in ("cllr", "log10_lr_min", "log10_lr_max", "same_source_lr_gt_1", "different_source_lr_lt_1"):
+        if k in lr:
+            typer.echo(f"{'LR ' + k:>24}: {lr[k]}")
 
 
 if __name__ == "__main__":  # pragma: no cover
