@@ -1,0 +1,158 @@
+"""Bulk ingest through the HTTP API (what ``ballistic ingest DIR`` runs).
+
+Metadata comes from an optional CSV matched to files by ``path`` / ``file`` (file name) or
+``scan`` (file stem). Recognised columns: case_number, exhibit_ref (or exhibit_id), agency,
+exhibit_type, role, calibre, firing_pin_shape, land_count, twist, recovery_date, place_text
+(or place), lat, lon, firearm_serial, spacing_um. Without case_number / exhibit_ref both
+are the scan name. ``role`` accepts evidence / test_fire and the reference-set words
+known (-> test_fire) / questioned (-> evidence); a known scan's ``slide`` or ``firearm_id``
+column becomes its firearm serial (Fadul labels.csv). Questioned scans never get one.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["ingest_directory", "metadata_for", "read_labels", "upload_file", "wait_for_jobs"]
+
+SUFFIXES = {".x3p", ".png", ".tif", ".tiff"}
+FIELDS = ("case_number", "exhibit_ref", "agency", "exhibit_type", "role", "calibre", "firing_pin_shape", "land_count",
+          "twist", "recovery_date", "place_text", "lat", "lon", "firearm_serial", "spacing_um")
+_ROLE = {"known": "test_fire", "test_fire": "test_fire", "test-fire": "test_fire", "testfire": "test_fire",
+         "questioned": "evidence", "unknown": "evidence", "evidence": "evidence"}
+
+
+def read_labels(path: Path | None) -> dict[str, dict[str, str]]:
+    """Rows keyed by file name and by stem (both lower-case)."""
+    if path is None:
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for row in csv.DictReader(f):
+            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            for key in ("path", "file", "filename"):
+                if row.get(key):
+                    name = Path(row[key]).name.lower()
+                    out[name] = row
+                    out[Path(name).stem] = row
+            if row.get("scan"):
+                out[row["scan"].lower()] = row
+    return out
+
+
+def metadata_for(file: Path, labels: dict[str, dict[str, str]], *, agency: str, calibre: str | None,
+                 firing_pin_shape: str | None, case_prefix: str = "") -> dict[str, str]:
+    row = labels.get(file.name.lower()) or labels.get(file.stem.lower()) or {}
+    scan = row.get("scan") or file.stem
+    meta: dict[str, Any] = {
+        "case_number": row.get("case_number") or f"{case_prefix}{scan}",
+        "exhibit_ref": row.get("exhibit_ref") or row.get("exhibit_id") or scan,
+        "agency": row.get("agency") or agency,
+        "exhibit_type": row.get("exhibit_type") or "cartridge_case",
+        "role": _ROLE.get((row.get("role") or "evidence").lower(), "evidence"),
+        "calibre": row.get("calibre") or calibre,
+        "firing_pin_shape": row.get("firing_pin_shape") or firing_pin_shape,
+    }
+    for k in ("land_count", "twist", "recovery_date", "lat", "lon", "spacing_um", "firearm_serial"):
+        if row.get(k):
+            meta[k] = row[k]
+    if row.get("place_text") or row.get("place"):
+        meta["place_text"] = row.get("place_text") or row.get("place")
+    if meta["role"] == "test_fire" and not meta.get("firearm_serial"):
+        fid = row.get("firearm_id") or (f"slide-{row['slide']}" if row.get("slide") else None)
+        if fid:
+            meta["firearm_serial"] = fid
+    if meta["role"] != "test_fire":
+        meta.pop("firearm_serial", None)
+    return {k: str(v) for k, v in meta.items() if v not in (None, "")}
+
+
+def upload_file(client: httpx.Client, file: Path, meta: dict[str, str]) -> dict[str, Any]:
+    res: dict[str, Any] = {"file": file.name}
+    try:
+        with open(file, "rb") as fh:
+            r = client.post("/v1/exhibits", data=meta, files={"file": (file.name, fh, "application/octet-stream")})
+    except httpx.HTTPError as e:
+        return {**res, "status": "error", "http_status": None, "error": f"{type(e).__name__}: {e}"}
+    res["http_status"] = r.status_code
+    if r.status_code == 201:
+        body = r.json()
+        return {**res, "status": "created", "exhibit_id": body["id"],
+                "job_id": (body.get("job") or {}).get("id"), "sha256": body["original_sha256"]}
+    try:
+        detail = r.json().get("detail")
+    except ValueError:
+        detail = r.text[:500]
+    if r.status_code == 409 and isinstance(detail, dict) and "existing_exhibit_id" in detail:
+        return {**res, "status": "duplicate", "exhibit_id": detail["existing_exhibit_id"]}
+    return {**res, "status": "error", "error": detail}
+
+
+def wait_for_jobs(client: httpx.Client, job_ids: list[int], *, timeout: float = 3600, poll: float = 1.0,
+                  progress: bool = False) -> dict[int, dict]:
+    pending, out = set(job_ids), {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pending), desc="jobs", unit="job")
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for j in sorted(pending):
+            try:
+                r = client.get(f"/v1/jobs/{j}")
+            except httpx.HTTPError:
+                break
+            if r.status_code == 200 and r.json()["status"] in ("done", "failed"):
+                out[j] = r.json()
+                pending.discard(j)
+                if bar:
+                    bar.update(1)
+        if pending:
+            time.sleep(poll)
+    if bar:
+        bar.close()
+    return out
+
+
+def ingest_directory(directory: Path, *, api_url: str, api_key: str, labels: Path | None = None,
+                     agency: str = "ingest", calibre: str | None = None, firing_pin_shape: str | None = None,
+                     case_prefix: str = "", pattern: str = "*", concurrency: int = 2, wait: bool = False,
+                     progress: bool = True, files: list[Path] | None = None, timeout: float = 120.0,
+                     on_result=None) -> list[dict[str, Any]]:
+    lab = read_labels(labels)
+    todo = files if files is not None else sorted(p for p in Path(directory).glob(pattern)
+                                                  if p.is_file() and p.suffix.lower() in SUFFIXES)
+    results: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="upload", unit="file")
+    with httpx.Client(base_url=api_url, headers={"X-API-Key": api_key}, timeout=timeout) as client:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            futs = {pool.submit(upload_file, client, f, metadata_for(f, lab, agency=agency, calibre=calibre,
+                                                                      firing_pin_shape=firing_pin_shape,
+                                                                      case_prefix=case_prefix)): f for f in todo}
+            for fut in as_completed(futs):
+                r = fut.result()
+                results.append(r)
+                if on_result is not None:
+                    on_result(r)
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix_str(f"{r['file']}: {r['status']}")
+        if bar:
+            bar.close()
+        if wait:
+            jobs = wait_for_jobs(client, [r["job_id"] for r in results if r.get("job_id")], progress=progress)
+            for r in results:
+                if r.get("job_id") in jobs:
+                    r["job_status"] = jobs[r["job_id"]]["status"]
+    results.sort(key=lambda r: r["file"])
+    return results

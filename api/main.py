@@ -1,0 +1,72 @@
+"""The FastAPI application: ``create_app(settings)``; OpenAPI docs at ``/docs``."""
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.routers import audit, candidates, exhibits, export, hits, jobs, keys, reviews, series, system
+from api.runtime import Runtime
+from api.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("ballistic.api")
+
+DESCRIPTION = """Correlation service of `ballistic`: submit breech-face scans, get ranked candidates
+re-scored with Congruent Matching Cells, review them, and follow confirmed hits.
+
+Authenticate with an API key in the `X-API-Key` header (or `Authorization: Bearer <key>`).
+Scopes: **examiner** (submit, read evidence, review), **intelligence** (hits feed, series, exports
+only), **admin** (everything, keys, audit verification)."""
+
+
+class BodyLimit:
+    """Refuse a request whose declared body exceeds the upload limit before reading it (413)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            for k, v in scope.get("headers", ()):
+                if k == b"content-length":
+                    try:
+                        n = int(v)
+                    except ValueError:
+                        n = -1
+                    if n > self.max_bytes or n < 0:
+                        body = json.dumps({"detail": f"request body of {v.decode('latin-1')} bytes refused: the "
+                                                     f"limit is {self.max_bytes} bytes (max_upload_bytes)"}).encode()
+                        code = 413 if n > 0 else 400
+                        await send({"type": "http.response.start", "status": code,
+                                    "headers": [(b"content-type", b"application/json"),
+                                                (b"content-length", str(len(body)).encode()),
+                                                (b"connection", b"close")]})
+                        await send({"type": "http.response.body", "body": body})
+                        return
+                    break
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        rt = Runtime(settings).start()
+        app.state.runtime = rt
+        log.info("ballistic service started: %s", rt.startup_report)
+        try:
+            yield
+        finally:
+            rt.stop()
+
+    app = FastAPI(title="ballistic correlation service", version="1", description=DESCRIPTION, lifespan=lifespan)
+    for r in (exhibits, jobs, candidates, reviews, hits, series, export, audit, keys, system):
+        app.include_router(r.router)
+    # multipart overhead on top of the file itself
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + (1 << 20))
+    return app

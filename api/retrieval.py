@@ -1,0 +1,235 @@
+"""The service's vector index: breech-face descriptors, partitions, snapshots, consistency with the DB.
+
+The database is the source of truth: every exhibit's raw descriptor (float32 bytes),
+its ``DESCRIPTOR_VERSION`` and partition are stored there. The in-memory
+:class:`ballistic.index.VectorIndex` is a cache that is snapshotted to ``index_dir``
+and, at start-up, loaded and compared with the DB (ids per partition, descriptor
+version, whitener); if the snapshot is missing, stale or inconsistent it is rebuilt
+from the DB descriptors.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.models import Exhibit
+from api.settings import Settings
+
+__all__ = ["Retrieval", "region_for_media", "partition_for"]
+
+log = logging.getLogger("ballistic.api.retrieval")
+
+
+def region_for_media(media_type: str) -> str:
+    """3D topographies and 2D photographs are never compared with each other."""
+    return "breech_face" if media_type == "x3p" else "breech_face_2d"
+
+
+def partition_for(calibre: str | None, firing_pin_shape: str | None, region: str) -> str:
+    from ballistic.index import partition_key
+
+    return partition_key(calibre or None, firing_pin_shape or None, region=region)
+
+
+class Retrieval:
+    """Thread-safe wrapper of one VectorIndex plus the descriptor transform."""
+
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session]):
+        from ballistic import describe
+
+        self.settings = settings
+        self.session_factory = session_factory
+        self.descriptor_version: str = describe.DESCRIPTOR_VERSION
+        self.raw_dim: int = int(describe.DESCRIPTOR_DIM)
+        self._lock = threading.RLock()
+        self.whitener = None
+        self.transform_id = "raw"
+        if settings.whitener_path:
+            from ballistic.describe import PCAWhitener
+
+            wp = Path(settings.whitener_path)
+            self.whitener = PCAWhitener.load(wp)
+            self.transform_id = "pca:" + hashlib.sha256(wp.read_bytes()).hexdigest()[:16]
+        self.dim = int(self.whitener.out_dim) if self.whitener is not None else self.raw_dim
+        self.index = self._new_index()
+        self.snapshot_id: str | None = None
+        self._dirty = False
+        self._last_save = 0.0
+        self.last_load: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ vectors
+    def _new_index(self):
+        from ballistic.index import VectorIndex
+
+        return VectorIndex(self.dim, factory=self.settings.index_factory, metric=self.settings.index_metric)
+
+    @staticmethod
+    def compute_descriptor(surface) -> np.ndarray:
+        from ballistic.describe import breech_face_descriptor
+
+        v = np.asarray(breech_face_descriptor(surface), dtype=np.float32).ravel()
+        if not np.all(np.isfinite(v)):
+            raise ValueError("descriptor has non-finite values")
+        return v
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        x = np.asarray(raw, dtype=np.float32).reshape(1, -1)
+        if self.whitener is not None:
+            x = np.asarray(self.whitener.transform(x), dtype=np.float32)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    # ------------------------------------------------------------------ index operations
+    def add(self, exhibit_id: int, partition: str, raw: np.ndarray) -> None:
+        vec = self.transform(raw)
+        ids = np.asarray([exhibit_id], dtype=np.int64)
+        with self._lock:
+            if exhibit_id in self.index:
+                self.index.remove(ids)
+            self.index.add(ids, vec, partition=partition)
+            self._dirty = True
+
+    def remove(self, exhibit_id: int) -> None:
+        with self._lock:
+            if exhibit_id in self.index:
+                self.index.remove(np.asarray([exhibit_id], dtype=np.int64))
+                self._dirty = True
+
+    def search(self, raw: np.ndarray, k: int, partition: str, *, exclude: int | None = None) -> list[tuple[int, float]]:
+        q = self.transform(raw)
+        with self._lock:
+            n = self.index.count(partition) if partition in set(self.index.partitions()) else 0
+            if n == 0:
+                return []
+            scores, ids = self.index.search(q, min(k + 1, n), partition=partition)
+        out = [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) != exclude]
+        return out[:k]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.index)
+
+    # ------------------------------------------------------------------ persistence
+    @property
+    def _vectors_dir(self) -> Path:
+        return Path(self.settings.index_dir) / "vectors"
+
+    @property
+    def _manifest(self) -> Path:
+        return Path(self.settings.index_dir) / "manifest.json"
+
+    def _manifest_expect(self) -> dict:
+        return {"descriptor_version": self.descriptor_version, "transform": self.transform_id, "dim": self.dim,
+                "factory": self.settings.index_factory, "metric": self.settings.index_metric}
+
+    def save(self, *, force: bool = False) -> str | None:
+        with self._lock:
+            if not (self._dirty or force):
+                return self.snapshot_id
+            Path(self.settings.index_dir).mkdir(parents=True, exist_ok=True)
+            snap = self.index.save(self._vectors_dir)
+            manifest = {**self._manifest_expect(), "snapshot_id": snap, "count": len(self.index),
+                        "saved_at": time.time()}
+            tmp = self._manifest.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                json.dump(manifest, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._manifest)
+            self.snapshot_id, self._dirty, self._last_save = snap, False, time.monotonic()
+            return snap
+
+    def maybe_save(self) -> None:
+        if self._dirty and time.monotonic() - self._last_save >= self.settings.index_save_interval_s:
+            try:
+                self.save()
+            except Exception:  # a failed snapshot is rebuilt from the DB at the next start
+                log.exception("index snapshot failed")
+
+    def _db_items(self, session: Session) -> list[tuple[int, str, bytes]]:
+        rows = session.execute(
+            select(Exhibit.id, Exhibit.partition, Exhibit.descriptor)
+            .where(Exhibit.descriptor.is_not(None), Exhibit.descriptor_version == self.descriptor_version)
+            .order_by(Exhibit.id)).all()
+        return [(int(i), p, d) for i, p, d in rows]
+
+    def _db_membership(self, session: Session) -> dict[str, set[int]]:
+        rows = session.execute(
+            select(Exhibit.id, Exhibit.partition)
+            .where(Exhibit.descriptor.is_not(None), Exhibit.descriptor_version == self.descriptor_version)).all()
+        out: dict[str, set[int]] = {}
+        for i, p in rows:
+            out.setdefault(p, set()).add(int(i))
+        return out
+
+    def consistency(self, session: Session) -> dict:
+        """Compare the in-memory index with the DB: counts per partition and id membership."""
+        db = self._db_membership(session)
+        with self._lock:
+            idx_parts = {p: self.index.count(p) for p in self.index.partitions()}
+            missing = [i for ids in db.values() for i in ids if i not in self.index]
+            n = len(self.index)
+        db_n = sum(len(v) for v in db.values())
+        counts_ok = all(idx_parts.get(p, 0) == len(v) for p, v in db.items()) and \
+            all(c == len(db.get(p, ())) for p, c in idx_parts.items() if c)
+        return {"consistent": not missing and n == db_n and counts_ok, "index_count": n, "db_count": db_n,
+                "missing_from_index": missing[:20], "partitions": {p: len(v) for p, v in db.items()},
+                "snapshot_id": self.snapshot_id, "descriptor_version": self.descriptor_version,
+                "transform": self.transform_id, "dim": self.dim}
+
+    def load_or_rebuild(self) -> dict:
+        """Start-up: load the snapshot if it matches the DB, otherwise rebuild it from DB descriptors."""
+        reason = None
+        loaded = None
+        try:
+            manifest = json.loads(self._manifest.read_text()) if self._manifest.is_file() else None
+        except (OSError, ValueError):
+            manifest = None
+        if manifest is None:
+            reason = "no snapshot"
+        elif any(manifest.get(k) != v for k, v in self._manifest_expect().items()):
+            reason = "snapshot built with another descriptor/transform/factory"
+        else:
+            try:
+                from ballistic.index import VectorIndex
+
+                loaded = VectorIndex.load(self._vectors_dir)
+            except Exception as e:  # corrupt or half-written snapshot
+                reason = f"snapshot unreadable: {type(e).__name__}: {e}"
+        with self.session_factory() as s:
+            if loaded is not None:
+                with self._lock:
+                    self.index, self.snapshot_id = loaded, getattr(loaded, "snapshot_id", None)
+                c = self.consistency(s)
+                if c["consistent"]:
+                    self.last_load = {"action": "loaded", **c}
+                    return self.last_load
+                reason = (f"snapshot stale: index has {c['index_count']} vectors, DB has {c['db_count']} "
+                          f"descriptors")
+            items = self._db_items(s)
+        from ballistic.index import VectorIndex
+
+        def gen():
+            for i, p, d in items:
+                yield i, p, self.transform(np.frombuffer(d, dtype=np.float32))[0]
+
+        t0 = time.perf_counter()
+        idx = VectorIndex.rebuild(self.dim, gen(), factory=self.settings.index_factory,
+                                  metric=self.settings.index_metric)
+        with self._lock:
+            self.index, self._dirty = idx, True
+        self.save(force=True)
+        with self.session_factory() as s:
+            c = self.consistency(s)
+        self.last_load = {"action": "rebuilt", "reason": reason, "seconds": round(time.perf_counter() - t0, 3), **c}
+        log.info("vector index rebuilt (%s): %d vectors", reason, c["index_count"])
+        return self.last_load

@@ -1,0 +1,66 @@
+"""The intelligence feed: confirmed hits in order, cursor-paginated, with ETag / If-None-Match."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from sqlalchemy import func, select
+
+from api.deps import IntelReader, ReadSessionDep
+from api.models import HitEvent
+from api.schemas import CasePublic, ErrorPublic, ExhibitSummary, HitFeed, HitPublic
+
+router = APIRouter(prefix="/v1/hits", tags=["hits"])
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"hit:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        kind, _, n = raw.partition(":")
+        seq = int(n)
+        if kind != "hit" or seq < 0 or seq > 2**62:
+            raise ValueError
+        return seq
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "invalid cursor: pass back a next_cursor value") from None
+
+
+def _item(ev: HitEvent) -> HitPublic:
+    exs = [ExhibitSummary.model_validate(ev.exhibit_a), ExhibitSummary.model_validate(ev.exhibit_b)]
+    cases = {e.case.id: e.case for e in exs}
+    return HitPublic(seq=ev.seq, kind=ev.kind, candidate_id=ev.candidate_id, score=ev.score, cmc_count=ev.cmc_count,
+                     confirmed_by=ev.confirmed_by, confirmed_at=ev.created_at, exhibits=exs,
+                     cases=[CasePublic.model_validate(c) for c in cases.values()])
+
+
+@router.get("/feed", response_model=HitFeed, responses={304: {"description": "nothing new (ETag matched)"},
+                                                        400: {"model": ErrorPublic}},
+            summary="Confirmed hits (and retractions) after a cursor, oldest first")
+def hits_feed(response: Response, session: ReadSessionDep, who: IntelReader,
+              after: Annotated[Optional[str], Query(max_length=100, description="opaque cursor")] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 100,
+              if_none_match: Annotated[Optional[str], Header(max_length=200)] = None):
+    after_seq = decode_cursor(after) if after else 0
+    head = session.execute(select(func.max(HitEvent.seq))).scalar() or 0
+    if head <= after_seq:
+        events = []
+    else:
+        events = session.execute(select(HitEvent).where(HitEvent.seq > after_seq).order_by(HitEvent.seq)
+                                 .limit(limit + 1)).scalars().unique().all()
+    has_more = len(events) > limit
+    events = events[:limit]
+    last = events[-1].seq if events else after_seq
+    # events are append-only, so (after, limit, last seq, count) identifies the page's content
+    etag = '"' + hashlib.sha256(f"{after_seq}:{limit}:{last}:{len(events)}:{has_more}".encode()).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match and etag in [t.strip().removeprefix("W/") for t in if_none_match.split(",")]:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    response.headers.update(headers)
+    return HitFeed(items=[_item(e) for e in events], next_cursor=encode_cursor(last), has_more=has_more)

@@ -1,0 +1,24 @@
+"""Liveness and service status (jobs by state, index vs DB consistency)."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import func, select
+
+from api.deps import Admin, ReadSessionDep, RuntimeDep
+from api.models import Exhibit, Job
+from api.schemas import StatusPublic
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/v1/health", summary="Liveness (no key needed)")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/v1/status", response_model=StatusPublic, summary="Jobs, exhibits and index consistency (admin)")
+def service_status(rt: RuntimeDep, session: ReadSessionDep, who: Admin) -> StatusPublic:
+    jobs = {s: n for s, n in session.execute(select(Job.status, func.count()).group_by(Job.status)).all()}
+    n = session.execute(select(func.count(Exhibit.id))).scalar_one()
+    return StatusPublic(jobs={k: jobs.get(k, 0) for k in ("queued", "running", "done", "failed")}, exhibits=n,
+                        index=rt.retrieval.consistency(session), startup=rt.startup_report)

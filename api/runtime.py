@@ -1,0 +1,163 @@
+"""Heavy, process-wide resources of the service, created once in the lifespan.
+
+``Runtime.start()`` migrates the DB, bootstraps the admin key, loads (or rebuilds)
+the vector index, clears huey's queue, re-enqueues every DB job left 'queued' or
+'running' by a crash (the start-up sweep) and starts the in-process huey consumer
+(``workers`` threads). The DB is the only durable record of jobs; huey's SQLite
+queue is a transport rebuilt from it at each start, so one server process owns
+the queue (run one ``ballistic serve`` per database).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from huey import SqliteHuey
+from huey.consumer import Consumer
+from sqlalchemy import select, update
+
+from api import audit
+from api.db import make_engine, make_sessionmaker, session_scope, upgrade, utcnow
+from api.models import ApiKey, Job, Setting
+from api.pipeline import PreparedCache, run_correlation_job
+from api.security import hash_key, new_key
+from api.settings import Settings
+from api.storage import EvidenceStore
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger("ballistic.api")
+
+
+class _ThreadConsumer(Consumer):
+    """huey consumer inside the server process: the server owns the signals."""
+
+    def _set_signal_handlers(self):
+        pass
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        settings.ensure_dirs()
+        self.engine = make_engine(settings.database_url)
+        self.session_factory = make_sessionmaker(self.engine)
+        # read-only requests: deferred transactions on SQLite (same engine elsewhere)
+        self.read_engine = make_engine(settings.database_url, immediate=False) if settings.is_sqlite else self.engine
+        self.read_factory = make_sessionmaker(self.read_engine)
+        self.store = EvidenceStore(settings.evidence_dir)
+        self.prepared = PreparedCache(settings.prepared_cache_size)
+        self.stopping = threading.Event()
+        self.retrieval = None
+        self.consumer: Consumer | None = None
+        self.startup_report: dict[str, Any] = {}
+        self.bootstrap_key: str | None = None
+        self.huey = SqliteHuey(name="ballistic", filename=str(settings.queue_path), results=False,
+                               journal_mode="wal", timeout=30)
+        rt = self
+
+        @self.huey.task(name="correlate", context=False)
+        def correlate(job_id: int) -> None:
+            run_correlation_job(rt, int(job_id))
+
+        self._task = correlate
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> "Runtime":
+        if self.settings.auto_migrate:
+            upgrade(self.engine)
+        self.bootstrap_key = self._bootstrap_admin()
+        from api.retrieval import Retrieval
+
+        self.retrieval = Retrieval(self.settings, self.session_factory)
+        self.startup_report["index"] = self.retrieval.load_or_rebuild()
+        self.huey.flush()
+        self.startup_report["requeued_jobs"] = self.sweep()
+        if self.settings.run_worker:
+            self.start_worker()
+        return self
+
+    def start_worker(self, workers: int | None = None) -> None:
+        if self.consumer is not None:
+            return
+        self.consumer = _ThreadConsumer(self.huey, workers=workers or self.settings.workers, worker_type="thread",
+                                        periodic=False, initial_delay=0.05, backoff=1.3, max_delay=0.5,
+                                        check_worker_health=False, shutdown_timeout=60)
+        self.consumer.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.consumer is not None:
+            self.consumer.stop(graceful=True)
+            self.consumer = None
+        if self.retrieval is not None:
+            try:
+                self.retrieval.save()
+            except Exception:  # rebuilt from the DB at the next start
+                log.exception("final index snapshot failed")
+        try:
+            self.huey.storage.close()
+        except Exception:  # pragma: no cover
+            pass
+        self.engine.dispose()
+        self.read_engine.dispose()
+
+    # ------------------------------------------------------------------ jobs
+    def enqueue(self, job_id: int, *, delay: float = 0.0) -> None:
+        if delay > 0:
+            self._task.schedule(args=(int(job_id),), delay=delay)
+        else:
+            self._task(int(job_id))
+
+    def sweep(self) -> int:
+        """Re-enqueue jobs a crash left 'running' or 'queued'; returns how many."""
+        with session_scope(self.session_factory) as s:
+            s.execute(update(Job).where(Job.status == "running").values(
+                status="queued", updated_at=utcnow(), error="interrupted (server stopped while running); resumed"))
+            ids = list(s.execute(select(Job.id).where(Job.status == "queued").order_by(Job.id)).scalars())
+        for i in ids:
+            self.enqueue(i)
+        return len(ids)
+
+    def run_pending_inline(self) -> int:
+        """Run every queued job in the calling thread (tests and tools without a worker)."""
+        n = 0
+        while True:
+            with self.session_factory() as s:
+                ids = list(s.execute(select(Job.id).where(Job.status == "queued").order_by(Job.id)).scalars())
+            if not ids:
+                return n
+            for i in ids:
+                run_correlation_job(self, i)
+                n += 1
+
+    # ------------------------------------------------------------------ admin key
+    def _bootstrap_admin(self) -> str | None:
+        """First start: store the hash of BALLISTIC_ADMIN_KEY, or of a new key returned to be printed once."""
+        env_key = self.settings.admin_key.get_secret_value() if self.settings.admin_key else None
+        with session_scope(self.session_factory) as s:
+            if env_key:
+                h = hash_key(env_key)
+                if s.execute(select(ApiKey.id).where(ApiKey.key_hash == h)).first() is None:
+                    k = ApiKey(name="admin (BALLISTIC_ADMIN_KEY)", scope="admin", key_hash=h,
+                               prefix=env_key[:10], created_by="bootstrap")
+                    s.add(k)
+                    s.flush()
+                    audit.append(s, actor="system:bootstrap", action="key.create", resource_type="api_key",
+                                 resource_id=k.id, detail={"scope": "admin", "source": "env"})
+                return None
+            if s.get(Setting, "bootstrap_admin_issued") is not None:
+                return None
+            raw = new_key()
+            k = ApiKey(name="admin (bootstrap)", scope="admin", key_hash=hash_key(raw), prefix=raw[:10],
+                       created_by="bootstrap")
+            s.add(k)
+            s.flush()
+            s.add(Setting(key="bootstrap_admin_issued", value=str(k.id)))
+            audit.append(s, actor="system:bootstrap", action="key.create", resource_type="api_key",
+                         resource_id=k.id, detail={"scope": "admin", "source": "generated"})
+        if self.settings.print_admin_key:
+            print(f"ballistic: bootstrap admin API key (shown once, store it now): {raw}", flush=True)
+        return raw
+

@@ -1,0 +1,266 @@
+"""Request (``*Create``) and response (``*Public``) models."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+# Text fields: trimmed, bounded, no NUL (PostgreSQL text cannot hold it), no control characters.
+_NO_CTRL = r"^[^\x00-\x1f\x7f]*$"
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=_NO_CTRL)]
+Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50, pattern=_NO_CTRL)]
+Serial = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=_NO_CTRL)]
+Place = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500, pattern=_NO_CTRL)]
+Comment = Annotated[str, StringConstraints(max_length=5000, pattern=r"^[^\x00]*$")]
+
+ExhibitType = Literal["cartridge_case", "bullet"]
+Role = Literal["evidence", "test_fire"]
+Decision = Literal["confirmed", "rejected", "inconclusive"]
+Scope = Literal["examiner", "intelligence", "admin"]
+
+
+class ORM(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --------------------------------------------------------------------------- exhibits
+class ExhibitCreate(BaseModel):
+    """Metadata sent with an uploaded scan (multipart form fields beside ``file``)."""
+
+    case_number: Name = Field(description="the submitting agency's case number")
+    exhibit_ref: Name = Field(description="the agency's exhibit identifier within the case")
+    agency: Name
+    exhibit_type: ExhibitType = "cartridge_case"
+    role: Role = Field("evidence", description="evidence (recovered) or test_fire (from a known firearm)")
+    calibre: Optional[Short] = None
+    firing_pin_shape: Optional[Short] = Field(None, description="class characteristic, e.g. hemispherical")
+    land_count: Optional[int] = Field(None, ge=0, le=64)
+    twist: Optional[Literal["left", "right"]] = None
+    recovery_date: Optional[dt.date] = None
+    place_text: Optional[Place] = None
+    lat: Optional[float] = Field(None, ge=-90, le=90)
+    lon: Optional[float] = Field(None, ge=-180, le=180)
+    firearm_serial: Optional[Serial] = Field(None, description="only for test fires")
+    spacing_um: Optional[float] = Field(None, gt=0, le=1000, description="pixel spacing of a 2D image, um")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExhibitCreate":
+        if self.firearm_serial and self.role != "test_fire":
+            raise ValueError("firearm_serial is only recorded for role=test_fire")
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("give both lat and lon, or neither")
+        return self
+
+
+class CasePublic(ORM):
+    id: int
+    agency: str
+    case_number: str
+
+
+class ExhibitSummary(ORM):
+    id: int
+    exhibit_ref: str
+    case: CasePublic
+    exhibit_type: str
+    role: str
+    calibre: Optional[str] = None
+    firing_pin_shape: Optional[str] = None
+    land_count: Optional[int] = None
+    twist: Optional[str] = None
+    recovery_date: Optional[dt.date] = None
+    place_text: Optional[str] = None
+    lat: Optional[float] = None
+    lon: Optional[float] = None
+    firearm_serial: Optional[str] = None
+
+
+class JobPublic(ORM):
+    id: int
+    exhibit_id: int
+    kind: str
+    status: str
+    attempts: int
+    max_attempts: int
+    error: Optional[str] = None
+    candidates_found: Optional[int] = None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: Optional[dt.datetime] = None
+    finished_at: Optional[dt.datetime] = None
+
+
+class ExhibitPublic(ExhibitSummary):
+    original_sha256: str
+    original_filename: str
+    original_size: int
+    media_type: str
+    spacing_um: Optional[float] = None
+    region: str
+    partition: str
+    preprocess_info: Optional[str] = None
+    descriptor_version: Optional[str] = None
+    created_at: dt.datetime
+    created_by: Optional[str] = None
+    job: Optional[JobPublic] = None
+
+
+class ExhibitPage(BaseModel):
+    items: list[ExhibitPublic]
+    total: int
+
+
+class JobCreate(BaseModel):
+    exhibit_id: int = Field(ge=1, le=2**62)
+
+
+# --------------------------------------------------------------------------- candidates and reviews
+class CandidatePublic(BaseModel):
+    id: int
+    rank: int
+    region: str
+    exhibit_id: int = Field(description="the exhibit whose list this is")
+    candidate: ExhibitSummary = Field(description="the other exhibit of the pair")
+    score: float = Field(description="CMC similarity: count plus mean congruent-cell correlation")
+    cmc_count: int
+    identification: bool
+    vector_score: Optional[float] = None
+    reference_exhibit_id: int = Field(description="reference side of the stored comparison and explanation")
+    target_exhibit_id: int
+    registration: dict[str, Any]
+    review_status: str
+    algorithm_version: str
+    descriptor_version: Optional[str] = None
+    created_at: dt.datetime
+    figure_url: str
+    explanation: Optional[dict[str, Any]] = None
+
+
+class CandidateList(BaseModel):
+    exhibit_id: int
+    region: str
+    items: list[CandidatePublic]
+
+
+class ReviewCreate(BaseModel):
+    decision: Decision
+    comment: Optional[Comment] = None
+
+
+class ReviewPublic(ORM):
+    id: int
+    candidate_id: int
+    decision: str
+    comment: Optional[str] = None
+    examiner: str
+    created_at: dt.datetime
+    feed_seq: Optional[int] = Field(None, description="sequence of the feed event this review produced")
+
+
+# --------------------------------------------------------------------------- intelligence
+class HitPublic(BaseModel):
+    seq: int
+    kind: Literal["hit", "retraction"]
+    candidate_id: int
+    score: float
+    cmc_count: int
+    confirmed_by: str
+    confirmed_at: dt.datetime
+    exhibits: list[ExhibitSummary]
+    cases: list[CasePublic]
+
+
+class HitFeed(BaseModel):
+    items: list[HitPublic]
+    next_cursor: Optional[str] = Field(description="pass as ?after= to get what follows; stable when idle")
+    has_more: bool
+
+
+class TimelineEntry(BaseModel):
+    date: Optional[dt.date] = None
+    exhibit_id: int
+    exhibit_ref: str
+    case_number: str
+    agency: str
+    role: str
+    place_text: Optional[str] = None
+
+
+class PlacePublic(BaseModel):
+    exhibit_id: int
+    place_text: Optional[str] = None
+    lat: Optional[float] = None
+    lon: Optional[float] = None
+
+
+class SeriesPublic(BaseModel):
+    id: str
+    exhibits: list[ExhibitSummary]
+    cases: list[CasePublic]
+    hits: list[int] = Field(description="candidate ids of the confirmed links")
+    firearm_serials: list[str]
+    first_date: Optional[dt.date] = None
+    last_date: Optional[dt.date] = None
+    timeline: list[TimelineEntry]
+    places: list[PlacePublic]
+
+
+class SeriesList(BaseModel):
+    items: list[SeriesPublic]
+
+
+# --------------------------------------------------------------------------- keys and audit
+class KeyCreate(BaseModel):
+    name: Name
+    scope: Scope
+
+
+class KeyPublic(ORM):
+    id: int
+    name: str
+    scope: str
+    prefix: str
+    created_at: dt.datetime
+    created_by: Optional[str] = None
+    revoked_at: Optional[dt.datetime] = None
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="the secret; shown once, only its SHA-256 is stored")
+
+
+class AuditEntryPublic(ORM):
+    seq: int
+    ts: str
+    actor: str
+    action: str
+    resource_type: str
+    resource_id: str
+    detail: str
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryPublic]
+
+
+class AuditVerifyPublic(BaseModel):
+    ok: bool
+    rows: int
+    head_seq: Optional[int] = None
+    head_hash: Optional[str] = None
+    first_bad_seq: Optional[int] = None
+    reason: Optional[str] = None
+
+
+class StatusPublic(BaseModel):
+    jobs: dict[str, int]
+    exhibits: int
+    index: dict[str, Any]
+    startup: dict[str, Any]
+
+
+class ErrorPublic(BaseModel):
+    detail: Any

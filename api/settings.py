@@ -1,0 +1,68 @@
+"""The one configuration object of the service (environment prefix ``BALLISTIC_``).
+
+Every path defaults to a folder under ``data_dir`` so that ``ballistic serve`` with
+no configuration at all runs on the embedded default: a SQLite file, a local
+evidence folder, a vector-index snapshot folder and huey's SQLite queue.
+PostgreSQL is selected by ``BALLISTIC_DATABASE_URL=postgresql+psycopg://...``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BALLISTIC_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(default_factory=lambda: Path.cwd() / "ballistic-data",
+                           description="root of the embedded default (DB file, evidence, index, queue)")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/ballistic.db")
+    evidence_dir: Path | None = Field(None, description="write-once originals and derived surfaces")
+    index_dir: Path | None = Field(None, description="vector-index snapshots")
+    queue_path: Path | None = Field(None, description="huey SqliteHuey file (the job queue)")
+    auto_migrate: bool = Field(True, description="run 'alembic upgrade head' at start-up")
+
+    # retrieval / comparison
+    index_factory: str = "Flat"
+    index_metric: str = "ip"
+    whitener_path: Path | None = Field(None, description="fitted PCAWhitener (.npz); raw descriptor when unset")
+    rerank_k: int = Field(20, ge=1, le=1000, description="candidates re-ranked with the CMC comparison")
+    preprocess_kind: str = Field("auto", pattern="^(auto|raw|processed)$")
+    index_save_interval_s: float = Field(0.0, ge=0, description="snapshot the index at most this often")
+    prepared_cache_size: int = Field(256, ge=0, description="prepared surfaces kept in memory for re-ranking")
+
+    # jobs
+    run_worker: bool = Field(True, description="start the in-process huey consumer in the lifespan")
+    workers: int = Field(1, ge=1, le=64, description="huey worker threads")
+    job_max_attempts: int = Field(3, ge=1, le=100)
+    job_retry_delay_s: float = Field(2.0, ge=0)
+
+    # limits
+    max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(64_000_000, ge=1, description="largest x3p point count / image pixel count")
+
+    # security
+    admin_key: SecretStr | None = Field(None, description="bootstrap admin key (BALLISTIC_ADMIN_KEY)")
+    print_admin_key: bool = Field(True, description="print a generated bootstrap key once on first start")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "Settings":
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.data_dir / 'ballistic.db'}"
+        self.evidence_dir = Path(self.evidence_dir or self.data_dir / "evidence").expanduser().resolve()
+        self.index_dir = Path(self.index_dir or self.data_dir / "index").expanduser().resolve()
+        self.queue_path = Path(self.queue_path or self.data_dir / "queue.db").expanduser().resolve()
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return str(self.database_url).startswith("sqlite")
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.evidence_dir, self.index_dir, self.queue_path.parent):
+            d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,135 @@
+"""Write-once, content-addressed evidence store.
+
+Originals live at ``<evidence_dir>/originals/ab/cd/<sha256>`` (read-only). A new
+original is streamed into ``<evidence_dir>/tmp``, fsynced, then *hard-linked* to its
+final name: ``link`` fails rather than replace an existing file, so nothing stored is
+ever overwritten (an existing file of the same name has the same content by
+construction and is kept). The directory is fsynced after the link. Derived
+surfaces (preprocessed x3p) go to ``<evidence_dir>/derived/``; they can be recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["EvidenceStore", "StagedFile", "UploadTooLarge", "sniff_media_type"]
+
+CHUNK = 1 << 20
+
+
+class UploadTooLarge(ValueError):
+    pass
+
+
+def sniff_media_type(head: bytes) -> str | None:
+    """x3p (a zip), png or tiff from the first bytes; None for anything else."""
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "x3p"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    return None
+
+
+@dataclass
+class StagedFile:
+    path: Path
+    sha256: str
+    size: int
+    head: bytes
+
+    def discard(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EvidenceStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+        self.originals = self.root / "originals"
+        self.derived = self.root / "derived"
+        for d in (self.tmp, self.originals, self.derived):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ originals
+    def original_path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.originals / sha256[:2] / sha256[2:4] / sha256
+
+    def stage(self, src: BinaryIO, max_bytes: int) -> StagedFile:
+        """Stream ``src`` into a temporary file, hashing it; :class:`UploadTooLarge` past ``max_bytes``."""
+        tmp = self.tmp / f"upload-{secrets.token_hex(8)}"
+        h, size, head = hashlib.sha256(), 0, b""
+        try:
+            with open(tmp, "xb") as f:
+                while True:
+                    chunk = src.read(CHUNK)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise UploadTooLarge(f"upload is larger than max_upload_bytes={max_bytes}")
+                    if len(head) < 16:
+                        head += chunk[: 16 - len(head)]
+                    h.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return StagedFile(tmp, h.hexdigest(), size, head)
+
+    def commit_original(self, staged: StagedFile) -> Path:
+        """Give the staged file its content-addressed name without ever overwriting; returns the path."""
+        final = self.original_path(staged.sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(staged.path, final)
+            os.chmod(final, 0o444)
+        except FileExistsError:
+            pass  # same name = same content; the stored file stays untouched
+        finally:
+            staged.discard()
+        _fsync_dir(final.parent)
+        return final
+
+    def verify_original(self, sha256: str) -> bool:
+        p = self.original_path(sha256)
+        if not p.is_file():
+            return False
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                h.update(chunk)
+        return h.hexdigest() == sha256
+
+    # ------------------------------------------------------------------ derived
+    def derived_relpath(self, exhibit_id: int, sha256: str, what: str = "preprocessed") -> str:
+        return f"derived/{sha256[:2]}/{exhibit_id}-{sha256[:16]}-{what}.x3p"
+
+    def resolve(self, relpath: str) -> Path:
+        p = (self.root / relpath).resolve()
+        if self.root.resolve() not in p.parents:
+            raise ValueError(f"path escapes the evidence folder: {relpath!r}")
+        return p
