@@ -5,7 +5,7 @@ import hashlib
 import os
 import stat
 
-from tests.api.conftest import malformed_x3p, png_bytes, upload
+from api_helpers import ADMIN, malformed_x3p, png_bytes, upload
 
 
 def test_health_and_docs(client):
@@ -32,7 +32,7 @@ def test_upload_stores_original_write_once(client, examiner, scans, settings):
     # download = the same bytes, and the read is audited
     d = client.get(f"/v1/exhibits/{ex['id']}/original", headers=examiner)
     assert d.status_code == 200 and d.content == scans["a1"] and d.headers["x-content-sha256"] == sha
-    log = client.get("/v1/audit", headers={"X-API-Key": "bk_test-admin-key-0123456789"}).json()["items"]
+    log = client.get("/v1/audit", headers=ADMIN).json()["items"]
     assert [e["action"] for e in log][-2:] == ["exhibit.create", "evidence.read_original"]
 
 
@@ -48,7 +48,7 @@ def test_bad_inputs_are_4xx_with_reasons_and_lose_nothing(tmp_path, scans):
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from tests.api.conftest import make_settings, new_key
+    from api_helpers import make_settings, new_key
 
     s = make_settings(tmp_path, max_upload_bytes=len(scans["a1"]) + 10, max_pixels=200_000)
     with TestClient(create_app(s)) as c:
@@ -92,7 +92,7 @@ def test_declared_body_too_large_is_refused_before_reading(tmp_path):
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from tests.api.conftest import ADMIN_KEY, make_settings
+    from api_helpers import ADMIN_KEY, make_settings
 
     with TestClient(create_app(make_settings(tmp_path, max_upload_bytes=4096))) as c:
         r = c.post("/v1/exhibits", headers={"X-API-Key": ADMIN_KEY, "content-length": str(50 << 20)},

@@ -1,0 +1,176 @@
+"""Correlation jobs: pipeline results, ranking, filters, figure, retries, failures, resume, index rebuild."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from api_helpers import ADMIN, make_settings, new_key, run_jobs, upload
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+
+
+def _ingest(c, h, scans, names, **meta):
+    ids = {}
+    for n in names:
+        r = upload(c, h, scans[n], name=f"{n}.x3p", case_number=f"case-{n}", exhibit_ref=n, **meta)
+        assert r.status_code == 201, r.text
+        ids[n] = r.json()["id"]
+    return ids
+
+
+def test_job_pipeline_ranks_same_source_first(client, examiner, scans, settings):
+    ids = _ingest(client, examiner, scans, ["a1", "b1", "c1", "a2", "b2"])
+    assert run_jobs(client) == 5
+    jobs = client.get("/v1/jobs", headers=examiner).json()
+    assert {j["status"] for j in jobs} == {"done"} and all(j["attempts"] == 1 for j in jobs)
+    j = client.get(f"/v1/jobs/{jobs[0]['id']}", headers=examiner).json()
+    assert j["finished_at"] and j["candidates_found"] == 4   # the last one compared with all four
+    ex = client.get(f"/v1/exhibits/{ids['a1']}", headers=examiner).json()
+    assert ex["descriptor_version"] and ex["preprocess_info"].startswith("processed")
+    assert (settings.evidence_dir / "derived").rglob("*.x3p")
+    for q, mate in (("a1", "a2"), ("a2", "a1"), ("b1", "b2"), ("b2", "b1")):
+        cl = client.get(f"/v1/exhibits/{ids[q]}/candidates", headers=examiner).json()
+        assert cl["region"] == "breech_face"
+        items = cl["items"]
+        assert [i["rank"] for i in items] == list(range(1, len(items) + 1))
+        assert items[0]["candidate"]["id"] == ids[mate], (q, [(i["candidate"]["exhibit_ref"], i["score"])
+                                                              for i in items])
+        assert items[0]["identification"] and items[0]["cmc_count"] >= 6
+        assert all(items[k]["score"] >= items[k + 1]["score"] for k in range(len(items) - 1))
+        top = items[0]
+        assert top["explanation"]["forward"]["cells"] and top["explanation"]["algorithm"]
+        assert set(top["registration"]) == {"angle_deg", "dy_um", "dx_um", "ncc"}
+    # status: index and DB agree
+    st = client.get("/v1/status", headers=ADMIN).json()
+    assert st["index"]["consistent"] and st["index"]["index_count"] == 5 and st["jobs"]["done"] == 5
+
+
+def test_candidate_filters(client, examiner, scans):
+    a = upload(client, examiner, scans["a1"], name="a1.x3p", agency="North", recovery_date="2024-01-10").json()["id"]
+    upload(client, examiner, scans["a2"], name="a2.x3p", agency="South", recovery_date="2024-06-01",
+           role="test_fire", firearm_serial="SN-1")
+    upload(client, examiner, scans["b1"], name="b1.x3p", agency="North", recovery_date="2023-05-05")
+    upload(client, examiner, scans["c1"], name="c1.x3p", calibre=".40", agency="North")  # other partition
+    run_jobs(client)
+    get = lambda **p: [i["candidate"]["exhibit_ref"] for i in client.get(
+        f"/v1/exhibits/{a}/candidates", headers=examiner, params={"include_explanation": False, **p}
+    ).json()["items"]]
+    assert set(get()) == {"a2.x3p", "b1.x3p"}  # c1 is another calibre: another partition, never compared
+    assert get(agency="South") == ["a2.x3p"]
+    assert get(role="test_fire") == ["a2.x3p"]
+    assert get(date_from="2024-01-01") == ["a2.x3p"]
+    assert get(date_to="2023-12-31") == ["b1.x3p"]
+    assert get(calibre=".40") == []
+    assert get(min_score=6) == ["a2.x3p"]
+    assert client.get("/v1/exhibits/999/candidates", headers=examiner).status_code == 404
+
+
+def test_figure_is_rendered_cached_and_audited(client, examiner, scans):
+    _ingest(client, examiner, scans, ["a1", "a2"])
+    run_jobs(client)
+    cand = client.get("/v1/exhibits/1/candidates", headers=examiner).json()["items"][0]
+    r = client.get(cand["figure_url"], headers=examiner)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+    t0 = time.perf_counter()
+    assert client.get(cand["figure_url"], headers=examiner).content == r.content  # cached
+    assert time.perf_counter() - t0 < 1.0
+    actions = [e["action"] for e in client.get("/v1/audit", headers=ADMIN).json()["items"]]
+    assert actions.count("evidence.read_figure") == 2
+    assert client.get("/v1/candidates/12345/figure.png", headers=examiner).status_code == 404
+
+
+def test_transient_failure_is_retried_permanent_one_fails(client, examiner, scans, monkeypatch):
+    from api.retrieval import Retrieval
+
+    calls = {"n": 0}
+    real = Retrieval.compute_descriptor
+
+    def flaky(surface):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk hiccup")
+        return real(surface)
+
+    monkeypatch.setattr(Retrieval, "compute_descriptor", staticmethod(flaky))
+    _ingest(client, examiner, scans, ["a1"])
+    run_jobs(client)
+    j = client.get("/v1/jobs/1", headers=examiner).json()
+    assert j["status"] == "done" and j["attempts"] == 2 and j["error"] is None
+
+    def broken(surface):
+        raise ValueError("descriptor cannot be computed")
+
+    monkeypatch.setattr(Retrieval, "compute_descriptor", staticmethod(broken))
+    _ingest(client, examiner, scans, ["b1"])
+    run_jobs(client)
+    j = client.get("/v1/jobs/2", headers=examiner).json()
+    assert j["status"] == "failed" and j["attempts"] == 1 and "descriptor cannot be computed" in j["error"]
+    actions = [e["action"] for e in client.get("/v1/audit", headers=ADMIN).json()["items"]]
+    assert "job.retry" in actions and "job.failed" in actions
+    # a failed job can be run again on request; a pending one cannot be duplicated
+    monkeypatch.setattr(Retrieval, "compute_descriptor", staticmethod(real))
+    r = client.post("/v1/jobs", headers=examiner, json={"exhibit_id": 2})
+    assert r.status_code == 201
+    assert client.post("/v1/jobs", headers=examiner, json={"exhibit_id": 2}).status_code == 409
+    run_jobs(client)
+    assert client.get(f"/v1/jobs/{r.json()['id']}", headers=examiner).json()["status"] == "done"
+
+
+def test_restart_resumes_interrupted_jobs_and_rebuilds_stale_index(tmp_path, scans):
+    s = make_settings(tmp_path)
+    with TestClient(create_app(s)) as c:
+        ex = new_key(c, "examiner")
+        _ingest(c, ex, scans, ["a1", "a2", "b1"])
+        c.app.state.runtime.run_pending_inline()
+        _ingest(c, ex, scans, ["b2"])
+        # simulate a crash in the middle of job 4: the DB says 'running'
+        from sqlalchemy import update
+
+        from api.models import Job
+        with c.app.state.runtime.session_factory() as sess:
+            sess.execute(update(Job).where(Job.id == 4).values(status="running", attempts=1))
+            sess.commit()
+    # the snapshot on disk has 3 vectors; remove it to force a rebuild from DB descriptors as well
+    import shutil
+
+    shutil.rmtree(s.index_dir)
+    s2 = make_settings(tmp_path, run_worker=True, workers=1)
+    with TestClient(create_app(s2)) as c:
+        rt = c.app.state.runtime
+        assert rt.startup_report["requeued_jobs"] == 1
+        assert rt.startup_report["index"]["action"] == "rebuilt"
+        assert rt.startup_report["index"]["index_count"] == 3
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            j = c.get("/v1/jobs/4", headers=ADMIN).json()
+            if j["status"] in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        assert j["status"] == "done" and j["attempts"] == 2, j
+        st = c.get("/v1/status", headers=ADMIN).json()
+        assert st["index"]["consistent"] and st["index"]["index_count"] == 4
+    # clean restart: the snapshot is current and simply loaded
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        assert c.app.state.runtime.startup_report["index"]["action"] == "loaded"
+        assert c.app.state.runtime.startup_report["requeued_jobs"] == 0
+
+
+def test_snapshot_missing_an_exhibit_is_detected_as_stale(tmp_path, scans):
+    s = make_settings(tmp_path, index_save_interval_s=3600)  # job-time snapshots effectively off
+    with TestClient(create_app(s)) as c:
+        ex = new_key(c, "examiner")
+        _ingest(c, ex, scans, ["a1"])
+        c.app.state.runtime.run_pending_inline()
+        c.app.state.runtime.retrieval.save(force=True)
+        _ingest(c, ex, scans, ["b1"])
+        c.app.state.runtime.run_pending_inline()
+        c.app.state.runtime.retrieval._dirty = False  # pretend the process died before the next snapshot
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        rep = c.app.state.runtime.startup_report["index"]
+        assert rep["action"] == "rebuilt" and "stale" in rep["reason"] and rep["index_count"] == 2
+
+
+@pytest.mark.parametrize("bad", ["status=nope", "limit=0", "exhibit_id=-1"])
+def test_job_list_validation(client, examiner, bad):
+    assert client.get(f"/v1/jobs?{bad}", headers=examiner).status_code == 422
