@@ -1,0 +1,62 @@
+"""Tests of :mod:`ballistic.synth`: determinism, Fadul-like statistics, same/different source under CMC."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ballistic.correlate import compare_pair
+from ballistic.describe import breech_face_descriptor
+from ballistic.preprocess import resample
+from ballistic.synth import SPACINGS_UM, SyntheticCatalogue, fire, synthetic_firearm
+
+
+def test_deterministic_and_seeded():
+    a, b = fire(synthetic_firearm(3), 7), fire(synthetic_firearm(3), 7)
+    np.testing.assert_array_equal(a.heights, b.heights)
+    assert not np.array_equal(fire(synthetic_firearm(3), 8).heights.shape, ()) and \
+        synthetic_firearm(3) == synthetic_firearm(3) and synthetic_firearm(3) != synthetic_firearm(4)
+    assert synthetic_firearm(3).model == synthetic_firearm(23).model == 3
+
+
+def test_looks_like_processed_fadul():
+    s = fire(synthetic_firearm(5), 1)
+    assert s.spacing_um == 6.25 and 540 <= s.shape[0] <= 600 and s.shape[0] == s.shape[1]
+    assert 0.2 <= s.valid_fraction <= 0.45                      # ~70 % NaN, like Fadul
+    assert 0.9 <= float(np.nanstd(s.heights)) <= 2.2             # um
+    assert s.meta["synthetic_firearm"] == 5 and s.meta["synthetic_firing"] == 1
+
+
+def test_coarse_fast_path_is_the_same_firing():
+    fa = synthetic_firearm(11)
+    fine, coarse = fire(fa, 2), fire(fa, 2, spacing_um=25.0)
+    assert coarse.spacing_um == 25.0 and coarse.shape[0] < fine.shape[0] // 3
+    a = resample(fine, spacing_um=25.0).heights
+    n = min(a.shape[0], coarse.shape[0])
+    a, b = a[:n, :n], coarse.heights[:n, :n]
+    ok = np.isfinite(a) & np.isfinite(b)
+    assert np.corrcoef(a[ok], b[ok])[0, 1] > 0.8
+    assert float(breech_face_descriptor(fine) @ breech_face_descriptor(coarse)) > 0.95
+    with pytest.raises(ValueError, match="generated at"):
+        fire(fa, 2, spacing_um=10.0)
+    assert SPACINGS_UM[-1] == 6.25
+
+
+@pytest.mark.parametrize("seed", [5, 12])
+def test_same_firearm_identified_different_not(seed):
+    fa = synthetic_firearm(seed)
+    s1, s2 = fire(fa, 1, spacing_um=12.5), fire(fa, 2, spacing_um=12.5)
+    assert compare_pair(s1, s2).cmc_count >= 6
+    same_model = fire(synthetic_firearm(seed + 20), 1, spacing_um=12.5)   # shares class marks
+    other = fire(synthetic_firearm(seed + 1), 1, spacing_um=12.5)
+    assert compare_pair(s1, same_model).cmc_count < 6
+    assert compare_pair(s1, other).cmc_count < 6
+
+
+def test_catalogue_ids():
+    cat = SyntheticCatalogue(id_offset=1000, firings_per_firearm=2, spacing_um=25.0)
+    assert cat.source(1000) == (0, 0) and cat.source(1003) == (1, 3)
+    s = cat(1003)
+    assert s.spacing_um == 25.0 and s.meta["synthetic_firearm"] == 1
+    assert cat(1003, spacing_um=50.0).spacing_um == 50.0 and cat(1003, spacing_um=30.0).spacing_um == 25.0
+    with pytest.raises(KeyError, match="id_offset"):
+        cat(5)
