@@ -68,6 +68,7 @@ class Runtime:
         if self.settings.auto_migrate:
             upgrade(self.engine)
         self.bootstrap_key = self._bootstrap_admin()
+        self.startup_report["staging_files_removed"] = self.store.clean_staging()
         from api.retrieval import Retrieval
 
         self.retrieval = Retrieval(self.settings, self.session_factory)

@@ -70,6 +70,15 @@ class EvidenceStore:
         for d in (self.tmp, self.originals, self.derived):
             d.mkdir(parents=True, exist_ok=True)
 
+    def clean_staging(self) -> int:
+        """Remove upload staging files a crash left behind (call at start-up, before serving)."""
+        n = 0
+        for p in self.tmp.iterdir():
+            if p.is_file() and p.name.startswith("upload-"):
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
     # ------------------------------------------------------------------ originals
     def original_path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):

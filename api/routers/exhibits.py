@@ -53,6 +53,19 @@ def _validate_scan(rt, path, media_type: str, spacing_um: float | None):
     return surf
 
 
+def _get_or_create_case(session, agency: str, case_number: str) -> Case:
+    q = select(Case).where(Case.agency == agency, Case.case_number == case_number)
+    case = session.execute(q).scalar_one_or_none()
+    if case is None:
+        try:
+            with session.begin_nested():  # PostgreSQL: another upload may create the same case meanwhile
+                case = Case(agency=agency, case_number=case_number)
+                session.add(case)
+        except IntegrityError:
+            case = session.execute(q).scalar_one()
+    return case
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ExhibitPublic,
              responses={401: _ERR, 403: _ERR, 409: _ERR, 413: _ERR, 415: _ERR, 422: _ERR},
              summary="Submit a scan (x3p, PNG or TIFF) with its metadata; queues a correlation job")
@@ -83,12 +96,7 @@ def create_exhibit(rt: RuntimeDep, session: SessionDep, who: ExaminerWrite,
 
     region = region_for_media(media_type)
     try:
-        case = session.execute(select(Case).where(Case.agency == meta.agency, Case.case_number == meta.case_number)
-                               ).scalar_one_or_none()
-        if case is None:
-            case = Case(agency=meta.agency, case_number=meta.case_number)
-            session.add(case)
-            session.flush()
+        case = _get_or_create_case(session, meta.agency, meta.case_number)
         ex = Exhibit(case_id=case.id, exhibit_ref=meta.exhibit_ref, exhibit_type=meta.exhibit_type, role=meta.role,
                      calibre=meta.calibre, firing_pin_shape=meta.firing_pin_shape, land_count=meta.land_count,
                      twist=meta.twist, recovery_date=meta.recovery_date, place_text=meta.place_text, lat=meta.lat,

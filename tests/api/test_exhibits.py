@@ -155,3 +155,25 @@ def test_bootstrap_admin_key_printed_once_and_stored_hashed(tmp_path, capsys):
     with TestClient(app2):
         assert app2.state.runtime.bootstrap_key is None  # not issued twice
     assert key not in capsys.readouterr().out
+
+
+def test_bullet_is_stored_without_a_correlation_job(client, examiner, scans):
+    r = upload(client, examiner, scans["c1"], name="land.x3p", exhibit_type="bullet", land_count=6, twist="right")
+    assert r.status_code == 201, r.text
+    assert r.json()["job"] is None and r.json()["exhibit_type"] == "bullet" and r.json()["land_count"] == 6
+    assert client.post("/v1/jobs", headers=examiner, json={"exhibit_id": r.json()["id"]}).status_code == 422
+
+
+def test_staging_leftovers_are_removed_at_start(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from api_helpers import make_settings
+
+    s = make_settings(tmp_path)
+    (s.evidence_dir / "tmp").mkdir(parents=True)
+    (s.evidence_dir / "tmp" / "upload-deadbeef").write_bytes(b"half an upload")
+    app = create_app(s)
+    with TestClient(app):
+        assert app.state.runtime.startup_report["staging_files_removed"] == 1
+    assert not (s.evidence_dir / "tmp" / "upload-deadbeef").exists()
