@@ -114,7 +114,12 @@ class EvidenceStore:
         final = self.original_path(staged.sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(staged.path, final)
+            try:
+                os.link(staged.path, final)
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links: exclusive create + copy
+                self._copy_exclusive(staged.path, final)
             os.chmod(final, 0o444)
         except FileExistsError:
             pass  # same name = same content; the stored file stays untouched
@@ -122,6 +127,22 @@ class EvidenceStore:
             staged.discard()
         _fsync_dir(final.parent)
         return final
+
+    @staticmethod
+    def _copy_exclusive(src: Path, dst: Path) -> None:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # FileExistsError if present
+        try:
+            with open(src, "rb") as f, os.fdopen(fd, "wb") as out:
+                fd = -1
+                for chunk in iter(lambda: f.read(CHUNK), b""):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            if fd != -1:
+                os.close(fd)
+            dst.unlink(missing_ok=True)
+            raise
 
     def verify_original(self, sha256: str) -> bool:
         p = self.original_path(sha256)

@@ -177,3 +177,27 @@ def test_staging_leftovers_are_removed_at_start(tmp_path):
     with TestClient(app):
         assert app.state.runtime.startup_report["staging_files_removed"] == 1
     assert not (s.evidence_dir / "tmp" / "upload-deadbeef").exists()
+
+
+def test_store_never_overwrites_and_works_without_hard_links(tmp_path, monkeypatch):
+    import io
+
+    from api.storage import EvidenceStore
+
+    st = EvidenceStore(tmp_path / "ev")
+    p = st.commit_original(st.stage(io.BytesIO(b"first"), 100))
+    sha = p.name
+    assert p.read_bytes() == b"first" and st.verify_original(sha)
+    # a staged file that claims the same name (impossible by hashing, forced here) leaves the stored one as is
+    staged = st.stage(io.BytesIO(b"other"), 100)
+    staged.sha256 = sha
+    st.commit_original(staged)
+    assert p.read_bytes() == b"first" and not staged.path.exists()
+
+    def no_links(*a):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    q = st.commit_original(st.stage(io.BytesIO(b"second"), 100))
+    assert q.read_bytes() == b"second" and st.verify_original(q.name)
+    assert not os.stat(q).st_mode & stat.S_IWUSR
