@@ -9,6 +9,7 @@ the queue (run one ``ballistic serve`` per database).
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from typing import Any
@@ -82,6 +83,8 @@ class Runtime:
     def start_worker(self, workers: int | None = None) -> None:
         if self.consumer is not None:
             return
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="ballistic-job-sweeper", daemon=True)
+        self._sweeper.start()
         self.consumer = _ThreadConsumer(self.huey, workers=workers or self.settings.workers, worker_type="thread",
                                         periodic=False, initial_delay=0.05, backoff=1.3, max_delay=0.5,
                                         check_worker_health=False, shutdown_timeout=60)
@@ -110,6 +113,20 @@ class Runtime:
             self._task.schedule(args=(int(job_id),), delay=delay)
         else:
             self._task(int(job_id))
+
+    def _sweep_loop(self) -> None:
+        """Re-deliver jobs that sit 'queued' without a message (e.g. the enqueue after a commit failed).
+        Harmless when a message exists too: a job is claimed once."""
+        while not self.stopping.wait(self.settings.sweep_interval_s):
+            try:
+                cutoff = utcnow() - dt.timedelta(seconds=self.settings.sweep_interval_s)
+                with self.read_factory() as s:
+                    ids = list(s.execute(select(Job.id).where(Job.status == "queued", Job.updated_at < cutoff)
+                                         .order_by(Job.id).limit(1000)).scalars())
+                for i in ids:
+                    self.enqueue(i)
+            except Exception:  # never let the sweeper die
+                log.exception("job sweep failed")
 
     def sweep(self) -> int:
         """Re-enqueue jobs a crash left 'running' or 'queued'; returns how many."""

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="huey worker threads")
     job_max_attempts: int = Field(3, ge=1, le=100)
     job_retry_delay_s: float = Field(2.0, ge=0)
+    sweep_interval_s: float = Field(60.0, gt=0, description="re-deliver jobs left 'queued' this long")
 
     # limits
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024)

@@ -1,6 +1,7 @@
 """Exhibit submission (write-once originals), listing, metadata and original download."""
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated, Optional
 
@@ -18,6 +19,7 @@ from api.storage import UploadTooLarge, sniff_media_type
 from api.views import exhibit_public
 
 router = APIRouter(prefix="/v1/exhibits", tags=["exhibits"])
+log = logging.getLogger("ballistic.api")
 
 _ERR = {"model": ErrorPublic}
 
@@ -125,7 +127,10 @@ def create_exhibit(rt: RuntimeDep, session: SessionDep, who: ExaminerWrite,
             raise _duplicate(dup) from None
         raise
     if job is not None:
-        rt.enqueue(job.id)
+        try:
+            rt.enqueue(job.id)
+        except Exception:  # committed and queued in the DB: the sweeper delivers it
+            log.exception("enqueue of job %s failed; the sweeper will deliver it", job.id)
     return exhibit_public(session, ex)
 
 

@@ -174,3 +174,26 @@ def test_snapshot_missing_an_exhibit_is_detected_as_stale(tmp_path, scans):
 @pytest.mark.parametrize("bad", ["status=nope", "limit=0", "exhibit_id=-1"])
 def test_job_list_validation(client, examiner, bad):
     assert client.get(f"/v1/jobs?{bad}", headers=examiner).status_code == 422
+
+
+def test_sweeper_delivers_a_job_whose_enqueue_was_lost(tmp_path, scans, monkeypatch):
+    from api.runtime import Runtime
+
+    s = make_settings(tmp_path, run_worker=True, sweep_interval_s=0.5)
+    lost = {"n": 0}
+    real = Runtime.enqueue
+
+    def flaky(self, job_id, *, delay=0.0):
+        if lost["n"] == 0:
+            lost["n"] += 1
+            raise OSError("queue unavailable")
+        return real(self, job_id, delay=delay)
+
+    monkeypatch.setattr(Runtime, "enqueue", flaky)
+    with TestClient(create_app(s)) as c:
+        ex = new_key(c, "examiner")
+        assert upload(c, ex, scans["a1"], name="a1.x3p").status_code == 201  # acknowledged despite the queue
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and c.get("/v1/jobs/1", headers=ex).json()["status"] != "done":
+            time.sleep(0.2)
+        assert c.get("/v1/jobs/1", headers=ex).json()["status"] == "done"
