@@ -68,5 +68,120 @@ def bench_bullet(directory: Path,
     typer.echo(format_bullet_summary(s))
 
 
+@bench_app.command("retrieval")
+def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labels CSV (path/scan, slide)"),
+                    json_out: Path = typer.Option(..., "--json", help="summary JSON"),
+                    distractors: str = typer.Option("1000,10000,100000", help="comma-separated distractor counts"),
+                    k: int = typer.Option(100, help="FAISS candidates per query (stage 1)"),
+                    cmc_k: int = typer.Option(10, help="candidates re-ranked with CMC (stage 3)"),
+                    k_sweep: str = typer.Option("10,25,50,100,200", help="K values rerun at the largest N"),
+                    factory: str = typer.Option("HNSW32", help="FAISS index factory string"),
+                    whiten_dim: int = 128, workers: int = 2, seed: int = 0,
+                    cache: Optional[Path] = typer.Option(None, help="distractor descriptor cache folder")) -> None:
+    """Hide the real scans among synthetic distractors; recall of the mates and query latency."""
+    from ballistic.bench_retrieval import run_retrieval_bench
+
+    def ints(x: str) -> tuple[int, ...]:
+        return tuple(int(float(v)) for v in x.split(",") if v.strip())
+
+    run_retrieval_bench(directory, labels, json_out=json_out, distractors=ints(distractors), k=k, cmc_k=cmc_k,
+                        k_sweep=ints(k_sweep), factory=factory, whiten_dim=whiten_dim, workers=workers, seed=seed,
+                        cache_dir=cache)
+
+
+index_app = typer.Typer(help="Descriptor index of breech-face scans (build, inspect, search).", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(directory: Path, out: Path = typer.Option(..., help="index folder (snapshots are written here)"),
+                factory: str = typer.Option("Flat", help="FAISS index factory string"),
+                calibre: Optional[str] = None, firing_pin_shape: Optional[str] = None,
+                whiten_dim: int = typer.Option(0, help="PCA-whiten to this many dimensions (0 = raw descriptors)"),
+                kind: str = typer.Option("auto", help="auto | raw | processed")) -> None:
+    """Describe every x3p scan in DIRECTORY and save an index (ids = order of the sorted file names)."""
+    import numpy as np
+
+    from ballistic.describe import PCAWhitener, PolarFFTDescriptor
+    from ballistic.index import VectorIndex, partition_key
+    from ballistic.io import read_x3p
+    from ballistic.preprocess import preprocess_cartridge
+    paths = sorted(directory.glob("*.x3p"))
+    if not paths:
+        raise typer.BadParameter(f"no .x3p files in {directory}")
+    desc = PolarFFTDescriptor()
+    X = np.stack([desc(preprocess_cartridge(read_x3p(p), kind=kind)) for p in paths])
+    w = PCAWhitener.fit(X, dim=whiten_dim, descriptor=desc.name) if whiten_dim else None
+    V = w.transform(X) if w else X
+    idx = VectorIndex(V.shape[1], factory=factory)
+    part = partition_key(calibre, firing_pin_shape)
+    idx.add(np.arange(len(paths)), V, partition=part)
+    idx.meta.update(descriptor=desc.name, paths=[str(p.resolve()) for p in paths], kind=kind)
+    if w:
+        import io
+        buf = io.BytesIO()
+        np.savez(buf, mean=w.mean, components=w.components, eigenvalues=w.eigenvalues, eps=w.eps)
+        idx.attachments["whitener.npz"] = buf.getvalue()
+    sid = idx.save(out)
+    typer.echo(f"{len(idx)} scans in partition {part!r}; snapshot {sid} in {out}")
+
+
+def _load_index(folder: Path):
+    import io
+
+    import numpy as np
+
+    from ballistic.describe import PCAWhitener
+    from ballistic.index import VectorIndex
+    idx = VectorIndex.load(folder)
+    w = None
+    if "whitener.npz" in idx.attachments:
+        with np.load(io.BytesIO(idx.attachments["whitener.npz"])) as z:
+            w = PCAWhitener(z["mean"], z["components"], z["eigenvalues"], float(z["eps"]))
+    return idx, w
+
+
+@index_app.command("info")
+def index_info(folder: Path) -> None:
+    """Print what a saved index holds."""
+    idx, w = _load_index(folder)
+    typer.echo(json.dumps({"snapshot_id": idx.snapshot_id, "dim": idx.dim, "factory": idx.factory,
+                           "metric": idx.metric, "count": len(idx),
+                           "partitions": {p: idx.count(p) for p in idx.partitions()},
+                           "descriptor": idx.meta.get("descriptor"), "whitened": w is not None}, indent=2))
+
+
+class _PathFetch:
+    def __init__(self, paths: list[str], kind: str) -> None:
+        self.paths, self.kind = paths, kind
+
+    def __call__(self, id: int):
+        from ballistic.io import read_x3p
+        from ballistic.preprocess import preprocess_cartridge
+        return preprocess_cartridge(read_x3p(self.paths[int(id)]), kind=self.kind)
+
+
+@index_app.command("search")
+def index_search(folder: Path, query: Path, k: int = typer.Option(10, help="candidates (stage 1)"),
+                 cmc_k: int = typer.Option(3, help="candidates re-ranked with CMC (0 = descriptor only)"),
+                 partition: Optional[str] = typer.Option(None, help="partition (default: all)"),
+                 workers: int = 1, kind: str = typer.Option("auto", help="auto | raw | processed")) -> None:
+    """Search a saved index with one scan: descriptor shortlist, rotation prior, CMC re-rank."""
+    from ballistic.io import read_x3p
+    from ballistic.preprocess import preprocess_cartridge
+    from ballistic.retrieval import RetrievalParams, Retriever
+    idx, w = _load_index(folder)
+    paths = idx.meta.get("paths") or []
+    q = preprocess_cartridge(read_x3p(query), kind=kind)
+    params = RetrievalParams(k=k, cmc_k=cmc_k if paths else 0, prior=bool(paths) and cmc_k > 0, workers=workers)
+    with Retriever(idx, _PathFetch(paths, idx.meta.get("kind", "auto")), whitener=w, params=params) as r:
+        res = r.query(q, partition=partition)
+    for c in res.candidates:
+        name = Path(paths[c.id]).stem if c.id < len(paths) else str(c.id)
+        typer.echo(f"{c.rank:>3}  {name:<24} descriptor {c.descriptor_score:7.4f}  prior_ncc "
+                   f"{c.prior_ncc:6.3f}  CMC {'' if c.cmc_count is None else c.cmc_count}")
+    typer.echo(f"seconds: {json.dumps({s: round(v, 3) for s, v in res.seconds.items()})}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -376,7 +376,9 @@ class Retriever:
             self._token += 1
             rp_kwargs = dict(spacing_um=p.prior_spacing_um, step_deg=p.prior_step_deg,
                              max_shift_fraction=p.max_shift_fraction, min_overlap=p.min_overlap)
-            qsurf = surface
+            # send the query at the prior spacing: workers rebuild its rotated stack from a few KB
+            qsurf = resample(surface, spacing_um=p.prior_spacing_um) \
+                if isinstance(surface, Surface) and surface.spacing_um < p.prior_spacing_um else surface
             n_chunks = max(1, min(len(order), 4 * p.workers))
             chunks = [order[j::n_chunks] for j in range(n_chunks)]
             tasks = [((id(self), self._token), qsurf, rp_kwargs, c) for c in chunks]
