@@ -416,10 +416,12 @@ class _Shard:
         with self._lock:
             if sync or upto is not None:
                 self.sync(upto)
+            t = time.perf_counter()
             D, I = self.index.search(queries, k, partition=partition)
+            seconds = time.perf_counter() - t
             eligible = len(self.index) if partition is None else self.index.count(partition)
             return {"shard": self.name, "scores": D, "ids": I, "eligible": int(eligible), "seq": self.seq,
-                    "snapshot": self.base_snapshot}
+                    "snapshot": self.base_snapshot, "seconds": seconds}
 
     def save(self) -> dict:
         if self.snapshot_dir is None:
@@ -467,12 +469,14 @@ def _index_bytes(idx: VectorIndex) -> int:
 # ---------------------------------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class ShardState:
-    """Position of one shard when it answered: database ``seq`` and the snapshot it was built on."""
+    """Position of one shard when it answered: database ``seq`` and the snapshot it was built on; how many
+    vectors were eligible there and how long its search took."""
 
     shard: str
     seq: int
     snapshot: str | None
     eligible: int
+    seconds: float = 0.0         # FAISS search time inside the shard (not part of the state)
 
 
 @dataclass
@@ -911,7 +915,8 @@ class ShardedIndex:
                 res.update(self._ex.call({n: ("search", (Q, int(k), partition, False, top)) for n in lag}))
         seqs = {r["seq"] for r in res.values()}
         D, I = _merge([(res[n]["scores"], res[n]["ids"]) for n in names], Q.shape[0], int(k), self.metric)
-        states = [ShardState(n, int(res[n]["seq"]), res[n]["snapshot"], int(res[n]["eligible"])) for n in names]
+        states = [ShardState(n, int(res[n]["seq"]), res[n]["snapshot"], int(res[n]["eligible"]),
+                             float(res[n]["seconds"])) for n in names]
         return ShardedSearch(D, I, max(seqs) if sync else min(seqs), sum(s.eligible for s in states), states)
 
     def search(self, queries, k: int, *, partition: str | None = "any", sync: bool = True):

@@ -13,14 +13,13 @@ import pytest
 import ballistic
 from ballistic.compare import CMCParams
 from ballistic.correlate import ALGORITHM_VERSION
-from ballistic.describe import DESCRIPTOR_VERSION
 from ballistic.scaleout import ShardedIndex, SQLiteRowSource
 from ballistic.search_record import RECORD_FORMAT, SearchRecord, SearchRecordError, utc_now
 
 
 def _record(**kw) -> SearchRecord:
     base = dict(query="exhibit-42", index_snapshot_id="5f633346c09ab9c7d64a", partition="breech_face|9mm|hemi",
-                descriptor_version=DESCRIPTOR_VERSION, algorithm_version=ALGORITHM_VERSION,
+                descriptor_version="bf-polar-fft/1", algorithm_version="cmc-coarse2fine/1",
                 cmc_params=CMCParams().as_dict(), k=100, n_eligible=12345, n_scored=10,
                 started_at="2026-01-02T03:04:05.000001Z", finished_at="2026-01-02T03:04:07.5Z",
                 prefilter={"calibre": "9mm", "exclude": [42]}, index_seq=777,
