@@ -211,3 +211,12 @@ def test_nbide_does_not_match_rendered_scans_of_other_pistols(shared_data, nbide
     view = render_surface_as_image(preprocess_cartridge(scan))
     r = compare_images(nbide["118"], view)
     assert not r.identification and r.cmc_count <= 3, r.summary()
+
+
+@pytest.mark.realdata
+def test_rendered_scans_of_the_same_slide_match_through_the_2d_path(shared_data):
+    # positive control for the non-matches above: rendered views can match when the source is the same
+    views = [preprocess_image(render_surface_as_image(preprocess_cartridge(
+        read_x3p(shared_data / "cartridge" / "fadul" / f"Fadul {n}.x3p")))) for n in ("1-1", "1-2")]
+    r = compare_images(*views)
+    assert r.identification and r.cmc_count >= 6, r.summary()
