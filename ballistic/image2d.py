@@ -62,7 +62,10 @@ at the same pose (15.25 deg, NCC 0.41 / 0.45 / 0.49) with C = 9 / 13 / 14, while
 NBIDE 118 against NBIDE 129 mirrored (a non-match with identical statistics)
 gives C = 0 / 2 / 3 and against ring-light renderings of Fadul scans (other
 Ruger slides) C = 0-1. 80 um keeps the margin on both sides; the usual C >= 6
-rule then needs no image-specific threshold.
+rule then needs no image-specific threshold. With the defaults, NBIDE 118 and
+129 against renderings of Fadul 1-1, 2-1, 3-1, 5-1, 7-2, 9-2 give C = 0-2 (12
+pairs), while renderings of Fadul 1-1 and 1-2 (same slide) match each other
+through this same 2D path with C = 15.
 """
 from __future__ import annotations
 
