@@ -572,8 +572,9 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 class RaySettings:
     """How to reach (or start) Ray, and the fault-tolerance knobs. See the module docstring.
 
-    address : ``None`` starts an embedded single-node Ray bound to ``node_ip`` (loopback); else the GCS
-        address ``host:port`` of a running cluster (started with token auth).
+    address : ``None`` starts an embedded single-node Ray bound to ``node_ip`` (loopback), always a new one
+        (never one found running on the machine); else the GCS address ``host:port`` of a running cluster
+        (started with token auth).
     auth_token, auth_token_path : the cluster's token (else ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``;
         an embedded cluster gets a random one when none is given).
     num_cpus, object_store_memory : size of the embedded cluster.
@@ -735,7 +736,10 @@ class _RayExecutor:
             return                               # the caller's connection (it must use the same settings)
         kw: dict = {"namespace": s.namespace, "log_to_driver": False, "configure_logging": False}
         if s.address is None:
-            kw.update(include_dashboard=False, num_cpus=s.num_cpus, object_store_memory=s.object_store_memory)
+            # "local" always starts a new private instance; None would attach to any Ray found running on
+            # this machine (RAY_ADDRESS, /tmp/ray/ray_current_cluster, a gcs_server process): another user's
+            kw.update(address="local", include_dashboard=False, num_cpus=s.num_cpus,
+                      object_store_memory=s.object_store_memory)
             if s.node_ip not in _LOOPBACK:
                 kw["_node_ip_address"] = s.node_ip
         else:

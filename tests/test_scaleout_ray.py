@@ -267,3 +267,47 @@ def test_node_removed_mid_query_restarts_shard_or_raises_never_partial(cluster, 
             cluster.workers_started = [n for n in cluster.workers_started if n is not victim] + [
                 cluster.add_node(**loopback_node_args(num_cpus=1, object_store_memory=80 * 2**20,
                                                       resources={"shard_host": 4}))]
+
+
+_EMBEDDED = """
+import os, subprocess, sys
+sys.path.insert(0, {tests!r})
+for k in [k for k in os.environ if k.startswith("RAY_")]:
+    del os.environ[k]
+from test_scaleout_ray import _descendants, _listening
+from ballistic.scaleout import RaySettings, ShardedIndex
+import numpy as np
+with ShardedIndex(4, lambda after: [(1, 7, "any", np.ones(4) / 2)] if after == 0 else [], None, backend="ray",
+                  ray=RaySettings(num_cpus=1, object_store_memory=80 * 2**20)) as si:
+    import ray
+    gcs = ray.get_runtime_context().gcs_address
+    print("ANSWER", si.search(np.ones((1, 4)) / 2, 1)[1].tolist())
+    print("GCS", gcs)
+    print("LISTEN", sorted(_listening(_descendants(os.getpid()) | {{os.getpid()}})))
+    probe = ("from ray._raylet import GcsClient\\ntry:\\n print('NODES', len(GcsClient(address=%r)"
+             ".get_all_node_info(timeout=5)))\\nexcept Exception as e:\\n print('REFUSED', type(e).__name__)" % gcs)
+    for name, env in (("right", dict(os.environ)), ("wrong", {{**os.environ, "RAY_AUTH_TOKEN": "1" * 64}}),
+                      ("none", {{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}})):
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+        print("PROBE", name, out.stdout.strip())
+print("TOKEN_FILE", os.path.exists(os.path.expanduser("~/.ray/auth_token")))
+"""
+
+
+def test_embedded_default_ray_is_token_authenticated_and_loopback_only(tmp_path):
+    """backend="ray" without an address starts its own Ray: loopback only, token auth with a token kept in
+    the process environment, no dashboard. Run in a fresh interpreter (one Ray per process)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(home)                    # nothing may be written to ~/.ray
+    out = subprocess.run([sys.executable, "-c", _EMBEDDED.format(tests=str(Path(__file__).parent))], env=env,
+                         capture_output=True, text=True, timeout=180)
+    lines = dict(ln.split(" ", 1) for ln in out.stdout.splitlines() if " " in ln)
+    assert "ANSWER" in lines, out.stdout + out.stderr[-3000:]
+    assert lines["ANSWER"] == "[[7]]"
+    assert lines["GCS"].startswith("127.0.0.1:")
+    assert set(eval(lines["LISTEN"])) <= {"127.0.0.1", "::1"} and eval(lines["LISTEN"])   # noqa: S307 - own output
+    assert [ln for ln in out.stdout.splitlines() if ln.startswith("PROBE")] == [
+        "PROBE right NODES 1", "PROBE wrong REFUSED AuthenticationError", "PROBE none REFUSED AuthenticationError"]
+    assert lines["TOKEN_FILE"] == "False"
