@@ -60,9 +60,10 @@ Ray runs arbitrary code for anyone who can reach its ports, so:
   environment (inherited by the Ray processes it starts) before Ray starts:
   the token is ``RaySettings.auth_token``, else the file
   ``RaySettings.auth_token_path`` (``RAY_AUTH_TOKEN_PATH``), else an existing
-  ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` in the environment; an embedded
-  cluster with none of these gets a fresh random 256-bit token that lives only
-  in the process environment (never written to ``~/.ray/auth_token``).
+  ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` in the environment, else Ray's
+  default file ``~/.ray/auth_token``; an embedded cluster with none of these
+  gets a fresh random 256-bit token that lives only in the process environment
+  (never written to disk).
   Connecting to an existing cluster (``ray_address``) without a token is
   refused (:class:`ScaleOutConfigError`). Nodes of a cluster must be started
   with the same ``RAY_AUTH_MODE=token`` and token
@@ -615,6 +616,11 @@ def _refresh_ray_auth_config() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def _default_token_file() -> bool:
+    """Ray's own default token file (``ray get-auth-token --generate`` writes it)."""
+    return (Path.home() / ".ray" / "auth_token").is_file()
+
+
 def secure_ray_env(token: str | None = None, *, token_path: str | None = None, loopback: bool = True) -> dict:
     """Set this process's environment for a token-authenticated Ray (inherited by Ray processes it starts).
 
@@ -637,7 +643,7 @@ def secure_ray_env(token: str | None = None, *, token_path: str | None = None, l
             raise ScaleOutConfigError(f"Ray auth token file {token_path} does not exist")
         env.pop("RAY_AUTH_TOKEN", None)
         env["RAY_AUTH_TOKEN_PATH"] = out["RAY_AUTH_TOKEN_PATH"] = str(token_path)
-    elif not env.get("RAY_AUTH_TOKEN") and not env.get("RAY_AUTH_TOKEN_PATH"):
+    elif not env.get("RAY_AUTH_TOKEN") and not env.get("RAY_AUTH_TOKEN_PATH") and not _default_token_file():
         env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     if loopback:
         out["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -721,7 +727,7 @@ class _RayExecutor:
         loop = s.address is None and s.node_ip in _LOOPBACK or \
             s.address is not None and s.address.rsplit(":", 1)[0].strip("[]") in _LOOPBACK
         have = s.auth_token or s.auth_token_path or os.environ.get("RAY_AUTH_TOKEN") \
-            or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or os.environ.get("RAY_AUTH_TOKEN_PATH") or _default_token_file()
         if s.address is not None and not have:
             raise ScaleOutConfigError(
                 f"refusing to connect to Ray at {s.address} without token authentication: give "

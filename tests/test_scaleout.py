@@ -246,3 +246,18 @@ def test_rerank_local_matches_compare_pair_and_orders_best_first():
     assert [(h.id, h.similarity) for h in by_map] == [(h.id, h.similarity) for h in hits]
     with pytest.raises(ValueError, match="fetch"):
         ShardedIndex(DIM, lambda after: [], None).rerank(query, [1])
+
+
+def test_ray_refuses_a_remote_cluster_without_token_and_weak_tokens(monkeypatch, tmp_path):
+    pytest.importorskip("ray", reason="Ray not installed (pip install 'ballistic[scale]')")
+    from ballistic.scaleout import RaySettings, secure_ray_env
+    for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))                      # no ~/.ray/auth_token either
+    with pytest.raises(ScaleOutConfigError, match="without token authentication"):
+        ShardedIndex(DIM, lambda after: [], None, backend="ray", ray_address="10.1.2.3:6379")
+    with pytest.raises(ScaleOutConfigError, match="too short"):
+        ShardedIndex(DIM, lambda after: [], None, backend="ray",
+                     ray=RaySettings(address="10.1.2.3:6379", auth_token="secret"))
+    with pytest.raises(ScaleOutConfigError, match="does not exist"):
+        secure_ray_env(token_path=str(tmp_path / "missing"))
