@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 
 from api import audit
 from api.db import make_engine, make_sessionmaker, session_scope, upgrade, utcnow
-from api.models import ApiKey, Job, Setting
+from api.models import ApiKey, Exhibit, Job, Setting
 from api.pipeline import PreparedCache, run_correlation_job
 from api.security import hash_key, new_key
 from api.settings import Settings
@@ -75,6 +75,7 @@ class Runtime:
         self.retrieval = Retrieval(self.settings, self.session_factory)
         self.startup_report["index"] = self.retrieval.load_or_rebuild()
         self.huey.flush()
+        self.startup_report["redescribe_jobs"] = self.queue_stale_descriptors()
         self.startup_report["requeued_jobs"] = self.sweep()
         if self.settings.run_worker:
             self.start_worker()
@@ -137,6 +138,24 @@ class Runtime:
         for i in ids:
             self.enqueue(i)
         return len(ids)
+
+    def queue_stale_descriptors(self) -> int:
+        """After a descriptor upgrade (new DESCRIPTOR_VERSION) the index holds only current-version vectors:
+        queue a correlation job for every exhibit whose stored descriptor is of another version, so that it
+        is described again, re-indexed and searched (pairs already compared are kept, not redone)."""
+        version = self.retrieval.descriptor_version
+        with session_scope(self.session_factory) as s:
+            pending = select(Job.exhibit_id).where(Job.status.in_(("queued", "running")))
+            stale = list(s.execute(select(Exhibit.id).where(
+                Exhibit.descriptor_version.is_not(None), Exhibit.descriptor_version != version,
+                Exhibit.exhibit_type == "cartridge_case", Exhibit.id.not_in(pending)).order_by(Exhibit.id)).scalars())
+            for eid in stale:
+                j = Job(exhibit_id=eid, kind="correlate", status="queued", max_attempts=self.settings.job_max_attempts)
+                s.add(j)
+                s.flush()
+                audit.append(s, actor="system:upgrade", action="job.create", resource_type="job", resource_id=j.id,
+                             detail={"exhibit_id": eid, "reason": f"descriptor version is now {version}"})
+        return len(stale)
 
     def run_pending_inline(self) -> int:
         """Run every queued job in the calling thread (tests and tools without a worker)."""

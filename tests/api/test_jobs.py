@@ -197,3 +197,28 @@ def test_sweeper_delivers_a_job_whose_enqueue_was_lost(tmp_path, scans, monkeypa
         while time.monotonic() < deadline and c.get("/v1/jobs/1", headers=ex).json()["status"] != "done":
             time.sleep(0.2)
         assert c.get("/v1/jobs/1", headers=ex).json()["status"] == "done"
+
+
+def test_descriptor_upgrade_requeues_and_reindexes(tmp_path, scans, monkeypatch):
+    s = make_settings(tmp_path)
+    with TestClient(create_app(s)) as c:
+        ex = new_key(c, "examiner")
+        _ingest(c, ex, scans, ["a1", "a2", "b1"])
+        c.app.state.runtime.run_pending_inline()
+        n_cands = len(c.get("/v1/exhibits/1/candidates", headers=ex).json()["items"])
+    import ballistic.describe
+
+    monkeypatch.setattr(ballistic.describe, "DESCRIPTOR_VERSION", "test-upgraded/9")
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        rt = c.app.state.runtime
+        assert rt.startup_report["redescribe_jobs"] == 3
+        assert rt.startup_report["index"]["index_count"] == 0  # old-version vectors are not served
+        rt.run_pending_inline()
+        st = c.get("/v1/status", headers=ADMIN).json()
+        assert st["index"]["consistent"] and st["index"]["index_count"] == 3
+        assert st["index"]["descriptor_version"] == "test-upgraded/9"
+        e = c.get("/v1/exhibits/1", headers=ADMIN).json()
+        assert e["descriptor_version"] == "test-upgraded/9"
+        assert len(c.get("/v1/exhibits/1/candidates", headers=ADMIN).json()["items"]) == n_cands  # kept, not doubled
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
