@@ -66,9 +66,11 @@ Ray runs arbitrary code for anyone who can reach its ports, so:
   (never written to disk).
   Connecting to an existing cluster (``ray_address``) without a token is
   refused (:class:`ScaleOutConfigError`). Nodes of a cluster must be started
-  with the same ``RAY_AUTH_MODE=token`` and token
-  (``RAY_AUTH_MODE=token RAY_AUTH_TOKEN=... ray start ...``);
-  :func:`secure_ray_env` sets them for processes started from Python;
+  with the same ``RAY_AUTH_MODE=token`` and token, e.g.
+  ``RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/etc/ballistic/ray_token ray start
+  --head --node-ip-address=10.0.0.5 --include-dashboard=false`` (token file
+  readable by the service user only); :func:`secure_ray_env` sets them for
+  processes started from Python (``ray.cluster_utils.Cluster`` in the tests);
 * **no dashboard** (``include_dashboard=False``; it is an unauthenticated-by-
   default HTTP job API in older Ray versions and is not needed here);
 * **loopback binding**: the embedded cluster's node address is ``127.0.0.1``
