@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "UTCDateTime", "make_engine", "make_sessionmaker", "session_scope", "upgrade", "utcnow"]
+__all__ = ["Base", "UTCDateTime", "make_engine", "make_sessionmaker", "session_scope", "upgrade", "downgrade", "utcnow"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -105,12 +105,45 @@ def alembic_config(url: str):
     return cfg
 
 
+@contextmanager
+def sqlite_foreign_keys_off(conn) -> Iterator[None]:
+    """SQLite: switch foreign-key enforcement off around a migration (batch mode rebuilds tables that
+    others reference by copy, drop and rename, which enforcement would refuse or cascade), then back on,
+    and refuse the result if ``PRAGMA foreign_key_check`` finds any dangling reference. The PRAGMA only
+    works outside a transaction, so it goes to the DB-API connection before SQLAlchemy begins one."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    raw = conn.connection.dbapi_connection
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")
+    bad = raw.execute("PRAGMA foreign_key_check").fetchall()
+    if bad:
+        raise RuntimeError(f"migration left {len(bad)} dangling foreign key(s), e.g. {bad[:3]}")
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """``alembic upgrade head`` on this engine (programmatic, same connection settings)."""
     from alembic import command
 
     cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
     with engine.connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-        conn.commit()
+        with sqlite_foreign_keys_off(conn):
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            conn.commit()
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """``alembic downgrade <revision>`` on this engine (tests, and a deliberate roll-back)."""
+    from alembic import command
+
+    cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
+    with engine.connect() as conn:
+        with sqlite_foreign_keys_off(conn):
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+            conn.commit()

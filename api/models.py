@@ -70,11 +70,39 @@ class Exhibit(Base):
     descriptor: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
     descriptor_version: Mapped[Optional[str]] = mapped_column(String(100))
     descriptor_dim: Mapped[Optional[int]] = mapped_column(Integer)
+    # firing-pin impression of a raw cartridge scan (derived x3p) and what was found, or why not
+    firing_pin_path: Mapped[Optional[str]] = mapped_column(String(300))
+    firing_pin_info: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
 
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     created_by: Mapped[Optional[str]] = mapped_column(String(200))
 
     case: Mapped[Case] = relationship(back_populates="exhibits", lazy="joined")
+    lands: Mapped[list["LandScan"]] = relationship(back_populates="exhibit", order_by="LandScan.land_index")
+
+
+class LandScan(Base):
+    """One land engraved area scan of a bullet exhibit (x3p), write-once like every original.
+
+    The bullet's exhibit row also names the file it was created with (``original_sha256``); that file is
+    one of its lands here too. ``land_index`` is the land's position around the bullet (1..n)."""
+
+    __tablename__ = "land_scans"
+    __table_args__ = (UniqueConstraint("exhibit_id", "land_index", name="uq_land_scans_exhibit_land"),)
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True)
+    exhibit_id: Mapped[int] = mapped_column(ForeignKey("exhibits.id"))
+    land_index: Mapped[int] = mapped_column(Integer)
+    original_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    original_filename: Mapped[str] = mapped_column(String(300))
+    original_size: Mapped[int] = mapped_column(BigInteger)
+    # derived by the correlation job: land signatures at many heights (npz) and their summary or error
+    signature_path: Mapped[Optional[str]] = mapped_column(String(300))
+    signature_info: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_by: Mapped[Optional[str]] = mapped_column(String(200))
+
+    exhibit: Mapped[Exhibit] = relationship(back_populates="lands")
 
 
 class Job(Base):
@@ -89,6 +117,9 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     error: Mapped[Optional[str]] = mapped_column(Text)
     candidates_found: Mapped[Optional[int]] = mapped_column(Integer)
+    # the replayable record of the database search this job ran (ballistic.search_record, canonical JSON)
+    search_record_json: Mapped[Optional[str]] = mapped_column("search_record", Text)
+    search_record_hash: Mapped[Optional[str]] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     started_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime())
@@ -97,7 +128,12 @@ class Job(Base):
 
 class Candidate(Base):
     """One compared pair of exhibits in one region; it appears in both exhibits' candidate lists.
-    ``exhibit_a`` is the reference of the stored comparison (the exhibit whose job found the pair)."""
+    ``exhibit_a`` is the reference of the stored comparison (the exhibit whose job found the pair).
+
+    Regions: ``breech_face`` (3D, CMC), ``breech_face_2d`` (images, CMC), ``firing_pin`` (registered
+    correlation of the firing-pin impressions), ``bullet_lea`` (SAM of land scores). ``cmc_count`` is
+    only set where the score is a CMC count; ``log10_lr`` and its interval only where a calibration of
+    that region's score is configured (``calibration_id`` names it)."""
 
     __tablename__ = "candidates"
     __table_args__ = (
@@ -114,13 +150,17 @@ class Candidate(Base):
     region: Mapped[str] = mapped_column(String(50))
     vector_score: Mapped[Optional[float]] = mapped_column(Float)
     similarity: Mapped[float] = mapped_column(Float)
-    cmc_count: Mapped[int] = mapped_column(Integer)
+    cmc_count: Mapped[Optional[int]] = mapped_column(Integer)
     identification: Mapped[bool] = mapped_column(Boolean)
     registration: Mapped[dict[str, Any]] = mapped_column(JSON)
     explanation: Mapped[dict[str, Any]] = mapped_column(JSON)
     algorithm_version: Mapped[str] = mapped_column(String(100))
     descriptor_version: Mapped[Optional[str]] = mapped_column(String(100))
     review_status: Mapped[str] = mapped_column(String(20), default="unreviewed")
+    log10_lr: Mapped[Optional[float]] = mapped_column(Float)
+    log10_lr_low: Mapped[Optional[float]] = mapped_column(Float)
+    log10_lr_high: Mapped[Optional[float]] = mapped_column(Float)
+    calibration_id: Mapped[Optional[str]] = mapped_column(String(100))
     job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -151,11 +191,12 @@ class HitEvent(Base):
     seq: Mapped[int] = mapped_column(BigID, primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
     candidate_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
+    region: Mapped[Optional[str]] = mapped_column(String(50))
     review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id"))
     exhibit_a_id: Mapped[int] = mapped_column(ForeignKey("exhibits.id"))
     exhibit_b_id: Mapped[int] = mapped_column(ForeignKey("exhibits.id"))
     score: Mapped[float] = mapped_column(Float)
-    cmc_count: Mapped[int] = mapped_column(Integer)
+    cmc_count: Mapped[Optional[int]] = mapped_column(Integer)
     confirmed_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
