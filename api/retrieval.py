@@ -1,11 +1,26 @@
-"""The service's vector index: breech-face descriptors, partitions, snapshots, consistency with the DB.
+"""The service's vector indexes: descriptors, partitions, snapshots, consistency with the DB.
+
+Two descriptor spaces, one :class:`Retrieval` each (vectors of different lengths never share an index):
+
+* ``breech_face``: :func:`ballistic.describe.breech_face_descriptor` of 3D scans (partition region
+  ``breech_face``) and of 2D images (region ``breech_face_2d``), snapshots in ``index_dir``;
+* ``bullet``: :func:`ballistic.bullet.bullet_descriptor` of a bullet's land signatures (region
+  ``bullet_lea``), snapshots in ``index_dir/bullet``.
 
 The database is the source of truth: every exhibit's raw descriptor (float32 bytes),
-its ``DESCRIPTOR_VERSION`` and partition are stored there. The in-memory
-:class:`ballistic.index.VectorIndex` is a cache that is snapshotted to ``index_dir``
-and, at start-up, loaded and compared with the DB (ids per partition, descriptor
-version, whitener); if the snapshot is missing, stale or inconsistent it is rebuilt
-from the DB descriptors.
+its descriptor version and partition are stored there. The in-memory
+:class:`ballistic.index.VectorIndex` is a cache that is snapshotted and, at start-up,
+loaded and compared with the DB (ids per partition, descriptor version, whitener); if
+the snapshot is missing, stale or inconsistent it is rebuilt from the DB descriptors.
+Each space only sees the exhibits whose stored descriptor version is its own.
+
+:meth:`Retrieval.search_with_state` also names the exact vector set it searched (for the
+job's :class:`ballistic.search_record.SearchRecord`): ``state_id`` is a SHA-256 over the
+descriptor version, transform, partition and the sorted ids present in the partition at
+that moment, ``max_id`` the highest of those ids. A replay rebuilds the partition from the
+DB descriptors of the exhibits of that partition with id <= ``max_id`` and checks that it
+reaches the same ``state_id``; the on-disk snapshot id is reported too but older snapshots
+are pruned.
 """
 from __future__ import annotations
 
@@ -25,7 +40,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.models import Exhibit
 from api.settings import Settings
 
-__all__ = ["Retrieval", "region_for_media", "partition_for"]
+__all__ = ["Retrieval", "region_for_media", "partition_for", "BULLET_REGION", "SPACES"]
+
+BULLET_REGION = "bullet_lea"
+SPACES = ("breech_face", "bullet")
 
 log = logging.getLogger("ballistic.api.retrieval")
 
@@ -38,23 +56,36 @@ def region_for_media(media_type: str) -> str:
 def partition_for(calibre: str | None, firing_pin_shape: str | None, region: str) -> str:
     from ballistic.index import partition_key
 
+    if region == BULLET_REGION:  # bullets: the calibre is the class partition; no firing pin
+        firing_pin_shape = None
     return partition_key(calibre or None, firing_pin_shape or None, region=region)
 
 
 class Retrieval:
-    """Thread-safe wrapper of one VectorIndex plus the descriptor transform."""
+    """Thread-safe wrapper of one VectorIndex plus the descriptor transform (one descriptor space)."""
 
-    def __init__(self, settings: Settings, session_factory: sessionmaker[Session]):
-        from ballistic import describe
-
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session], *, space: str = "breech_face"):
+        if space not in SPACES:
+            raise ValueError(f"unknown descriptor space {space!r}; one of {SPACES}")
         self.settings = settings
         self.session_factory = session_factory
-        self.descriptor_version: str = describe.DESCRIPTOR_VERSION
-        self.raw_dim: int = int(describe.DESCRIPTOR_DIM)
+        self.space = space
+        if space == "bullet":
+            from ballistic import bullet
+
+            self.descriptor_version: str = bullet.BULLET_DESCRIPTOR_VERSION
+            self.raw_dim: int = int(bullet.BULLET_DESCRIPTOR_DIM)
+            self.root = Path(settings.index_dir) / "bullet"
+        else:
+            from ballistic import describe
+
+            self.descriptor_version = describe.DESCRIPTOR_VERSION
+            self.raw_dim = int(describe.DESCRIPTOR_DIM)
+            self.root = Path(settings.index_dir)
         self._lock = threading.RLock()
         self.whitener = None
         self.transform_id = "raw"
-        if settings.whitener_path:
+        if settings.whitener_path and space == "breech_face":
             from ballistic.describe import PCAWhitener
 
             wp = Path(settings.whitener_path)
@@ -105,14 +136,35 @@ class Retrieval:
                 self._dirty = True
 
     def search(self, raw: np.ndarray, k: int, partition: str, *, exclude: int | None = None) -> list[tuple[int, float]]:
+        return self.search_with_state(raw, k, partition, exclude=exclude)[0]
+
+    def search_with_state(self, raw: np.ndarray, k: int, partition: str, *,
+                          exclude: int | None = None) -> tuple[list[tuple[int, float]], dict]:
+        """Top ``k`` of ``partition`` (``exclude`` left out) and the state searched (module notes)."""
         q = self.transform(raw)
         with self._lock:
-            n = self.index.count(partition) if partition in set(self.index.partitions()) else 0
-            if n == 0:
-                return []
-            scores, ids = self.index.search(q, min(k + 1, n), partition=partition)
+            members = self.index.ids(partition)
+            n = int(members.size)
+            if n:
+                scores, ids = self.index.search(q, min(k + 1, n), partition=partition)
+            snapshot = self.snapshot_id
+        h = hashlib.sha256(f"{self.descriptor_version}|{self.transform_id}|{partition}|".encode())
+        h.update(np.ascontiguousarray(np.sort(members), dtype="<i8").tobytes())
+        excluded = exclude is not None and bool(np.isin(exclude, members))
+        state = {"state_id": "ids:" + h.hexdigest()[:40], "n_in_partition": n, "n_eligible": n - int(excluded),
+                 "max_id": int(members.max()) if n else None, "disk_snapshot": snapshot}
+        if not n:
+            return [], state
         out = [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) != exclude]
-        return out[:k]
+        return out[:k], state
+
+    def count(self, partition: str) -> int:
+        with self._lock:
+            return self.index.count(partition)
+
+    def __contains__(self, exhibit_id: int) -> bool:
+        with self._lock:
+            return exhibit_id in self.index
 
     def __len__(self) -> int:
         with self._lock:
@@ -121,11 +173,11 @@ class Retrieval:
     # ------------------------------------------------------------------ persistence
     @property
     def _vectors_dir(self) -> Path:
-        return Path(self.settings.index_dir) / "vectors"
+        return self.root / "vectors"
 
     @property
     def _manifest(self) -> Path:
-        return Path(self.settings.index_dir) / "manifest.json"
+        return self.root / "manifest.json"
 
     def _manifest_expect(self) -> dict:
         return {"descriptor_version": self.descriptor_version, "transform": self.transform_id, "dim": self.dim,
@@ -135,7 +187,7 @@ class Retrieval:
         with self._lock:
             if not (self._dirty or force):
                 return self.snapshot_id
-            Path(self.settings.index_dir).mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
             snap = self.index.save(self._vectors_dir)
             manifest = {**self._manifest_expect(), "snapshot_id": snap, "count": len(self.index),
                         "saved_at": time.time()}
@@ -181,7 +233,8 @@ class Retrieval:
         db_n = sum(len(v) for v in db.values())
         counts_ok = all(idx_parts.get(p, 0) == len(v) for p, v in db.items()) and \
             all(c == len(db.get(p, ())) for p, c in idx_parts.items() if c)
-        return {"consistent": not missing and n == db_n and counts_ok, "index_count": n, "db_count": db_n,
+        return {"space": self.space, "consistent": not missing and n == db_n and counts_ok, "index_count": n,
+                "db_count": db_n,
                 "missing_from_index": missing[:20], "partitions": {p: len(v) for p, v in db.items()},
                 "snapshot_id": self.snapshot_id, "descriptor_version": self.descriptor_version,
                 "transform": self.transform_id, "dim": self.dim}
@@ -231,5 +284,5 @@ class Retrieval:
         with self.session_factory() as s:
             c = self.consistency(s)
         self.last_load = {"action": "rebuilt", "reason": reason, "seconds": round(time.perf_counter() - t0, 3), **c}
-        log.info("vector index rebuilt (%s): %d vectors", reason, c["index_count"])
+        log.info("%s vector index rebuilt (%s): %d vectors", self.space, reason, c["index_count"])
         return self.last_load
