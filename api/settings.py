@@ -12,7 +12,11 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "DEFAULT_CALIBRATION"]
+
+#: Shipped calibration: fitted on the real Fadul all-pairs bench by benchmarks/fit_calibration.py
+#: (coefficients, bounds and population summary only; no scan data).
+DEFAULT_CALIBRATION = Path(__file__).resolve().parent / "calibration" / "breech_face_fadul.json"
 
 
 class Settings(BaseSettings):
@@ -34,6 +38,13 @@ class Settings(BaseSettings):
     preprocess_kind: str = Field("auto", pattern="^(auto|raw|processed)$")
     index_save_interval_s: float = Field(0.0, ge=0, description="snapshot the index at most this often")
     prepared_cache_size: int = Field(256, ge=0, description="prepared surfaces kept in memory for re-ranking")
+    firing_pin: bool = Field(True, description="find and compare firing-pin impressions on raw cartridge scans")
+    bullet_step_um: float = Field(50.0, gt=0, le=1000, description="land signatures every this many um")
+
+    # likelihood ratios (breech face, 3D): a ScoreLRCalibrator JSON, or the composite file written by
+    # benchmarks/fit_calibration.py; "" or "none" switches likelihood ratios off
+    calibration_path: str | None = Field(str(DEFAULT_CALIBRATION),
+                                         description="breech-face score-to-LR calibration (JSON)")
 
     # jobs
     run_worker: bool = Field(True, description="start the in-process huey consumer in the lifespan")
@@ -58,6 +69,8 @@ class Settings(BaseSettings):
         self.evidence_dir = Path(self.evidence_dir or self.data_dir / "evidence").expanduser().resolve()
         self.index_dir = Path(self.index_dir or self.data_dir / "index").expanduser().resolve()
         self.queue_path = Path(self.queue_path or self.data_dir / "queue.db").expanduser().resolve()
+        if self.calibration_path is not None and self.calibration_path.strip().lower() in ("", "none", "off"):
+            self.calibration_path = None
         return self
 
     @property
