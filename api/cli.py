@@ -64,6 +64,8 @@ def ingest(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
            agency: str = typer.Option("ingest", help="agency when the CSV has none"),
            calibre: Optional[str] = typer.Option(None, help="calibre when the CSV has none (Fadul: 9mm)"),
            firing_pin_shape: Optional[str] = typer.Option(None),
+           exhibit_type: Optional[str] = typer.Option(None, help="cartridge_case or bullet when the CSV has none "
+                                                               "(bullets: one land per file, grouped by bullet)"),
            case_prefix: str = typer.Option("", help="prepended to case numbers derived from scan names"),
            pattern: str = typer.Option("*", help="glob of file names"),
            concurrency: int = typer.Option(2, min=1, max=32),
@@ -74,7 +76,8 @@ def ingest(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
 
     res = ingest_directory(directory, api_url=api_url, api_key=api_key, labels=labels, agency=agency,
                            calibre=calibre, firing_pin_shape=firing_pin_shape, case_prefix=case_prefix,
-                           pattern=pattern, concurrency=concurrency, wait=wait, progress=True)
+                           pattern=pattern, concurrency=concurrency, wait=wait, progress=True,
+                           exhibit_type=exhibit_type)
     counts: dict[str, int] = {}
     for r in res:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

@@ -92,7 +92,15 @@ def _firearm_attrs(e: Exhibit) -> dict:
 
 ENTITY_FIELDS = ["id", "type", "label", "case", "agency", "exhibit_type", "role", "calibre", "date", "place", "lat",
                  "lon", "firearm_serial"]
-LINK_FIELDS = ["link_id", "link_type", "link_label", "link_date", "score", "cmc_count", "confirmed_by"]
+LINK_FIELDS = ["link_id", "link_type", "link_label", "link_date", "region", "score", "cmc_count", "confirmed_by"]
+
+
+def _hit_label(c) -> str:
+    if c.cmc_count is not None:
+        return f"CMC {c.cmc_count}"
+    if c.region == "bullet_lea":
+        return f"bullet SAM {c.similarity:.3f}"
+    return f"{c.region} {c.similarity:.3f}"
 
 
 def i2_csv(g: LinkGraph) -> str:
@@ -112,8 +120,9 @@ def i2_csv(g: LinkGraph) -> str:
         w.writerow(r)
 
     for c in g.links:
-        row({"link_id": f"HIT-{c.id}", "link_type": "ballistic_hit", "link_label": f"CMC {c.cmc_count}",
-             "link_date": c.created_at.date().isoformat(), "score": round(c.similarity, 4), "cmc_count": c.cmc_count,
+        row({"link_id": f"HIT-{c.id}", "link_type": "ballistic_hit", "link_label": _hit_label(c),
+             "link_date": c.created_at.date().isoformat(), "region": c.region, "score": round(c.similarity, 4),
+             "cmc_count": "" if c.cmc_count is None else c.cmc_count,
              "confirmed_by": g.confirmed.get(c.id, ("", None))[0]}, _exhibit_attrs(c.exhibit_a), _exhibit_attrs(c.exhibit_b))
     for e in g.exhibits.values():
         row({"link_id": f"INCASE-{e.id}", "link_type": "in_case", "link_label": "exhibit of"},
@@ -128,7 +137,8 @@ def graphml(g: LinkGraph) -> str:
     """GraphML: exhibit, case and firearm nodes; hit, in_case and test_fired_from edges."""
     keys = [("type", "node"), ("label", "node"), ("case", "node"), ("agency", "node"), ("role", "node"),
             ("calibre", "node"), ("date", "node"), ("place", "node"), ("lat", "node"), ("lon", "node"),
-            ("firearm_serial", "node"), ("link_type", "edge"), ("score", "edge"), ("cmc_count", "edge"),
+            ("firearm_serial", "node"), ("link_type", "edge"), ("region", "edge"), ("score", "edge"),
+            ("cmc_count", "edge"),
             ("confirmed_by", "edge")]
     out = ['<?xml version="1.0" encoding="UTF-8"?>',
            '<graphml xmlns="http://graphml.graphdrawing.org/xmlns" '
@@ -151,7 +161,8 @@ def graphml(g: LinkGraph) -> str:
                           {"link_type": "test_fired_from"}))
     for c in g.links:
         edges.append((f"HIT-{c.id}", f"EXH-{c.exhibit_a_id}", f"EXH-{c.exhibit_b_id}",
-                      {"link_type": "ballistic_hit", "score": round(c.similarity, 4), "cmc_count": c.cmc_count,
+                      {"link_type": "ballistic_hit", "region": c.region, "score": round(c.similarity, 4),
+                       "cmc_count": "" if c.cmc_count is None else c.cmc_count,
                        "confirmed_by": g.confirmed.get(c.id, ("", None))[0]}))
     for nid, attrs in nodes.items():
         out.append(f"    <node id={quoteattr(nid)}>")

@@ -3,14 +3,18 @@
 Metadata comes from an optional CSV matched to files by ``path`` / ``file`` (file name) or
 ``scan`` (file stem). Recognised columns: case_number, exhibit_ref (or exhibit_id), agency,
 exhibit_type, role, calibre, firing_pin_shape, land_count, twist, recovery_date, place_text
-(or place), lat, lon, firearm_serial, spacing_um. Without case_number / exhibit_ref both
-are the scan name. ``role`` accepts evidence / test_fire and the reference-set words
+(or place), lat, lon, firearm_serial, spacing_um, land_index (or land, e.g. ``L3``). Without
+case_number / exhibit_ref both are the scan name - except for bullets (``exhibit_type`` bullet, in
+the CSV or ``--exhibit-type bullet``), whose files are single lands: they are grouped into one
+bullet exhibit named after the set (first folder of ``path``), ``barrel`` and ``bullet`` columns
+(e.g. ``hamby252-Br1-B1``), each file uploaded with its ``land_index``. ``role`` accepts evidence / test_fire and the reference-set words
 known (-> test_fire) / questioned (-> evidence); a known scan's ``slide`` or ``firearm_id``
 column becomes its firearm serial (Fadul labels.csv). Questioned scans never get one.
 """
 from __future__ import annotations
 
 import csv
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -22,7 +26,7 @@ __all__ = ["ingest_directory", "metadata_for", "read_labels", "upload_file", "wa
 
 SUFFIXES = {".x3p", ".png", ".tif", ".tiff"}
 FIELDS = ("case_number", "exhibit_ref", "agency", "exhibit_type", "role", "calibre", "firing_pin_shape", "land_count",
-          "twist", "recovery_date", "place_text", "lat", "lon", "firearm_serial", "spacing_um")
+          "twist", "recovery_date", "place_text", "lat", "lon", "firearm_serial", "spacing_um", "land_index")
 _ROLE = {"known": "test_fire", "test_fire": "test_fire", "test-fire": "test_fire", "testfire": "test_fire",
          "questioned": "evidence", "unknown": "evidence", "evidence": "evidence"}
 
@@ -45,15 +49,26 @@ def read_labels(path: Path | None) -> dict[str, dict[str, str]]:
     return out
 
 
+def _bullet_name(row: dict[str, str], file: Path) -> str:
+    parts = Path(row.get("path") or "").parts
+    head = parts[0] if len(parts) > 1 else (row.get("study") or "")
+    name = "-".join(x for x in (head, row.get("barrel"), row.get("bullet")) if x)
+    return name or re.sub(r"[_-]?(land|l)\s*\d+$", "", file.stem, flags=re.I) or file.stem
+
+
 def metadata_for(file: Path, labels: dict[str, dict[str, str]], *, agency: str, calibre: str | None,
-                 firing_pin_shape: str | None, case_prefix: str = "") -> dict[str, str]:
+                 firing_pin_shape: str | None, case_prefix: str = "",
+                 exhibit_type: str | None = None) -> dict[str, str]:
     row = labels.get(file.name.lower()) or labels.get(file.stem.lower()) or {}
     scan = row.get("scan") or file.stem
+    etype = row.get("exhibit_type") or exhibit_type or "cartridge_case"
+    if etype == "bullet":
+        scan = _bullet_name(row, file)
     meta: dict[str, Any] = {
         "case_number": row.get("case_number") or f"{case_prefix}{scan}",
         "exhibit_ref": row.get("exhibit_ref") or row.get("exhibit_id") or scan,
         "agency": row.get("agency") or agency,
-        "exhibit_type": row.get("exhibit_type") or "cartridge_case",
+        "exhibit_type": etype,
         "role": _ROLE.get((row.get("role") or "evidence").lower(), "evidence"),
         "calibre": row.get("calibre") or calibre,
         "firing_pin_shape": row.get("firing_pin_shape") or firing_pin_shape,
@@ -61,6 +76,11 @@ def metadata_for(file: Path, labels: dict[str, dict[str, str]], *, agency: str, 
     for k in ("land_count", "twist", "recovery_date", "lat", "lon", "spacing_um", "firearm_serial"):
         if row.get(k):
             meta[k] = row[k]
+    if etype == "bullet":
+        m = re.search(r"(\d+)\s*$", row.get("land_index") or row.get("land") or "") or \
+            re.search(r"(?:land|l)\s*(\d+)$", file.stem, flags=re.I)
+        if m:
+            meta["land_index"] = m.group(1)
     if row.get("place_text") or row.get("place"):
         meta["place_text"] = row.get("place_text") or row.get("place")
     if meta["role"] == "test_fire" and not meta.get("firearm_serial"):
@@ -124,7 +144,7 @@ def ingest_directory(directory: Path, *, api_url: str, api_key: str, labels: Pat
                      agency: str = "ingest", calibre: str | None = None, firing_pin_shape: str | None = None,
                      case_prefix: str = "", pattern: str = "*", concurrency: int = 2, wait: bool = False,
                      progress: bool = True, files: list[Path] | None = None, timeout: float = 120.0,
-                     on_result=None) -> list[dict[str, Any]]:
+                     on_result=None, exhibit_type: str | None = None) -> list[dict[str, Any]]:
     lab = read_labels(labels)
     todo = files if files is not None else sorted(p for p in Path(directory).glob(pattern)
                                                   if p.is_file() and p.suffix.lower() in SUFFIXES)
@@ -138,7 +158,8 @@ def ingest_directory(directory: Path, *, api_url: str, api_key: str, labels: Pat
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             futs = {pool.submit(upload_file, client, f, metadata_for(f, lab, agency=agency, calibre=calibre,
                                                                       firing_pin_shape=firing_pin_shape,
-                                                                      case_prefix=case_prefix)): f for f in todo}
+                                                                      case_prefix=case_prefix,
+                                                                      exhibit_type=exhibit_type)): f for f in todo}
             for fut in as_completed(futs):
                 r = fut.result()
                 results.append(r)

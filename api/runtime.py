@@ -16,11 +16,11 @@ from typing import Any
 
 from huey import SqliteHuey
 from huey.consumer import Consumer
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from api import audit
 from api.db import make_engine, make_sessionmaker, session_scope, upgrade, utcnow
-from api.models import ApiKey, Exhibit, Job, Setting
+from api.models import ApiKey, Candidate, Exhibit, Job, Setting
 from api.pipeline import PreparedCache, run_correlation_job
 from api.security import hash_key, new_key
 from api.settings import Settings
@@ -51,6 +51,8 @@ class Runtime:
         self.prepared = PreparedCache(settings.prepared_cache_size)
         self.stopping = threading.Event()
         self.retrieval = None
+        self.bullet_retrieval = None
+        self.calibration = None
         self.consumer: Consumer | None = None
         self.startup_report: dict[str, Any] = {}
         self.bootstrap_key: str | None = None
@@ -74,6 +76,9 @@ class Runtime:
 
         self.retrieval = Retrieval(self.settings, self.session_factory)
         self.startup_report["index"] = self.retrieval.load_or_rebuild()
+        self.bullet_retrieval = Retrieval(self.settings, self.session_factory, space="bullet")
+        self.startup_report["bullet_index"] = self.bullet_retrieval.load_or_rebuild()
+        self.startup_report["calibration"] = self.load_calibration()
         self.huey.flush()
         self.startup_report["redescribe_jobs"] = self.queue_stale_descriptors()
         self.startup_report["requeued_jobs"] = self.sweep()
@@ -96,11 +101,13 @@ class Runtime:
         if self.consumer is not None:
             self.consumer.stop(graceful=True)
             self.consumer = None
-        if self.retrieval is not None:
+        for r in (self.retrieval, self.bullet_retrieval):
+            if r is None:
+                continue
             try:
-                self.retrieval.save()
+                r.save()
             except Exception:  # rebuilt from the DB at the next start
-                log.exception("final index snapshot failed")
+                log.exception("final %s index snapshot failed", r.space)
         try:
             self.huey.storage.close()
         except Exception:  # pragma: no cover
@@ -140,22 +147,60 @@ class Runtime:
         return len(ids)
 
     def queue_stale_descriptors(self) -> int:
-        """After a descriptor upgrade (new DESCRIPTOR_VERSION) the index holds only current-version vectors:
-        queue a correlation job for every exhibit whose stored descriptor is of another version, so that it
-        is described again, re-indexed and searched (pairs already compared are kept, not redone)."""
-        version = self.retrieval.descriptor_version
+        """After a descriptor upgrade (new DESCRIPTOR_VERSION, or a new bullet descriptor version) the index
+        holds only current-version vectors: queue a correlation job for every exhibit whose stored descriptor
+        is of another version, so that it is described again, re-indexed and searched (pairs already
+        compared are kept, not redone)."""
+        n = 0
+        for kind, version in (("cartridge_case", self.retrieval.descriptor_version),
+                              ("bullet", self.bullet_retrieval.descriptor_version)):
+            with session_scope(self.session_factory) as s:
+                pending = select(Job.exhibit_id).where(Job.status.in_(("queued", "running")))
+                stale = list(s.execute(select(Exhibit.id).where(
+                    Exhibit.descriptor_version.is_not(None), Exhibit.descriptor_version != version,
+                    Exhibit.exhibit_type == kind, Exhibit.id.not_in(pending)).order_by(Exhibit.id)).scalars())
+                for eid in stale:
+                    j = Job(exhibit_id=eid, kind="correlate", status="queued",
+                            max_attempts=self.settings.job_max_attempts)
+                    s.add(j)
+                    s.flush()
+                    audit.append(s, actor="system:upgrade", action="job.create", resource_type="job",
+                                 resource_id=j.id, detail={"exhibit_id": eid,
+                                                           "reason": f"descriptor version is now {version}"})
+            n += len(stale)
+        return n
+
+    # ------------------------------------------------------------------ likelihood ratios
+    def load_calibration(self) -> dict:
+        """Load the configured calibration and bring the stored likelihood ratios in line with it: candidates
+        of its region scored under another calibration (or none) get their log10 LR and interval again
+        (a pure function of the stored score); with calibration switched off they are cleared."""
+        from api.lr import Calibration
+
+        path = self.settings.calibration_path
+        self.calibration = Calibration.load(path) if path else None
+        cal = self.calibration
+        updated = 0
         with session_scope(self.session_factory) as s:
-            pending = select(Job.exhibit_id).where(Job.status.in_(("queued", "running")))
-            stale = list(s.execute(select(Exhibit.id).where(
-                Exhibit.descriptor_version.is_not(None), Exhibit.descriptor_version != version,
-                Exhibit.exhibit_type == "cartridge_case", Exhibit.id.not_in(pending)).order_by(Exhibit.id)).scalars())
-            for eid in stale:
-                j = Job(exhibit_id=eid, kind="correlate", status="queued", max_attempts=self.settings.job_max_attempts)
-                s.add(j)
-                s.flush()
-                audit.append(s, actor="system:upgrade", action="job.create", resource_type="job", resource_id=j.id,
-                             detail={"exhibit_id": eid, "reason": f"descriptor version is now {version}"})
-        return len(stale)
+            if cal is None:
+                res = s.execute(update(Candidate).where(Candidate.calibration_id.is_not(None)).values(
+                    log10_lr=None, log10_lr_low=None, log10_lr_high=None, calibration_id=None))
+                updated = res.rowcount
+            else:
+                stale = s.execute(select(Candidate.id, Candidate.similarity).where(
+                    Candidate.region == cal.region,
+                    or_(Candidate.calibration_id.is_(None), Candidate.calibration_id != cal.id))).all()
+                for cid, sim in stale:
+                    v, lo, hi = cal.lr(sim)
+                    s.execute(update(Candidate).where(Candidate.id == cid).values(
+                        log10_lr=v, log10_lr_low=lo, log10_lr_high=hi, calibration_id=cal.id))
+                updated = len(stale)
+                other = s.execute(update(Candidate).where(Candidate.region != cal.region,
+                                                          Candidate.calibration_id.is_not(None)).values(
+                    log10_lr=None, log10_lr_low=None, log10_lr_high=None, calibration_id=None))
+                updated += other.rowcount
+        return {"id": cal.id if cal else None, "path": cal.path if cal else None,
+                "region": cal.region if cal else None, "candidates_updated": updated}
 
     def run_pending_inline(self) -> int:
         """Run every queued job in the calling thread (tests and tools without a worker)."""

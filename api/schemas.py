@@ -43,11 +43,19 @@ class ExhibitCreate(BaseModel):
     lon: Optional[float] = Field(None, ge=-180, le=180)
     firearm_serial: Optional[Serial] = Field(None, description="only for test fires")
     spacing_um: Optional[float] = Field(None, gt=0, le=1000, description="pixel spacing of a 2D image, um")
+    land_index: Optional[int] = Field(None, ge=1, le=64, description=(
+        "bullets: position (1..n) of the uploaded land around the bullet; with several files, the first "
+        "file's position (the others follow in order) unless land_indexes is given. Default: the next free one"))
+    land_indexes: Optional[Annotated[str, StringConstraints(strip_whitespace=True, max_length=200,
+                                                            pattern=r"^\d{1,2}(\s*,\s*\d{1,2})*$")]] = Field(
+        None, description="bullets, several files in one request: their land positions, comma separated")
 
     @model_validator(mode="after")
     def _check(self) -> "ExhibitCreate":
         if self.firearm_serial and self.role != "test_fire":
             raise ValueError("firearm_serial is only recorded for role=test_fire")
+        if self.exhibit_type != "bullet" and (self.land_index is not None or self.land_indexes):
+            raise ValueError("land_index / land_indexes are only given for exhibit_type=bullet")
         if (self.lat is None) != (self.lon is None):
             raise ValueError("give both lat and lon, or neither")
         return self
@@ -89,6 +97,18 @@ class JobPublic(ORM):
     updated_at: dt.datetime
     started_at: Optional[dt.datetime] = None
     finished_at: Optional[dt.datetime] = None
+    search_record_hash: Optional[str] = Field(None, description="content hash of the job's search record")
+    search_record: Optional[dict[str, Any]] = Field(
+        None, description="the replayable record of the job's database search (GET /v1/jobs/{id} only)")
+
+
+class LandPublic(ORM):
+    land_index: int
+    original_sha256: str
+    original_filename: str
+    original_size: int
+    created_at: dt.datetime
+    signature_info: Optional[dict[str, Any]] = Field(None, description="signatures extracted, or why not")
 
 
 class ExhibitPublic(ExhibitSummary):
@@ -104,6 +124,9 @@ class ExhibitPublic(ExhibitSummary):
     created_at: dt.datetime
     created_by: Optional[str] = None
     job: Optional[JobPublic] = None
+    lands: list[LandPublic] = Field(default_factory=list, description="bullets: the land scans, by position")
+    firing_pin_info: Optional[dict[str, Any]] = Field(
+        None, description="raw 3D cartridge scans: the firing-pin impression found (centre, radius...) or why not")
 
 
 class ExhibitPage(BaseModel):
@@ -119,11 +142,18 @@ class JobCreate(BaseModel):
 class CandidatePublic(BaseModel):
     id: int
     rank: int
-    region: str
+    region: str = Field(description="breech_face, breech_face_2d, firing_pin or bullet_lea")
     exhibit_id: int = Field(description="the exhibit whose list this is")
     candidate: ExhibitSummary = Field(description="the other exhibit of the pair")
-    score: float = Field(description="CMC similarity: count plus mean congruent-cell correlation")
-    cmc_count: int
+    score: float = Field(description=("breech faces: CMC similarity (count plus mean congruent-cell correlation); "
+                                      "firing pin: registered correlation; bullets: SAM of the land scores"))
+    cmc_count: Optional[int] = Field(None, description="breech faces only")
+    log10_lr: Optional[float] = Field(None, description="log10 likelihood ratio (calibrated regions only)")
+    log10_lr_interval: Optional[list[Optional[float]]] = Field(
+        None, description="bootstrap 95% interval of log10_lr [low, high]")
+    calibration_id: Optional[str] = None
+    fused_score: Optional[float] = Field(None, description="region=fused lists: fuse_scores(breech face, firing pin)")
+    firing_pin_score: Optional[float] = Field(None, description="region=fused lists: the pair's firing-pin score")
     identification: bool
     vector_score: Optional[float] = None
     reference_exhibit_id: int = Field(description="reference side of the stored comparison and explanation")
@@ -137,10 +167,37 @@ class CandidatePublic(BaseModel):
     explanation: Optional[dict[str, Any]] = None
 
 
+class ReviewDepthTarget(BaseModel):
+    recall: float
+    score_threshold: float = Field(description="same-source score reached by this fraction of reference mates")
+    p_different_source_at_or_above: float
+    p_different_source_upper95: float
+    expected_different_source_above: float
+    depth: int = Field(description="ranks to review: ceil(n_eligible * p) + 1, capped at n_eligible")
+    depth_upper: int = Field(description="the same with the 95% upper bound of p")
+    within_rerank_k: bool = Field(description="depth_upper <= RERANK_K (deeper ranks were never re-ranked)")
+
+
+class ReviewDepth(BaseModel):
+    n_eligible: int = Field(description="exhibits in the partition the query can be compared with, now")
+    rerank_k: int
+    calibration_id: str
+    same_source_pairs: int
+    different_source_pairs: int
+    targets: list[ReviewDepthTarget]
+    method: str
+
+
 class CandidateList(BaseModel):
     exhibit_id: int
     region: str
     items: list[CandidatePublic]
+    review_depth: Optional[ReviewDepth] = Field(
+        None, description="breech-face lists with a calibration: ranks to review for recall 0.95 / 0.99")
+    calibration: Optional[dict[str, Any]] = Field(None, description="the calibration behind log10_lr")
+    search_record: Optional[dict[str, Any]] = Field(
+        None, description="the search record of this exhibit's latest finished job (its own database search)")
+    search_record_verified: Optional[bool] = Field(None, description="its content hash matches its content")
 
 
 class ReviewCreate(BaseModel):
@@ -163,8 +220,9 @@ class HitPublic(BaseModel):
     seq: int
     kind: Literal["hit", "retraction"]
     candidate_id: int
+    region: Optional[str] = None
     score: float
-    cmc_count: int
+    cmc_count: Optional[int] = None
     confirmed_by: str
     confirmed_at: dt.datetime
     exhibits: list[ExhibitSummary]

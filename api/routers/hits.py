@@ -35,7 +35,8 @@ def decode_cursor(cursor: str) -> int:
 def _item(ev: HitEvent) -> HitPublic:
     exs = [ExhibitSummary.model_validate(ev.exhibit_a), ExhibitSummary.model_validate(ev.exhibit_b)]
     cases = {e.case.id: e.case for e in exs}
-    return HitPublic(seq=ev.seq, kind=ev.kind, candidate_id=ev.candidate_id, score=ev.score, cmc_count=ev.cmc_count,
+    return HitPublic(seq=ev.seq, kind=ev.kind, candidate_id=ev.candidate_id, region=ev.region, score=ev.score,
+                     cmc_count=ev.cmc_count,
                      confirmed_by=ev.confirmed_by, confirmed_at=ev.created_at, exhibits=exs,
                      cases=[CasePublic.model_validate(c) for c in cases.values()])
 

@@ -1,6 +1,7 @@
 """Correlation jobs: durable state in the DB, delivered by huey."""
 from __future__ import annotations
 
+import json
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -17,10 +18,15 @@ _ERR = {"model": ErrorPublic}
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: _ERR}, summary="Job state")
 def get_job(job_id: IdPath, session: ReadSessionDep, who: EvidenceReader) -> JobPublic:
+    """With the job's search record (``search_record``): what its database search was computed from
+    (index state, partition and filters, descriptor, algorithm and parameter versions, K, eligible and
+    scored counts, results), so that it can be replayed and checked."""
     j = session.get(Job, job_id)
     if j is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
-    return JobPublic.model_validate(j)
+    out = JobPublic.model_validate(j)
+    out.search_record = json.loads(j.search_record_json) if j.search_record_json else None
+    return out
 
 
 @router.get("", response_model=list[JobPublic], summary="List jobs (newest first)")
@@ -42,8 +48,8 @@ def create_job(body: JobCreate, rt: RuntimeDep, session: SessionDep, who: Examin
     e = session.get(Exhibit, body.exhibit_id)
     if e is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"exhibit {body.exhibit_id} not found")
-    if e.exhibit_type != "cartridge_case":
-        raise HTTPException(422, "only cartridge cases are correlated")
+    if e.exhibit_type not in ("cartridge_case", "bullet"):
+        raise HTTPException(422, f"exhibits of type {e.exhibit_type!r} are not correlated")
     busy = session.execute(select(Job.id).where(Job.exhibit_id == e.id, Job.status.in_(("queued", "running")))
                            ).scalar()
     if busy is not None:

@@ -34,12 +34,13 @@ def review_candidate(candidate_id: IdPath, body: ReviewCreate, session: SessionD
     else:
         kind = None
     if kind:
-        ev = HitEvent(kind=kind, candidate_id=c.id, review_id=r.id, exhibit_a_id=c.exhibit_a_id,
+        ev = HitEvent(kind=kind, candidate_id=c.id, region=c.region, review_id=r.id, exhibit_a_id=c.exhibit_a_id,
                       exhibit_b_id=c.exhibit_b_id, score=c.similarity, cmc_count=c.cmc_count, confirmed_by=who.name)
         session.add(ev)
         session.flush()
     audit.append(session, actor=who.actor, action="candidate.review", resource_type="candidate", resource_id=c.id,
-                 detail={"decision": body.decision, "prior": prior, "review_id": r.id,
+                 detail={"decision": body.decision, "prior": prior, "review_id": r.id, "region": c.region,
+                         "score": c.similarity, "log10_lr": c.log10_lr, "calibration_id": c.calibration_id,
                          "feed_seq": ev.seq if ev else None, "feed_kind": kind,
                          "exhibits": [c.exhibit_a_id, c.exhibit_b_id]})
     session.commit()

@@ -21,4 +21,13 @@ def service_status(rt: RuntimeDep, session: ReadSessionDep, who: Admin) -> Statu
     jobs = {s: n for s, n in session.execute(select(Job.status, func.count()).group_by(Job.status)).all()}
     n = session.execute(select(func.count(Exhibit.id))).scalar_one()
     return StatusPublic(jobs={k: jobs.get(k, 0) for k in ("queued", "running", "done", "failed")}, exhibits=n,
-                        index=rt.retrieval.consistency(session), startup=rt.startup_report)
+                        index=_index_status(rt, session), startup=rt.startup_report)
+
+
+def _index_status(rt, session) -> dict:
+    """The breech-face index (2D images included) at the top level, the bullet index under ``bullet``;
+    ``consistent`` is true only when both agree with the DB."""
+    bf = rt.retrieval.consistency(session)
+    bl = rt.bullet_retrieval.consistency(session)
+    return {**bf, "consistent": bool(bf["consistent"] and bl["consistent"]), "breech_face_consistent": bf["consistent"],
+            "bullet": bl}

@@ -1,6 +1,7 @@
 """End to end on real scans through the HTTP API: 10 Fadul scans (3 slides) + the Baldwin A1/A2 pair
-(raw TopMatch scans in micrometres). Every exhibit's candidate list has its true mate at rank 1; an
-examiner confirms the hits; the intelligence key sees exactly those in the feed and gets 304 on the
+(raw TopMatch scans in micrometres). Every exhibit's candidate list has its true mate at rank 1, every
+candidate's log10 LR (shipped Fadul calibration) is positive exactly for mates, with a review depth and
+a verified search record; an examiner confirms the hits; the intelligence key sees exactly those in the feed and gets 304 on the
 second poll with the ETag. The full 40-scan run is benchmarks/e2e_service.py."""
 from __future__ import annotations
 
@@ -52,14 +53,29 @@ def test_fadul_subset_end_to_end(shared_data, tmp_path):
         assert st == ["done"] * len(jobs), st
 
         confirm = set()
+        lrs = {}
         for eid, (name, source) in truth.items():
-            items = c.get(f"/v1/exhibits/{eid}/candidates", params={"include_explanation": False}).json()["items"]
+            cl = c.get(f"/v1/exhibits/{eid}/candidates", params={"include_explanation": False}).json()
+            items = cl["items"]
             assert items, name
             top = items[0]
             assert truth[top["candidate"]["id"]][1] == source, (name, [(truth[i["candidate"]["id"]][0],
                                                                          i["cmc_count"]) for i in items[:3]])
             assert top["identification"], (name, top["cmc_count"])
             confirm.add(top["id"])
+            # likelihood ratios (Fadul calibration): mates support same source, non-mates different source
+            for i in items:
+                mate = truth[i["candidate"]["id"]][1] == source
+                lo, hi = i["log10_lr_interval"]
+                assert lo <= i["log10_lr"] <= hi and (i["log10_lr"] > 0) == mate, (name, i["score"], i["log10_lr"])
+                if mate and source.startswith("fadul"):
+                    lrs[i["id"]] = i["log10_lr"]
+            d = cl["review_depth"]
+            assert d["n_eligible"] == len(files) - 1 and all(t["depth"] <= t["depth_upper"] <= d["n_eligible"]
+                                                             for t in d["targets"])
+            assert cl["search_record_verified"] and cl["search_record"]["query"].startswith(f"exhibit:{eid}:")
+        assert lrs and min(lrs.values()) >= 2.0, sorted(lrs.values())
+        print(f"Fadul mates: log10 LR {min(lrs.values()):.2f}..{max(lrs.values()):.2f} over {len(lrs)} pairs")
         for cid in sorted(confirm):
             r = c.post(f"/v1/candidates/{cid}/review", json={"decision": "confirmed", "comment": "e2e"})
             assert r.status_code == 201 and r.json()["examiner"] == "Examiner E2E"

@@ -157,11 +157,49 @@ def test_bootstrap_admin_key_printed_once_and_stored_hashed(tmp_path, capsys):
     assert key not in capsys.readouterr().out
 
 
-def test_bullet_is_stored_without_a_correlation_job(client, examiner, scans):
-    r = upload(client, examiner, scans["c1"], name="land.x3p", exhibit_type="bullet", land_count=6, twist="right")
+def test_bullet_lands_one_by_one_and_several_at_once(client, examiner, scans):
+    """Lands uploaded one by one under the same reference join one bullet exhibit and its one queued job;
+    several lands can come in one request; positions are checked; a land is never stored twice."""
+    meta = dict(case_number="B-1", exhibit_ref="bullet-1", exhibit_type="bullet", land_count=6, twist="right")
+    r = upload(client, examiner, scans["c1"], name="l3.x3p", land_index=3, **meta)
     assert r.status_code == 201, r.text
-    assert r.json()["job"] is None and r.json()["exhibit_type"] == "bullet" and r.json()["land_count"] == 6
-    assert client.post("/v1/jobs", headers=examiner, json={"exhibit_id": r.json()["id"]}).status_code == 422
+    b = r.json()
+    assert b["exhibit_type"] == "bullet" and b["land_count"] == 6 and b["region"] == "bullet_lea"
+    assert b["partition"] == "bullet_lea|9mm|any" and b["job"]["status"] == "queued"
+    assert [x["land_index"] for x in b["lands"]] == [3]
+    r2 = upload(client, examiner, scans["b1"], name="l4.x3p", **meta)  # no land_index: the next free one
+    assert r2.status_code == 201 and r2.json()["id"] == b["id"] and r2.json()["job"]["id"] == b["job"]["id"]
+    assert [x["land_index"] for x in r2.json()["lands"]] == [3, 4]
+    assert upload(client, examiner, scans["b2"], name="x.x3p", land_index=3, **meta).status_code == 409  # taken
+    assert upload(client, examiner, scans["c1"], name="again.x3p", land_index=5, **meta).status_code == 409  # dup
+    assert upload(client, examiner, scans["b2"], name="l9.x3p", land_index=9, **meta).status_code == 422  # > 6
+    # several files in one request, positions given
+    files = [("file", ("l1.x3p", scans["a1"], "application/octet-stream")),
+             ("file", ("l2.x3p", scans["a2"], "application/octet-stream"))]
+    r3 = client.post("/v1/exhibits", headers=examiner, files=files,
+                     data={"case_number": "B-2", "exhibit_ref": "bullet-2", "agency": "NFFP-Test", "calibre": "9mm",
+                           "exhibit_type": "bullet", "land_indexes": "2, 5"})
+    assert r3.status_code == 201, r3.text
+    assert [(x["land_index"], x["original_filename"]) for x in r3.json()["lands"]] == [(2, "l1.x3p"), (5, "l2.x3p")]
+    # a cartridge case is one file; land positions are for bullets
+    r4 = client.post("/v1/exhibits", headers=examiner, files=[("file", ("a.x3p", scans["a3"], "x")),
+                                                              ("file", ("b.x3p", scans["b2"], "x"))],
+                     data={"case_number": "C", "exhibit_ref": "c", "agency": "A"})
+    assert r4.status_code == 422
+    assert upload(client, examiner, scans["a3"], name="a3.x3p", land_index=1).status_code == 422
+    # add by id; download a land (audited)
+    r5 = client.post(f"/v1/exhibits/{b['id']}/lands", headers=examiner, data={"land_index": "6"},
+                     files=[("file", ("l6.x3p", scans["a3"], "application/octet-stream"))])
+    assert r5.status_code == 201 and [x["land_index"] for x in r5.json()["lands"]] == [3, 4, 6]
+    assert client.get(f"/v1/exhibits/{b['id']}/lands/4/original", headers=examiner).content == scans["b1"]
+    assert client.get(f"/v1/exhibits/{b['id']}/lands/2/original", headers=examiner).status_code == 404
+    # a pending job is not duplicated
+    assert client.post("/v1/jobs", headers=examiner, json={"exhibit_id": b["id"]}).status_code == 409
+    # these synthetic breech faces are no land engraved areas: the job fails and says why, per land
+    client.app.state.runtime.run_pending_inline()
+    e = client.get(f"/v1/exhibits/{b['id']}", headers=examiner).json()
+    assert e["job"]["status"] == "failed" and "no land of this bullet yields a signature" in e["job"]["error"]
+    assert all("striation" in x["signature_info"]["error"] for x in e["lands"])
 
 
 def test_staging_leftovers_are_removed_at_start(tmp_path):
