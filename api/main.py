@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api import web
 from api.routers import audit, candidates, exhibits, export, hits, jobs, keys, reviews, series, system
 from api.runtime import Runtime
 from api.settings import Settings
@@ -67,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="ballistic correlation service", version="1", description=DESCRIPTION, lifespan=lifespan)
     for r in (exhibits, jobs, candidates, reviews, hits, series, export, audit, keys, system):
         app.include_router(r.router)
+    app.include_router(web.router)  # examiner workbench (browser pages under /web, api/web/README.md)
+    app.mount(web.STATIC_PATH, web.static_files(), name="web-static")
     # multipart overhead on top of the file itself
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + (1 << 20))
     return app
