@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import ADMIN, csrf_of, upload, web_login
+from web_helpers import ADMIN, csrf_of, upload, web_login
 
 from api.web import auth, charts, routes
 
