@@ -39,23 +39,70 @@ from ballistic.retrieval import RetrievalParams, Retriever
 from ballistic.surface import Surface
 from ballistic.synth import SyntheticCatalogue
 
-__all__ = ["BenchFetch", "distractor_descriptors", "run_retrieval_bench"]
+__all__ = ["BenchFetch", "distractor_descriptors", "distractor_thumbnails", "run_retrieval_bench"]
 
 DISTRACTOR_ID0 = 1_000_000
 _SYNTH_VERSION = "synth/1"
 
 
 class BenchFetch:
-    """Picklable ``fetch``: real surfaces by id, synthetic distractors regenerated from their id."""
+    """Picklable ``fetch``: real surfaces by id; synthetic distractors from stored thumbnails (at
+    ``thumb_spacing_um`` and coarser, as a service would keep them beside the descriptors) or
+    regenerated from their id."""
 
-    def __init__(self, real: dict[int, Surface], catalogue: SyntheticCatalogue) -> None:
+    def __init__(self, real: dict[int, Surface], catalogue: SyntheticCatalogue, *,
+                 thumbs: np.ndarray | None = None, thumb_spacing_um: float = 100.0) -> None:
         self.real = real
         self.catalogue = catalogue
+        self.thumbs = thumbs
+        self.thumb_spacing_um = thumb_spacing_um
 
     def __call__(self, id: int, spacing_um: float | None = None) -> Surface:
         if int(id) in self.real:
             return self.real[int(id)]
+        j = int(id) - self.catalogue.id_offset
+        if self.thumbs is not None and spacing_um is not None and spacing_um >= self.thumb_spacing_um - 1e-9 \
+                and 0 <= j < len(self.thumbs):
+            return Surface(self.thumbs[j].astype(np.float64), self.thumb_spacing_um)
         return self.catalogue(int(id), spacing_um=spacing_um)
+
+
+_THUMB = 40
+
+
+def _thumb_range(args) -> np.ndarray:
+    from ballistic.compare import _centre_heights
+    from ballistic.preprocess import resample
+    catalogue, spacing, lo, hi = args
+    out = np.full((hi - lo, _THUMB, _THUMB), np.nan, dtype=np.float16)
+    for k, i in enumerate(range(lo, hi)):
+        h = _centre_heights(resample(catalogue(i, spacing_um=50.0), spacing_um=spacing).heights)[:_THUMB, :_THUMB]
+        oy, ox = (_THUMB - h.shape[0]) // 2, (_THUMB - h.shape[1]) // 2
+        out[k, oy:oy + h.shape[0], ox:ox + h.shape[1]] = h
+    return out
+
+
+def distractor_thumbnails(n: int, *, catalogue: SyntheticCatalogue, spacing_um: float = 100.0, workers: int = 2,
+                          batch: int = 2000, cache_dir: str | Path | None = None) -> np.ndarray:
+    """Coarse height maps (float16, NaN-padded to 40 x 40 at ``spacing_um``) of the first n distractors."""
+    key = hashlib.sha256(f"{catalogue!r}|{spacing_um}|{_THUMB}|{_SYNTH_VERSION}".encode()).hexdigest()[:16]
+    f = None if cache_dir is None else Path(cache_dir) / f"thumbs-{key}-{n}.npy"
+    if f is not None and f.exists():
+        return np.load(f)
+    ranges = [(catalogue, spacing_um, lo, min(lo + batch, catalogue.id_offset + n))
+              for lo in range(catalogue.id_offset, catalogue.id_offset + n, batch)]
+    if workers > 1 and len(ranges) > 1:
+        with ProcessPoolExecutor(workers) as ex:
+            T = np.concatenate(list(ex.map(_thumb_range, ranges)))
+    else:
+        T = np.concatenate([_thumb_range(r) for r in ranges])
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, T)
+        os.replace(tmp, f)
+    return T
 
 
 def _describe_range(args) -> np.ndarray:
@@ -134,7 +181,7 @@ def _pct(x, q) -> float:
 def _run_queries(retriever: Retriever, real: dict[int, Surface], src: np.ndarray, vectors: np.ndarray,
                  params: RetrievalParams) -> dict:
     rec = {1: [], 10: [], 100: []}
-    top1, prior_rec, lat, stage = [], [], [], {}
+    top1, prior_rec, screen_rec, lat, stage = [], [], [], [], {}
     for i in range(len(src)):
         mates = np.flatnonzero((src == src[i]) & (np.arange(len(src)) != i))
         res = retriever.query(real[i], exclude=[i], params=params)
@@ -143,8 +190,11 @@ def _run_queries(retriever: Retriever, real: dict[int, Surface], src: np.ndarray
             rec[k].append(_recall(ids, mates, k))
         top1.append(bool(ids.size and ids[0] in mates))
         if params.prior and params.cmc_k:
-            by_prior = np.array(sorted(ids, key=lambda j: -next(c.prior_ncc for c in res.candidates if c.id == j)))
-            prior_rec.append(_recall(by_prior, mates, params.cmc_k))
+            sc = {c.id: c.prior_ncc for c in res.candidates if np.isfinite(c.prior_ncc)}
+            prior_rec.append(_recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.cmc_k))
+        if params.screen_k and params.screen_k < len(ids):
+            sc = {c.id: c.screen_ncc for c in res.candidates if np.isfinite(c.screen_ncc)}
+            screen_rec.append(_recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.screen_k))
         lat.append(res.seconds["total"])
         for key, v in res.seconds.items():
             stage.setdefault(key, []).append(v)
@@ -153,17 +203,19 @@ def _run_queries(retriever: Retriever, real: dict[int, Surface], src: np.ndarray
     out["queries_all_mates_in_top10"] = int(sum(r == 1.0 for r in rec[10]))
     if prior_rec:
         out[f"stage2_recall@{params.cmc_k}"] = round(float(np.mean(prior_rec)), 4)
+    if screen_rec:
+        out[f"screen_recall@{params.screen_k}"] = round(float(np.mean(screen_rec)), 4)
     out["latency_p50_s"] = round(_pct(lat, 50), 3)
     out["latency_p95_s"] = round(_pct(lat, 95), 3)
     out["latency_mean_by_stage_s"] = {k: round(float(np.mean(v)), 4) for k, v in stage.items()}
     return out
 
 
-def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_000, 100_000), k: int = 100,
-                        cmc_k: int = 10, k_sweep=(10, 25, 50, 100, 200), factory: str = "HNSW32",
+def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_000, 100_000), k: int = 1000,
+                        cmc_k: int = 10, screen_k: int = 50, k_sweep=(100, 250, 500, 1000), factory: str = "HNSW32",
                         whiten_dim: int = 128, whiten_sample: int = 20_000, workers: int = 2, seed: int = 0,
                         cache_dir=None, ef_search: int = 128, nprobe: int = 32, k_factor: int = 8,
-                        faiss_ks=(10, 25, 50, 100, 200, 500)) -> dict:
+                        faiss_ks=(10, 25, 50, 100, 200, 500, 1000)) -> dict:
     """Run the benchmark, print a table, write JSON to ``json_out``; returns the summary dict."""
     t_start = time.time()
     json_out = Path(json_out)
@@ -177,21 +229,27 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
     D = distractor_descriptors(n_max, catalogue=catalogue, descriptor=descriptor, workers=workers,
                                cache_dir=cache_dir or json_out.parent / "cache")
     t_desc = time.perf_counter() - t
+    t = time.perf_counter()
+    thumbs = distractor_thumbnails(n_max, catalogue=catalogue, workers=workers,
+                                   cache_dir=cache_dir or json_out.parent / "cache") if screen_k else None
+    t_thumb = time.perf_counter() - t
     Q = np.stack([descriptor(real[i]) for i in range(len(names))])
     w = PCAWhitener.fit(D[:min(whiten_sample, len(D))], dim=whiten_dim, descriptor=descriptor.name)
     Wd, Wq = w.transform(D), w.transform(Q)
-    fetch = BenchFetch(real, catalogue)
-    base = RetrievalParams(k=k, cmc_k=cmc_k, workers=workers)
+    fetch = BenchFetch(real, catalogue, thumbs=thumbs)
+    base = RetrievalParams(k=k, cmc_k=cmc_k, screen_k=screen_k, workers=workers)
     summary: dict = {
         "benchmark": "retrieval", "queries": len(names), "mates_per_query": 3,
         "descriptor": descriptor.name, "whitener_dim": w.out_dim, "whitener_fit_on": "synthetic distractors only",
         "factory": factory, "index_settings": {"ef_search": ef_search, "nprobe": nprobe, "k_factor": k_factor},
         "params": {kk: v for kk, v in asdict(base).items() if kk != "cmc"},
-        "distractor_descriptor_seconds": round(t_desc, 1), "machine": {"cpus": os.cpu_count(),
+        "distractor_descriptor_seconds": round(t_desc, 1), "distractor_thumbnail_seconds": round(t_thumb, 1),
+        "machine": {"cpus": os.cpu_count(),
                                                                        "platform": platform.platform()},
         "per_n": {}, "k_sweep": {},
     }
-    print(f"descriptors: {n_max} distractors in {t_desc:.0f} s; whitened {descriptor.dim} -> {w.out_dim}", flush=True)
+    print(f"descriptors: {n_max} distractors in {t_desc:.0f} s, thumbnails in {t_thumb:.0f} s; whitened "
+          f"{descriptor.dim} -> {w.out_dim}", flush=True)
     retr = None
     for n in sorted(distractors):
         t = time.perf_counter()
@@ -220,10 +278,11 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
             retr.close()
         retr = Retriever(idx, fetch, descriptor=descriptor, whitener=w, params=base)
         res = _run_queries(retr, real, src, Wq, base)
-        res.update({"distractors": n, "index_build_s": round(t_build, 2),
+        res.update({"distractors": n, "index_build_s": round(t_build, 2), "k": k, "screen_k": screen_k,
                     "faiss_recall": {f"@{kk}": round(float(np.mean(v)), 4) for kk, v in fr.items()},
                     "faiss_best_mate_rank_median": float(np.median(best_rank)),
                     "faiss_synthetic_in_top10_mean": round(float(np.mean(synth_top10)), 2)})
+        res["loadavg_1min"] = round(os.getloadavg()[0], 2)      # other work on the machine inflates latency
         summary["per_n"][str(n)] = res
         print(f"N={n:>7}: recall@1 {res['recall@1']:.3f} @10 {res['recall@10']:.3f} @100 {res['recall@100']:.3f} | "
               f"FAISS @{k} {res['faiss_recall'].get('@' + str(k), float('nan')):.3f} | p50 {res['latency_p50_s']:.2f} s "
@@ -233,7 +292,7 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
                 if kk == k:
                     r2 = res
                 else:
-                    r2 = _run_queries(retr, real, src, Wq, replace(base, k=kk))
+                    r2 = _run_queries(retr, real, src, Wq, replace(base, k=kk, screen_k=min(screen_k, kk)))
                 summary["k_sweep"][str(kk)] = {key: r2[key] for key in
                                                ("recall@1", "recall@10", "recall@100", "top1_is_mate",
                                                 "latency_p50_s", "latency_p95_s")}
@@ -250,14 +309,16 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
 
 def _print_table(s: dict, k: int) -> None:
     print()
-    print(f"{'distractors':>11} | {'R@1':>5} {'R@10':>5} {'R@100':>5} | {'FAISS@10':>8} {'@' + str(k):>6} "
-          f"{'@500':>6} | {'stage2':>6} | {'p50 s':>6} {'p95 s':>6}")
+    print(f"{'distractors':>11} | {'R@1':>5} {'R@10':>5} {'R@100':>5} | {'FAISS@10':>8} {'@100':>6} "
+          f"{'@' + str(k):>6} | {'screen':>6} {'stage2':>6} | {'p50 s':>6} {'p95 s':>6}")
     for n, r in s["per_n"].items():
         fr = r["faiss_recall"]
         st2 = next((v for key, v in r.items() if key.startswith("stage2_recall")), float("nan"))
+        scr = next((v for key, v in r.items() if key.startswith("screen_recall")), float("nan"))
         print(f"{n:>11} | {r['recall@1']:5.3f} {r['recall@10']:5.3f} {r['recall@100']:5.3f} | "
-              f"{fr.get('@10', float('nan')):8.3f} {fr.get('@' + str(k), float('nan')):6.3f} "
-              f"{fr.get('@500', float('nan')):6.3f} | {st2:6.3f} | {r['latency_p50_s']:6.2f} {r['latency_p95_s']:6.2f}")
+              f"{fr.get('@10', float('nan')):8.3f} {fr.get('@100', float('nan')):6.3f} "
+              f"{fr.get('@' + str(k), float('nan')):6.3f} | {scr:6.3f} {st2:6.3f} | "
+              f"{r['latency_p50_s']:6.2f} {r['latency_p95_s']:6.2f}")
     if s["k_sweep"]:
         print("K sweep (largest N):", ", ".join(f"K={kk}: R@10 {v['recall@10']:.3f} p50 {v['latency_p50_s']:.2f}s"
                                                  for kk, v in s["k_sweep"].items()))

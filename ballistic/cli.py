@@ -72,9 +72,10 @@ def bench_bullet(directory: Path,
 def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labels CSV (path/scan, slide)"),
                     json_out: Path = typer.Option(..., "--json", help="summary JSON"),
                     distractors: str = typer.Option("1000,10000,100000", help="comma-separated distractor counts"),
-                    k: int = typer.Option(100, help="FAISS candidates per query (stage 1)"),
+                    k: int = typer.Option(1000, help="FAISS candidates per query (stage 1)"),
+                    screen_k: int = typer.Option(50, help="kept by the 100 um rotation screen (0 = no screen)"),
                     cmc_k: int = typer.Option(10, help="candidates re-ranked with CMC (stage 3)"),
-                    k_sweep: str = typer.Option("10,25,50,100,200", help="K values rerun at the largest N"),
+                    k_sweep: str = typer.Option("100,250,500,1000", help="K values rerun at the largest N"),
                     factory: str = typer.Option("HNSW32", help="FAISS index factory string"),
                     whiten_dim: int = 128, workers: int = 2, seed: int = 0,
                     cache: Optional[Path] = typer.Option(None, help="distractor descriptor cache folder")) -> None:
@@ -85,6 +86,7 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
         return tuple(int(float(v)) for v in x.split(",") if v.strip())
 
     run_retrieval_bench(directory, labels, json_out=json_out, distractors=ints(distractors), k=k, cmc_k=cmc_k,
+                        screen_k=screen_k,
                         k_sweep=ints(k_sweep), factory=factory, whiten_dim=whiten_dim, workers=workers, seed=seed,
                         cache_dir=cache)
 

@@ -253,7 +253,7 @@ class VectorIndex:
         self._template = t
 
     def _flush_pending(self, part: _Partition) -> None:
-        if self._template is None or part.pending_ids.size == 0 and part.index is not None:
+        if self._template is None or (part.pending_ids.size == 0 and part.index is not None):
             return
         if part.index is None:
             part.index = self._new_index()
@@ -274,13 +274,15 @@ class VectorIndex:
         """Rebuild a partition without its tombstones (from reconstructed vectors)."""
         if part.tombstones.size == 0 or part.index is None:
             return
-        live = np.setdiff1d(part.ids, part.pending_ids)
-        vecs = np.stack([part.index.reconstruct(int(i)) for i in live]) if live.size else \
+        # bulk: the id map gives each stored row's id, reconstruct_n the rows (HNSW, refine, Flat store them)
+        stored = faiss.vector_to_array(part.index.id_map).astype(np.int64)
+        keep = ~_isin_sorted(stored, part.tombstones)
+        vecs = part.index.index.reconstruct_n(0, part.index.ntotal)[keep] if keep.any() else \
             np.empty((0, self.dim), np.float32)
         part.index = self._new_index()
         self._tune(part.index)
-        if live.size:
-            part.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), live)
+        if keep.any():
+            part.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), stored[keep])
         part.tombstones = np.empty(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ public API

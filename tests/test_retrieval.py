@@ -73,3 +73,15 @@ def test_retriever_without_prior_and_bad_dims(db):
         Retriever(idx, cat, descriptor=desc)
     with pytest.raises(ValueError, match="k >= 1"):
         RetrievalParams(k=0)
+
+
+def test_screen_stage_narrows_before_the_prior(db):
+    cat, desc, w, idx = db
+    params = RetrievalParams(k=40, screen_k=6, cmc_k=2, workers=1)
+    with Retriever(idx, cat, descriptor=desc, whitener=w, params=params) as r:
+        res = r.query(_query(31))
+    c = res.candidates
+    assert len(c) == 40 and res.ids()[0] in (100 + 62, 100 + 63) and c[0].cmc_count >= 6
+    assert all(np.isfinite(x.screen_ncc) for x in c)                 # every shortlisted one screened
+    assert sum(np.isfinite(x.prior_ncc) for x in c) == 6             # only screen_k went on to stage 2
+    assert "screen" in res.seconds
