@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from api.models import Candidate, Exhibit, HitEvent
 
@@ -46,15 +46,18 @@ class LinkGraph:
         for i in self.exhibits:
             if i in uf.parent:
                 groups.setdefault(uf.find(i), []).append(i)
-        out = []
-        for root, members in sorted(groups.items()):
-            links = [c for c in self.links if uf.find(c.exhibit_a_id) == root]
-            out.append(([self.exhibits[i] for i in sorted(members)], sorted(links, key=lambda c: c.id)))
-        return out
+        links_by_root: dict[int, list[Candidate]] = {}
+        for c in self.links:  # one pass: the links of every group
+            links_by_root.setdefault(uf.find(c.exhibit_a_id), []).append(c)
+        return [([self.exhibits[i] for i in sorted(members)],
+                 sorted(links_by_root.get(root, []), key=lambda c: c.id))
+                for root, members in sorted(groups.items())]
 
 
 def confirmed_graph(session: Session) -> LinkGraph:
-    links = session.execute(select(Candidate).where(Candidate.review_status == "confirmed").order_by(Candidate.id)
+    # the explanation JSON (cells of both directions) is not needed for the graph: load it only on access
+    links = session.execute(select(Candidate).options(defer(Candidate.explanation))
+                            .where(Candidate.review_status == "confirmed").order_by(Candidate.id)
                             ).scalars().unique().all()
     exhibits: dict[int, Exhibit] = {}
     for c in links:

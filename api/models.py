@@ -140,6 +140,8 @@ class Candidate(Base):
         UniqueConstraint("pair_lo", "pair_hi", "region", name="uq_candidates_pair_region"),
         Index("ix_candidates_a", "exhibit_a_id"),
         Index("ix_candidates_b", "exhibit_b_id"),
+        # series, exports and the dashboard select the confirmed links
+        Index("ix_candidates_review_status", "review_status"),
     )
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True)
