@@ -1,6 +1,8 @@
 """The same service code on PostgreSQL (the production option). Runs when BALLISTIC_TEST_POSTGRES_URL
-names a scratch database (it is wiped), e.g. postgresql+psycopg://user:pw@127.0.0.1/ballistic_test;
-skipped otherwise (CI has no PostgreSQL server)."""
+names a server and a maintenance database whose user may create databases, e.g.
+postgresql+psycopg://postgres@127.0.0.1:55432/postgres; each test gets a fresh database of its own
+(so xdist workers never share one). ``.ci/run`` starts a throwaway server and sets the URL and
+BALLISTIC_REQUIRE_POSTGRES=1, under which a missing URL fails instead of skipping."""
 from __future__ import annotations
 
 import os
@@ -10,19 +12,28 @@ from api_helpers import ADMIN, make_settings, new_key, run_jobs, upload
 from fastapi.testclient import TestClient
 
 URL = os.environ.get("BALLISTIC_TEST_POSTGRES_URL")
+if not URL and os.environ.get("BALLISTIC_REQUIRE_POSTGRES") == "1":
+    raise RuntimeError("BALLISTIC_REQUIRE_POSTGRES=1 but BALLISTIC_TEST_POSTGRES_URL is not set")
 pytestmark = pytest.mark.skipif(not URL, reason="set BALLISTIC_TEST_POSTGRES_URL to run against PostgreSQL")
 
 
 @pytest.fixture
 def pg_url():
-    from sqlalchemy import create_engine, text
+    import uuid
 
-    eng = create_engine(URL)
-    with eng.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    eng.dispose()
-    return URL
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"ballistic_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def test_full_flow_on_postgres(tmp_path, pg_url, scans):
