@@ -282,6 +282,33 @@ def _firing_pin(rt: "Runtime", ex: _ExhibitView, surface, raw_scan: bool) -> tup
     return rel, info
 
 
+def _screen(rt: "Runtime", query, found: list[tuple[int, float]], others: dict) -> tuple[list, dict]:
+    """Keep the ``rerank_k`` candidates of the descriptor shortlist that register best onto ``query`` over
+    the full circle at the rotation-prior spacing (``ballistic.retrieval.RotationPrior``); the order of
+    the result is the screen's. Candidates not processed yet keep their place behind the screened ones."""
+    k = rt.settings.rerank_k
+    if len(found) <= k:
+        return found, {"used": False, "shortlist": len(found)}
+    from ballistic.compare import CMCParams
+    from ballistic.retrieval import RotationPrior
+
+    prior = RotationPrior(query, spacing_um=CMCParams().prior_spacing_um)
+    scored, pending = [], []
+    for cid, vscore in found:
+        o = others.get(cid)
+        if o is None or o.derived_path is None:
+            pending.append((cid, vscore))
+            continue
+        _check_stop(rt)
+        ncc, _ = prior.score(_prepared(rt, cid, o.derived_path, o.label))
+        scored.append((float(ncc), cid, vscore))
+    scored.sort(key=lambda t: -t[0])
+    kept = [(cid, vscore) for _, cid, vscore in scored[:k]]
+    return kept + pending[: max(0, k - len(kept))], {
+        "used": True, "shortlist": len(found), "screened": len(scored), "kept": len(kept),
+        "spacing_um": prior.spacing_um, "step_deg": float(prior.angles[1] - prior.angles[0])}
+
+
 def _correlate_cartridge(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
     from ballistic.compare import CMCParams
     from ballistic.correlate import ALGORITHM_VERSION, compare_pair
@@ -316,15 +343,19 @@ def _correlate_cartridge(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
     rt.prepared.drop(ex.id)
     # 3. index and search the exhibit's partition
     rt.retrieval.add(ex.id, ex.partition, raw)
-    found, state = rt.retrieval.search_with_state(raw, rt.settings.rerank_k, ex.partition, exclude=ex.id)
+    shortlist_k = max(rt.settings.shortlist_k, rt.settings.rerank_k)
+    found, state = rt.retrieval.search_with_state(raw, shortlist_k, ex.partition, exclude=ex.id)
     ids = [i for i, _ in found]
     done = _stored_pairs(rt, ex.id, (ex.region, "firing_pin"))
     with rt.read_factory() as s:
         others = {e.id: _view(e) for e in s.execute(select(Exhibit).where(Exhibit.id.in_(ids))).scalars()} if ids \
             else {}
+    query = _prepared(rt, ex.id, rel, ex.label)
+    # 3b. screen: the descriptor shortlist re-ordered by the full-circle coarse registration (the rotation
+    # prior of the CMC comparison, ~10 ms a pair); its best rerank_k go on to the CMC comparison
+    found, screen = _screen(rt, query, found, others)
     # 4. re-rank with the CMC comparison (likelihood ratio where a calibration of this region is configured)
     cal = rt.calibration if (rt.calibration is not None and ex.region == rt.calibration.region) else None
-    query = _prepared(rt, ex.id, rel, ex.label)
     rows, results = [], []
     for cid, vscore in found:
         o = others.get(cid)
@@ -399,8 +430,8 @@ def _correlate_cartridge(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
     record = _search_record(
         rt, rt.retrieval, ex, state, algorithm=ALGORITHM_VERSION, params=CMCParams().as_dict(), n_scored=scored,
         started_at=started, results=results,
-        retrieval_params={"rerank_k": rt.settings.rerank_k, "preprocess": info,
-                          "calibration_id": cal.id if cal is not None else None,
+        retrieval_params={"rerank_k": rt.settings.rerank_k, "shortlist_k": shortlist_k, "screen": screen,
+                          "preprocess": info, "calibration_id": cal.id if cal is not None else None,
                           "firing_pin": {"enabled": bool(rt.settings.firing_pin), "algorithm": FIRING_PIN_ALGORITHM,
                                          "query_found": fp_rel is not None, "compared": fp_compared}},
         notes="; ".join(([f"firing pin: {fp_info['reason']}"] if fp_info and not fp_info.get("found") else [])

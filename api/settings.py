@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     index_metric: str = "ip"
     whitener_path: Path | None = Field(None, description="fitted PCAWhitener (.npz); raw descriptor when unset")
     rerank_k: int = Field(20, ge=1, le=1000, description="candidates re-ranked with the CMC comparison")
+    shortlist_k: int = Field(200, ge=1, le=100000, description=(
+        "descriptor nearest neighbours screened by the full-circle coarse registration (50 um) before the "
+        "best rerank_k go to the CMC comparison; <= rerank_k switches the screen off"))
     preprocess_kind: str = Field("auto", pattern="^(auto|raw|processed)$")
     index_save_interval_s: float = Field(0.0, ge=0, description="snapshot the index at most this often")
     prepared_cache_size: int = Field(256, ge=0, description="prepared surfaces kept in memory for re-ranking")
