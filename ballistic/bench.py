@@ -25,7 +25,7 @@ from ballistic.io import read_x3p
 from ballistic.metrics import equal_error_rate, error_counts, roc_auc, roc_curve
 from ballistic.preprocess import crop_to_mask, preprocess_cartridge, rotate
 
-__all__ = ["LabelledScan", "read_labels", "load_scans", "run_cartridge_bench", "summarise"]
+__all__ = ["LabelledScan", "read_labels", "load_scans", "run_cartridge_bench", "summarise", "write_rows_csv"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,16 @@ def _one(ij):
     i, j = ij
     r = compare_pair(_WORK["prepared"][i], _WORK["prepared"][j], _WORK["params"])
     return i, j, r.summary()
+
+
+def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
+    """Write per-pair rows (dicts with the same keys) as CSV; returns the path."""
+    path = Path(path)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    return path
 
 
 def summarise(rows: list[dict], *, reference_counts: dict | None = None, threshold: int = 6) -> dict:
@@ -218,12 +228,7 @@ def run_cartridge_bench(directory: str | Path, labels_csv: str | Path, *, json_o
                     "directory": str(directory)})
     json_out = Path(json_out)
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    csv_path = json_out.with_suffix(".pairs.csv")
-    with open(csv_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-        w.writeheader()
-        w.writerows(rows)
-    summary["pairs_csv"] = str(csv_path)
+    summary["pairs_csv"] = str(write_rows_csv(rows, json_out.with_suffix(".pairs.csv")))
     summary["plots"] = _plots(rows, json_out.with_suffix(""))
     json_out.write_text(json.dumps(summary, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
     return summary

@@ -1558,12 +1558,8 @@ def run_bullet_bench(directory: str | Path, labels_csv: str | Path, *, json_out:
                     "land_score_model": LAND_SCORE_MODEL, "directory": str(directory)})
     json_out = Path(json_out)
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    csv_path = json_out.with_suffix(".pairs.csv")
-    with open(csv_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-        w.writeheader()
-        w.writerows(rows)
-    summary["pairs_csv"] = str(csv_path)
+    from ballistic.bench import write_rows_csv
+    summary["pairs_csv"] = str(write_rows_csv(rows, json_out.with_suffix(".pairs.csv")))
     bcsv = json_out.with_suffix(".bullets.csv")
     with open(bcsv, "w", newline="") as fh:
         cols = ["set", "bullet_a", "bullet_b", "same_barrel", "sam", "phase", "lands_compared", "identified", "pairs"]

@@ -110,10 +110,9 @@ class ScoreLRCalibrator:
         return cls(**{**d, "bootstrap": [tuple(b) for b in d.get("bootstrap", [])]})
 
     def save(self, path: str | Path) -> None:
-        p = Path(path)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
-        tmp.replace(p)
+        """Write as JSON, atomically (temp file, fsync, rename)."""
+        from ballistic._atomic import atomic_write_bytes
+        atomic_write_bytes(path, json.dumps(self.to_dict()).encode())
 
     @classmethod
     def load(cls, path: str | Path) -> "ScoreLRCalibrator":

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
+from ballistic._atomic import atomic_write_bytes
 from ballistic.preprocess import resample
 from ballistic.surface import Surface
 
@@ -370,17 +369,7 @@ class PCAWhitener:
         buf = io.BytesIO()
         np.savez(buf, mean=self.mean, components=self.components, eigenvalues=self.eigenvalues,
                  eps=np.float64(self.eps), descriptor=np.str_(self.descriptor), version=np.str_("pca-whiten/1"))
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buf.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path) -> "PCAWhitener":

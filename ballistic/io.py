@@ -39,6 +39,7 @@ from xml.sax.saxutils import escape as _xml_escape
 
 import numpy as np
 
+from ballistic._atomic import fsync_dir
 from ballistic.surface import Surface
 
 __all__ = [
@@ -708,28 +709,13 @@ def write_x3p(
         except OSError:
             pass
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def _xml_text(s: str) -> str:
     """Escape text for XML and drop characters XML 1.0 cannot hold."""
     s = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", "", str(s))
     return _xml_escape(s)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        dfd = os.open(folder if str(folder) else ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 # --------------------------------------------------------------------------- 2D images

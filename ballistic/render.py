@@ -23,13 +23,13 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
+from ballistic._atomic import atomic_write_bytes
 from ballistic.surface import Surface
 
 __all__ = ["RING_LIGHT_AZIMUTHS_DEG", "surface_normals", "shade", "render_surface_as_image", "to_png",
@@ -269,19 +269,4 @@ def to_png(surface_or_array: ArrayOrSurface, path: Union[str, "os.PathLike[str]"
         The written path.
     """
     data = to_png_bytes(surface_or_array, missing=missing, vmin=vmin, vmax=vmax)
-    dest = Path(path)
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"cannot write {dest}: folder {parent} does not exist - create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return dest
+    return atomic_write_bytes(path, data)

@@ -1,0 +1,54 @@
+"""Atomic file writes shared by the library: a reader sees the old file or the new one, never half.
+
+Write to a temporary file in the destination folder, flush and fsync it, rename it over the
+destination (``os.replace``), then fsync the folder so the rename itself survives a crash.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write_bytes", "fsync_dir"]
+
+
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder (POSIX) so a rename in it is durable; a no-op where that is not possible."""
+    if os.name != "posix":
+        return
+    try:
+        dfd = os.open(folder if str(folder) else ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and durably; returns the path.
+
+    Raises FileNotFoundError with a hint when the destination folder does not exist.
+    """
+    dest = Path(path)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"cannot write {dest}: folder {parent} does not exist - create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(parent)
+    return dest
