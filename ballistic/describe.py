@@ -27,7 +27,7 @@ same slide) hidden among 3000 synthetic distractors, after PCA whitening fitted
 on the distractors (128 dimensions): 10 bands of 200 um out to 2 mm, 64
 harmonics at 25 um put every Fadul mate in the top 50 (12 bands x 32 harmonics
 out to 2.4 mm, version 1: 0.95). Raw cosine among the 40 Fadul scans alone: top-1
-mate 0.80, mean recall@5 of the three mates 0.60. Weighting bands by their
+mate 0.80, mean recall@5 of its mates (2 to 4, same slide) 0.60. Weighting bands by their
 measured fraction and adding the radial profile lowered recall.
 """
 from __future__ import annotations

@@ -37,6 +37,10 @@ TYPES = {
     "hnsw": dict(factory="HNSW32", ef_search=128),
     "ivfpq": dict(factory="IVF4096,PQ32x4fs,RFlat", nprobe=48, k_factor=16),
     "ivfpq-sq8": dict(factory="IVF4096,PQ32x4fs,Refine(SQ8)", nprobe=48, k_factor=16),
+    "hnsw-ef512": dict(factory="HNSW32", ef_search=512),
+    "ivfpq-np128": dict(factory="IVF4096,PQ32x4fs,RFlat", nprobe=128, k_factor=32),
+    "ivfpq-sq8-np128": dict(factory="IVF4096,PQ32x4fs,Refine(SQ8)", nprobe=128, k_factor=32),
+    "ivfpq-np128-kf512": dict(factory="IVF4096,PQ32x4fs,RFlat", nprobe=128, k_factor=512),
 }
 
 

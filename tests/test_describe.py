@@ -128,7 +128,7 @@ def test_rotation_invariance_real_fadul(fadul):
 
 @pytest.mark.realdata
 def test_fadul_mates_rank_high(fadul):
-    """Every scan randomly rotated; each query's three mates (same slide) ranked among the 39 others.
+    """Every scan randomly rotated; each query's mates (same slide, 2 to 4) ranked among the 39 others.
 
     Measured with these settings (seed 0 rotations): top-1 is a mate for 32/40 queries (0.80), mean
     recall@5 of the mates 0.60, recall@10 0.69, median mate rank 3 (chance: recall@5 = 0.13).
