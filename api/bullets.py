@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from api.jsonable import jsonable
+
 __all__ = ["BULLET_ALGORITHM_VERSION", "save_signatures", "load_signatures", "land_positions_count",
            "compare_bullets", "lands_key", "bullet_figure"]
 
@@ -35,28 +37,11 @@ BULLET_ALGORITHM_VERSION = "bullet-sam-ccf/1"
 SIGNATURE_FORMAT = "land-signatures/1"
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if np.isfinite(v) else None
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
 def save_signatures(path: Path, sigs) -> None:
     """Write a land's signatures (values, spacing, start, meta) atomically as one npz."""
     arrays = {f"values_{i}": np.asarray(s.values, dtype=np.float64) for i, s in enumerate(sigs)}
     head = {"format": SIGNATURE_FORMAT,
-            "items": [{"spacing_um": float(s.spacing_um), "start_um": float(s.start_um), "meta": _jsonable(s.meta)}
+            "items": [{"spacing_um": float(s.spacing_um), "start_um": float(s.start_um), "meta": jsonable(s.meta)}
                       for s in sigs]}
     arrays["header"] = np.frombuffer(json.dumps(head).encode(), dtype=np.uint8)
     buf = io.BytesIO()
@@ -133,7 +118,7 @@ def compare_bullets(lands_a: dict[int, list], lands_b: dict[int, list], n: int) 
             "threshold_note": ("not calibrated: on Hamby 252 and Hamby 44 no different-source land pair reached "
                                "a ccf of 0.68 and no same-source pair fell below 0.87; 0.8 sits between them")}
     return {"sam": float(r.sam), "phase": int(r.phase), "lands_compared": len(pairs),
-            "identification": bool(r.sam >= BULLET_SAM_THRESHOLD), "explanation": _jsonable(expl)}
+            "identification": bool(r.sam >= BULLET_SAM_THRESHOLD), "explanation": jsonable(expl)}
 
 
 def _pick(sigs, crosscut_um):

@@ -33,6 +33,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from api import audit
+from api.jsonable import jsonable
 from api.db import session_scope, utcnow
 from api.models import Candidate, Exhibit, Job, LandScan
 
@@ -226,7 +227,7 @@ def _search_record(rt: "Runtime", retrieval, ex: _ExhibitView, state: dict, *, a
         descriptor={"space": retrieval.space, "transform": retrieval.transform_id, "dim": retrieval.dim,
                     "index_factory": rt.settings.index_factory, "index_metric": rt.settings.index_metric,
                     "disk_snapshot": state["disk_snapshot"], "n_in_partition": state["n_in_partition"]},
-        retrieval_params=retrieval_params, results=_jsonable(results), notes=notes)
+        retrieval_params=retrieval_params, results=jsonable(results), notes=notes)
     return rec
 
 
@@ -278,7 +279,7 @@ def _firing_pin(rt: "Runtime", ex: _ExhibitView, surface, raw_scan: bool) -> tup
         return None, {"found": False, "reason": str(e)[:500]}
     rel = rt.store.derived_relpath(ex.id, ex.sha256, "firing-pin")
     _write_x3p(rt, fp, rel, f"ballistic firing-pin impression of exhibit {ex.id}")
-    info = {"found": True, **_jsonable(fp.meta.get("firing_pin", {})), "preprocess": fp.meta.get("preprocess")}
+    info = {"found": True, **jsonable(fp.meta.get("firing_pin", {})), "preprocess": fp.meta.get("preprocess")}
     return rel, info
 
 
@@ -376,7 +377,7 @@ def _correlate_cartridge(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
                    cmc_count=int(r.cmc_count), identification=bool(r.identification),
                    registration={"angle_deg": float(reg.angle_deg), "dy_um": float(reg.dy_um),
                                  "dx_um": float(reg.dx_um), "ncc": float(reg.ncc)},
-                   explanation=_jsonable(r.to_dict()), algorithm_version=ALGORITHM_VERSION,
+                   explanation=jsonable(r.to_dict()), algorithm_version=ALGORITHM_VERSION,
                    descriptor_version=rt.retrieval.descriptor_version, job_id=job_id)
         if cal is not None:
             row["log10_lr"], row["log10_lr_low"], row["log10_lr_high"] = cal.lr(row["similarity"])
@@ -417,7 +418,7 @@ def _correlate_cartridge(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
                 identification=bool(score >= FIRING_PIN_THRESHOLD),
                 registration={"angle_deg": fwd.angle_deg, "dy_um": fwd.dy_um, "dx_um": fwd.dx_um,
                               "ncc": fwd.coarse_ncc},
-                explanation=_jsonable({"algorithm": FIRING_PIN_ALGORITHM, "score": score,
+                explanation=jsonable({"algorithm": FIRING_PIN_ALGORITHM, "score": score,
                                        "forward": _dir(fwd), "backward": _dir(bwd),
                                        "threshold": FIRING_PIN_THRESHOLD,
                                        "note": ("score = mean of the registered correlations of the two firing-pin "
@@ -475,7 +476,7 @@ def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dic
                 save_signatures(rt.store.resolve(new_path), land)
                 new_info = {"step_um": step, "signatures": len(land), "spacing_um": float(land[0].spacing_um),
                             "crosscuts_um": [round(float(x.meta.get("crosscut_um", float("nan"))), 1) for x in land],
-                            "striae_rotated_deg": _jsonable(land[0].meta.get("striae_rotated_deg"))}
+                            "striae_rotated_deg": jsonable(land[0].meta.get("striae_rotated_deg"))}
             with session_scope(rt.session_factory) as s:
                 s.execute(update(LandScan).where(LandScan.id == lid).values(signature_path=new_path,
                                                                           signature_info=new_info))
@@ -565,17 +566,3 @@ def _correlate_bullet(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
                    "algorithm": BULLET_ALGORITHM_VERSION, "lands": sorted(sigs)})
 
 
-def _jsonable(x):
-    """Plain JSON types only (numpy scalars and non-finite floats become JSON-safe)."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if np.isfinite(v) else None
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
