@@ -27,7 +27,6 @@ import os
 import posixpath
 import re
 import struct
-import tempfile
 import threading
 import warnings
 import xml.etree.ElementTree as ET
@@ -39,7 +38,7 @@ from xml.sax.saxutils import escape as _xml_escape
 
 import numpy as np
 
-from ballistic._atomic import fsync_dir
+from ballistic._atomic import atomic_write_bytes
 from ballistic.surface import Surface
 
 __all__ = [
@@ -692,24 +691,12 @@ def write_x3p(
 """.encode("utf-8")
     hex_text = f"{hashlib.md5(xml).hexdigest()} *main.xml\n".encode("ascii")
 
-    dest = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent if str(dest.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr("main.xml", xml)
-                zf.writestr("bindata/data.bin", data)
-                zf.writestr("md5checksum.hex", hex_text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(dest.parent)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("main.xml", xml)
+        zf.writestr("bindata/data.bin", data)
+        zf.writestr("md5checksum.hex", hex_text)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _xml_text(s: str) -> str:
