@@ -161,7 +161,10 @@ def _queue_job(rt, session, exhibit_id: int) -> tuple[Job, bool]:
     return j, True
 
 
-def _add_lands(session, who, ex: Exhibit, uploads: list[_Upload], positions: list[int]) -> list[LandScan]:
+def _add_lands(session, who, ex: Exhibit, uploads: list[_Upload], meta: ExhibitCreate) -> list[LandScan]:
+    """Land rows for the uploads at the positions ``meta`` asks for, given the lands the bullet already has."""
+    taken = set(session.execute(select(LandScan.land_index).where(LandScan.exhibit_id == ex.id)).scalars())
+    positions = _land_positions(meta, len(uploads), taken)
     rows = []
     for u, i in zip(uploads, positions):
         land = LandScan(exhibit_id=ex.id, land_index=i, original_sha256=u.staged.sha256,
@@ -170,6 +173,12 @@ def _add_lands(session, who, ex: Exhibit, uploads: list[_Upload], positions: lis
         rows.append(land)
     session.flush()
     return rows
+
+
+def _lands_detail(lands: list[LandScan]) -> list[dict]:
+    """What the audit row records of each land added."""
+    return [{"land_index": x.land_index, "sha256": x.original_sha256, "size": x.original_size,
+             "filename": x.original_filename} for x in lands]
 
 
 def _enqueue(rt, job: Job | None, new: bool) -> None:
@@ -241,15 +250,13 @@ def create_exhibit(rt: RuntimeDep, session: SessionDep, who: ExaminerWrite,
             session.flush()
         lands = []
         if bullet:
-            taken = set(session.execute(select(LandScan.land_index).where(LandScan.exhibit_id == ex.id)).scalars())
-            lands = _add_lands(session, who, ex, uploads, _land_positions(meta, len(uploads), taken))
+            lands = _add_lands(session, who, ex, uploads, meta)
         job, new_job = _queue_job(rt, session, ex.id)
         detail = {"sha256": first.staged.sha256, "size": first.staged.size, "media_type": first.media_type,
                   "filename": first.filename, "case_id": case.id, "case_number": case.case_number,
                   "agency": case.agency, "exhibit_ref": ex.exhibit_ref, "role": ex.role, "job_id": job.id}
         if lands:
-            detail["lands"] = [{"land_index": x.land_index, "sha256": x.original_sha256, "size": x.original_size,
-                                "filename": x.original_filename} for x in lands]
+            detail["lands"] = _lands_detail(lands)
         audit.append(session, actor=who.actor, action="exhibit.create" if created else "exhibit.add_lands",
                      resource_type="exhibit", resource_id=ex.id, detail=detail)
         session.commit()
@@ -291,13 +298,10 @@ def add_lands(exhibit_id: IdPath, rt: RuntimeDep, session: SessionDep, who: Exam
     try:
         audit.serialize(session)
         ex = session.get(Exhibit, exhibit_id)
-        taken = set(session.execute(select(LandScan.land_index).where(LandScan.exhibit_id == ex.id)).scalars())
-        lands = _add_lands(session, who, ex, uploads, _land_positions(meta, len(uploads), taken))
+        lands = _add_lands(session, who, ex, uploads, meta)
         job, new_job = _queue_job(rt, session, ex.id)
         audit.append(session, actor=who.actor, action="exhibit.add_lands", resource_type="exhibit", resource_id=ex.id,
-                     detail={"job_id": job.id, "lands": [{"land_index": x.land_index, "sha256": x.original_sha256,
-                                                          "size": x.original_size, "filename": x.original_filename}
-                                                         for x in lands]})
+                     detail={"job_id": job.id, "lands": _lands_detail(lands)})
         session.commit()
     except IntegrityError:
         session.rollback()
