@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import web
+from api.errors import install_error_handlers
 from api.routers import audit, candidates, exhibits, export, hits, jobs, keys, reviews, series, system
 from api.runtime import Runtime
 from api.settings import Settings
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(r.router)
     app.include_router(web.router)  # examiner workbench (browser pages under /web, api/web/README.md)
     app.mount(web.STATIC_PATH, web.static_files(), name="web-static")
+    install_error_handlers(app)  # library errors -> 413 / 422 / 503 (api/errors.py)
     # multipart overhead on top of the file itself
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + (1 << 20))
     return app

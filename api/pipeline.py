@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from api import audit
 from api.jsonable import jsonable
 from api.db import session_scope, utcnow
+from api.errors import job_retryable
 from api.models import Candidate, Exhibit, Job, LandScan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -162,8 +163,7 @@ def run_correlation_job(rt: "Runtime", job_id: int) -> str:
                       .values(status="queued", updated_at=utcnow(), error="interrupted by shutdown; will resume"))
         return "queued"
     except Exception as e:  # noqa: BLE001 - every failure is recorded on the job
-        permanent = isinstance(e, (ValueError, TypeError, FileNotFoundError))
-        retry = not permanent and attempts < max_attempts
+        retry = job_retryable(e) and attempts < max_attempts  # by the error's kind: api/errors.py
         msg = f"{type(e).__name__}: {e}"
         log.warning("job %s attempt %s failed: %s\n%s", job_id, attempts, msg, traceback.format_exc())
         with session_scope(rt.session_factory) as s:
@@ -264,7 +264,8 @@ FIRING_PIN_ALGORITHM = "firing-pin-rotation-sym/1"
 
 def _firing_pin(rt: "Runtime", ex: _ExhibitView, surface, raw_scan: bool) -> tuple[str | None, dict | None]:
     """Find and extract the firing-pin impression of a raw 3D scan; (derived path, info)."""
-    from ballistic.firing_pin import FiringPinError, extract_firing_pin, find_firing_pin
+    from ballistic.errors import FiringPinError
+    from ballistic.firing_pin import extract_firing_pin, find_firing_pin
 
     if ex.media_type != "x3p":
         return None, None
@@ -313,7 +314,8 @@ def _screen(rt: "Runtime", query, found: list[tuple[int, float]], others: dict) 
 def _correlate_cartridge(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
     from ballistic.compare import CMCParams
     from ballistic.correlate import ALGORITHM_VERSION, compare_pair
-    from ballistic.firing_pin import FIRING_PIN_THRESHOLD, FiringPinError, compare_firing_pins
+    from ballistic.errors import FiringPinError
+    from ballistic.firing_pin import FIRING_PIN_THRESHOLD, compare_firing_pins
     from ballistic.preprocess import preprocess_cartridge
     from ballistic.search_record import utc_now
 
@@ -446,7 +448,8 @@ def _correlate_cartridge(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
 def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dict[int, list], dict[int, str], list]:
     """Signatures of a bullet's lands, ``{land_index: [Signature]}``, and ``{land_index: sha256}`` of those
     lands. With ``extract``, lands without current signatures get them (stored on disk and in the DB)."""
-    from ballistic.bullet import BulletError, land_signatures
+    from ballistic.bullet import land_signatures
+    from ballistic.errors import BulletError
     from ballistic.io import read_x3p
 
     from api.bullets import save_signatures

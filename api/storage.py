@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ballistic.errors import LimitError
+
 __all__ = ["EvidenceStore", "StagedFile", "UploadTooLarge", "sniff_media_type"]
 
 CHUNK = 1 << 20
 
 
-class UploadTooLarge(ValueError):
-    pass
+class UploadTooLarge(LimitError):
+    """An upload is larger than ``max_upload_bytes`` (HTTP 413)."""
 
 
 def sniff_media_type(head: bytes) -> str | None:

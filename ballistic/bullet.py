@@ -66,10 +66,10 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from ballistic import _bullet_kernels as _bk
+from ballistic.errors import BulletError
 from ballistic.surface import Surface
 
 __all__ = [
-    "BulletError",
     "Crosscut",
     "Grooves",
     "Signature",
@@ -100,10 +100,6 @@ __all__ = [
 
 # ISO 16610-21 Gaussian: sigma = cutoff * sqrt(ln 2 / 2) / pi
 _SIGMA_PER_CUTOFF = math.sqrt(math.log(2.0) / 2.0) / math.pi
-
-
-class BulletError(ValueError):
-    """A bullet scan, profile or signature cannot be processed as asked."""
 
 
 # --------------------------------------------------------------------------- result types

@@ -41,13 +41,13 @@ import cv2
 import numpy as np
 
 from ballistic._atomic import atomic_write_bytes
+from ballistic.errors import DescriptorError
 from ballistic.preprocess import resample
 from ballistic.surface import Surface
 
 __all__ = [
     "DESCRIPTOR_VERSION",
     "DESCRIPTOR_DIM",
-    "DescriptorError",
     "annulus_centre",
     "breech_face_descriptor",
     "DescriptorModel",
@@ -64,10 +64,6 @@ _R_MAX_UM = 2000.0
 
 #: Length of :func:`breech_face_descriptor` with its default settings.
 DESCRIPTOR_DIM = _N_BANDS * _N_HARMONICS
-
-
-class DescriptorError(ValueError):
-    """A descriptor cannot be computed (empty surface, settings that do not fit)."""
 
 
 def annulus_centre(surface: Surface, *, iterations: int = 10) -> tuple[float, float, float]:

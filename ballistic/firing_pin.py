@@ -71,11 +71,11 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from ballistic.compare import local_search, search_rotation, warp_to_reference
-from ballistic.preprocess import PreprocessError, bandpass_filter, resample
+from ballistic.errors import FiringPinError
+from ballistic.preprocess import bandpass_filter, resample
 from ballistic.surface import Surface
 
 __all__ = [
-    "FiringPinError",
     "FiringPinGeometry",
     "FiringPinResult",
     "find_firing_pin",
@@ -91,11 +91,6 @@ __all__ = [
 FIRING_PIN_THRESHOLD = 0.5
 
 _EXTRACT_TAG = "firing_pin:"
-
-
-class FiringPinError(PreprocessError):
-    """No firing-pin impression could be found or compared (not a raw scan, crater
-    outside the field of view, too little measured data)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -77,7 +77,8 @@ import scipy.ndimage as ndi
 
 from ballistic.compare import CMCParams
 from ballistic.correlate import PairResult, compare_pair
-from ballistic.preprocess import PreprocessError, bandpass_filter, crop_to_mask, gaussian_lowpass, resample
+from ballistic.errors import PreprocessError
+from ballistic.preprocess import bandpass_filter, crop_to_mask, gaussian_lowpass, resample
 from ballistic.surface import Surface
 
 __all__ = [

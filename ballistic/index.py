@@ -39,15 +39,12 @@ from typing import Iterable
 import faiss
 import numpy as np
 
-__all__ = ["INDEX_FORMAT", "IndexStateError", "VectorIndex", "partition_key"]
+from ballistic.errors import IndexStateError
+
+__all__ = ["INDEX_FORMAT", "VectorIndex", "partition_key"]
 
 INDEX_FORMAT = "ballistic-vector-index/1"
 _KEEP_SNAPSHOTS = 2
-
-
-class IndexStateError(RuntimeError):
-    """A saved index is missing, corrupt or incompatible with this code (rebuild it from stored descriptors
-    with :meth:`VectorIndex.rebuild`)."""
 
 
 def _norm_part(x: str | None) -> str:

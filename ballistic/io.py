@@ -39,15 +39,11 @@ from xml.sax.saxutils import escape as _xml_escape
 import numpy as np
 
 from ballistic._atomic import atomic_write_bytes
+from ballistic.errors import (ImageFormatError, ImageLimitError, X3PChecksumError, X3PError, X3PFormatError,
+                              X3PLimitError)
 from ballistic.surface import Surface
 
 __all__ = [
-    "X3PError",
-    "X3PFormatError",
-    "X3PChecksumError",
-    "X3PLimitError",
-    "ImageLimitError",
-    "ImageFormatError",
     "read_x3p",
     "write_x3p",
     "read_image",
@@ -56,32 +52,6 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 Source = Union[PathLike, bytes, bytearray, memoryview, IO[bytes]]
-
-
-# --------------------------------------------------------------------------- errors
-class X3PError(ValueError):
-    """Base class of every error raised while reading an ``.x3p`` file."""
-
-
-class X3PFormatError(X3PError):
-    """The input is not a readable x3p: not a zip, truncated, bad XML, missing members,
-    unsupported data type or layout."""
-
-
-class X3PChecksumError(X3PError):
-    """An MD5 checksum declared in the file does not match the stored bytes."""
-
-
-class X3PLimitError(X3PError):
-    """A size declared in the file exceeds a safety limit (points, members, bytes, ratio)."""
-
-
-class ImageLimitError(ValueError):
-    """A 2D image is larger than the allowed number of pixels."""
-
-
-class ImageFormatError(ValueError):
-    """A 2D image cannot be decoded or has an unsupported pixel format."""
 
 
 # --------------------------------------------------------------------------- constants

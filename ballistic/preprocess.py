@@ -28,10 +28,10 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from ballistic import _kernels
+from ballistic.errors import PreprocessError
 from ballistic.surface import Surface
 
 __all__ = [
-    "PreprocessError",
     "BreechFaceGeometry",
     "remove_trend",
     "bandpass_filter",
@@ -46,10 +46,6 @@ __all__ = [
 
 # ISO 16610-21 Gaussian: sigma = cutoff * sqrt(ln 2 / 2) / pi
 _SIGMA_PER_CUTOFF = math.sqrt(math.log(2.0) / 2.0) / math.pi
-
-
-class PreprocessError(ValueError):
-    """A scan could not be preprocessed (too little valid data, no breech face found...)."""
 
 
 def _require_valid(surface: Surface, what: str, min_points: int = 16) -> None:

@@ -111,42 +111,14 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Seque
 
 import numpy as np
 
-from ballistic.index import IndexStateError, VectorIndex
+from ballistic.errors import IndexStateError, RerankError, ScaleOutConfigError, ScaleOutError, ShardUnavailableError
+from ballistic.index import VectorIndex
 
 __all__ = [
     "Row", "RowSource", "SQLiteRowSource",
     "ShardMap", "ShardedIndex", "ShardedSearch", "ShardState", "RerankHit",
     "RaySettings", "secure_ray_env", "loopback_node_args",
-    "ScaleOutError", "ScaleOutConfigError", "ShardUnavailableError", "RerankError",
 ]
-
-
-# ---------------------------------------------------------------------------------------------------- errors
-class ScaleOutError(RuntimeError):
-    """Base class of this module's errors."""
-
-
-class ScaleOutConfigError(ScaleOutError, ValueError):
-    """Settings that cannot work (unknown backend, Ray missing, no auth token for a remote cluster...)."""
-
-
-class ShardUnavailableError(ScaleOutError):
-    """A shard did not answer (actor dead for good, its node lost with no room to restart it, or timed out
-    after the configured retries). Raised instead of returning results without that shard's vectors.
-
-    Attributes
-    ----------
-    shard : str
-        Name of the shard.
-    """
-
-    def __init__(self, shard: str, message: str) -> None:
-        super().__init__(f"shard {shard!r} unavailable: {message}")
-        self.shard = shard
-
-
-class RerankError(ScaleOutError):
-    """A re-ranking batch failed on every retry (worker or node lost each time)."""
 
 
 # ---------------------------------------------------------------------------------------------------- rows

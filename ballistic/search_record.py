@@ -37,16 +37,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RECORD_FORMAT", "SearchRecord", "SearchRecordError", "utc_now"]
+from ballistic.errors import SearchRecordError
+
+__all__ = ["RECORD_FORMAT", "SearchRecord", "utc_now"]
 
 RECORD_FORMAT = "ballistic-search-record/1"
 
 #: fields that describe the outcome of the search rather than its inputs (left out of replay_hash)
 _OUTCOME = ("started_at", "finished_at", "results", "n_scored", "n_eligible", "index_seq_reached", "notes")
-
-
-class SearchRecordError(ValueError):
-    """A record that cannot be read: wrong format, missing fields, or content not matching its hash."""
 
 
 def utc_now() -> str:

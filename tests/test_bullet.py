@@ -9,6 +9,7 @@ import pytest
 import scipy.ndimage as ndi
 
 from ballistic import bullet as B
+from ballistic.errors import BulletError
 from ballistic.surface import Surface
 
 SP = 1.5625  # um, as the Hamby scans
@@ -57,13 +58,13 @@ def test_striation_direction_and_orientation_is_a_rotation_not_a_mirror():
 def test_striation_direction_refuses_isotropic_surfaces():
     rng = np.random.default_rng(0)
     iso = Surface(ndi.gaussian_filter(rng.normal(size=(200, 200)), 3), SP)
-    with pytest.raises(B.BulletError, match="orient_striae"):
+    with pytest.raises(BulletError, match="orient_striae"):
         B.striation_direction(iso)
-    with pytest.raises(B.BulletError, match="direction must be"):
+    with pytest.raises(BulletError, match="direction must be"):
         B.orient_striae(iso, direction="z")
-    with pytest.raises(B.BulletError, match="Surface"):
+    with pytest.raises(BulletError, match="Surface"):
         B.striation_direction(np.zeros((10, 10)))
-    with pytest.raises(B.BulletError, match="no measured points"):
+    with pytest.raises(BulletError, match="no measured points"):
         B.striation_direction(Surface(np.full((10, 10), np.nan), SP))
 
 
@@ -89,11 +90,11 @@ def test_choose_crosscut_avoids_a_damaged_band_and_averages_um_profile():
 
 def test_choose_crosscut_errors_say_what_to_do():
     s = synthetic_land()
-    with pytest.raises(B.BulletError, match="orient_striae"):
+    with pytest.raises(BulletError, match="orient_striae"):
         B.choose_crosscut(Surface(np.ascontiguousarray(s.heights.T), SP))
-    with pytest.raises(B.BulletError, match="lower band_um"):
+    with pytest.raises(BulletError, match="lower band_um"):
         B.choose_crosscut(s, band_um=1e4)
-    with pytest.raises(B.BulletError, match="heel"):
+    with pytest.raises(BulletError, match="heel"):
         B.choose_crosscut(s, heel="nose")
 
 
@@ -105,11 +106,11 @@ def test_locate_grooves_finds_the_shoulders():
     assert isinstance(g, B.Grooves)
     assert 190 <= g.left_um <= 240 and 1010 <= g.right_um <= 1060
     # a plain array needs its spacing
-    with pytest.raises(B.BulletError, match="spacing_um"):
+    with pytest.raises(BulletError, match="spacing_um"):
         B.locate_grooves(cc.profile)
     g2 = B.locate_grooves(cc.profile, spacing_um=SP)
     assert g2 == g
-    with pytest.raises(B.BulletError, match="at least 32"):
+    with pytest.raises(BulletError, match="at least 32"):
         B.locate_grooves(np.full(100, np.nan), spacing_um=SP)
 
 
@@ -148,9 +149,9 @@ def test_extract_signature_length_units_and_missing_data():
     assert np.corrcoef(sig.values[ok], ref[ok])[0, 1] > 0.9
     assert 0.5 < np.nanstd(sig.values) / np.std(ref) < 1.2
     assert abs(np.nanmean(sig.values)) < 0.1           # form removed
-    with pytest.raises(B.BulletError, match="left_um < right_um"):
+    with pytest.raises(BulletError, match="left_um < right_um"):
         B.extract_signature(prof, (900.0, 100.0), spacing_um=SP)
-    with pytest.raises(B.BulletError, match="short_cutoff_um < long_cutoff_um"):
+    with pytest.raises(BulletError, match="short_cutoff_um < long_cutoff_um"):
         B.extract_signature(prof, g, spacing_um=SP, short_cutoff_um=300.0)
 
 
@@ -184,13 +185,13 @@ def test_align_signatures_recovers_a_known_shift_with_missing_data():
 
 def test_align_signatures_errors():
     z = striae_signal(500, 2)
-    with pytest.raises(B.BulletError, match="spacings differ"):
+    with pytest.raises(BulletError, match="spacings differ"):
         B.align_signatures(B.Signature(z, SP), B.Signature(z, 2 * SP))
-    with pytest.raises(B.BulletError, match="fewer than 2"):
+    with pytest.raises(BulletError, match="fewer than 2"):
         B.align_signatures(np.full(10, np.nan), z, spacing_um=SP)
-    with pytest.raises(B.BulletError, match="min_overlap_um"):
+    with pytest.raises(BulletError, match="min_overlap_um"):
         B.align_signatures(z, z, spacing_um=SP, min_overlap_um=-1)
-    with pytest.raises(B.BulletError, match="lower min_overlap_um"):
+    with pytest.raises(BulletError, match="lower min_overlap_um"):
         B.align_signatures(np.ones(50), np.ones(50), spacing_um=SP)     # constant: no variation anywhere
 
 
@@ -235,9 +236,9 @@ def test_land_score_models():
     assert B.land_score(f) == 0.5
     m = {"intercept": -1.0, "coef": {"ccf": 2.0, "cms_per_mm": 0.5}, "link": "logistic"}
     assert B.land_score(f, model=m) == pytest.approx(1 / (1 + math.exp(-(-1 + 1 + 2))))
-    with pytest.raises(B.BulletError, match="needs feature"):
+    with pytest.raises(BulletError, match="needs feature"):
         B.land_score({"lag_um": 1.0})
-    with pytest.raises(B.BulletError, match="link"):
+    with pytest.raises(BulletError, match="link"):
         B.land_score(f, model={"intercept": 0, "coef": {"ccf": 1}, "link": "probit"})
 
 
@@ -248,9 +249,9 @@ def test_sequence_average_maximum_by_hand():
     sam, phase, ph = B.sequence_average_maximum(S)
     assert phase == 1 and sam == pytest.approx((0.9 + 0.8) / 2)     # the missing pair is left out
     np.testing.assert_allclose(ph, [(0.1 + 0.1 + 0.1) / 3, 0.85, (0.2 + 0.3 + 0.2) / 3])
-    with pytest.raises(B.BulletError, match="square"):
+    with pytest.raises(BulletError, match="square"):
         B.sequence_average_maximum(np.zeros((2, 3)))
-    with pytest.raises(B.BulletError, match="at least one usable land"):
+    with pytest.raises(BulletError, match="at least one usable land"):
         B.sequence_average_maximum(np.full((3, 3), np.nan))
 
 
@@ -267,7 +268,7 @@ def test_bullet_score_finds_the_phase_and_skips_missing_lands():
     assert np.isnan(r.scores[:, 4]).all()
     other = [B.Signature(striae_signal(1300, 80 + k), SP) for k in range(6)]
     assert B.bullet_score(lands, other).sam < r.sam - 0.3
-    with pytest.raises(B.BulletError, match="same number"):
+    with pytest.raises(BulletError, match="same number"):
         B.bullet_score(lands, lands[:5])
 
 
@@ -286,7 +287,7 @@ def test_bullet_descriptor_is_fixed_length_unit_norm_and_shift_invariant():
     assert bullet.shape == da.shape
     nan_sig = B.Signature(np.where(np.arange(1300) % 50 == 0, np.nan, z[:1300]), SP)
     assert np.isfinite(B.bullet_descriptor(nan_sig)).all()
-    with pytest.raises(B.BulletError, match="min_wavelength_um"):
+    with pytest.raises(BulletError, match="min_wavelength_um"):
         B.bullet_descriptor(a, min_wavelength_um=2.0)
-    with pytest.raises(B.BulletError, match="no signature"):
+    with pytest.raises(BulletError, match="no signature"):
         B.bullet_descriptor([None])

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from ballistic.describe import (DESCRIPTOR_DIM, DESCRIPTOR_VERSION, DescriptorError, DescriptorModel, PCAWhitener,
-                                PolarFFTDescriptor, annulus_centre, breech_face_descriptor)
+from ballistic.describe import (DESCRIPTOR_DIM, DESCRIPTOR_VERSION, DescriptorModel, PCAWhitener, PolarFFTDescriptor,
+                                annulus_centre, breech_face_descriptor)
+from ballistic.errors import DescriptorError
 from ballistic.preprocess import crop_to_mask, rotate
 from ballistic.surface import Surface
 

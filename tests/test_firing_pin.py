@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from ballistic.firing_pin import (FIRING_PIN_THRESHOLD, FiringPinError, compare_firing_pins, extract_firing_pin,
-                                  find_firing_pin, fuse_scores)
+from ballistic.errors import FiringPinError
+from ballistic.firing_pin import (FIRING_PIN_THRESHOLD, compare_firing_pins, extract_firing_pin, find_firing_pin,
+                                  fuse_scores)
 from ballistic.io import read_x3p
 from ballistic.surface import Surface
 

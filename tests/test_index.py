@@ -9,7 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from ballistic.index import IndexStateError, VectorIndex, partition_key
+from ballistic.errors import IndexStateError
+from ballistic.index import VectorIndex, partition_key
 
 DIM = 32
 

@@ -6,6 +6,7 @@ import pytest
 import scipy.ndimage as ndi
 
 from ballistic import preprocess as P
+from ballistic.errors import PreprocessError
 from ballistic.surface import Surface
 
 
@@ -93,7 +94,7 @@ def test_remove_trend_least_squares_and_too_few_points():
     z = _plane(10, 12)
     r = P.remove_trend(Surface(z, 1.0), robust=False)
     assert np.abs(r.heights).max() < 1e-9
-    with pytest.raises(P.PreprocessError):
+    with pytest.raises(PreprocessError):
         P.remove_trend(Surface(np.full((5, 5), np.nan), 1.0))
 
 
@@ -216,7 +217,7 @@ def test_rotate_and_crop_do_not_mutate():
     _assert_unchanged(s, before)
     assert c.shape == (18, 30)        # rows 3..19 valid, one row of padding above
     np.testing.assert_array_equal(P.crop_to_mask(s).heights, z[3:])
-    with pytest.raises(P.PreprocessError):
+    with pytest.raises(PreprocessError):
         P.crop_to_mask(Surface(np.full((4, 4), np.nan), 1.0))
 
 
@@ -258,9 +259,9 @@ def test_preprocess_cartridge_processed_keeps_spacing():
 
 
 def test_preprocess_cartridge_errors():
-    with pytest.raises(P.PreprocessError):
+    with pytest.raises(PreprocessError):
         P.preprocess_cartridge(Surface(np.full((50, 50), np.nan), 6.25))
-    with pytest.raises(P.PreprocessError):
+    with pytest.raises(PreprocessError):
         P.preprocess_cartridge(Surface(np.zeros((5, 5)), 6.25))
     with pytest.raises(ValueError):
         P.preprocess_cartridge(_annulus_surface(), kind="bogus")
@@ -327,5 +328,5 @@ def test_preprocess_cartridge_raw_end_to_end(raw_cartridge):
 
 def test_find_breech_face_rejects_flat_noise():
     rng = np.random.default_rng(12)
-    with pytest.raises(P.PreprocessError):
+    with pytest.raises(PreprocessError):
         P.find_breech_face(Surface(rng.normal(0, 50.0, size=(200, 200)), 5.0))

@@ -13,8 +13,8 @@ from scipy.ndimage import gaussian_filter
 
 from ballistic.correlate import compare_pair
 from ballistic.index import VectorIndex
-from ballistic.scaleout import (Row, RowSource, ScaleOutConfigError, ScaleOutError, ShardedIndex, ShardMap,
-                                SQLiteRowSource)
+from ballistic.errors import ScaleOutConfigError, ScaleOutError
+from ballistic.scaleout import Row, RowSource, ShardedIndex, ShardMap, SQLiteRowSource
 from ballistic.surface import Surface
 
 DIM = 16

@@ -22,8 +22,9 @@ ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'ballist
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from ballistic.correlate import compare_pair  # noqa: E402
-from ballistic.scaleout import (RaySettings, ShardedIndex, ShardUnavailableError, SQLiteRowSource,  # noqa: E402
-                                loopback_node_args, secure_ray_env)
+from ballistic.errors import ShardUnavailableError  # noqa: E402
+from ballistic.scaleout import (RaySettings, ShardedIndex, SQLiteRowSource, loopback_node_args,  # noqa: E402
+                                secure_ray_env)
 
 from test_scaleout import DIM, _fetch, _materialise, _surface, _unit  # noqa: E402
 

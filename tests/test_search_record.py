@@ -14,7 +14,8 @@ import ballistic
 from ballistic.compare import CMCParams
 from ballistic.correlate import ALGORITHM_VERSION
 from ballistic.scaleout import ShardedIndex, SQLiteRowSource
-from ballistic.search_record import RECORD_FORMAT, SearchRecord, SearchRecordError, utc_now
+from ballistic.errors import SearchRecordError
+from ballistic.search_record import RECORD_FORMAT, SearchRecord, utc_now
 
 
 def _record(**kw) -> SearchRecord:

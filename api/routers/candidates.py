@@ -32,7 +32,8 @@ REGIONS = ("breech_face", "breech_face_2d", "firing_pin", "bullet_lea", "fused")
 
 
 def _latest_record(session, exhibit_id: int) -> tuple[dict | None, bool | None]:
-    from ballistic.search_record import SearchRecord, SearchRecordError
+    from ballistic.errors import SearchRecordError
+    from ballistic.search_record import SearchRecord
 
     text = session.execute(select(Job.search_record_json).where(Job.exhibit_id == exhibit_id, Job.status == "done",
                                                                 Job.search_record_json.is_not(None))

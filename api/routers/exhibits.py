@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api import audit
 from api.deps import EvidenceReader, ExaminerWrite, IdPath, ReadSessionDep, RuntimeDep, SessionDep
+from api.errors import http_exception
 from api.models import Case, Exhibit, Job, LandScan
 from api.retrieval import BULLET_REGION, partition_for, region_for_media
 from api.schemas import ErrorPublic, ExhibitCreate, ExhibitPage, ExhibitPublic
@@ -42,17 +43,16 @@ def _safe_name(name: str | None) -> str:
 
 def _validate_scan(rt, path, media_type: str, spacing_um: float | None):
     """Open the scan with the typed readers: malformed -> 422, over a limit -> 413 (nothing stored yet)."""
-    from ballistic.io import ImageFormatError, ImageLimitError, X3PError, X3PLimitError, read_image, read_x3p
+    from ballistic.errors import BallisticError
+    from ballistic.io import read_image, read_x3p
 
     try:
         if media_type == "x3p":
             surf = read_x3p(path, max_points=rt.settings.max_pixels)
         else:
             surf = read_image(path, max_pixels=rt.settings.max_pixels, spacing_um=spacing_um)
-    except (X3PLimitError, ImageLimitError) as e:
-        raise HTTPException(413, f"{type(e).__name__}: {e}") from None
-    except (X3PError, ImageFormatError) as e:
-        raise HTTPException(422, f"{type(e).__name__}: {e}") from None
+    except BallisticError as e:  # over a limit -> 413, malformed -> 422 (api/errors.py)
+        raise http_exception(e) from None
     except (ValueError, OSError) as e:
         raise HTTPException(422, f"unreadable scan: {type(e).__name__}: {e}") from None
     if surf.valid_fraction == 0:
