@@ -102,7 +102,8 @@ def _view(e: Exhibit) -> _ExhibitView:
 
 
 def load_original_surface(rt: "Runtime", sha256: str, media_type: str, spacing_um: float | None):
-    from ballistic.io import read_image, read_x3p
+    from ballistic.io.image import read_image
+    from ballistic.io.x3p import read_x3p
 
     path = rt.store.original_path(sha256)
     if media_type == "x3p":
@@ -112,7 +113,7 @@ def load_original_surface(rt: "Runtime", sha256: str, media_type: str, spacing_u
 
 def _prepared(rt: "Runtime", exhibit_id: int, derived_path: str, label: str):
     from ballistic.compare import CMCParams, prepare
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
 
     def make():
         surf = read_x3p(rt.store.resolve(derived_path), max_points=rt.settings.max_pixels)
@@ -124,7 +125,7 @@ def _prepared(rt: "Runtime", exhibit_id: int, derived_path: str, label: str):
 def _firing_pin_surface(rt: "Runtime", exhibit_id: int, path: str):
     """An extracted firing-pin impression read back from its x3p (tagged so it is not extracted again)."""
     from ballistic.firing_pin import _EXTRACT_TAG
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
 
     def make():
         s = read_x3p(rt.store.resolve(path), max_points=rt.settings.max_pixels)
@@ -192,7 +193,7 @@ def _correlate(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
 
 # --------------------------------------------------------------------------- shared steps
 def _write_x3p(rt: "Runtime", surface, rel: str, comment: str) -> None:
-    from ballistic.io import write_x3p
+    from ballistic.io.x3p import write_x3p
 
     path = rt.store.resolve(rel)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -450,7 +451,7 @@ def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dic
     lands. With ``extract``, lands without current signatures get them (stored on disk and in the DB)."""
     from ballistic.bullet import land_signatures
     from ballistic.errors import BulletError
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
 
     from api.bullets import save_signatures
 

@@ -21,11 +21,12 @@ import numpy as np
 
 from ballistic.compare import CMCParams, PreparedSurface, prepare
 from ballistic.correlate import ALGORITHM_VERSION, compare_pair
-from ballistic.io import read_x3p
+from ballistic.io.x3p import read_x3p
+from ballistic.io.csv import write_rows_csv
 from ballistic.metrics import equal_error_rate, error_counts, roc_auc, roc_curve
 from ballistic.preprocess import crop_to_mask, preprocess_cartridge, rotate
 
-__all__ = ["LabelledScan", "read_labels", "load_scans", "run_cartridge_bench", "summarise", "write_rows_csv"]
+__all__ = ["LabelledScan", "read_labels", "load_scans", "run_cartridge_bench", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -88,16 +89,6 @@ def _one(ij):
     i, j = ij
     r = compare_pair(_WORK["prepared"][i], _WORK["prepared"][j], _WORK["params"])
     return i, j, r.summary()
-
-
-def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
-    """Write per-pair rows (dicts with the same keys) as CSV; returns the path."""
-    path = Path(path)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def summarise(rows: list[dict], *, reference_counts: dict | None = None, threshold: int = 6) -> dict:

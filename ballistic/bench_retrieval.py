@@ -158,7 +158,7 @@ def distractor_descriptors(n: int, *, catalogue: SyntheticCatalogue, descriptor:
 
 def _load_fadul(directory, labels, *, seed: int) -> tuple[list[str], np.ndarray, dict[int, Surface]]:
     from ballistic.bench import read_labels
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
     from ballistic.preprocess import crop_to_mask, preprocess_cartridge, rotate
     scans = read_labels(directory, labels)
     rng = np.random.default_rng(seed)

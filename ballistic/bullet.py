@@ -254,7 +254,7 @@ class BulletScore:
 # --------------------------------------------------------------------------- small helpers
 def _as_surface(surface: Surface, what: str) -> Surface:
     if not isinstance(surface, Surface):
-        raise BulletError(f"{what}: expected a ballistic.surface.Surface (e.g. from ballistic.io.read_x3p), "
+        raise BulletError(f"{what}: expected a ballistic.surface.Surface (e.g. from ballistic.io.x3p.read_x3p), "
                           f"got {type(surface).__name__}")
     if surface.valid_fraction == 0.0:
         raise BulletError(f"{what}: the surface has no measured points; check the scan is not empty")
@@ -1436,7 +1436,7 @@ def run_bullet_bench(directory: str | Path, labels_csv: str | Path, *, json_out:
     """
     t0 = time.perf_counter()
     scans = read_bullet_labels(directory, labels_csv)
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
     sigs: dict[str, list[Signature]] = {}
     failed: dict[str, str] = {}
     it = scans
@@ -1554,7 +1554,7 @@ def run_bullet_bench(directory: str | Path, labels_csv: str | Path, *, json_out:
                     "land_score_model": LAND_SCORE_MODEL, "directory": str(directory)})
     json_out = Path(json_out)
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    from ballistic.bench import write_rows_csv
+    from ballistic.io.csv import write_rows_csv
     summary["pairs_csv"] = str(write_rows_csv(rows, json_out.with_suffix(".pairs.csv")))
     bcsv = json_out.with_suffix(".bullets.csv")
     with open(bcsv, "w", newline="") as fh:

@@ -111,7 +111,7 @@ class ScoreLRCalibrator:
 
     def save(self, path: str | Path) -> None:
         """Write as JSON, atomically (temp file, fsync, rename)."""
-        from ballistic._atomic import atomic_write_bytes
+        from ballistic.io.atomic import atomic_write_bytes
         atomic_write_bytes(path, json.dumps(self.to_dict()).encode())
 
     @classmethod

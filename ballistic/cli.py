@@ -19,7 +19,7 @@ def compare(reference: Path, target: Path,
             kind: str = typer.Option("auto", help="auto | raw | processed")) -> None:
     """Compare two breech-face scans (x3p) and print the CMC result."""
     from ballistic.correlate import compare_pair
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
     from ballistic.preprocess import preprocess_cartridge
     a = preprocess_cartridge(read_x3p(reference), kind=kind)
     b = preprocess_cartridge(read_x3p(target), kind=kind)
@@ -106,7 +106,7 @@ def index_build(directory: Path, out: Path = typer.Option(..., help="index folde
 
     from ballistic.describe import PCAWhitener, PolarFFTDescriptor
     from ballistic.index import VectorIndex, partition_key
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
     from ballistic.preprocess import preprocess_cartridge
     paths = sorted(directory.glob("*.x3p"))
     if not paths:
@@ -158,7 +158,7 @@ class _PathFetch:
         self.paths, self.kind = paths, kind
 
     def __call__(self, id: int):
-        from ballistic.io import read_x3p
+        from ballistic.io.x3p import read_x3p
         from ballistic.preprocess import preprocess_cartridge
         return preprocess_cartridge(read_x3p(self.paths[int(id)]), kind=self.kind)
 
@@ -169,7 +169,7 @@ def index_search(folder: Path, query: Path, k: int = typer.Option(10, help="cand
                  partition: Optional[str] = typer.Option(None, help="partition (default: all)"),
                  workers: int = 1, kind: str = typer.Option("auto", help="auto | raw | processed")) -> None:
     """Search a saved index with one scan: descriptor shortlist, rotation prior, CMC re-rank."""
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
     from ballistic.preprocess import preprocess_cartridge
     from ballistic.retrieval import RetrievalParams, Retriever
     idx, w = _load_index(folder)

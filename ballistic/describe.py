@@ -40,7 +40,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from ballistic._atomic import atomic_write_bytes
+from ballistic.io.atomic import atomic_write_bytes
 from ballistic.errors import DescriptorError
 from ballistic.preprocess import resample
 from ballistic.surface import Surface

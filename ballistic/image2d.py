@@ -30,7 +30,7 @@ rim, minus the aperture plus ``aperture_margin_um``.
 
 Scale
 -----
-A photograph has no calibrated scale (:func:`ballistic.io.read_image` gives
+A photograph has no calibrated scale (:func:`ballistic.io.image.read_image` gives
 1 um per pixel and ``meta["spacing_calibrated"] = False``). Unless a spacing is
 given, it is estimated from the primer: a 9 mm Luger small pistol primer is
 4.45 mm (0.175 in) across, so ``spacing = 4450 um / (2 * primer radius px)``.
@@ -164,7 +164,7 @@ def find_breech_face_image(surface: Surface, *, work_size_px: int = 640, smoothi
     Parameters
     ----------
     surface : Surface
-        Intensities (any scale; typically [0, 1] from :func:`ballistic.io.read_image`),
+        Intensities (any scale; typically [0, 1] from :func:`ballistic.io.image.read_image`),
         shape (ny, nx); NaN = missing.
     work_size_px : int, keyword-only
         Longer side of the working copy, pixels.
@@ -370,7 +370,7 @@ def preprocess_image(surface: Surface, *, spacing_um: float | None = None, segme
     Parameters
     ----------
     surface : Surface
-        A photograph (:func:`ballistic.io.read_image`, intensities in [0, 1]) or a
+        A photograph (:func:`ballistic.io.image.read_image`, intensities in [0, 1]) or a
         rendered 3D scan (:func:`ballistic.render.render_surface_as_image`),
         shape (ny, nx); NaN = missing.
     spacing_um : float, optional, keyword-only
@@ -471,7 +471,7 @@ def compare_images(a: Surface, b: Surface, *, params: CMCParams | None = None, *
     Parameters
     ----------
     a, b : Surface
-        Raw images (:func:`ballistic.io.read_image`), rendered scans
+        Raw images (:func:`ballistic.io.image.read_image`), rendered scans
         (:func:`ballistic.render.render_surface_as_image`) or outputs of
         :func:`preprocess_image` (those are used as they are); any rotation.
     params : CMCParams, optional, keyword-only

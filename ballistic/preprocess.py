@@ -394,7 +394,7 @@ def preprocess_cartridge(surface: Surface, *, kind: str = "auto", spacing_um: fl
     Parameters
     ----------
     surface : Surface
-        Heights in um (as read by :func:`ballistic.io.read_x3p`).
+        Heights in um (as read by :func:`ballistic.io.x3p.read_x3p`).
     kind : {"auto", "raw", "processed"}, keyword-only
         ``"raw"`` runs segmentation, levelling and band-pass; ``"processed"`` only
         resamples (and crops). ``"auto"`` decides with :func:`looks_processed`.

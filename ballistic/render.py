@@ -29,7 +29,7 @@ from typing import Union
 
 import numpy as np
 
-from ballistic._atomic import atomic_write_bytes
+from ballistic.io.atomic import atomic_write_bytes
 from ballistic.surface import Surface
 
 __all__ = ["RING_LIGHT_AZIMUTHS_DEG", "surface_normals", "shade", "render_surface_as_image", "to_png",

@@ -20,7 +20,7 @@ from itertools import combinations
 from pathlib import Path
 
 from ballistic import bullet as B
-from ballistic.io import read_x3p
+from ballistic.io.x3p import read_x3p
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bullet"
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ballistic import bullet as B
 from ballistic.cli import app
-from ballistic.io import read_x3p
+from ballistic.io.x3p import read_x3p
 
 pytestmark = pytest.mark.realdata
 

@@ -107,7 +107,7 @@ def test_pca_whitener_fit_transform_save_load(tmp_path):
 @pytest.fixture(scope="module")
 def fadul(shared_data):
     from ballistic.bench import read_labels
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
     from ballistic.preprocess import preprocess_cartridge
     d = shared_data / "cartridge" / "fadul"
     scans = read_labels(d, d / "labels.csv")

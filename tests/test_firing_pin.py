@@ -10,7 +10,7 @@ import scipy.ndimage as ndi
 from ballistic.errors import FiringPinError
 from ballistic.firing_pin import (FIRING_PIN_THRESHOLD, compare_firing_pins, extract_firing_pin, find_firing_pin,
                                   fuse_scores)
-from ballistic.io import read_x3p
+from ballistic.io.x3p import read_x3p
 from ballistic.surface import Surface
 
 SPACING = 6.25

@@ -9,7 +9,8 @@ import scipy.ndimage as ndi
 
 from ballistic.image2d import (SMALL_PISTOL_PRIMER_DIAMETER_UM, compare_images, find_breech_face_image,
                                flatten_illumination, normalize_contrast, preprocess_image)
-from ballistic.io import read_image, read_x3p
+from ballistic.io.image import read_image
+from ballistic.io.x3p import read_x3p
 from ballistic.errors import PreprocessError
 from ballistic.preprocess import preprocess_cartridge
 from ballistic.render import render_surface_as_image

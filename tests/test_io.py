@@ -14,7 +14,9 @@ from PIL import Image
 
 from ballistic.errors import (ImageFormatError, ImageLimitError, X3PChecksumError, X3PError, X3PFormatError,
                               X3PLimitError)
-from ballistic.io import read_image, read_surface, read_x3p, write_x3p
+from ballistic.io import read_surface
+from ballistic.io.image import read_image
+from ballistic.io.x3p import read_x3p, write_x3p
 from ballistic.surface import Surface
 
 R_NA_BITS = 0x7FF00000000007A2  # R's NA_real_: a signalling NaN

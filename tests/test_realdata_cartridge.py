@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ballistic.correlate import compare_pair
-from ballistic.io import read_x3p
+from ballistic.io.x3p import read_x3p
 from ballistic.preprocess import crop_to_mask, preprocess_cartridge, rotate
 
 pytestmark = pytest.mark.realdata

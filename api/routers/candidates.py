@@ -145,7 +145,7 @@ def _render_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
     from ballistic.compare import CMCParams, prepare
     from ballistic.correlate import compare_pair
     from ballistic.explain import explanation_figure
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
 
     if not a.derived_path or not b.derived_path:
         raise HTTPException(status.HTTP_409_CONFLICT, "the preprocessed surfaces are not available yet")
@@ -182,7 +182,7 @@ def _firing_pin_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import scipy.ndimage as ndi
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
     from ballistic.render import shade
 
     if not a.firing_pin_path or not b.firing_pin_path:

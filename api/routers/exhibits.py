@@ -44,7 +44,8 @@ def _safe_name(name: str | None) -> str:
 def _validate_scan(rt, path, media_type: str, spacing_um: float | None):
     """Open the scan with the typed readers: malformed -> 422, over a limit -> 413 (nothing stored yet)."""
     from ballistic.errors import BallisticError
-    from ballistic.io import read_image, read_x3p
+    from ballistic.io.image import read_image
+    from ballistic.io.x3p import read_x3p
 
     try:
         if media_type == "x3p":
@@ -412,7 +413,7 @@ def render_exhibit(exhibit_id: IdPath, rt: RuntimeDep, session: SessionDep, who:
                    ) -> Response:
     """Lambertian hillshade (``ballistic.render.shade``) of the exhibit's topography. 2D images have no relief
     (download the original instead)."""
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
 
     with rt.read_factory() as rs:
         e = rs.get(Exhibit, exhibit_id)

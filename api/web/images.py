@@ -78,7 +78,7 @@ def _cache_dir(rt) -> Path:
 
 
 def _read(rt, path: Path):
-    from ballistic.io import read_x3p
+    from ballistic.io.x3p import read_x3p
 
     return read_x3p(path, max_points=rt.settings.max_pixels)
 

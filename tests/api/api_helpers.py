@@ -36,7 +36,7 @@ def synthetic_breech_face(seed: int, *, angle: float = 0.0, noise: float = 0.05,
 def x3p_bytes(surface) -> bytes:
     import tempfile
 
-    from ballistic.io import write_x3p
+    from ballistic.io.x3p import write_x3p
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "s.x3p"

@@ -1,10 +1,11 @@
-"""Reading and writing topographies (ISO 25178-72 / ISO 5436-2 ``.x3p``) and 2D images.
+"""Reading and writing topographies in ISO 25178-72 / ISO 5436-2 ``.x3p`` files.
 
 Every reader returns a :class:`~ballistic.surface.Surface` whose heights are in
 micrometres (um) and whose missing points are quiet ``NaN``; every reader treats
 its input as untrusted: sizes declared in headers are checked against explicit
 limits *before* anything is decompressed or allocated, and each kind of failure
-raises a typed exception whose message says what is wrong and how to fix it.
+raises a typed exception (:mod:`ballistic.errors`) whose message says what is
+wrong and how to fix it.
 
 Functions
 ---------
@@ -12,10 +13,9 @@ read_x3p
     Read an ``.x3p`` zip (path, bytes or binary file object).
 write_x3p
     Write a Surface as an ISO-conformant ``.x3p`` in metres, atomically.
-read_image
-    Read an 8/16-bit grayscale (or RGB, converted to luminance) PNG or TIFF.
-read_surface
-    Dispatch on the file suffix.
+
+2D images are read by :func:`ballistic.io.image.read_image`; :func:`ballistic.io.read_surface`
+chooses the reader from the file suffix.
 """
 from __future__ import annotations
 
@@ -23,35 +23,26 @@ import datetime as _dt
 import hashlib
 import io
 import lzma
-import os
 import posixpath
 import re
 import struct
-import threading
-import warnings
 import xml.etree.ElementTree as ET
 import zipfile
 import zlib
-from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any
 from xml.sax.saxutils import escape as _xml_escape
 
 import numpy as np
 
-from ballistic._atomic import atomic_write_bytes
-from ballistic.errors import (ImageFormatError, ImageLimitError, X3PChecksumError, X3PError, X3PFormatError,
-                              X3PLimitError)
+from ballistic.errors import X3PChecksumError, X3PFormatError, X3PLimitError
+from ballistic.io.atomic import atomic_write_bytes
+from ballistic.io.source import PathLike, Source, open_source
 from ballistic.surface import Surface
 
 __all__ = [
     "read_x3p",
     "write_x3p",
-    "read_image",
-    "read_surface",
 ]
-
-PathLike = Union[str, "os.PathLike[str]"]
-Source = Union[PathLike, bytes, bytearray, memoryview, IO[bytes]]
 
 
 # --------------------------------------------------------------------------- constants
@@ -84,8 +75,6 @@ _ZIP_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # bz2 "Invalid data stream"; io errors on a corrupt stream
     ValueError,
 )
-
-_PIL_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------- x3p reading
@@ -153,7 +142,7 @@ def read_x3p(
     row-major with shape (SizeY, SizeX); row 0 is the first line in the file.
     A ``mask.png`` member is noted in ``meta["has_mask_png"]`` but not applied.
     """
-    name, fileobj, owned = _open_source(source)
+    name, fileobj, owned = open_source(source)
     try:
         return _read_x3p_fileobj(
             fileobj,
@@ -167,22 +156,6 @@ def read_x3p(
     finally:
         if owned:
             fileobj.close()
-
-
-def _open_source(source: Source) -> tuple[str | None, IO[bytes], bool]:
-    """Return (display name, binary file object, whether we must close it)."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return None, io.BytesIO(bytes(source)), True
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        return path.name, open(path, "rb"), True  # FileNotFoundError propagates as is
-    if hasattr(source, "read") and hasattr(source, "seek"):
-        raw_name = getattr(source, "name", None)
-        name = os.path.basename(raw_name) if isinstance(raw_name, str) else None
-        return name, source, False  # type: ignore[return-value]
-    raise TypeError(
-        f"expected a path, bytes or a seekable binary file object, got {type(source).__name__}"
-    )
 
 
 def _label(name: str | None) -> str:
@@ -673,199 +646,3 @@ def _xml_text(s: str) -> str:
     """Escape text for XML and drop characters XML 1.0 cannot hold."""
     s = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", "", str(s))
     return _xml_escape(s)
-
-
-# --------------------------------------------------------------------------- 2D images
-def read_image(
-    source: Union[PathLike, bytes, bytearray, memoryview, IO[bytes]],
-    *,
-    max_pixels: int = 40_000_000,
-    spacing_um: float | None = None,
-) -> Surface:
-    """Read a 2D grayscale (or colour) PNG or TIFF image as an intensity Surface.
-
-    Parameters
-    ----------
-    source : str, os.PathLike, bytes or binary file object
-        The image file.
-    max_pixels : int, optional
-        Largest accepted width * height, checked from the header before decoding.
-    spacing_um : float, optional
-        Pixel spacing in micrometres if known. When omitted the spacing is 1.0 and
-        ``meta["spacing_calibrated"]`` is False (a photo has no calibrated scale).
-
-    Returns
-    -------
-    Surface
-        ``heights`` : float64, shape (height, width), intensities scaled to [0, 1]
-        (8-bit divided by 255, 16-bit by 65535; colour converted to luminance with
-        ITU-R 601 weights 0.299, 0.587, 0.114).
-        ``meta`` : ``kind`` ("image2d"), ``source``, ``format``, ``mode``,
-        ``bit_depth``, ``spacing_calibrated``.
-
-    Raises
-    ------
-    ImageLimitError
-        The image has more than ``max_pixels`` pixels (nothing is decoded).
-    ImageFormatError
-        Not a decodable PNG/TIFF, truncated, or a pixel format that is not an 8/16-bit
-        intensity (e.g. a float TIFF height map).
-    FileNotFoundError
-        ``source`` is a path that does not exist.
-    """
-    from PIL import Image
-
-    if spacing_um is not None and not (np.isfinite(spacing_um) and spacing_um > 0):
-        raise ValueError(f"spacing_um must be a positive number of micrometres, got {spacing_um!r}")
-    name, fileobj, owned = _open_source(source)
-    label = repr(name) if name else "the image data"
-    try:
-        # Pillow refuses images above 2 * MAX_IMAGE_PIXELS at open(); lift that only when the
-        # caller explicitly allows more, and restore it straight after.
-        need_lift = Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                if need_lift:
-                    with _PIL_LOCK:
-                        old = Image.MAX_IMAGE_PIXELS
-                        Image.MAX_IMAGE_PIXELS = int(max_pixels)
-                        try:
-                            im = Image.open(fileobj, formats=("PNG", "TIFF"))
-                        finally:
-                            Image.MAX_IMAGE_PIXELS = old
-                else:
-                    im = Image.open(fileobj, formats=("PNG", "TIFF"))
-        except Image.DecompressionBombError as exc:
-            raise ImageLimitError(
-                f"{label} is too large to decode safely ({exc}); pass max_pixels=... above its pixel count if "
-                "the image is genuine"
-            ) from exc
-        except Exception as exc:  # Pillow raises many types on hostile input; all mean "unreadable"
-            raise ImageFormatError(
-                f"{label} is not a readable PNG or TIFF image ({type(exc).__name__}: {exc}); convert it to an "
-                "8/16-bit grayscale PNG or TIFF"
-            ) from exc
-
-        with im:
-            w, h = im.size
-            npx = int(w) * int(h)
-            if npx > max_pixels:
-                raise ImageLimitError(
-                    f"{label} is {w}x{h} = {npx:.3g} pixels, more than max_pixels={max_pixels:.3g}; pass "
-                    f"max_pixels={npx} if the image is genuine, or downsample it first"
-                )
-            if npx == 0:
-                raise ImageFormatError(f"{label} has an empty size {w}x{h}; it holds no image")
-            try:
-                arr, bit_depth = _image_to_intensity(im, label)
-                n_frames = int(getattr(im, "n_frames", 1) or 1)
-            except (ImageFormatError, ImageLimitError):
-                raise
-            except Exception as exc:  # Pillow raises many types on hostile input; all mean "corrupt"
-                raise ImageFormatError(
-                    f"{label} cannot be decoded ({type(exc).__name__}: {exc}); the file is truncated or "
-                    "corrupt - copy or export it again"
-                ) from exc
-            meta: dict[str, Any] = {
-                "kind": "image2d",
-                "source": name,
-                "format": im.format,
-                "mode": im.mode,
-                "bit_depth": bit_depth,
-                "spacing_calibrated": spacing_um is not None,
-            }
-            if n_frames > 1:
-                meta["n_frames"] = n_frames  # only the first frame is read
-    finally:
-        if owned:
-            fileobj.close()
-    return Surface(heights=arr, spacing_um=1.0 if spacing_um is None else float(spacing_um), meta=meta)
-
-
-def _image_to_intensity(im: Any, label: str) -> tuple[np.ndarray, int]:
-    """Decode a Pillow image to float64 intensities in [0, 1]; return (array, bit depth)."""
-    mode = im.mode
-    if mode.startswith("I;16"):
-        return np.asarray(im).astype(np.float64) / 65535.0, 16
-    if mode == "I":
-        bits = 16 if im.format == "PNG" else _tiff_bits(im)
-        if bits not in (16, 32):
-            bits = 32
-        arr = np.asarray(im).astype(np.float64)
-        if bits == 32:
-            raise ImageFormatError(
-                f"{label} is a 32-bit integer image; only 8- and 16-bit intensity images are supported - "
-                "convert it to 16-bit"
-            )
-        return arr / 65535.0, 16
-    if mode == "L":
-        return np.asarray(im).astype(np.float64) / 255.0, 8
-    if mode == "1":
-        return np.asarray(im).astype(np.float64), 1
-    if mode in ("LA", "La"):
-        return np.asarray(im.getchannel(0)).astype(np.float64) / 255.0, 8
-    if mode in ("F",):
-        raise ImageFormatError(
-            f"{label} is a floating-point image, not an 8/16-bit intensity image; if it is a height map, "
-            "load it with tifffile and build a Surface(heights, spacing_um) directly"
-        )
-    # P, RGB, RGBA, CMYK, YCbCr, LAB, HSV, ...: luminance from 8-bit RGB.
-    try:
-        rgb = np.asarray(im.convert("RGB")).astype(np.float64)
-    except ValueError as exc:
-        raise ImageFormatError(
-            f"{label} has pixel mode {mode!r}, which cannot be converted to grayscale; convert it to an "
-            "8/16-bit grayscale PNG or TIFF"
-        ) from exc
-    lum = rgb @ np.array([0.299, 0.587, 0.114])
-    return np.clip(lum / 255.0, 0.0, 1.0), 8
-
-
-def _tiff_bits(im: Any) -> int:
-    tags = getattr(im, "tag_v2", None)
-    if tags is None:
-        return 0
-    bits = tags.get(258)
-    if isinstance(bits, tuple):
-        bits = bits[0] if bits else 0
-    try:
-        return int(bits or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-# --------------------------------------------------------------------------- dispatch
-_SUFFIX_READERS = {".x3p": "x3p", ".png": "image", ".tif": "image", ".tiff": "image"}
-
-
-def read_surface(path: PathLike, **kwargs: Any) -> Surface:
-    """Read a topography or image, choosing the reader from the file suffix.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        ``.x3p`` -> :func:`read_x3p`; ``.png``, ``.tif``, ``.tiff`` -> :func:`read_image`
-        (case-insensitive).
-    **kwargs
-        Keyword arguments passed to the chosen reader.
-
-    Returns
-    -------
-    Surface
-
-    Raises
-    ------
-    ValueError
-        Unsupported suffix (plus whatever the chosen reader raises).
-    """
-    p = Path(path)
-    kind = _SUFFIX_READERS.get(p.suffix.lower())
-    if kind == "x3p":
-        return read_x3p(p, **kwargs)
-    if kind == "image":
-        return read_image(p, **kwargs)
-    raise ValueError(
-        f"cannot read {p.name!r}: unsupported suffix {p.suffix or '(none)'!r}; supported are "
-        f"{', '.join(sorted(_SUFFIX_READERS))} - convert the file or call read_x3p/read_image directly"
-    )

@@ -1,4 +1,4 @@
-"""Atomic file writes shared by the library: a reader sees the old file or the new one, never half.
+"""The one atomic file writer of the library: a reader sees the old file or the new one, never half.
 
 Write to a temporary file in the destination folder, flush and fsync it, rename it over the
 destination (``os.replace``), then fsync the folder so the rename itself survives a crash.
