@@ -4,7 +4,7 @@
   ``breech_face|calibre|firing-pin`` -> top ``RERANK_K`` -> ``compare_pair`` (CMC), with the log10
   likelihood ratio of the configured calibration; on RAW scans the firing-pin impression is found
   and extracted too and compared with the re-ranked candidates' (region ``firing_pin``);
-* cartridge case, 2D image (PNG/TIFF): ``ballistic.image2d.preprocess_image`` -> the same descriptor
+* cartridge case, 2D image (PNG/TIFF): ``ballistic.cartridge.image2d.preprocess_image`` -> the same descriptor
   and CMC comparison in its own partition (``breech_face_2d``), never mixed with 3D scans;
 * bullet (a set of land scans): land signatures -> bullet descriptor (its own index) -> top
   ``RERANK_K`` -> ``bullet_score`` (SAM), see :mod:`api.bullets`.
@@ -112,7 +112,7 @@ def load_original_surface(rt: "Runtime", sha256: str, media_type: str, spacing_u
 
 
 def _prepared(rt: "Runtime", exhibit_id: int, derived_path: str, label: str):
-    from ballistic.compare import CMCParams, prepare
+    from ballistic.cartridge.cmc.params import CMCParams, prepare
     from ballistic.io.x3p import read_x3p
 
     def make():
@@ -124,7 +124,7 @@ def _prepared(rt: "Runtime", exhibit_id: int, derived_path: str, label: str):
 
 def _firing_pin_surface(rt: "Runtime", exhibit_id: int, path: str):
     """An extracted firing-pin impression read back from its x3p (tagged so it is not extracted again)."""
-    from ballistic.firing_pin import _EXTRACT_TAG
+    from ballistic.cartridge.firing_pin import _EXTRACT_TAG
     from ballistic.io.x3p import read_x3p
 
     def make():
@@ -265,8 +265,8 @@ FIRING_PIN_ALGORITHM = "firing-pin-rotation-sym/1"
 
 def _firing_pin(rt: "Runtime", ex: _ExhibitView, surface, raw_scan: bool) -> tuple[str | None, dict | None]:
     """Find and extract the firing-pin impression of a raw 3D scan; (derived path, info)."""
+    from ballistic.cartridge.firing_pin import extract_firing_pin, find_firing_pin
     from ballistic.errors import FiringPinError
-    from ballistic.firing_pin import extract_firing_pin, find_firing_pin
 
     if ex.media_type != "x3p":
         return None, None
@@ -292,7 +292,7 @@ def _screen(rt: "Runtime", query, found: list[tuple[int, float]], others: dict) 
     k = rt.settings.rerank_k
     if len(found) <= k:
         return found, {"used": False, "shortlist": len(found)}
-    from ballistic.compare import CMCParams
+    from ballistic.cartridge.cmc.params import CMCParams
     from ballistic.retrieval import RotationPrior
 
     prior = RotationPrior(query, spacing_um=CMCParams().prior_spacing_um)
@@ -313,11 +313,11 @@ def _screen(rt: "Runtime", query, found: list[tuple[int, float]], others: dict) 
 
 
 def _correlate_cartridge(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
-    from ballistic.compare import CMCParams
-    from ballistic.correlate import ALGORITHM_VERSION, compare_pair
+    from ballistic.cartridge.breech_face import preprocess_cartridge
+    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION, compare_pair
+    from ballistic.cartridge.cmc.params import CMCParams
+    from ballistic.cartridge.firing_pin import FIRING_PIN_THRESHOLD, compare_firing_pins
     from ballistic.errors import FiringPinError
-    from ballistic.firing_pin import FIRING_PIN_THRESHOLD, compare_firing_pins
-    from ballistic.preprocess import preprocess_cartridge
     from ballistic.search_record import utc_now
 
     started = utc_now()
@@ -326,7 +326,7 @@ def _correlate_cartridge(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
     if ex.media_type == "x3p":
         pre = preprocess_cartridge(surface, kind=rt.settings.preprocess_kind)
     else:
-        from ballistic.image2d import preprocess_image
+        from ballistic.cartridge.image2d import preprocess_image
 
         pre = preprocess_image(surface, spacing_um=ex.spacing_um)
     info = str(pre.meta.get("preprocess", ""))

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ballistic.compare import CMCParams, PreparedSurface, prepare
-from ballistic.correlate import ALGORITHM_VERSION, compare_pair
-from ballistic.io.x3p import read_x3p
+from ballistic.cartridge.breech_face import preprocess_cartridge
+from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION, compare_pair
+from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, prepare
 from ballistic.io.csv import write_rows_csv
+from ballistic.io.x3p import read_x3p
 from ballistic.metrics import equal_error_rate, error_counts, roc_auc, roc_curve
-from ballistic.preprocess import crop_to_mask, preprocess_cartridge, rotate
+from ballistic.preprocess.filters import crop_to_mask, rotate
 
 __all__ = ["LabelledScan", "read_labels", "load_scans", "run_cartridge_bench", "summarise"]
 

@@ -4,7 +4,7 @@
 
 * the 40 real Fadul breech faces (preprocessed, each rotated by a seeded random
   angle) get ids 0..39; ``N`` synthetic distractors
-  (:class:`ballistic.synth.SyntheticCatalogue`, two firings per synthetic
+  (:class:`ballistic.cartridge.synth.SyntheticCatalogue`, two firings per synthetic
   firearm) get ids from 1 000 000; their descriptors are computed at 25 um
   (the synthetic fast path) in a process pool and cached on disk;
 * a :class:`~ballistic.describe.PCAWhitener` is fitted on distractor descriptors
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ballistic.cartridge.synth import SyntheticCatalogue
 from ballistic.describe import PCAWhitener, PolarFFTDescriptor
 from ballistic.index import VectorIndex
 from ballistic.retrieval import RetrievalParams, Retriever
 from ballistic.surface import Surface
-from ballistic.synth import SyntheticCatalogue
 
 __all__ = ["BenchFetch", "distractor_descriptors", "distractor_thumbnails", "run_retrieval_bench"]
 
@@ -71,12 +71,12 @@ _THUMB = 40
 
 
 def _thumb_range(args) -> np.ndarray:
-    from ballistic.compare import _centre_heights
-    from ballistic.preprocess import resample
+    from ballistic.cartridge.cmc.params import centre_heights
+    from ballistic.preprocess.filters import resample
     catalogue, spacing, lo, hi = args
     out = np.full((hi - lo, _THUMB, _THUMB), np.nan, dtype=np.float16)
     for k, i in enumerate(range(lo, hi)):
-        h = _centre_heights(resample(catalogue(i, spacing_um=50.0), spacing_um=spacing).heights)[:_THUMB, :_THUMB]
+        h = centre_heights(resample(catalogue(i, spacing_um=50.0), spacing_um=spacing).heights)[:_THUMB, :_THUMB]
         oy, ox = (_THUMB - h.shape[0]) // 2, (_THUMB - h.shape[1]) // 2
         out[k, oy:oy + h.shape[0], ox:ox + h.shape[1]] = h
     return out
@@ -158,8 +158,9 @@ def distractor_descriptors(n: int, *, catalogue: SyntheticCatalogue, descriptor:
 
 def _load_fadul(directory, labels, *, seed: int) -> tuple[list[str], np.ndarray, dict[int, Surface]]:
     from ballistic.bench import read_labels
+    from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.io.x3p import read_x3p
-    from ballistic.preprocess import crop_to_mask, preprocess_cartridge, rotate
+    from ballistic.preprocess.filters import crop_to_mask, rotate
     scans = read_labels(directory, labels)
     rng = np.random.default_rng(seed)
     real = {}

@@ -18,9 +18,9 @@ def compare(reference: Path, target: Path,
             json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result (cells) as JSON"),
             kind: str = typer.Option("auto", help="auto | raw | processed")) -> None:
     """Compare two breech-face scans (x3p) and print the CMC result."""
-    from ballistic.correlate import compare_pair
+    from ballistic.cartridge.breech_face import preprocess_cartridge
+    from ballistic.cartridge.cmc.pair import compare_pair
     from ballistic.io.x3p import read_x3p
-    from ballistic.preprocess import preprocess_cartridge
     a = preprocess_cartridge(read_x3p(reference), kind=kind)
     b = preprocess_cartridge(read_x3p(target), kind=kind)
     r = compare_pair(a.with_heights(a.heights, source=reference.stem), b.with_heights(b.heights, source=target.stem))
@@ -104,10 +104,10 @@ def index_build(directory: Path, out: Path = typer.Option(..., help="index folde
     """Describe every x3p scan in DIRECTORY and save an index (ids = order of the sorted file names)."""
     import numpy as np
 
+    from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.describe import PCAWhitener, PolarFFTDescriptor
     from ballistic.index import VectorIndex, partition_key
     from ballistic.io.x3p import read_x3p
-    from ballistic.preprocess import preprocess_cartridge
     paths = sorted(directory.glob("*.x3p"))
     if not paths:
         raise typer.BadParameter(f"no .x3p files in {directory}")
@@ -158,8 +158,8 @@ class _PathFetch:
         self.paths, self.kind = paths, kind
 
     def __call__(self, id: int):
+        from ballistic.cartridge.breech_face import preprocess_cartridge
         from ballistic.io.x3p import read_x3p
-        from ballistic.preprocess import preprocess_cartridge
         return preprocess_cartridge(read_x3p(self.paths[int(id)]), kind=self.kind)
 
 
@@ -169,8 +169,8 @@ def index_search(folder: Path, query: Path, k: int = typer.Option(10, help="cand
                  partition: Optional[str] = typer.Option(None, help="partition (default: all)"),
                  workers: int = 1, kind: str = typer.Option("auto", help="auto | raw | processed")) -> None:
     """Search a saved index with one scan: descriptor shortlist, rotation prior, CMC re-rank."""
+    from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.io.x3p import read_x3p
-    from ballistic.preprocess import preprocess_cartridge
     from ballistic.retrieval import RetrievalParams, Retriever
     idx, w = _load_index(folder)
     paths = idx.meta.get("paths") or []

@@ -2,7 +2,7 @@
 
 A descriptor is a short float32 vector (L2-normalised) whose inner product with
 another ranks a national database before the expensive CMC comparison
-(:func:`ballistic.correlate.compare_pair`) re-ranks the few best candidates.
+(:func:`ballistic.cartridge.cmc.pair.compare_pair`) re-ranks the few best candidates.
 
 :func:`breech_face_descriptor` ("bf-polar-fft"):
 
@@ -40,9 +40,9 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from ballistic.io.atomic import atomic_write_bytes
 from ballistic.errors import DescriptorError
-from ballistic.preprocess import resample
+from ballistic.io.atomic import atomic_write_bytes
+from ballistic.preprocess.filters import resample
 from ballistic.surface import Surface
 
 __all__ = [
@@ -122,7 +122,7 @@ def breech_face_descriptor(surface: Surface, *, spacing_um: float = 25.0, n_band
     Parameters
     ----------
     surface : Surface
-        Output of :func:`ballistic.preprocess.preprocess_cartridge` (heights um,
+        Output of :func:`ballistic.cartridge.breech_face.preprocess_cartridge` (heights um,
         NaN outside the breech face), in any orientation.
     spacing_um : float, keyword-only
         Working spacing, um (default 25). Coarser is faster and keeps only longer

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ballistic.compare import warp_to_reference
-from ballistic.correlate import PairResult
-from ballistic.preprocess import resample
+from ballistic.cartridge.cmc.pair import PairResult
+from ballistic.cartridge.cmc.register import warp_to_reference
+from ballistic.preprocess.filters import resample
 from ballistic.surface import Surface
 
 __all__ = ["aligned_target", "explanation_figure"]

@@ -8,8 +8,8 @@ once the scan has been *rendered* under some lighting. This module does both:
   light (one azimuth) or a ring of lights (several azimuths averaged);
 * :func:`render_surface_as_image` - the shaded view as an intensity
   :class:`~ballistic.surface.Surface` (same grid and spacing, ``meta["kind"] ==
-  "rendered"``), ready for :func:`ballistic.image2d.preprocess_image` /
-  :func:`ballistic.image2d.compare_images`;
+  "rendered"``), ready for :func:`ballistic.cartridge.image2d.preprocess_image` /
+  :func:`ballistic.cartridge.image2d.compare_images`;
 * :func:`to_png` / :func:`to_png_bytes` - 8-bit grayscale PNG, missing pixels
   white or transparent.
 
@@ -175,7 +175,7 @@ def render_surface_as_image(surface: Surface, *, azimuth_deg: float | Sequence[f
     ----------
     surface : Surface
         Heights in um (typically the output of
-        :func:`ballistic.preprocess.preprocess_cartridge`).
+        :func:`ballistic.cartridge.breech_face.preprocess_cartridge`).
     azimuth_deg, altitude_deg, z_factor, ambient
         As in :func:`shade`. The default is a ring light (12 azimuths) at 30
         degrees, the illumination of ring-light breech-face photographs such as

@@ -12,9 +12,9 @@ A query breech face is searched in a national database in three stages:
    query at a coarse spacing (default 50 um) over the full circle (every
    ``prior_step_deg``), translation by masked NCC (FFT, the query's rotated
    stack transformed once per query): :func:`rotation_prior_scores`. This is the
-   first step of :func:`ballistic.compare.register_global`, about 10 ms a pair;
+   first step of :func:`ballistic.cartridge.cmc.register.register_global`, about 10 ms a pair;
 3. **CMC** - the best ``cmc_k`` of stage 2 are compared with
-   :func:`ballistic.correlate.compare_pair` (about 0.15 s a pair) in a process pool.
+   :func:`ballistic.cartridge.cmc.pair.compare_pair` (about 0.15 s a pair) in a process pool.
 
 The result lists the ``k`` candidates: the ``cmc_k`` CMC-compared ones first, by
 CMC similarity (ties by stage-2 score), then the others by stage-2 score. Every
@@ -22,7 +22,7 @@ candidate carries all the scores it got.
 
 Candidates' surfaces come from a ``fetch(id)`` callable returning a
 :class:`~ballistic.surface.Surface` (preprocessed breech face) or a
-:class:`~ballistic.compare.PreparedSurface`. If ``fetch`` accepts a keyword
+:class:`~ballistic.cartridge.cmc.params.PreparedSurface`. If ``fetch`` accepts a keyword
 ``spacing_um``, stage 2 asks for a coarse version (``spacing_um=prior spacing``);
 stage 3 calls ``fetch(id)`` (a surface at the comparison spacing or finer). With
 ``workers > 1``, ``fetch`` runs in the worker processes and must be picklable
@@ -40,11 +40,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import scipy.fft as sfft
 
-from ballistic.compare import CMCParams, PreparedSurface, _centre_heights, prepare, warp_to_reference
-from ballistic.correlate import compare_pair
+from ballistic.cartridge.cmc.pair import compare_pair
+from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, centre_heights, prepare
+from ballistic.cartridge.cmc.register import warp_to_reference
 from ballistic.describe import DescriptorModel, PCAWhitener, PolarFFTDescriptor
 from ballistic.index import VectorIndex
-from ballistic.preprocess import resample
+from ballistic.preprocess.filters import resample
 from ballistic.surface import Surface
 
 __all__ = ["RetrievalParams", "Candidate", "RetrievalResult", "RotationPrior", "rotation_prior_scores", "Retriever"]
@@ -232,12 +233,12 @@ def _heights_at(x: Surface | PreparedSurface, spacing_um: float) -> np.ndarray:
         prior_sp = x.spacing_um * x.fine.shape[0] / max(1, x.prior.shape[0])
         if abs(prior_sp - spacing_um) / spacing_um < 0.05:
             return x.prior
-        return _centre_heights(resample(Surface(x.fine, x.spacing_um), spacing_um=spacing_um).heights)
+        return centre_heights(resample(Surface(x.fine, x.spacing_um), spacing_um=spacing_um).heights)
     if isinstance(x, Surface):
         if x.spacing_um > spacing_um * 1.0001:
             raise ValueError(f"candidate surface is at {x.spacing_um} um, coarser than the {spacing_um} um the "
                              "rotation prior needs; fetch a finer version")
-        return _centre_heights(resample(x, spacing_um=spacing_um).heights)
+        return centre_heights(resample(x, spacing_um=spacing_um).heights)
     raise TypeError(f"expected a Surface or PreparedSurface, got {type(x).__name__}")
 
 

@@ -34,7 +34,7 @@ On a multi-node cluster ``snapshot_root`` must be storage every node reads
 (a shared mount), and the row source must be reachable from every node.
 
 Re-ranking. :meth:`ShardedIndex.rerank` compares a query with candidates by
-:func:`ballistic.correlate.compare_pair` (numba, one core a pair) in batches:
+:func:`ballistic.cartridge.cmc.pair.compare_pair` (numba, one core a pair) in batches:
 Ray tasks on the cluster's workers, or processes / this process locally.
 
 Backends: one class, two executors
@@ -478,7 +478,7 @@ class ShardedSearch:
 
 @dataclass(frozen=True)
 class RerankHit:
-    """One re-ranked candidate: CMC similarity and count of :func:`~ballistic.correlate.compare_pair`."""
+    """One re-ranked candidate: CMC similarity and count of :func:`~ballistic.cartridge.cmc.pair.compare_pair`."""
 
     id: int
     similarity: float
@@ -510,7 +510,7 @@ def _merge(res: list[tuple[np.ndarray, np.ndarray]], nq: int, k: int, metric: st
 # ---------------------------------------------------------------------------------------------------- re-rank work
 def _rerank_items(query, items: list[tuple[int, Any]], fetch, params) -> list[tuple]:
     """Compare ``query`` with each ``(id, surface-or-None)``; ``None`` means ``fetch(id)``."""
-    from ballistic.correlate import compare_pair
+    from ballistic.cartridge.cmc.pair import compare_pair
     out = []
     for cid, surf in items:
         cand = fetch(cid) if surf is None else surf
@@ -962,7 +962,7 @@ class ShardedIndex:
         list of RerankHit
             By CMC similarity, highest first (ties keep candidate order).
         """
-        from ballistic.compare import CMCParams
+        from ballistic.cartridge.cmc.params import CMCParams
         params = params or CMCParams()
         if isinstance(candidates, Mapping):
             items = [(int(i), s) for i, s in candidates.items()]

@@ -12,8 +12,8 @@ reviewer can tell how much of the database was actually looked at:
   number of exhibits eligible in the partition (``n_eligible``) and how many
   were compared by the CMC re-ranker (``n_scored``);
 * **how**: descriptor version (and whitener), comparison algorithm version
-  (:data:`ballistic.correlate.ALGORITHM_VERSION`), its parameters
-  (:meth:`ballistic.compare.CMCParams.as_dict`), retrieval parameters;
+  (:data:`ballistic.cartridge.cmc.pair.ALGORITHM_VERSION`), its parameters
+  (:meth:`ballistic.cartridge.cmc.params.CMCParams.as_dict`), retrieval parameters;
 * **when and with what**: start and end timestamps (UTC ISO 8601), library and
   key dependency versions;
 * optionally the **results** (candidate id, scores) so a replay can be compared.
@@ -106,7 +106,7 @@ class SearchRecord:
     descriptor_version : str
         Descriptor model name (e.g. :attr:`PolarFFTDescriptor.name`), plus whitener if any in ``descriptor``.
     algorithm_version : str
-        :data:`ballistic.correlate.ALGORITHM_VERSION`.
+        :data:`ballistic.cartridge.cmc.pair.ALGORITHM_VERSION`.
     cmc_params : dict
         :meth:`CMCParams.as_dict` of the re-ranking.
     k : int
@@ -193,10 +193,10 @@ class SearchRecord:
                    **kwargs) -> "SearchRecord":
         """Build from a :class:`~ballistic.scaleout.ShardedSearch` (state id, seq, shards, eligible count).
 
-        ``cmc_params``: a :class:`~ballistic.compare.CMCParams` or its dict; the algorithm version is
-        :data:`ballistic.correlate.ALGORITHM_VERSION` unless given.
+        ``cmc_params``: a :class:`~ballistic.cartridge.cmc.params.CMCParams` or its dict; the algorithm version is
+        :data:`ballistic.cartridge.cmc.pair.ALGORITHM_VERSION` unless given.
         """
-        from ballistic.correlate import ALGORITHM_VERSION
+        from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
         params = cmc_params.as_dict() if hasattr(cmc_params, "as_dict") else dict(cmc_params)
         kwargs.setdefault("algorithm_version", ALGORITHM_VERSION)
         return cls(query=query, index_snapshot_id=search.state_id, partition=partition,

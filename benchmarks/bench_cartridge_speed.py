@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ballistic.bench import load_scans, read_labels
-from ballistic.compare import CMCParams, compare_cells, invert_registration, register_global
-from ballistic.correlate import compare_pair
+from ballistic.cartridge.cmc.cells import compare_cells
+from ballistic.cartridge.cmc.pair import compare_pair
+from ballistic.cartridge.cmc.params import CMCParams
+from ballistic.cartridge.cmc.register import invert_registration, register_global
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cartridge" / "fadul"
 _P: dict = {}

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ballistic.compare import CMCParams, prepare
+from ballistic.cartridge.cmc.params import CMCParams, prepare
 from ballistic.describe import DESCRIPTOR_DIM, DESCRIPTOR_VERSION
 from ballistic.scaleout import RaySettings, ShardedIndex, SQLiteRowSource
 
@@ -45,9 +45,9 @@ def _surfaces(n: int, params: CMCParams):
         prep, _ = load_scans(scans, params, rotate_random=True, seed=11)
         return prep, f"real Fadul scans ({len(prep)}, randomly rotated)"
     try:                                      # seeded synthetic breech faces like the processed Fadul scans
-        from ballistic.synth import fire, synthetic_firearm
+        from ballistic.cartridge.synth import fire, synthetic_firearm
         surfs = [fire(synthetic_firearm(i // 2), i % 2) for i in range(n)]
-        what = "synthetic breech faces (ballistic.synth)"
+        what = "synthetic breech faces (ballistic.cartridge.synth)"
     except ImportError:
         from scipy.ndimage import gaussian_filter
 

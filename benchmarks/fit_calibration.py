@@ -47,8 +47,8 @@ def main() -> int:
     from ballistic import __version__
     from ballistic.bench import read_labels, run_cartridge_bench
     from ballistic.calibrate import ScoreLRCalibrator, calibration_report
-    from ballistic.compare import CMCParams
-    from ballistic.correlate import ALGORITHM_VERSION
+    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
+    from ballistic.cartridge.cmc.params import CMCParams
 
     from api.lr import CALIBRATION_FORMAT, depth_statistics
 

@@ -77,8 +77,8 @@ def test_fadul_lrs_cross_validated_by_firearm(shared_data, tmp_path):
     from itertools import combinations
 
     from ballistic.bench import load_scans, read_labels
-    from ballistic.compare import CMCParams
-    from ballistic.correlate import compare_pair
+    from ballistic.cartridge.cmc.pair import compare_pair
+    from ballistic.cartridge.cmc.params import CMCParams
     d = shared_data / "cartridge" / "fadul"
     scans = [s for s in read_labels(d, d / "labels.csv") if s.source in {"1", "2", "3", "4", "5"}
              and "-" in s.name]

@@ -1,52 +1,19 @@
-"""Unit tests of :mod:`ballistic.compare` on small synthetic data."""
+"""Unit tests of :mod:`ballistic.cartridge.cmc` on small synthetic data."""
 from __future__ import annotations
 
 import math
 
+import naive
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from ballistic import compare as C
-from ballistic.preprocess import crop_to_mask, rotate
+from ballistic.cartridge.cmc.cells import cell_division, compare_cells
+from ballistic.cartridge.cmc.params import CMCParams, prepare
+from ballistic.cartridge.cmc.register import (Registration, invert_registration, masked_ncc, register_global,
+                                             search_rotation, warp_to_reference)
+from ballistic.preprocess.filters import crop_to_mask, rotate
 from ballistic.surface import Surface
-
-# --------------------------------------------------------------------------- masked_ncc twin
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
-        return np.nan
-    x = x - x.mean()
-    y = y - y.mean()
-    return float(np.sum(x * y) / math.sqrt(np.sum(x * x) * np.sum(y * y)))
-
-
-def twin_masked_ncc(fixed, moving, min_overlap, shifts=None):
-    """For every shift d: Pearson of fixed[q + d] with moving[q] over the q valid in both."""
-    Hf, Wf = fixed.shape
-    Hm, Wm = moving.shape
-    if shifts is None:
-        shifts = (-(Hm - 1), Hf - 1, -(Wm - 1), Wf - 1)
-    y0, y1, x0, x1 = shifts
-    ncc = np.full((y1 - y0 + 1, x1 - x0 + 1), np.nan)
-    cnt = np.zeros(ncc.shape, dtype=np.int64)
-    for i, dy in enumerate(range(y0, y1 + 1)):
-        for j, dx in enumerate(range(x0, x1 + 1)):
-            xs, ys = [], []
-            for qy in range(Hm):
-                for qx in range(Wm):
-                    fy, fx = qy + dy, qx + dx
-                    if not (0 <= fy < Hf and 0 <= fx < Wf):
-                        continue
-                    f, m = fixed[fy, fx], moving[qy, qx]
-                    if np.isfinite(f) and np.isfinite(m):
-                        xs.append(f)
-                        ys.append(m)
-            cnt[i, j] = len(xs)
-            if len(xs) >= max(min_overlap, 2):
-                ncc[i, j] = _pearson(np.array(xs), np.array(ys))
-    return ncc, cnt
 
 
 def _nan_rand(rng, shape, frac=0.2):
@@ -63,8 +30,8 @@ NCC_SHAPES = [((9, 11), (5, 7)), ((6, 5), (8, 9)), ((4, 4), (4, 4)), ((1, 3), (2
 def test_masked_ncc_matches_twin_float64(fshape, mshape, min_overlap):
     rng = np.random.default_rng(sum(fshape) * 7 + sum(mshape))
     fixed, moving = _nan_rand(rng, fshape), _nan_rand(rng, mshape)
-    got, n = C.masked_ncc(fixed, moving, min_overlap=min_overlap)
-    want, wn = twin_masked_ncc(fixed, moving, min_overlap)
+    got, n = masked_ncc(fixed, moving, min_overlap=min_overlap)
+    want, wn = naive.masked_ncc(fixed, moving, min_overlap)
     assert got.shape == (fshape[0] + mshape[0] - 1, fshape[1] + mshape[1] - 1)
     np.testing.assert_array_equal(n, wn)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9, equal_nan=True)
@@ -74,8 +41,8 @@ def test_masked_ncc_matches_twin_float64(fshape, mshape, min_overlap):
 def test_masked_ncc_matches_twin_float32(fshape, mshape):
     rng = np.random.default_rng(3)
     fixed, moving = _nan_rand(rng, fshape), _nan_rand(rng, mshape)
-    got, n = C.masked_ncc(fixed, moving, min_overlap=4, dtype=np.float32)
-    want, wn = twin_masked_ncc(fixed, moving, 4)
+    got, n = masked_ncc(fixed, moving, min_overlap=4, dtype=np.float32)
+    want, wn = naive.masked_ncc(fixed, moving, 4)
     np.testing.assert_array_equal(n, wn)
     np.testing.assert_allclose(got, want, atol=1e-3, equal_nan=True)
 
@@ -85,8 +52,8 @@ def test_masked_ncc_matches_twin_float32(fshape, mshape):
 def test_masked_ncc_shift_window_matches_twin(shifts, dtype):
     rng = np.random.default_rng(5)
     fixed, moving = _nan_rand(rng, (9, 11)), _nan_rand(rng, (5, 7))
-    got, n = C.masked_ncc(fixed, moving, min_overlap=3, shifts=shifts, dtype=dtype)
-    want, wn = twin_masked_ncc(fixed, moving, 3, shifts)
+    got, n = masked_ncc(fixed, moving, min_overlap=3, shifts=shifts, dtype=dtype)
+    want, wn = naive.masked_ncc(fixed, moving, 3, shifts)
     assert got.shape == (shifts[1] - shifts[0] + 1, shifts[3] - shifts[2] + 1)
     np.testing.assert_array_equal(n, wn)
     tol = dict(rtol=1e-6, atol=1e-9) if dtype is np.float64 else dict(atol=1e-3)
@@ -98,21 +65,21 @@ def test_masked_ncc_index_convention():
     rng = np.random.default_rng(6)
     fixed = _nan_rand(rng, (12, 14), 0.1)
     moving = 3.0 * fixed[2:7, 3:9] + 5.0
-    ncc, n = C.masked_ncc(fixed, moving, min_overlap=10)
+    ncc, n = masked_ncc(fixed, moving, min_overlap=10)
     i, j = np.unravel_index(np.nanargmax(ncc), ncc.shape)
     assert (i - (moving.shape[0] - 1), j - (moving.shape[1] - 1)) == (2, 3)
     assert ncc[i, j] == pytest.approx(1.0, abs=1e-9)
-    sub, _ = C.masked_ncc(fixed, moving, min_overlap=10, shifts=(1, 3, 2, 4))
+    sub, _ = masked_ncc(fixed, moving, min_overlap=10, shifts=(1, 3, 2, 4))
     assert np.nanargmax(sub) == np.ravel_multi_index((1, 1), sub.shape)
 
 
 def test_masked_ncc_all_nan_and_constant():
     rng = np.random.default_rng(7)
     moving = rng.normal(size=(4, 5))
-    ncc, n = C.masked_ncc(np.full((6, 6), np.nan), moving, min_overlap=1)
+    ncc, n = masked_ncc(np.full((6, 6), np.nan), moving, min_overlap=1)
     assert np.isnan(ncc).all() and (n == 0).all()
     # zero variance: Pearson undefined; never a meaningful correlation
-    ncc, _ = C.masked_ncc(np.full((6, 6), 2.0), moving, min_overlap=4)
+    ncc, _ = masked_ncc(np.full((6, 6), 2.0), moving, min_overlap=4)
     assert np.all(np.isnan(ncc) | (np.abs(ncc) < 1e-3))
 
 
@@ -121,17 +88,17 @@ def test_masked_ncc_batched_equals_per_slice(dtype):
     rng = np.random.default_rng(9)
     fixed = _nan_rand(rng, (10, 9))
     stack = np.stack([_nan_rand(rng, (4, 6)) for _ in range(3)])
-    ncc, n = C.masked_ncc(fixed, stack, min_overlap=5, dtype=dtype)
+    ncc, n = masked_ncc(fixed, stack, min_overlap=5, dtype=dtype)
     assert ncc.shape == (3, 13, 14)
     for k in range(3):
-        one, n1 = C.masked_ncc(fixed, stack[k], min_overlap=5, dtype=dtype)
+        one, n1 = masked_ncc(fixed, stack[k], min_overlap=5, dtype=dtype)
         np.testing.assert_array_equal(n[k], n1)
         np.testing.assert_allclose(ncc[k], one, rtol=1e-6, atol=1e-6, equal_nan=True)
     # stacked fixed and moving pair up slice by slice (as compare_cells uses it)
     fixed3 = np.stack([_nan_rand(rng, (8, 8)) for _ in range(3)])
-    ncc, n = C.masked_ncc(fixed3, stack, min_overlap=5, shifts=(0, 4, 0, 2), dtype=dtype)
+    ncc, n = masked_ncc(fixed3, stack, min_overlap=5, shifts=(0, 4, 0, 2), dtype=dtype)
     for k in range(3):
-        one, n1 = C.masked_ncc(fixed3[k], stack[k], min_overlap=5, shifts=(0, 4, 0, 2), dtype=dtype)
+        one, n1 = masked_ncc(fixed3[k], stack[k], min_overlap=5, shifts=(0, 4, 0, 2), dtype=dtype)
         np.testing.assert_array_equal(n[k], n1)
         np.testing.assert_allclose(ncc[k], one, rtol=1e-6, atol=1e-6, equal_nan=True)
 
@@ -141,19 +108,19 @@ def test_masked_ncc_batched_equals_per_slice(dtype):
 def test_masked_ncc_rejects_impossible_shifts(shifts):
     rng = np.random.default_rng(1)
     with pytest.raises(ValueError):
-        C.masked_ncc(rng.normal(size=(9, 11)), rng.normal(size=(5, 7)), shifts=shifts)
+        masked_ncc(rng.normal(size=(9, 11)), rng.normal(size=(5, 7)), shifts=shifts)
 
 
 def test_masked_ncc_accepts_extreme_shifts():
     rng = np.random.default_rng(1)
-    ncc, n = C.masked_ncc(rng.normal(size=(9, 11)), rng.normal(size=(5, 7)), min_overlap=1,
+    ncc, n = masked_ncc(rng.normal(size=(9, 11)), rng.normal(size=(5, 7)), min_overlap=1,
                           shifts=(-4, 8, -6, 10))
     assert ncc.shape == (13, 17) and n[0, 0] == 1 and n[-1, -1] == 1
 
 
 # --------------------------------------------------------------------------- synthetic surfaces
 
-PARAMS = C.CMCParams(spacing_um=12.5, coarse_spacing_um=25.0, prior_spacing_um=50.0)
+PARAMS = CMCParams(spacing_um=12.5, coarse_spacing_um=25.0, prior_spacing_um=50.0)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +136,7 @@ def annulus() -> Surface:
 
 @pytest.fixture(scope="module")
 def ref_prep(annulus):
-    return C.prepare(annulus, PARAMS)
+    return prepare(annulus, PARAMS)
 
 
 def _adiff(a, b):
@@ -178,8 +145,8 @@ def _adiff(a, b):
 
 @pytest.mark.parametrize("angle", [123.0, 37.0, -70.0])
 def test_register_global_recovers_rotation(annulus, ref_prep, angle):
-    target = C.prepare(crop_to_mask(rotate(annulus, angle)), PARAMS)
-    reg = C.register_global(ref_prep, target, PARAMS)
+    target = prepare(crop_to_mask(rotate(annulus, angle)), PARAMS)
+    reg = register_global(ref_prep, target, PARAMS)
     # rotating the target by +a: the registration (target onto reference) undoes it, -a mod 360
     assert _adiff(reg.angle_deg, -angle) <= 2.0, reg
     assert 0.0 <= reg.angle_deg < 360.0
@@ -188,8 +155,8 @@ def test_register_global_recovers_rotation(annulus, ref_prep, angle):
 
 
 def test_search_rotation_prior_peaks_at_the_inverse_angle(annulus, ref_prep):
-    target = C.prepare(crop_to_mask(rotate(annulus, 123.0)), PARAMS)
-    res = C.search_rotation(ref_prep.prior, target.prior, np.arange(0.0, 360.0, 3.0), min_overlap=50)
+    target = prepare(crop_to_mask(rotate(annulus, 123.0)), PARAMS)
+    res = search_rotation(ref_prep.prior, target.prior, np.arange(0.0, 360.0, 3.0), min_overlap=50)
     assert len(res) == 120
     best = max(res)
     assert _adiff(best[1], -123.0) <= 3.0
@@ -200,23 +167,23 @@ def test_search_rotation_prior_peaks_at_the_inverse_angle(annulus, ref_prep):
 def test_register_global_recovers_translation(annulus, ref_prep):
     # 8 NaN columns on the left: the target centre moves 4 px right of the content
     h = np.pad(annulus.heights, ((0, 0), (8, 0)), constant_values=np.nan)
-    target = C.prepare(annulus.with_heights(h), PARAMS)
-    reg = C.register_global(ref_prep, target, PARAMS)
+    target = prepare(annulus.with_heights(h), PARAMS)
+    reg = register_global(ref_prep, target, PARAMS)
     assert _adiff(reg.angle_deg, 0.0) <= 1.0
     assert reg.dy_um == pytest.approx(0.0, abs=12.5)
     assert reg.dx_um == pytest.approx(-4 * 12.5, abs=12.5)
 
 
 def test_register_global_sign_against_np_rot90(annulus, ref_prep):
-    target = C.prepare(annulus.with_heights(np.rot90(annulus.heights, 1).copy()), PARAMS)
-    reg = C.register_global(ref_prep, target, PARAMS)
+    target = prepare(annulus.with_heights(np.rot90(annulus.heights, 1).copy()), PARAMS)
+    reg = register_global(ref_prep, target, PARAMS)
     assert _adiff(reg.angle_deg, 270.0) <= 2.0, reg
 
 
 def test_compare_cells_self_comparison(ref_prep):
-    reg = C.register_global(ref_prep, ref_prep, PARAMS)
+    reg = register_global(ref_prep, ref_prep, PARAMS)
     assert _adiff(reg.angle_deg, 0.0) <= 1.0
-    res = C.compare_cells(ref_prep, ref_prep, reg, PARAMS)
+    res = compare_cells(ref_prep, ref_prep, reg, PARAMS)
     corr = np.array([c.corr for c in res.cells])
     assert len(res.cells) >= 30
     assert np.mean(corr > 0.9) >= 0.9
@@ -228,22 +195,22 @@ def test_compare_cells_self_comparison(ref_prep):
 
 
 def test_compare_cells_rotated_target(annulus, ref_prep):
-    target = C.prepare(crop_to_mask(rotate(annulus, 123.0)), PARAMS)
-    reg = C.register_global(ref_prep, target, PARAMS)
-    res = C.compare_cells(ref_prep, target, reg, PARAMS)
+    target = prepare(crop_to_mask(rotate(annulus, 123.0)), PARAMS)
+    reg = register_global(ref_prep, target, PARAMS)
+    res = compare_cells(ref_prep, target, reg, PARAMS)
     corr = np.array([c.corr for c in res.cells])
     assert np.mean(corr > 0.9) >= 0.8
 
 
 def test_prepare_rejects_empty_and_tiny(annulus):
     with pytest.raises(ValueError):
-        C.prepare(Surface(np.full((50, 50), np.nan), 12.5), PARAMS)
+        prepare(Surface(np.full((50, 50), np.nan), 12.5), PARAMS)
     with pytest.raises(ValueError):
-        C.prepare(Surface(np.random.default_rng(0).normal(size=(6, 6)), 12.5), PARAMS)
+        prepare(Surface(np.random.default_rng(0).normal(size=(6, 6)), 12.5), PARAMS)
 
 
 def test_prepare_centres_heights(annulus):
-    p = C.prepare(annulus.with_heights(annulus.heights + 100.0), PARAMS)
+    p = prepare(annulus.with_heights(annulus.heights + 100.0), PARAMS)
     for a in (p.fine, p.coarse, p.prior):
         assert abs(np.nanmean(a)) < 1e-9
     assert p.fine.shape == annulus.shape and p.coarse.shape == (60, 60) and p.prior.shape == (30, 30)
@@ -255,7 +222,7 @@ def test_prepare_centres_heights(annulus):
 @pytest.mark.parametrize("grid,min_valid", [(8, 0.15), (4, 0.5), (3, 0.0), (5, 1.0)])
 def test_cell_division_valid_fraction(annulus, grid, min_valid):
     h = annulus.heights
-    cells = C.cell_division(h, grid=grid, min_valid=min_valid)
+    cells = cell_division(h, grid=grid, min_valid=min_valid)
     m = np.isfinite(h)
     rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
     size = max(4, math.ceil(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / grid))
@@ -276,8 +243,8 @@ def test_cell_division_valid_fraction(annulus, grid, min_valid):
 
 
 def test_cell_division_all_nan_and_full():
-    assert C.cell_division(np.full((20, 20), np.nan)) == []
-    cells = C.cell_division(np.zeros((32, 32)), grid=4, min_valid=0.5)
+    assert cell_division(np.full((20, 20), np.nan)) == []
+    cells = cell_division(np.zeros((32, 32)), grid=4, min_valid=0.5)
     assert len(cells) == 16 and all(c[4] == 8 and c[5] == 1.0 for c in cells)
 
 
@@ -286,12 +253,12 @@ def test_cell_division_all_nan_and_full():
 @pytest.mark.parametrize("seed", range(5))
 def test_invert_registration_is_an_involution(seed):
     rng = np.random.default_rng(seed)
-    r = C.Registration(float(rng.uniform(0, 360)), float(rng.normal(0, 300)), float(rng.normal(0, 300)), 0.7)
-    back = C.invert_registration(C.invert_registration(r))
+    r = Registration(float(rng.uniform(0, 360)), float(rng.normal(0, 300)), float(rng.normal(0, 300)), 0.7)
+    back = invert_registration(invert_registration(r))
     assert _adiff(back.angle_deg, r.angle_deg) < 1e-9
     assert back.dy_um == pytest.approx(r.dy_um, abs=1e-9)
     assert back.dx_um == pytest.approx(r.dx_um, abs=1e-9)
-    inv = C.invert_registration(r)
+    inv = invert_registration(r)
     assert _adiff(inv.angle_deg, -r.angle_deg) < 1e-9 and 0.0 <= inv.angle_deg < 360.0
     assert math.hypot(inv.dy_um, inv.dx_um) == pytest.approx(math.hypot(r.dy_um, r.dx_um))
 
@@ -302,10 +269,10 @@ def test_invert_registration_undoes_the_warp(angle):
     (exact on a linear ramp, which bilinear interpolation reproduces)."""
     yy, xx = np.mgrid[0:15, 0:21].astype(np.float64)
     target = 0.3 * yy - 0.8 * xx + 2.0
-    r = C.Registration(angle, 2.0, -3.0, 1.0)     # translations in px here
-    fwd = C.warp_to_reference(target, r.angle_deg, r.dy_um, r.dx_um, (17, 19))
-    inv = C.invert_registration(r)
-    back = C.warp_to_reference(fwd, inv.angle_deg, inv.dy_um, inv.dx_um, target.shape)
+    r = Registration(angle, 2.0, -3.0, 1.0)     # translations in px here
+    fwd = warp_to_reference(target, r.angle_deg, r.dy_um, r.dx_um, (17, 19))
+    inv = invert_registration(r)
+    back = warp_to_reference(fwd, inv.angle_deg, inv.dy_um, inv.dx_um, target.shape)
     ok = np.isfinite(back)
     assert ok.sum() >= 60
     np.testing.assert_allclose(back[ok], target[ok], atol=1e-9)

@@ -8,7 +8,7 @@ import scipy.ndimage as ndi
 from ballistic.describe import (DESCRIPTOR_DIM, DESCRIPTOR_VERSION, DescriptorModel, PCAWhitener, PolarFFTDescriptor,
                                 annulus_centre, breech_face_descriptor)
 from ballistic.errors import DescriptorError
-from ballistic.preprocess import crop_to_mask, rotate
+from ballistic.preprocess.filters import crop_to_mask, rotate
 from ballistic.surface import Surface
 
 
@@ -107,8 +107,8 @@ def test_pca_whitener_fit_transform_save_load(tmp_path):
 @pytest.fixture(scope="module")
 def fadul(shared_data):
     from ballistic.bench import read_labels
+    from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.io.x3p import read_x3p
-    from ballistic.preprocess import preprocess_cartridge
     d = shared_data / "cartridge" / "fadul"
     scans = read_labels(d, d / "labels.csv")
     rng = np.random.default_rng(0)

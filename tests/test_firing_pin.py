@@ -1,4 +1,4 @@
-"""Firing-pin impressions: find, extract, compare, fuse (ballistic.firing_pin)."""
+"""Firing-pin impressions: find, extract, compare, fuse (ballistic.cartridge.firing_pin)."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
+from ballistic.cartridge.firing_pin import (FIRING_PIN_THRESHOLD, compare_firing_pins, extract_firing_pin,
+                                            find_firing_pin, fuse_scores)
 from ballistic.errors import FiringPinError
-from ballistic.firing_pin import (FIRING_PIN_THRESHOLD, compare_firing_pins, extract_firing_pin, find_firing_pin,
-                                  fuse_scores)
 from ballistic.io.x3p import read_x3p
 from ballistic.surface import Surface
 
@@ -190,7 +190,7 @@ def test_fadul_firing_pin_comparisons_are_well_posed(fadul_scores):
 
 @pytest.mark.realdata
 def test_same_firing_pin_scores_higher_than_a_different_one(fadul_scores):
-    # measured 0.367 against 0.334 and 0.345: a thin margin, see the ballistic.firing_pin notes
+    # measured 0.367 against 0.334 and 0.345: a thin margin, see the ballistic.cartridge.firing_pin notes
     same = fadul_scores[SAME]
     for pair in DIFFERENT:
         assert same.score > fadul_scores[pair].score, (same, pair, fadul_scores[pair])

@@ -1,4 +1,4 @@
-"""2D breech-face images: segmentation, photometric preprocessing, comparison (ballistic.image2d)."""
+"""2D breech-face images: segmentation, photometric preprocessing, comparison (ballistic.cartridge.image2d)."""
 from __future__ import annotations
 
 import math
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from ballistic.image2d import (SMALL_PISTOL_PRIMER_DIAMETER_UM, compare_images, find_breech_face_image,
-                               flatten_illumination, normalize_contrast, preprocess_image)
+from ballistic.cartridge.breech_face import preprocess_cartridge
+from ballistic.cartridge.image2d import (SMALL_PISTOL_PRIMER_DIAMETER_UM, compare_images, find_breech_face_image,
+                                         flatten_illumination, normalize_contrast, preprocess_image)
+from ballistic.errors import PreprocessError
 from ballistic.io.image import read_image
 from ballistic.io.x3p import read_x3p
-from ballistic.errors import PreprocessError
-from ballistic.preprocess import preprocess_cartridge
 from ballistic.render import render_surface_as_image
 from ballistic.surface import Surface
 

@@ -1,91 +1,25 @@
-"""The numba kernels of :mod:`ballistic._kernels` against slow pure-numpy twins.
+"""Every numba kernel of the library against its slow pure-numpy twin in ``tests/naive.py``.
 
-Each twin below is written from the kernel's docstring, not from its code:
-plain Python loops over small arrays, so that it is obviously right.
+The kernels are private and live beside the public function that wraps them (stumpy style):
+
+* ``_warp_rotate`` - :mod:`ballistic.preprocess.filters` (``rotate``; also ``warp_to_reference``);
+* ``_pairwise_complete_corr`` - :mod:`ballistic.stats.correlation` (``pairwise_complete_corr``);
+* ``_cell_corr_at_offsets`` - :mod:`ballistic.cartridge.cmc.register` (``local_search``).
+
+NaN and edge inputs are included: all-NaN and constant arrays, windows that leave the
+region (empty overlap), and ``min_count`` on both sides of the shared count.
 """
 from __future__ import annotations
 
 import math
 
+import naive
 import numpy as np
 import pytest
 
-from ballistic import _kernels as K
-
-# --------------------------------------------------------------------------- twins
-
-#: The kernel's docstring says the output samples the input at
-#: ``R(-angle) @ (p - (oc + t)) + c`` (a counter-clockwise rotation as displayed,
-#: row 0 on top). The kernel as written rotates the other way (clockwise as
-#: displayed, see ``test_warp_rotate_plus90_is_np_rot90_k1``), so the twin is
-#: compared at ``KERNEL_ANGLE_SIGN * angle``. Flip this to +1 when the kernel's
-#: direction is fixed to match its docstring.
-KERNEL_ANGLE_SIGN = 1.0
-
-_W_EPS = 1e-9  # a bilinear weight below this carries no weight (float noise at 90 degrees)
-
-
-def _rot(theta: float) -> np.ndarray:
-    """Rotation matrix acting on (row, col) vectors; counter-clockwise as displayed
-    (row 0 on top) for theta > 0: (0, 1) (right) goes to (-1, 0) (up) at 90 degrees."""
-    c, s = math.cos(theta), math.sin(theta)
-    return np.array([[c, -s], [s, c]])
-
-
-def twin_warp_rotate(img, angle, cy, cx, out_ny, out_nx, ocy, ocx, ty, tx):
-    img = np.asarray(img, dtype=np.float64)
-    ny, nx = img.shape
-    M = _rot(-angle)
-    out = np.full((out_ny, out_nx), np.nan)
-    for r in range(out_ny):
-        for c in range(out_nx):
-            sy, sx = M @ np.array([r - (ocy + ty), c - (ocx + tx)]) + np.array([cy, cx])
-            y0, x0 = math.floor(sy), math.floor(sx)
-            fy, fx = sy - y0, sx - x0
-            total = 0.0
-            ok = True
-            for yy, wy in ((y0, 1.0 - fy), (y0 + 1, fy)):
-                for xx, wx in ((x0, 1.0 - fx), (x0 + 1, fx)):
-                    w = wy * wx
-                    if w <= _W_EPS:
-                        continue
-                    if not (0 <= yy < ny and 0 <= xx < nx) or np.isnan(img[yy, xx]):
-                        ok = False
-                        continue
-                    total += w * img[yy, xx]
-            if ok:
-                out[r, c] = total
-    return out
-
-
-def twin_corr(a, b, min_count):
-    """Pearson over the pixels finite in both; NaN for < max(min_count, 2) pixels or
-    when either side is constant there (exact test, no rounding involved)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    m = np.isfinite(a) & np.isfinite(b)
-    n = int(m.sum())
-    if n < max(min_count, 2):
-        return np.nan, n
-    x, y = a[m], b[m]
-    if np.all(x == x[0]) or np.all(y == y[0]):
-        return np.nan, n
-    x = x - x.mean()
-    y = y - y.mean()
-    return float(np.sum(x * y) / math.sqrt(np.sum(x * x) * np.sum(y * y))), n
-
-
-def twin_cell_corr(cell, region, oy, ox, min_count):
-    ch, cw = cell.shape
-    rh, rw = region.shape
-    corr = np.full(len(oy), np.nan)
-    cnt = np.zeros(len(oy), dtype=np.int64)
-    for k, (y0, x0) in enumerate(zip(oy, ox)):
-        if y0 < 0 or x0 < 0 or y0 + ch > rh or x0 + cw > rw:
-            continue
-        corr[k], cnt[k] = twin_corr(cell, region[y0:y0 + ch, x0:x0 + cw], min_count)
-    return corr, cnt
-
+from ballistic.cartridge.cmc.register import _cell_corr_at_offsets
+from ballistic.preprocess.filters import _warp_rotate
+from ballistic.stats.correlation import _pairwise_complete_corr, pairwise_complete_corr
 
 # --------------------------------------------------------------------------- inputs
 
@@ -138,8 +72,8 @@ def test_warp_rotate_matches_twin(case, kind):
     shape, oshape, ang, (cy, cx), (ocy, ocx), (ty, tx) = case
     img = _image(kind, shape, seed=hash((shape, oshape, ang)) % 2**32)
     a = math.radians(ang)
-    got = K.warp_rotate(img, a, cy, cx, oshape[0], oshape[1], ocy, ocx, ty, tx)
-    want = twin_warp_rotate(img, KERNEL_ANGLE_SIGN * a, cy, cx, oshape[0], oshape[1], ocy, ocx, ty, tx)
+    got = _warp_rotate(img, a, cy, cx, oshape[0], oshape[1], ocy, ocx, ty, tx)
+    want = naive.warp_rotate(img, a, cy, cx, oshape[0], oshape[1], ocy, ocx, ty, tx)
     assert got.shape == oshape
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, equal_nan=True)
     if kind == "allnan":
@@ -148,7 +82,7 @@ def test_warp_rotate_matches_twin(case, kind):
 
 def test_warp_rotate_moved_out_of_view_is_all_nan():
     img = _image("random", (8, 8), 3)
-    out = K.warp_rotate(img, 0.3, 3.5, 3.5, 8, 8, 3.5, 3.5, 30.0, 30.0)
+    out = _warp_rotate(img, 0.3, 3.5, 3.5, 8, 8, 3.5, 3.5, 30.0, 30.0)
     assert np.isnan(out).all()
 
 
@@ -157,13 +91,13 @@ def test_warp_rotate_identity_is_exact(shape):
     img = _image("nans", shape, 11)
     ny, nx = shape
     cy, cx = (ny - 1) / 2.0, (nx - 1) / 2.0
-    out = K.warp_rotate(img, 0.0, cy, cx, ny, nx, cy, cx, 0.0, 0.0)
+    out = _warp_rotate(img, 0.0, cy, cx, ny, nx, cy, cx, 0.0, 0.0)
     np.testing.assert_array_equal(out, img)  # NaN where NaN, bit-identical elsewhere
 
 
 def test_warp_rotate_integer_translation_is_exact_shift():
     img = _image("random", (6, 7), 5)
-    out = K.warp_rotate(img, 0.0, 3.0, 3.0, 6, 7, 3.0, 3.0, 2.0, -1.0)
+    out = _warp_rotate(img, 0.0, 3.0, 3.0, 6, 7, 3.0, 3.0, 2.0, -1.0)
     # output (r, c) samples input (r - 2, c + 1)
     np.testing.assert_array_equal(out[2:, :-1], img[:-2, 1:])
     assert np.isnan(out[:2]).all() and np.isnan(out[:, -1]).all()
@@ -172,7 +106,7 @@ def test_warp_rotate_integer_translation_is_exact_shift():
 def _rot90_direction(img: np.ndarray) -> np.ndarray:
     n = img.shape[0]
     c = (n - 1) / 2.0
-    return K.warp_rotate(img, math.pi / 2, c, c, n, n, c, c, 0.0, 0.0)
+    return _warp_rotate(img, math.pi / 2, c, c, n, n, c, c, 0.0, 0.0)
 
 
 def test_warp_rotate_90_is_a_quarter_turn():
@@ -180,7 +114,7 @@ def test_warp_rotate_90_is_a_quarter_turn():
     img = _image("random", (5, 5), 7)
     out = _rot90_direction(img)
     assert any(np.allclose(out, np.rot90(img, k), atol=1e-12) for k in (1, -1))
-    out180 = K.warp_rotate(img, math.pi, 2.0, 2.0, 5, 5, 2.0, 2.0, 0.0, 0.0)
+    out180 = _warp_rotate(img, math.pi, 2.0, 2.0, 5, 5, 2.0, 2.0, 0.0, 0.0)
     np.testing.assert_allclose(out180, np.rot90(img, 2), atol=1e-12)
 
 
@@ -194,9 +128,9 @@ def test_warp_rotate_bilinear_exact_on_a_linear_ramp():
     yy, xx = np.mgrid[0:9, 0:11].astype(np.float64)
     img = 0.7 * yy - 1.3 * xx + 4.0
     a = math.radians(37.5)
-    out = K.warp_rotate(img, a, 4.0, 5.0, 9, 11, 4.0, 5.0, 0.5, -0.25)
+    out = _warp_rotate(img, a, 4.0, 5.0, 9, 11, 4.0, 5.0, 0.5, -0.25)
     r, c = np.mgrid[0:9, 0:11].astype(np.float64)
-    M = _rot(KERNEL_ANGLE_SIGN * -a)
+    M = naive.rot(-a)
     sy = M[0, 0] * (r - 4.5) + M[0, 1] * (c - 4.75) + 4.0
     sx = M[1, 0] * (r - 4.5) + M[1, 1] * (c - 4.75) + 5.0
     ok = np.isfinite(out)
@@ -217,20 +151,20 @@ PAIR_SHAPES = [(1, 1), (2, 3), (3, 2), (5, 5), (6, 11)]
 def test_pairwise_complete_corr_matches_twin(shape, kind_a, kind_b, min_count):
     a = _image(kind_a, shape, 1)
     b = _image(kind_b, shape, 2)
-    c, n = K.pairwise_complete_corr(a, b, min_count)
-    wc, wn = twin_corr(a, b, min_count)
+    c, n = _pairwise_complete_corr(a, b, min_count)
+    wc, wn = naive.pairwise_complete_corr(a, b, min_count)
     assert n == wn
     np.testing.assert_allclose(c, wc, rtol=1e-10, atol=1e-13, equal_nan=True)
 
 
 def test_pairwise_complete_corr_known_values():
     a = np.array([[1.0, 2.0, 3.0, np.nan]])
-    assert K.pairwise_complete_corr(a, 2 * a + 1, 2) == pytest.approx((1.0, 3))
-    assert K.pairwise_complete_corr(a, -a, 2) == pytest.approx((-1.0, 3))
+    assert _pairwise_complete_corr(a, 2 * a + 1, 2) == pytest.approx((1.0, 3))
+    assert _pairwise_complete_corr(a, -a, 2) == pytest.approx((-1.0, 3))
     b = np.array([[np.nan, 2.0, 3.0, 4.0]])
-    c, n = K.pairwise_complete_corr(a, b, 2)
+    c, n = _pairwise_complete_corr(a, b, 2)
     assert n == 2 and c == pytest.approx(1.0)
-    c, n = K.pairwise_complete_corr(a, b, 3)       # min_count above the overlap
+    c, n = _pairwise_complete_corr(a, b, 3)       # min_count above the overlap
     assert n == 2 and np.isnan(c)
 
 
@@ -238,16 +172,61 @@ def test_pairwise_complete_corr_linear_invariance():
     rng = np.random.default_rng(4)
     a = _rand(rng, (8, 9), 0.2)
     b = _rand(rng, (8, 9), 0.2)
-    c0, n0 = K.pairwise_complete_corr(a, b, 2)
-    c1, n1 = K.pairwise_complete_corr(np.ascontiguousarray(3 * a - 7), np.ascontiguousarray(0.5 * b + 100), 2)
+    c0, n0 = _pairwise_complete_corr(a, b, 2)
+    c1, n1 = _pairwise_complete_corr(np.ascontiguousarray(3 * a - 7), np.ascontiguousarray(0.5 * b + 100), 2)
     assert n0 == n1 and c1 == pytest.approx(c0, abs=1e-12)
 
 
 def test_pairwise_complete_corr_constant_non_dyadic_is_nan():
     a = np.full((7, 7), 0.1)
     b = _rand(np.random.default_rng(0), (7, 7))
-    assert np.isnan(K.pairwise_complete_corr(a, b, 2)[0])
-    assert np.isnan(K.pairwise_complete_corr(a, np.full((7, 7), 0.7), 2)[0])
+    assert np.isnan(_pairwise_complete_corr(a, b, 2)[0])
+    assert np.isnan(_pairwise_complete_corr(a, np.full((7, 7), 0.7), 2)[0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pairwise_complete_corr_min_count_boundary(seed):
+    """Exactly ``n`` shared points: a correlation at min_count = n, NaN at n + 1 (kernel and twin)."""
+    rng = np.random.default_rng(seed)
+    a = _rand(rng, (6, 7), 0.3)
+    b = _rand(rng, (6, 7), 0.3)
+    n = int((np.isfinite(a) & np.isfinite(b)).sum())
+    for mc, finite in ((n, True), (n + 1, False)):
+        c, got_n = _pairwise_complete_corr(a, b, mc)
+        wc, wn = naive.pairwise_complete_corr(a, b, mc)
+        assert got_n == wn == n and np.isfinite(c) == finite == np.isfinite(wc)
+        np.testing.assert_allclose(c, wc, rtol=1e-10, equal_nan=True)
+
+
+def test_pairwise_complete_corr_on_strided_views_matches_twin():
+    """The kernel runs on windows of larger arrays (the cells, the bullet lags): views, not copies."""
+    rng = np.random.default_rng(9)
+    big_a = _rand(rng, (12, 15), 0.2)
+    big_b = _rand(rng, (12, 15), 0.2)
+    a, b = big_a[2:9, 3:11], big_b[1:8, 5:13]
+    assert not a.flags.c_contiguous
+    for mc in (0, 5, 40):
+        c, n = _pairwise_complete_corr(a, b, mc)
+        wc, wn = naive.pairwise_complete_corr(a, b, mc)
+        assert n == wn
+        np.testing.assert_allclose(c, wc, rtol=1e-10, atol=1e-13, equal_nan=True)
+
+
+def test_pairwise_complete_corr_public_wrapper():
+    rng = np.random.default_rng(2)
+    a = _rand(rng, (5, 6), 0.2)
+    b = _rand(rng, (5, 6), 0.2)
+    assert pairwise_complete_corr(a, b, min_count=3) == _pairwise_complete_corr(a, b, 3)
+    # 1-D input, lists, the default min_count of 2
+    c, n = pairwise_complete_corr([1.0, 2.0, np.nan, 4.0], [2.0, 4.1, 5.0, 8.0])
+    wc, wn = naive.pairwise_complete_corr(np.array([1.0, 2.0, np.nan, 4.0]), np.array([2.0, 4.1, 5.0, 8.0]), 2)
+    assert n == wn == 3 and c == pytest.approx(wc, rel=1e-12)
+    assert pairwise_complete_corr([], [])[1] == 0 and np.isnan(pairwise_complete_corr([], [])[0])
+    from ballistic.errors import InputError
+    with pytest.raises(InputError, match="one shape"):
+        pairwise_complete_corr(a, b[:, :3])
+    with pytest.raises(InputError, match="1-D or 2-D"):
+        pairwise_complete_corr(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))
 
 
 # --------------------------------------------------------------------------- cell_corr_at_offsets
@@ -275,8 +254,8 @@ def test_cell_corr_at_offsets_matches_twin(case, cell_kind, region_kind, min_cou
     oy, ox = np.mgrid[-2:rh - ch + 3, -2:rw - cw + 3]
     oy = oy.ravel().astype(np.int64)
     ox = ox.ravel().astype(np.int64)
-    corr, cnt = K.cell_corr_at_offsets(cell, region, oy, ox, min_count)
-    wcorr, wcnt = twin_cell_corr(cell, region, oy, ox, min_count)
+    corr, cnt = _cell_corr_at_offsets(cell, region, oy, ox, min_count)
+    wcorr, wcnt = naive.cell_corr_at_offsets(cell, region, oy, ox, min_count)
     np.testing.assert_array_equal(cnt, wcnt)
     np.testing.assert_allclose(corr, wcorr, rtol=1e-10, atol=1e-13, equal_nan=True)
     outside = (oy < 0) | (ox < 0) | (oy + ch > rh) | (ox + cw > rw)
@@ -288,7 +267,7 @@ def test_cell_corr_at_offsets_finds_the_planted_cell():
     region = _rand(rng, (12, 10), 0.1)
     cell = np.ascontiguousarray(region[5:9, 2:6] * 2.0 + 1.0)
     oy, ox = np.mgrid[0:9, 0:7]
-    corr, cnt = K.cell_corr_at_offsets(cell, region, oy.ravel().astype(np.int64),
+    corr, cnt = _cell_corr_at_offsets(cell, region, oy.ravel().astype(np.int64),
                                        ox.ravel().astype(np.int64), 4)
     k = int(np.nanargmax(corr))
     assert (oy.ravel()[k], ox.ravel()[k]) == (5, 2)
@@ -298,5 +277,5 @@ def test_cell_corr_at_offsets_finds_the_planted_cell():
 def test_cell_corr_at_offsets_empty_offsets():
     cell = _image("random", (2, 2), 1)
     region = _image("random", (4, 4), 2)
-    corr, cnt = K.cell_corr_at_offsets(cell, region, np.zeros(0, np.int64), np.zeros(0, np.int64), 2)
+    corr, cnt = _cell_corr_at_offsets(cell, region, np.zeros(0, np.int64), np.zeros(0, np.int64), 2)
     assert corr.shape == (0,) and cnt.shape == (0,)

@@ -1,12 +1,14 @@
-"""Unit tests of :mod:`ballistic.preprocess` on small synthetic surfaces."""
+"""Unit tests of :mod:`ballistic.preprocess.filters` and :mod:`ballistic.cartridge.breech_face` on small
+synthetic surfaces."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from ballistic import preprocess as P
+from ballistic.cartridge.breech_face import find_breech_face, looks_processed, preprocess_cartridge
 from ballistic.errors import PreprocessError
+from ballistic.preprocess.filters import bandpass_filter, crop_to_mask, gaussian_lowpass, remove_trend, resample, rotate
 from ballistic.surface import Surface
 
 
@@ -53,7 +55,7 @@ def test_remove_trend_exact_plane_with_outliers_and_nans():
     z[nan] = np.nan
     s = Surface(z, 5.0)
     before = _copy(s)
-    r = P.remove_trend(s)
+    r = remove_trend(s)
     _assert_unchanged(s, before)
     np.testing.assert_array_equal(np.isnan(r.heights), nan)
     assert np.abs(r.heights[~out & ~nan]).max() < 1e-9
@@ -71,13 +73,13 @@ def _one_sided(seed):
 @pytest.mark.parametrize("seed", [1, 3])
 def test_remove_trend_one_sided_spread_outliers_converges(seed):
     s, out = _one_sided(seed)
-    r = P.remove_trend(s, iterations=10)
+    r = remove_trend(s, iterations=10)
     assert np.abs(r.heights[~out]).max() < 1e-9
 
 
 def test_remove_trend_one_sided_spread_outliers_default_iterations():
     s, out = _one_sided(3)
-    r = P.remove_trend(s)
+    r = remove_trend(s)
     assert np.abs(r.heights[~out]).max() < 1e-6
 
 
@@ -86,16 +88,16 @@ def test_remove_trend_plateau_outliers():
     z = _plane()
     out = rng.random(z.shape) < 0.3
     z[out] += 100.0
-    r = P.remove_trend(Surface(z, 5.0))
+    r = remove_trend(Surface(z, 5.0))
     assert np.abs(r.heights[~out]).max() < 1e-6
 
 
 def test_remove_trend_least_squares_and_too_few_points():
     z = _plane(10, 12)
-    r = P.remove_trend(Surface(z, 1.0), robust=False)
+    r = remove_trend(Surface(z, 1.0), robust=False)
     assert np.abs(r.heights).max() < 1e-9
     with pytest.raises(PreprocessError):
-        P.remove_trend(Surface(np.full((5, 5), np.nan), 1.0))
+        remove_trend(Surface(np.full((5, 5), np.nan), 1.0))
 
 
 # --------------------------------------------------------------------------- filters
@@ -108,20 +110,20 @@ def test_gaussian_lowpass_nan_and_constant():
     z[nan] = np.nan
     s = Surface(z, 2.0)
     before = _copy(s)
-    out = P.gaussian_lowpass(s, cutoff_um=16.0)
+    out = gaussian_lowpass(s, cutoff_um=16.0)
     _assert_unchanged(s, before)
     assert np.isnan(out.heights[nan]).all()
     ok = np.isfinite(out.heights)
     assert ok.sum() > 0.5 * z.size
     np.testing.assert_allclose(out.heights[ok], 4.2, rtol=1e-12)
     with pytest.raises(ValueError):
-        P.gaussian_lowpass(s, cutoff_um=0.0)
+        gaussian_lowpass(s, cutoff_um=0.0)
 
 
 def test_gaussian_lowpass_smooths_noise():
     rng = np.random.default_rng(4)
     s = Surface(rng.normal(size=(64, 64)), 1.0)
-    out = P.gaussian_lowpass(s, cutoff_um=8.0)
+    out = gaussian_lowpass(s, cutoff_um=8.0)
     assert np.nanstd(out.heights[10:-10, 10:-10]) < 0.5 * np.std(s.heights)
 
 
@@ -133,7 +135,7 @@ def test_bandpass_nan_positions_stay_nan():
     z[nan] = np.nan
     s = Surface(z, 2.0)
     before = _copy(s)
-    out = P.bandpass_filter(s, short_cutoff_um=8.0, long_cutoff_um=80.0)
+    out = bandpass_filter(s, short_cutoff_um=8.0, long_cutoff_um=80.0)
     _assert_unchanged(s, before)
     assert out.shape == s.shape and out.spacing_um == 2.0
     assert np.isnan(out.heights[nan]).all()
@@ -145,7 +147,7 @@ def test_bandpass_removes_long_wavelength():
     lam = 5 * long_
     s = _sine(lam)
     before = _copy(s)
-    out = P.bandpass_filter(s, short_cutoff_um=short, long_cutoff_um=long_)
+    out = bandpass_filter(s, short_cutoff_um=short, long_cutoff_um=long_)
     _assert_unchanged(s, before)
     ratio = _amplitude(out.heights, lam, 1.0, margin=40) / _amplitude(s.heights, lam, 1.0, margin=40)
     assert ratio < 0.1   # ISO Gaussian: 1 - exp(-ln 2 / 25) ~ 0.027
@@ -155,7 +157,7 @@ def test_bandpass_keeps_mid_band():
     short, long_ = 4.0, 40.0
     lam = float(np.sqrt(short * long_))
     s = _sine(lam)
-    out = P.bandpass_filter(s, short_cutoff_um=short, long_cutoff_um=long_)
+    out = bandpass_filter(s, short_cutoff_um=short, long_cutoff_um=long_)
     ratio = _amplitude(out.heights, lam, 1.0, margin=40) / _amplitude(s.heights, lam, 1.0, margin=40)
     assert ratio > 0.7
 
@@ -163,7 +165,7 @@ def test_bandpass_keeps_mid_band():
 def test_bandpass_cutoff_at_half_amplitude():
     """ISO 16610-21: a sine at the cut-off wavelength keeps 50% of its amplitude."""
     s = _sine(40.0)
-    out = P.bandpass_filter(s, short_cutoff_um=None, long_cutoff_um=40.0)
+    out = bandpass_filter(s, short_cutoff_um=None, long_cutoff_um=40.0)
     ratio = _amplitude(out.heights, 40.0, 1.0, margin=40) / _amplitude(s.heights, 40.0, 1.0, margin=40)
     assert ratio == pytest.approx(0.5, abs=0.03)
 
@@ -171,7 +173,7 @@ def test_bandpass_cutoff_at_half_amplitude():
 @pytest.mark.parametrize("short,long_", [(40.0, 40.0), (50.0, 40.0)])
 def test_bandpass_rejects_short_not_below_long(short, long_):
     with pytest.raises(ValueError):
-        P.bandpass_filter(_sine(20.0), short_cutoff_um=short, long_cutoff_um=long_)
+        bandpass_filter(_sine(20.0), short_cutoff_um=short, long_cutoff_um=long_)
 
 
 # --------------------------------------------------------------------------- resample, rotate, crop
@@ -182,7 +184,7 @@ def test_resample_halves_shape_and_keeps_nan_regions():
     z[:, :20] = np.nan
     s = Surface(z, 5.0)
     before = _copy(s)
-    out = P.resample(s, spacing_um=10.0)
+    out = resample(s, spacing_um=10.0)
     _assert_unchanged(s, before)
     assert out.shape == (20, 30) and out.spacing_um == 10.0
     assert np.isnan(out.heights[:, :10]).all()
@@ -195,11 +197,11 @@ def test_resample_halves_shape_and_keeps_nan_regions():
 def test_resample_same_spacing_and_upsampling():
     rng = np.random.default_rng(7)
     s = Surface(rng.normal(size=(10, 12)), 5.0)
-    assert P.resample(s, spacing_um=5.0).shape == (10, 12)
-    up = P.resample(s, spacing_um=2.5)
+    assert resample(s, spacing_um=5.0).shape == (10, 12)
+    up = resample(s, spacing_um=2.5)
     assert up.shape == (20, 24) and up.spacing_um == 2.5
     with pytest.raises(ValueError):
-        P.resample(s, spacing_um=0.0)
+        resample(s, spacing_um=0.0)
 
 
 def test_rotate_and_crop_do_not_mutate():
@@ -208,17 +210,17 @@ def test_rotate_and_crop_do_not_mutate():
     z[:3] = np.nan
     s = Surface(z, 5.0)
     before = _copy(s)
-    r = P.rotate(s, 37.0)
+    r = rotate(s, 37.0)
     _assert_unchanged(s, before)
     assert r.shape[0] >= 20 and r.spacing_um == 5.0
-    same = P.rotate(s, 0.0, expand=False)
+    same = rotate(s, 0.0, expand=False)
     np.testing.assert_array_equal(same.heights, z)
-    c = P.crop_to_mask(s, pad_px=1)
+    c = crop_to_mask(s, pad_px=1)
     _assert_unchanged(s, before)
     assert c.shape == (18, 30)        # rows 3..19 valid, one row of padding above
-    np.testing.assert_array_equal(P.crop_to_mask(s).heights, z[3:])
+    np.testing.assert_array_equal(crop_to_mask(s).heights, z[3:])
     with pytest.raises(PreprocessError):
-        P.crop_to_mask(Surface(np.full((4, 4), np.nan), 1.0))
+        crop_to_mask(Surface(np.full((4, 4), np.nan), 1.0))
 
 
 # --------------------------------------------------------------------------- looks_processed, preprocess_cartridge
@@ -236,35 +238,35 @@ def test_looks_processed():
     rng = np.random.default_rng(10)
     s = Surface(rng.normal(0.0, 0.5, size=(80, 80)), 6.25)
     before = _copy(s)
-    assert P.looks_processed(s) is True
+    assert looks_processed(s) is True
     _assert_unchanged(s, before)
     z = s.heights.copy()
     yy, xx = np.mgrid[0:80, 0:80]
     z[np.hypot(yy - 40, xx - 40) < 14] -= 200.0   # 200 um deep pit, ~10% of the scan
-    assert P.looks_processed(Surface(z, 6.25)) is False
+    assert looks_processed(Surface(z, 6.25)) is False
 
 
 def test_preprocess_cartridge_processed_keeps_spacing():
     s = _annulus_surface()
     before = _copy(s)
-    out = P.preprocess_cartridge(s, kind="processed")
+    out = preprocess_cartridge(s, kind="processed")
     _assert_unchanged(s, before)
     assert out.spacing_um == 6.25
     assert "processed" in out.meta["preprocess"]
-    np.testing.assert_array_equal(out.heights, P.crop_to_mask(s).heights)
-    auto = P.preprocess_cartridge(s)                       # small heights: auto -> processed
+    np.testing.assert_array_equal(out.heights, crop_to_mask(s).heights)
+    auto = preprocess_cartridge(s)                       # small heights: auto -> processed
     assert auto.meta["preprocess"].startswith("processed")
-    fine = P.preprocess_cartridge(_annulus_surface(n=128, spacing=3.125), kind="processed")
+    fine = preprocess_cartridge(_annulus_surface(n=128, spacing=3.125), kind="processed")
     assert fine.spacing_um == 6.25
 
 
 def test_preprocess_cartridge_errors():
     with pytest.raises(PreprocessError):
-        P.preprocess_cartridge(Surface(np.full((50, 50), np.nan), 6.25))
+        preprocess_cartridge(Surface(np.full((50, 50), np.nan), 6.25))
     with pytest.raises(PreprocessError):
-        P.preprocess_cartridge(Surface(np.zeros((5, 5)), 6.25))
+        preprocess_cartridge(Surface(np.zeros((5, 5)), 6.25))
     with pytest.raises(ValueError):
-        P.preprocess_cartridge(_annulus_surface(), kind="bogus")
+        preprocess_cartridge(_annulus_surface(), kind="bogus")
 
 
 # --------------------------------------------------------------------------- find_breech_face
@@ -293,7 +295,7 @@ def raw_cartridge():
 def test_find_breech_face_synthetic(raw_cartridge):
     s, annulus, hole, gap = raw_cartridge
     before = _copy(s)
-    g = P.find_breech_face(s)
+    g = find_breech_face(s)
     _assert_unchanged(s, before)
     assert g.mask.shape == s.shape and g.spacing_um == SP
     cover = (g.mask & annulus).sum() / annulus.sum()
@@ -308,7 +310,7 @@ def test_find_breech_face_synthetic(raw_cartridge):
 
 def test_find_breech_face_geometry_accuracy(raw_cartridge):
     s, annulus, _, _ = raw_cartridge
-    g = P.find_breech_face(s)
+    g = find_breech_face(s)
     assert g.primer_radius_um == pytest.approx(1300.0, abs=20.0)
     assert g.aperture_radius_um == pytest.approx(350.0, abs=20.0)
     assert (g.mask & annulus).sum() / annulus.sum() > 0.80
@@ -316,8 +318,8 @@ def test_find_breech_face_geometry_accuracy(raw_cartridge):
 
 def test_preprocess_cartridge_raw_end_to_end(raw_cartridge):
     s, annulus, hole, gap = raw_cartridge
-    assert P.looks_processed(s) is False
-    out = P.preprocess_cartridge(s, kind="auto", spacing_um=12.5)
+    assert looks_processed(s) is False
+    out = preprocess_cartridge(s, kind="auto", spacing_um=12.5)
     assert out.meta["preprocess"].startswith("raw:")
     assert out.spacing_um == 12.5
     # cropped to the annulus: about 2 x 1.3 mm / 12.5 um across, minus the margins
@@ -329,4 +331,4 @@ def test_preprocess_cartridge_raw_end_to_end(raw_cartridge):
 def test_find_breech_face_rejects_flat_noise():
     rng = np.random.default_rng(12)
     with pytest.raises(PreprocessError):
-        P.find_breech_face(Surface(rng.normal(0, 50.0, size=(200, 200)), 5.0))
+        find_breech_face(Surface(rng.normal(0, 50.0, size=(200, 200)), 5.0))

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ballistic.correlate import compare_pair
+from ballistic.cartridge.breech_face import preprocess_cartridge
+from ballistic.cartridge.cmc.pair import compare_pair
 from ballistic.io.x3p import read_x3p
-from ballistic.preprocess import crop_to_mask, preprocess_cartridge, rotate
+from ballistic.preprocess.filters import crop_to_mask, rotate
 
 pytestmark = pytest.mark.realdata
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ballistic.cartridge.synth import SyntheticCatalogue, fire, synthetic_firearm
 from ballistic.describe import PCAWhitener, PolarFFTDescriptor
 from ballistic.index import VectorIndex
 from ballistic.retrieval import RetrievalParams, Retriever, RotationPrior, rotation_prior_scores
-from ballistic.synth import SyntheticCatalogue, fire, synthetic_firearm
 
 N_DB = 80           # 40 firearms x 2 firings
 
@@ -38,7 +38,7 @@ def test_rotation_prior_ranks_mate_first(db):
     best = np.argsort(-s[:, 0])[:2]
     assert set(best) == {14, 15}                                   # firearm 7's two firings
     # a PreparedSurface query gives the same scores through its prior view
-    from ballistic.compare import prepare
+    from ballistic.cartridge.cmc.params import prepare
     rp = RotationPrior(prepare(q))
     assert abs(rp.score(cands[14])[0] - s[14, 0]) < 0.05
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from ballistic.correlate import compare_pair
-from ballistic.index import VectorIndex
+from ballistic.cartridge.cmc.pair import compare_pair
 from ballistic.errors import ScaleOutConfigError, ScaleOutError
+from ballistic.index import VectorIndex
 from ballistic.scaleout import Row, RowSource, ShardedIndex, ShardMap, SQLiteRowSource
 from ballistic.surface import Surface
 

@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'ballist
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from ballistic.correlate import compare_pair  # noqa: E402
+from ballistic.cartridge.cmc.pair import compare_pair  # noqa: E402
 from ballistic.errors import ShardUnavailableError  # noqa: E402
 from ballistic.scaleout import (RaySettings, ShardedIndex, SQLiteRowSource, loopback_node_args,  # noqa: E402
                                 secure_ray_env)

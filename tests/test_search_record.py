@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import ballistic
-from ballistic.compare import CMCParams
-from ballistic.correlate import ALGORITHM_VERSION
-from ballistic.scaleout import ShardedIndex, SQLiteRowSource
+from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
+from ballistic.cartridge.cmc.params import CMCParams
 from ballistic.errors import SearchRecordError
+from ballistic.scaleout import ShardedIndex, SQLiteRowSource
 from ballistic.search_record import RECORD_FORMAT, SearchRecord, utc_now
 
 

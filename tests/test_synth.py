@@ -1,13 +1,13 @@
-"""Tests of :mod:`ballistic.synth`: determinism, Fadul-like statistics, same/different source under CMC."""
+"""Tests of :mod:`ballistic.cartridge.synth`: determinism, Fadul-like statistics, same/different source under CMC."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ballistic.correlate import compare_pair
+from ballistic.cartridge.cmc.pair import compare_pair
+from ballistic.cartridge.synth import SPACINGS_UM, SyntheticCatalogue, fire, synthetic_firearm
 from ballistic.describe import breech_face_descriptor
-from ballistic.preprocess import resample
-from ballistic.synth import SPACINGS_UM, SyntheticCatalogue, fire, synthetic_firearm
+from ballistic.preprocess.filters import resample
 
 
 def test_deterministic_and_seeded():

@@ -93,7 +93,7 @@ def list_candidates(
     if date_to is not None:
         q = q.where(other.recovery_date <= date_to)
     if fused:
-        from ballistic.firing_pin import fuse_scores
+        from ballistic.cartridge.firing_pin import fuse_scores
 
         fp = {(r.pair_lo, r.pair_hi): r.similarity for r in session.execute(
             select(Candidate.pair_lo, Candidate.pair_hi, Candidate.similarity).where(
@@ -142,8 +142,8 @@ def _render_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
         return _bullet_figure(rt, c, a, b, path)
     if c.region == "firing_pin":
         return _firing_pin_figure(rt, c, a, b, path)
-    from ballistic.compare import CMCParams, prepare
-    from ballistic.correlate import compare_pair
+    from ballistic.cartridge.cmc.pair import compare_pair
+    from ballistic.cartridge.cmc.params import CMCParams, prepare
     from ballistic.explain import explanation_figure
     from ballistic.io.x3p import read_x3p
 

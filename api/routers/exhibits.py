@@ -385,7 +385,7 @@ def get_land_original(exhibit_id: IdPath, land_index: Annotated[int, Path(ge=1, 
 
 
 def _render_png(rt, surface, *, azimuth_deg: float, altitude_deg: float, z_factor: float, max_size: int) -> bytes:
-    from ballistic.preprocess import resample
+    from ballistic.preprocess.filters import resample
     from ballistic.render import shade, to_png_bytes
 
     big = max(surface.shape)

@@ -105,7 +105,7 @@ def relief_png(rt, exhibit, view: str) -> Path | None:
             values = shade_view(surf, is_image=is_image)
         else:
             from api.pipeline import load_original_surface
-            from ballistic.preprocess import remove_trend, resample
+            from ballistic.preprocess.filters import remove_trend, resample
 
             surf = load_original_surface(rt, exhibit.original_sha256, exhibit.media_type, exhibit.spacing_um)
             side = max(surf.shape)

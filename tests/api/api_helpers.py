@@ -16,7 +16,7 @@ def synthetic_breech_face(seed: int, *, angle: float = 0.0, noise: float = 0.05,
                           spacing_um: float = 12.5):
     """A processed-looking breech face: band-limited texture (um) on an annulus, NaN elsewhere.
     Same ``seed`` = same source; ``angle`` rotates it, ``noise`` adds independent detail."""
-    from ballistic.preprocess import crop_to_mask, rotate
+    from ballistic.preprocess.filters import crop_to_mask, rotate
     from ballistic.surface import Surface
 
     rng = np.random.default_rng(seed)

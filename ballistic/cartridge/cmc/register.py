@@ -1,93 +1,48 @@
-"""Congruent Matching Cells (CMC) comparison of two breech-face surfaces.
+"""Registration of two breech faces over the full circle of rotation (step 1 of the CMC comparison).
 
 Coarse to fine, so that the full 360 degrees of rotation is searched:
 
 1. rotation prior - :func:`search_rotation` over the full circle (4 degree steps)
-   at a coarse 50 um spacing: whole-surface masked normalized cross-correlation,
-   translation by FFT, all angles in one batched transform (real exhibits
-   arrive in any orientation);
+   at a coarse 50 um spacing: whole-surface masked normalized cross-correlation
+   (:func:`masked_ncc`), translation by FFT, all angles in one batched transform
+   (real exhibits arrive in any orientation);
 2. :func:`register_global` - the best prior peaks are refined at 25 um, the
-   best of those at the comparison spacing;
-3. :func:`compare_cells` - the reference is split into a grid of cells
-   (:func:`cell_division`); each cell is searched, for a few angles around the
-   global estimate, in a region of the target twice its size around its
-   globally registered position. Translation comes from masked NCC by FFT;
-   the cell score is the pairwise-complete correlation at that translation.
+   best of those at the comparison spacing, each by a direct pairwise-complete
+   correlation search (:func:`local_search`, numba kernel :func:`_cell_corr_at_offsets`).
 
-The counts themselves (original and High-CMC rules) live in :mod:`ballistic.score`.
+The cells (step 2) are in :mod:`ballistic.cartridge.cmc.cells`, the counts and the
+decision (step 3) in :mod:`ballistic.cartridge.cmc.decision`, both directions of a pair
+in :mod:`ballistic.cartridge.cmc.pair`.
 Angles are degrees, counter-clockwise as displayed (row 0 on top); a result's
 ``(angle_deg, dy_um, dx_um)`` maps target onto reference: a target point p goes
 to ``R(angle) (p - c_target) + c_reference + (dy, dx)``.
+
+The kernel is private; its slow pure-numpy twin is in ``tests/naive.py``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 import scipy.fft as sfft
 
-from ballistic import _kernels
-from ballistic.preprocess import resample
-from ballistic.surface import Surface
+from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface
+from ballistic.preprocess.filters import _warp_rotate
+from ballistic.stats.correlation import _pairwise_complete_corr
 
 __all__ = [
-    "CMCParams",
-    "PreparedSurface",
     "Registration",
-    "CellResult",
-    "DirectionResult",
-    "prepare",
     "masked_ncc",
     "search_rotation",
     "local_search",
     "register_global",
     "invert_registration",
-    "cell_division",
-    "compare_cells",
     "warp_to_reference",
 ]
 
-
-@dataclass(frozen=True)
-class CMCParams:
-    """Tuning of the comparison. Lengths in um, angles in degrees."""
-
-    spacing_um: float = 12.5            # comparison spacing (cells, fine registration)
-    coarse_spacing_um: float = 25.0     # coarse registration
-    prior_spacing_um: float = 50.0      # full-circle rotation prior
-    prior_step_deg: float = 4.0
-    grid: int = 8                       # cells per side
-    min_cell_valid: float = 0.15        # a cell needs this fraction of measured points
-    prior_candidates: int = 3           # rotation-prior peaks refined
-    coarse_halfwidth_deg: float = 3.0   # refine each prior peak over +- this ...
-    coarse_step_deg: float = 1.5        # ... in these steps (coarse spacing)
-    fine_step_deg: float = 0.75         # then over +- half a coarse step at comparison spacing
-    cell_angles_deg: tuple[float, ...] = (-6.0, -3.0, 0.0, 3.0, 6.0)  # around the global angle
-    region_scale: float = 2.0           # target region side / cell side
-    min_overlap: float = 0.4            # global registration
-    max_shift_fraction: float = 0.3     # centre offsets searched, fraction of the reference size: overlap / smaller valid area
-    cell_min_overlap: float = 0.5       # cell: shared points / cell valid points
-    corr_threshold: float = 0.5         # CMC: cell correlation at least this
-    translation_threshold_um: float = 25.0   # two pixels at 12.5 um
-    angle_threshold_deg: float = 6.0
-    high_cmc_tau: int = 1
-    decision_threshold: int = 6         # C >= 6 -> identification (Song 2013)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True, eq=False)
-class PreparedSurface:
-    """A surface resampled, centred and cached for repeated comparison."""
-
-    fine: np.ndarray          # heights at params.spacing_um, zero-mean, NaN outside
-    coarse: np.ndarray        # heights at params.coarse_spacing_um
-    prior: np.ndarray         # heights at params.prior_spacing_um (full-circle rotation search)
-    spacing_um: float
-    coarse_spacing_um: float
-    name: str = ""
+_NB = dict(nogil=True, cache=True, fastmath=False)
 
 
 @dataclass(frozen=True)
@@ -98,67 +53,6 @@ class Registration:
     ncc: float
     prior_deg: tuple[float, ...] = ()
 
-
-@dataclass(frozen=True)
-class CellResult:
-    row: int
-    col: int
-    y0_px: int                 # top-left of the cell in the reference (comparison spacing)
-    x0_px: int
-    size_px: int
-    valid_fraction: float
-    angle_deg: float           # best absolute angle for this cell
-    dy_um: float               # cell translation relative to the global registration
-    dx_um: float
-    corr: float                # pairwise-complete correlation at that pose
-    per_angle: tuple[tuple[float, float, float, float], ...] = ()  # (angle, dy, dx, corr)
-
-
-@dataclass
-class DirectionResult:
-    """One direction (reference cells searched in the target)."""
-
-    registration: Registration
-    cells: list[CellResult] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- preparation
-
-def _centre_heights(h: np.ndarray) -> np.ndarray:
-    out = np.array(h, dtype=np.float64, copy=True)
-    m = np.isfinite(out)
-    if m.any():
-        out[m] -= out[m].mean()
-    return np.ascontiguousarray(out)
-
-
-def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = "") -> PreparedSurface:
-    """Resample a preprocessed breech-face surface for comparison and cache its views.
-
-    Parameters
-    ----------
-    surface : Surface
-        Output of :func:`ballistic.preprocess.preprocess_cartridge` (heights um).
-    params : CMCParams, optional
-
-    Returns
-    -------
-    PreparedSurface
-    """
-    p = params or CMCParams()
-    if surface.valid_fraction == 0:
-        raise ValueError("prepare: the surface has no valid points; preprocess it first")
-    fine = _centre_heights(resample(surface, spacing_um=p.spacing_um).heights)
-    coarse = _centre_heights(resample(surface, spacing_um=p.coarse_spacing_um).heights)
-    if np.isfinite(fine).sum() < 4 * p.grid * p.grid:
-        raise ValueError(f"prepare: only {np.isfinite(fine).sum()} valid points at {p.spacing_um} um; "
-                         "the scan is too small or too sparse to compare")
-    prior = _centre_heights(resample(surface, spacing_um=p.prior_spacing_um).heights)
-    return PreparedSurface(fine, coarse, prior, p.spacing_um, p.coarse_spacing_um,
-                           name or str(surface.meta.get("source", "")))
-
-
-# --------------------------------------------------------------------------- masked NCC
 
 def masked_ncc(fixed: np.ndarray, moving: np.ndarray, *, min_overlap: int = 16,
                shifts: tuple[int, int, int, int] | None = None,
@@ -238,17 +132,15 @@ def masked_ncc(fixed: np.ndarray, moving: np.ndarray, *, min_overlap: int = 16,
     return np.clip(ncc, -1.0, 1.0), n.astype(np.int64)
 
 
-# --------------------------------------------------------------------------- registration
-
 def warp_to_reference(target: np.ndarray, angle_deg: float, dy_px: float, dx_px: float,
                       out_shape: tuple[int, int]) -> np.ndarray:
     """Resample ``target`` into a reference frame of ``out_shape``: rotate by ``angle_deg``
     about the target centre, put that centre on the reference centre plus (dy, dx) px."""
     ny, nx = target.shape
     oy, ox = out_shape
-    return _kernels.warp_rotate(np.ascontiguousarray(target, dtype=np.float64), math.radians(angle_deg),
-                                (ny - 1) / 2.0, (nx - 1) / 2.0, int(oy), int(ox),
-                                (oy - 1) / 2.0, (ox - 1) / 2.0, float(dy_px), float(dx_px))
+    return _warp_rotate(np.ascontiguousarray(target, dtype=np.float64), math.radians(angle_deg),
+                        (ny - 1) / 2.0, (nx - 1) / 2.0, int(oy), int(ox),
+                        (oy - 1) / 2.0, (ox - 1) / 2.0, float(dy_px), float(dx_px))
 
 
 def _rotated_stack(h: np.ndarray, angles) -> tuple[np.ndarray, tuple[int, int]]:
@@ -293,8 +185,8 @@ def local_search(fixed: np.ndarray, moving: np.ndarray, angle_deg: float, dy_px:
     H, W = fixed.shape
     canvas = warp_to_reference(moving, angle_deg, dy_px, dx_px, (H + 2 * r, W + 2 * r))
     oy, ox = np.mgrid[0:2 * r + 1, 0:2 * r + 1]
-    corr, _ = _kernels.cell_corr_at_offsets(np.ascontiguousarray(fixed), canvas, oy.ravel().astype(np.int64),
-                                            ox.ravel().astype(np.int64), int(min_count))
+    corr, _ = _cell_corr_at_offsets(np.ascontiguousarray(fixed), canvas, oy.ravel().astype(np.int64),
+                                     ox.ravel().astype(np.int64), int(min_count))
     if not np.isfinite(corr).any():
         return -np.inf, float(angle_deg) % 360.0, dy_px, dx_px
     k = int(np.nanargmax(corr))
@@ -359,97 +251,6 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     return Registration(angle_deg=float(ang), dy_um=cy * s, dx_um=cx * s, ncc=float(v), prior_deg=tuple(peaks))
 
 
-# --------------------------------------------------------------------------- cells
-
-def cell_division(heights: np.ndarray, *, grid: int = 8, min_valid: float = 0.15) -> list[tuple[int, int, int, int, int, float]]:
-    """Split the valid bounding box of ``heights`` into a ``grid`` x ``grid`` array of
-    square cells. Returns (row, col, y0, x0, size, valid_fraction) for the cells
-    with at least ``min_valid`` measured points."""
-    m = np.isfinite(heights)
-    rows = np.flatnonzero(m.any(axis=1))
-    cols = np.flatnonzero(m.any(axis=0))
-    if rows.size == 0:
-        return []
-    r0, c0 = rows[0], cols[0]
-    side = max(rows[-1] - r0 + 1, cols[-1] - c0 + 1)
-    size = max(4, int(math.ceil(side / grid)))
-    out = []
-    for i in range(grid):
-        for j in range(grid):
-            y0, x0 = r0 + i * size, c0 + j * size
-            blk = m[y0:y0 + size, x0:x0 + size]
-            if blk.shape != (size, size):
-                frac = float(blk.sum()) / (size * size)
-            else:
-                frac = float(blk.mean())
-            if frac >= min_valid:
-                out.append((i, j, int(y0), int(x0), size, frac))
-    return out
-
-
-def _pad_to(a: np.ndarray, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """Window [y0:y0+h, x0:x0+w] of ``a``, NaN where it leaves the array."""
-    out = np.full((h, w), np.nan)
-    ys, xs = max(0, y0), max(0, x0)
-    ye, xe = min(a.shape[0], y0 + h), min(a.shape[1], x0 + w)
-    if ye > ys and xe > xs:
-        out[ys - y0:ye - y0, xs - x0:xe - x0] = a[ys:ye, xs:xe]
-    return out
-
-
-def compare_cells(reference: PreparedSurface, target: PreparedSurface, registration: Registration,
-                  params: CMCParams | None = None) -> DirectionResult:
-    """Search every reference cell in the target around the global registration.
-
-    For each angle in ``registration.angle_deg + params.cell_angles_deg`` the
-    target is warped into the reference frame; each cell is matched by masked NCC
-    inside a region ``region_scale`` times its side centred on the cell's place;
-    its score is the pairwise-complete correlation at the best translation
-    (computed by :func:`ballistic._kernels.pairwise_complete_corr`).
-    """
-    p = params or CMCParams()
-    ref = reference.fine
-    cells = cell_division(ref, grid=p.grid, min_valid=p.min_cell_valid)
-    s = reference.spacing_um
-    dy0, dx0 = registration.dy_um / s, registration.dx_um / s
-    per_cell: list[list[tuple[float, float, float, float]]] = [[] for _ in cells]
-    if not cells:
-        return DirectionResult(registration, [])
-    size = cells[0][4]
-    half = int(round((p.region_scale - 1.0) * size / 2.0))
-    R = size + 2 * half
-    cell_stack = np.stack([_pad_to(ref, y0, x0, size, size) for (_, _, y0, x0, _, _) in cells])
-    for da in p.cell_angles_deg:
-        ang = registration.angle_deg + da
-        warped = warp_to_reference(target.fine, ang, dy0, dx0, ref.shape)
-        regions = np.stack([_pad_to(warped, y0 - half, x0 - half, R, R) for (_, _, y0, x0, _, _) in cells])
-        # fixed = region, moving = cell: cell pixel q lies on region pixel q + d; d = half means no shift
-        # only shifts that keep the cell inside the region (d = 0 .. 2 half)
-        sub, nsub = masked_ncc(regions, cell_stack, min_overlap=1, shifts=(0, 2 * half, 0, 2 * half),
-                               dtype=np.float32)
-        for k, (_, _, y0, x0, _, frac) in enumerate(cells):
-            need = max(16, int(p.cell_min_overlap * frac * size * size))
-            v = np.where(nsub[k] >= need, sub[k], np.nan)
-            if not np.isfinite(v).any():
-                per_cell[k].append((ang, np.nan, np.nan, np.nan))
-                continue
-            i, j = np.unravel_index(int(np.nanargmax(v)), v.shape)
-            win = regions[k, i:i + size, j:j + size]
-            corr, _ = _kernels.pairwise_complete_corr(np.ascontiguousarray(cell_stack[k]),
-                                                      np.ascontiguousarray(win), need)
-            per_cell[k].append((ang, (i - half) * s, (j - half) * s, float(corr)))
-    out = []
-    for (row, col, y0, x0, sz, frac), pa in zip(cells, per_cell):
-        finite = [t for t in pa if np.isfinite(t[3])]
-        if finite:
-            ang, dy, dx, corr = max(finite, key=lambda t: t[3])
-        else:
-            ang, dy, dx, corr = registration.angle_deg, np.nan, np.nan, np.nan
-        out.append(CellResult(row, col, y0, x0, sz, frac, float(ang) % 360.0, float(dy), float(dx), float(corr),
-                              tuple(pa)))
-    return DirectionResult(registration, out)
-
-
 def invert_registration(reg: Registration) -> Registration:
     """The registration of reference onto target implied by ``reg`` (target onto reference)."""
     a = math.radians(reg.angle_deg)
@@ -460,3 +261,26 @@ def invert_registration(reg: Registration) -> Registration:
     iy = -(c * ty + s_ * tx)
     ix = -(-s_ * ty + c * tx)
     return Registration((-reg.angle_deg) % 360.0, iy, ix, reg.ncc, ())
+
+
+# --------------------------------------------------------------------------- kernel
+@nb.njit(**_NB)
+def _cell_corr_at_offsets(cell, region, oy, ox, min_count):
+    """Pairwise-complete correlation of ``cell`` with the window of ``region`` whose
+    top-left corner is (oy[k], ox[k]), for each k. Windows that leave ``region`` are
+    NaN. Returns (corr[k], n[k]).
+    """
+    ch, cw = cell.shape
+    rh, rw = region.shape
+    K = oy.shape[0]
+    out = np.full(K, np.nan)
+    cnt = np.zeros(K, dtype=np.int64)
+    for k in range(K):
+        y0 = oy[k]
+        x0 = ox[k]
+        if y0 < 0 or x0 < 0 or y0 + ch > rh or x0 + cw > rw:
+            continue
+        c, n = _pairwise_complete_corr(cell, region[y0:y0 + ch, x0:x0 + cw], min_count)
+        out[k] = c
+        cnt[k] = n
+    return out, cnt

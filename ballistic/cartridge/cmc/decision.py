@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ballistic.compare import CMCParams, DirectionResult
+from ballistic.cartridge.cmc.cells import DirectionResult
+from ballistic.cartridge.cmc.params import CMCParams
 
 __all__ = ["CMCOutcome", "cmc_count", "high_cmc_count", "decide", "angle_difference"]
 

@@ -20,14 +20,14 @@ score and a documented way to combine the two.
   band-passed and resampled, and what filtering left of the symmetric part is
   removed again (it would correlate at every angle);
 * :func:`compare_firing_pins` - full-circle rotation search about the crater
-  centre with translation by masked NCC (:func:`ballistic.compare.search_rotation`,
+  centre with translation by masked NCC (:func:`ballistic.cartridge.cmc.register.search_rotation`,
   every ``angle_step_deg``), refined by a direct pairwise-complete correlation
-  search at the fine spacing (:func:`ballistic.compare.local_search`); the score is
+  search at the fine spacing (:func:`ballistic.cartridge.cmc.register.local_search`); the score is
   that registered correlation;
 * :func:`fuse_scores` - combine a breech-face similarity and a firing-pin score.
 
 All lengths are micrometres (um); angles are degrees, counter-clockwise as
-displayed, with the conventions of :mod:`ballistic.compare`.
+displayed, with the conventions of :mod:`ballistic.cartridge.cmc`.
 
 What the real data say (defaults; ``compare_firing_pins(extract_firing_pin(a),
 extract_firing_pin(b))``, best angle in brackets):
@@ -70,9 +70,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 
-from ballistic.compare import local_search, search_rotation, warp_to_reference
+from ballistic.cartridge.cmc.register import local_search, search_rotation, warp_to_reference
 from ballistic.errors import FiringPinError
-from ballistic.preprocess import bandpass_filter, resample
+from ballistic.preprocess.filters import bandpass_filter, resample
 from ballistic.surface import Surface
 
 __all__ = [
@@ -568,9 +568,9 @@ def compare_firing_pins(a: Surface, b: Surface, *, angle_step_deg: float = 2.0, 
     Both impressions are centred on their crater, so the rotation about the
     array centre is a rotation about the crater and only small translations are
     searched. The full circle is searched with masked NCC by FFT for every
-    angle (:func:`ballistic.compare.search_rotation`); the best angle is refined
+    angle (:func:`ballistic.cartridge.cmc.register.search_rotation`); the best angle is refined
     over +-``angle_step_deg`` in half steps with a direct pairwise-complete
-    correlation (:func:`ballistic.compare.local_search`) at the fine spacing.
+    correlation (:func:`ballistic.cartridge.cmc.register.local_search`) at the fine spacing.
     """
     pa = a if str(a.meta.get("preprocess", "")).startswith(_EXTRACT_TAG) else extract_firing_pin(a)
     pb = b if str(b.meta.get("preprocess", "")).startswith(_EXTRACT_TAG) else extract_firing_pin(b)
@@ -621,7 +621,7 @@ def fuse_scores(breech_face_similarity: float | None, firing_pin_score: float | 
     Parameters
     ----------
     breech_face_similarity : float or None
-        :attr:`ballistic.correlate.PairResult.similarity` (CMC count plus the mean
+        :attr:`ballistic.cartridge.cmc.pair.PairResult.similarity` (CMC count plus the mean
         correlation of its cells). None or NaN when there is no breech face.
     firing_pin_score : float or None
         :attr:`FiringPinResult.score` (registered correlation). None or NaN when

@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ballistic.compare import (CMCParams, DirectionResult, PreparedSurface, compare_cells, invert_registration,
-                               prepare, register_global)
-from ballistic.score import CMCOutcome, cmc_count, decide, high_cmc_count
+from ballistic.cartridge.cmc.cells import DirectionResult, compare_cells
+from ballistic.cartridge.cmc.decision import CMCOutcome, cmc_count, decide, high_cmc_count
+from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, prepare
+from ballistic.cartridge.cmc.register import invert_registration, register_global
 from ballistic.surface import Surface
 
 __all__ = ["PairResult", "compare_pair", "ALGORITHM_VERSION"]
@@ -93,7 +94,7 @@ def compare_pair(reference: Surface | PreparedSurface, target: Surface | Prepare
     Parameters
     ----------
     reference, target : Surface or PreparedSurface
-        Preprocessed breech faces (:func:`ballistic.preprocess.preprocess_cartridge`),
+        Preprocessed breech faces (:func:`ballistic.cartridge.breech_face.preprocess_cartridge`),
         any relative rotation.
     params : CMCParams, optional
 

@@ -3,8 +3,8 @@
 The 3D pipeline applies where it can: segment the breech face, flatten what is
 not toolmark (here the illumination instead of the form), band-pass in um,
 normalise the contrast, resample to a working spacing, then register and count
-Congruent Matching Cells with the very same :func:`ballistic.correlate.compare_pair`
-and :class:`ballistic.compare.CMCParams` (whose lengths are um).
+Congruent Matching Cells with the very same :func:`ballistic.cartridge.cmc.pair.compare_pair`
+and :class:`ballistic.cartridge.cmc.params.CMCParams` (whose lengths are um).
 
 Segmentation of a ring-light photograph (:func:`find_breech_face_image`)
 ------------------------------------------------------------------------
@@ -48,7 +48,7 @@ Photometric steps (:func:`preprocess_image`)
 4. resample to ``output_spacing_um`` (6.25 um, as 3D scans), normalise again,
    crop to the mask.
 
-Comparison (:func:`compare_images`) is :func:`ballistic.correlate.compare_pair`
+Comparison (:func:`compare_images`) is :func:`ballistic.cartridge.cmc.pair.compare_pair`
 on the preprocessed views, with the default CMC parameters: the same
 12.5 um comparison spacing, 8 x 8 cells, C >= 6 identification rule.
 
@@ -75,10 +75,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 
-from ballistic.compare import CMCParams
-from ballistic.correlate import PairResult, compare_pair
+from ballistic.cartridge.cmc.pair import PairResult, compare_pair
+from ballistic.cartridge.cmc.params import CMCParams
 from ballistic.errors import PreprocessError
-from ballistic.preprocess import bandpass_filter, crop_to_mask, gaussian_lowpass, resample
+from ballistic.preprocess.filters import bandpass_filter, crop_to_mask, gaussian_lowpass, resample
 from ballistic.surface import Surface
 
 __all__ = [
@@ -482,7 +482,7 @@ def compare_images(a: Surface, b: Surface, *, params: CMCParams | None = None, *
     Returns
     -------
     PairResult
-        As :func:`ballistic.correlate.compare_pair`: ``cmc_count``,
+        As :func:`ballistic.cartridge.cmc.pair.compare_pair`: ``cmc_count``,
         ``identification`` (C >= ``params.decision_threshold``), registration...
     """
     pa = a if _is_preprocessed(a) else preprocess_image(a, **preprocess_kwargs)

@@ -106,7 +106,7 @@ def _level(spacing_um: float) -> int:
         if abs(spacing_um - s) < 1e-9:
             return lv
     raise ValueError(f"synthetic surfaces are generated at {SPACINGS_UM} um; got spacing_um={spacing_um} "
-                     "(resample the result with ballistic.preprocess.resample for other spacings)")
+                     "(resample the result with ballistic.preprocess.filters.resample for other spacings)")
 
 
 def _freq_grid(n: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,133 @@
+"""Congruent Matching Cells, step 2: the cells of the reference searched in the registered target.
+
+:func:`compare_cells` splits the reference into a grid of cells (:func:`cell_division`);
+each cell is searched, for a few angles around the global estimate
+(:func:`ballistic.cartridge.cmc.register.register_global`), in a region of the target
+twice its size around its globally registered position. Translation comes from masked
+NCC by FFT; the cell score is the pairwise-complete correlation at that translation.
+The counts are taken in :mod:`ballistic.cartridge.cmc.decision`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface
+from ballistic.cartridge.cmc.register import Registration, masked_ncc, warp_to_reference
+from ballistic.stats.correlation import _pairwise_complete_corr
+
+__all__ = ["CellResult", "DirectionResult", "cell_division", "compare_cells"]
+
+
+@dataclass(frozen=True)
+class CellResult:
+    row: int
+    col: int
+    y0_px: int                 # top-left of the cell in the reference (comparison spacing)
+    x0_px: int
+    size_px: int
+    valid_fraction: float
+    angle_deg: float           # best absolute angle for this cell
+    dy_um: float               # cell translation relative to the global registration
+    dx_um: float
+    corr: float                # pairwise-complete correlation at that pose
+    per_angle: tuple[tuple[float, float, float, float], ...] = ()  # (angle, dy, dx, corr)
+
+
+@dataclass
+class DirectionResult:
+    """One direction (reference cells searched in the target)."""
+
+    registration: Registration
+    cells: list[CellResult] = field(default_factory=list)
+
+
+def cell_division(heights: np.ndarray, *, grid: int = 8, min_valid: float = 0.15) -> list[tuple[int, int, int, int, int, float]]:
+    """Split the valid bounding box of ``heights`` into a ``grid`` x ``grid`` array of
+    square cells. Returns (row, col, y0, x0, size, valid_fraction) for the cells
+    with at least ``min_valid`` measured points."""
+    m = np.isfinite(heights)
+    rows = np.flatnonzero(m.any(axis=1))
+    cols = np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        return []
+    r0, c0 = rows[0], cols[0]
+    side = max(rows[-1] - r0 + 1, cols[-1] - c0 + 1)
+    size = max(4, int(math.ceil(side / grid)))
+    out = []
+    for i in range(grid):
+        for j in range(grid):
+            y0, x0 = r0 + i * size, c0 + j * size
+            blk = m[y0:y0 + size, x0:x0 + size]
+            if blk.shape != (size, size):
+                frac = float(blk.sum()) / (size * size)
+            else:
+                frac = float(blk.mean())
+            if frac >= min_valid:
+                out.append((i, j, int(y0), int(x0), size, frac))
+    return out
+
+
+def _pad_to(a: np.ndarray, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """Window [y0:y0+h, x0:x0+w] of ``a``, NaN where it leaves the array."""
+    out = np.full((h, w), np.nan)
+    ys, xs = max(0, y0), max(0, x0)
+    ye, xe = min(a.shape[0], y0 + h), min(a.shape[1], x0 + w)
+    if ye > ys and xe > xs:
+        out[ys - y0:ye - y0, xs - x0:xe - x0] = a[ys:ye, xs:xe]
+    return out
+
+
+def compare_cells(reference: PreparedSurface, target: PreparedSurface, registration: Registration,
+                  params: CMCParams | None = None) -> DirectionResult:
+    """Search every reference cell in the target around the global registration.
+
+    For each angle in ``registration.angle_deg + params.cell_angles_deg`` the
+    target is warped into the reference frame; each cell is matched by masked NCC
+    inside a region ``region_scale`` times its side centred on the cell's place;
+    its score is the pairwise-complete correlation at the best translation
+    (computed by :func:`ballistic.stats.correlation.pairwise_complete_corr`).
+    """
+    p = params or CMCParams()
+    ref = reference.fine
+    cells = cell_division(ref, grid=p.grid, min_valid=p.min_cell_valid)
+    s = reference.spacing_um
+    dy0, dx0 = registration.dy_um / s, registration.dx_um / s
+    per_cell: list[list[tuple[float, float, float, float]]] = [[] for _ in cells]
+    if not cells:
+        return DirectionResult(registration, [])
+    size = cells[0][4]
+    half = int(round((p.region_scale - 1.0) * size / 2.0))
+    R = size + 2 * half
+    cell_stack = np.stack([_pad_to(ref, y0, x0, size, size) for (_, _, y0, x0, _, _) in cells])
+    for da in p.cell_angles_deg:
+        ang = registration.angle_deg + da
+        warped = warp_to_reference(target.fine, ang, dy0, dx0, ref.shape)
+        regions = np.stack([_pad_to(warped, y0 - half, x0 - half, R, R) for (_, _, y0, x0, _, _) in cells])
+        # fixed = region, moving = cell: cell pixel q lies on region pixel q + d; d = half means no shift
+        # only shifts that keep the cell inside the region (d = 0 .. 2 half)
+        sub, nsub = masked_ncc(regions, cell_stack, min_overlap=1, shifts=(0, 2 * half, 0, 2 * half),
+                               dtype=np.float32)
+        for k, (_, _, y0, x0, _, frac) in enumerate(cells):
+            need = max(16, int(p.cell_min_overlap * frac * size * size))
+            v = np.where(nsub[k] >= need, sub[k], np.nan)
+            if not np.isfinite(v).any():
+                per_cell[k].append((ang, np.nan, np.nan, np.nan))
+                continue
+            i, j = np.unravel_index(int(np.nanargmax(v)), v.shape)
+            win = regions[k, i:i + size, j:j + size]
+            corr, _ = _pairwise_complete_corr(np.ascontiguousarray(cell_stack[k]),
+                                              np.ascontiguousarray(win), need)
+            per_cell[k].append((ang, (i - half) * s, (j - half) * s, float(corr)))
+    out = []
+    for (row, col, y0, x0, sz, frac), pa in zip(cells, per_cell):
+        finite = [t for t in pa if np.isfinite(t[3])]
+        if finite:
+            ang, dy, dx, corr = max(finite, key=lambda t: t[3])
+        else:
+            ang, dy, dx, corr = registration.angle_deg, np.nan, np.nan, np.nan
+        out.append(CellResult(row, col, y0, x0, sz, frac, float(ang) % 360.0, float(dy), float(dx), float(corr),
+                              tuple(pa)))
+    return DirectionResult(registration, out)

@@ -1,0 +1,93 @@
+"""Settings of the CMC comparison and the surfaces it prepares from them.
+
+:class:`CMCParams` holds every tuning value of the method (lengths in um, angles in
+degrees); :func:`prepare` resamples a preprocessed breech face to the three spacings
+the comparison uses (full-circle prior, coarse, comparison) and centres each view, so
+that a surface compared with many others is prepared once (:class:`PreparedSurface`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ballistic.preprocess.filters import resample
+from ballistic.surface import Surface
+
+__all__ = ["CMCParams", "PreparedSurface", "prepare", "centre_heights"]
+
+
+@dataclass(frozen=True)
+class CMCParams:
+    """Tuning of the comparison. Lengths in um, angles in degrees."""
+
+    spacing_um: float = 12.5            # comparison spacing (cells, fine registration)
+    coarse_spacing_um: float = 25.0     # coarse registration
+    prior_spacing_um: float = 50.0      # full-circle rotation prior
+    prior_step_deg: float = 4.0
+    grid: int = 8                       # cells per side
+    min_cell_valid: float = 0.15        # a cell needs this fraction of measured points
+    prior_candidates: int = 3           # rotation-prior peaks refined
+    coarse_halfwidth_deg: float = 3.0   # refine each prior peak over +- this ...
+    coarse_step_deg: float = 1.5        # ... in these steps (coarse spacing)
+    fine_step_deg: float = 0.75         # then over +- half a coarse step at comparison spacing
+    cell_angles_deg: tuple[float, ...] = (-6.0, -3.0, 0.0, 3.0, 6.0)  # around the global angle
+    region_scale: float = 2.0           # target region side / cell side
+    min_overlap: float = 0.4            # global registration
+    max_shift_fraction: float = 0.3     # centre offsets searched, fraction of the reference size: overlap / smaller valid area
+    cell_min_overlap: float = 0.5       # cell: shared points / cell valid points
+    corr_threshold: float = 0.5         # CMC: cell correlation at least this
+    translation_threshold_um: float = 25.0   # two pixels at 12.5 um
+    angle_threshold_deg: float = 6.0
+    high_cmc_tau: int = 1
+    decision_threshold: int = 6         # C >= 6 -> identification (Song 2013)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedSurface:
+    """A surface resampled, centred and cached for repeated comparison."""
+
+    fine: np.ndarray          # heights at params.spacing_um, zero-mean, NaN outside
+    coarse: np.ndarray        # heights at params.coarse_spacing_um
+    prior: np.ndarray         # heights at params.prior_spacing_um (full-circle rotation search)
+    spacing_um: float
+    coarse_spacing_um: float
+    name: str = ""
+
+
+def centre_heights(h: np.ndarray) -> np.ndarray:
+    """A float64 C-contiguous copy of ``h`` minus the mean of its finite values (NaN stays NaN)."""
+    out = np.array(h, dtype=np.float64, copy=True)
+    m = np.isfinite(out)
+    if m.any():
+        out[m] -= out[m].mean()
+    return np.ascontiguousarray(out)
+
+
+def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = "") -> PreparedSurface:
+    """Resample a preprocessed breech-face surface for comparison and cache its views.
+
+    Parameters
+    ----------
+    surface : Surface
+        Output of :func:`ballistic.cartridge.breech_face.preprocess_cartridge` (heights um).
+    params : CMCParams, optional
+
+    Returns
+    -------
+    PreparedSurface
+    """
+    p = params or CMCParams()
+    if surface.valid_fraction == 0:
+        raise ValueError("prepare: the surface has no valid points; preprocess it first")
+    fine = centre_heights(resample(surface, spacing_um=p.spacing_um).heights)
+    coarse = centre_heights(resample(surface, spacing_um=p.coarse_spacing_um).heights)
+    if np.isfinite(fine).sum() < 4 * p.grid * p.grid:
+        raise ValueError(f"prepare: only {np.isfinite(fine).sum()} valid points at {p.spacing_um} um; "
+                         "the scan is too small or too sparse to compare")
+    prior = centre_heights(resample(surface, spacing_um=p.prior_spacing_um).heights)
+    return PreparedSurface(fine, coarse, prior, p.spacing_um, p.coarse_spacing_um,
+                           name or str(surface.meta.get("source", "")))
