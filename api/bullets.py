@@ -2,10 +2,10 @@
 
 A bullet exhibit is a set of land engraved area scans (``land_scans``, one x3p per land, with its
 position ``land_index`` 1..n around the bullet). Its correlation job reduces every land to
-signatures at many heights (:func:`ballistic.bullet.land_signatures`, every ``bullet_step_um``),
+signatures at many heights (:func:`ballistic.bullet.signature.land_signatures`, every ``bullet_step_um``),
 stores them beside the originals (``derived/.../<exhibit>-<sha16>-lea<step>.npz``), indexes the
-bullet descriptor (:func:`ballistic.bullet.bullet_descriptor`, partition region ``bullet_lea`` +
-calibre) and scores the nearest bullets with :func:`ballistic.bullet.bullet_score` (sequence average
+bullet descriptor (:func:`ballistic.bullet.descriptor.bullet_descriptor`, partition region ``bullet_lea`` +
+calibre) and scores the nearest bullets with :func:`ballistic.bullet.sam.bullet_score` (sequence average
 maximum of the land-to-land scores over the phase of the two land sequences). The candidate keeps
 the best phase, every land pairing with its features (ccf, lag, CMS...) and the full land-score
 matrix as explanation data.
@@ -56,7 +56,7 @@ def save_signatures(path: Path, sigs) -> None:
 
 
 def load_signatures(path: Path):
-    from ballistic.bullet import Signature
+    from ballistic.bullet.profile import Signature
 
     with np.load(path, allow_pickle=False) as z:
         head = json.loads(bytes(z["header"]).decode())
@@ -84,13 +84,14 @@ def lands_key(lo_lands: dict[int, str], hi_lands: dict[int, str]) -> str:
 
 
 def compare_bullets(lands_a: dict[int, list], lands_b: dict[int, list], n: int) -> dict:
-    """Score bullet A (reference) against bullet B with :func:`ballistic.bullet.bullet_score`.
+    """Score bullet A (reference) against bullet B with :func:`ballistic.bullet.sam.bullet_score`.
 
     ``lands_*``: ``{land_index (1..n): [Signature, ...]}`` (missing lands absent). Returns the SAM,
     best phase and the explanation (land pairings of the best phase with their features, every
     phase's mean, the full land-score matrix); positions in the explanation are land indexes (1..n).
     """
-    from ballistic.bullet import BULLET_SAM_THRESHOLD, LAND_SCORE_MODEL, bullet_score, land_features
+    from ballistic.bullet.features import LAND_SCORE_MODEL, land_features
+    from ballistic.bullet.sam import BULLET_SAM_THRESHOLD, bullet_score
 
     pos_a = [lands_a.get(i + 1) for i in range(n)]
     pos_b = [lands_b.get(i + 1) for i in range(n)]

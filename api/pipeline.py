@@ -449,7 +449,7 @@ def _correlate_cartridge(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
 def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dict[int, list], dict[int, str], list]:
     """Signatures of a bullet's lands, ``{land_index: [Signature]}``, and ``{land_index: sha256}`` of those
     lands. With ``extract``, lands without current signatures get them (stored on disk and in the DB)."""
-    from ballistic.bullet import land_signatures
+    from ballistic.bullet.signature import land_signatures
     from ballistic.errors import BulletError
     from ballistic.io.x3p import read_x3p
 
@@ -492,7 +492,8 @@ def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dic
 
 
 def _correlate_bullet(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
-    from ballistic.bullet import BULLET_SAM_THRESHOLD, bullet_descriptor
+    from ballistic.bullet.descriptor import bullet_descriptor
+    from ballistic.bullet.sam import BULLET_SAM_THRESHOLD
     from ballistic.search_record import utc_now
 
     from api.bullets import BULLET_ALGORITHM_VERSION, compare_bullets, land_positions_count, lands_key

@@ -4,7 +4,7 @@ Two descriptor spaces, one :class:`Retrieval` each (vectors of different lengths
 
 * ``breech_face``: :func:`ballistic.describe.breech_face_descriptor` of 3D scans (partition region
   ``breech_face``) and of 2D images (region ``breech_face_2d``), snapshots in ``index_dir``;
-* ``bullet``: :func:`ballistic.bullet.bullet_descriptor` of a bullet's land signatures (region
+* ``bullet``: :func:`ballistic.bullet.descriptor.bullet_descriptor` of a bullet's land signatures (region
   ``bullet_lea``), snapshots in ``index_dir/bullet``.
 
 The database is the source of truth: every exhibit's raw descriptor (float32 bytes),
@@ -71,10 +71,10 @@ class Retrieval:
         self.session_factory = session_factory
         self.space = space
         if space == "bullet":
-            from ballistic import bullet
+            from ballistic.bullet import descriptor as bullet_descriptor
 
-            self.descriptor_version: str = bullet.BULLET_DESCRIPTOR_VERSION
-            self.raw_dim: int = int(bullet.BULLET_DESCRIPTOR_DIM)
+            self.descriptor_version: str = bullet_descriptor.BULLET_DESCRIPTOR_VERSION
+            self.raw_dim: int = int(bullet_descriptor.BULLET_DESCRIPTOR_DIM)
             self.root = Path(settings.index_dir) / "bullet"
         else:
             from ballistic import describe

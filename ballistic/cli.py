@@ -40,7 +40,7 @@ def bench_cartridge(directory: Path, labels: Path = typer.Option(..., help="labe
                     rotate_random: bool = typer.Option(False, "--rotate-random", help="rotate each scan randomly"),
                     seed: int = 0, workers: Optional[int] = None, limit: Optional[int] = None) -> None:
     """Compare all pairs of a labelled cartridge-case folder; print and write the summary."""
-    from ballistic.bench import run_cartridge_bench
+    from ballistic.bench.cartridge import run_cartridge_bench
     s = run_cartridge_bench(directory, labels, json_out=json_out, reference_csv=reference,
                             rotate_random=rotate_random, seed=seed, workers=workers, limit=limit)
     keys = ["pairs", "auc", "eer", "errors_at_6", "km_cmc_min", "km_cmc_median", "knm_cmc_max",
@@ -62,7 +62,7 @@ def bench_bullet(directory: Path,
                  step_um: float = typer.Option(50.0, help="distance between crosscuts along each land, um"),
                  progress: bool = typer.Option(False, "--progress", help="show progress bars")) -> None:
     """Compare every land pair and bullet pair within each set of a labelled bullet folder."""
-    from ballistic.bullet import format_bullet_summary, run_bullet_bench
+    from ballistic.bench.bullet import format_bullet_summary, run_bullet_bench
     s = run_bullet_bench(directory, labels, json_out=json_out, threshold=threshold, step_um=step_um,
                          progress=progress)
     typer.echo(format_bullet_summary(s))
@@ -80,7 +80,7 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                     whiten_dim: int = 128, workers: int = 2, seed: int = 0,
                     cache: Optional[Path] = typer.Option(None, help="distractor descriptor cache folder")) -> None:
     """Hide the real scans among synthetic distractors; recall of the mates and query latency."""
-    from ballistic.bench_retrieval import run_retrieval_bench
+    from ballistic.bench.retrieval import run_retrieval_bench
 
     def ints(x: str) -> tuple[int, ...]:
         return tuple(int(float(v)) for v in x.split(",") if v.strip())

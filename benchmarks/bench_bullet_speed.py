@@ -19,7 +19,12 @@ import time
 from itertools import combinations
 from pathlib import Path
 
-from ballistic import bullet as B
+from ballistic.bench.bullet import read_bullet_labels
+from ballistic.bullet.align import align_signatures
+from ballistic.bullet.crosscut import choose_crosscut
+from ballistic.bullet.features import land_features
+from ballistic.bullet.orient import orient_striae
+from ballistic.bullet.signature import land_signature, land_signatures
 from ballistic.io.x3p import read_x3p
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bullet"
@@ -42,33 +47,33 @@ def main() -> None:
     a = ap.parse_args()
     if not (DATA / "labels.csv").exists():
         raise SystemExit(f"real data not found at {DATA}")
-    scans = B.read_bullet_labels(DATA, DATA / "labels.csv")
+    scans = read_bullet_labels(DATA, DATA / "labels.csv")
     by_set: dict[str, list] = {}
     for sc in scans:
         by_set.setdefault(sc["set"], []).append(sc)
     res: dict = {"cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(), "sets": {}}
     # JIT / cache warm-up
     s0 = read_x3p(scans[0]["path"])
-    B.land_features(B.land_signatures(s0), B.land_signatures(s0))
+    land_features(land_signatures(s0), land_signatures(s0))
     for st, items in sorted(by_set.items()):
         items = items[: a.lands]
         surfaces = [read_x3p(sc["path"]) for sc in items]
-        t_read = _best_of(lambda: B.orient_striae(read_x3p(items[0]["path"])), a.repeat)
-        oriented = B.orient_striae(surfaces[0])
-        t_cc = _best_of(lambda: B.choose_crosscut(oriented, check_direction=False), a.repeat)
-        t_sigs = _best_of(lambda: B.land_signatures(surfaces[0]), a.repeat)
-        sigs = [B.land_signatures(s) for s in surfaces]
-        one = B.land_signature(surfaces[0])
-        t_align = _best_of(lambda: B.align_signatures(one, one, max_lag_um=250.0), a.repeat)
+        t_read = _best_of(lambda: orient_striae(read_x3p(items[0]["path"])), a.repeat)
+        oriented = orient_striae(surfaces[0])
+        t_cc = _best_of(lambda: choose_crosscut(oriented, check_direction=False), a.repeat)
+        t_sigs = _best_of(lambda: land_signatures(surfaces[0]), a.repeat)
+        sigs = [land_signatures(s) for s in surfaces]
+        one = land_signature(surfaces[0])
+        t_align = _best_of(lambda: align_signatures(one, one, max_lag_um=250.0), a.repeat)
         pairs = list(combinations(range(len(sigs)), 2))
         t = time.perf_counter()
         for i, j in pairs:
-            B.land_features(sigs[i], sigs[j])
+            land_features(sigs[i], sigs[j])
         t_fast = (time.perf_counter() - t) / len(pairs)
         sub = pairs[: max(1, min(3, len(pairs)))]
         t = time.perf_counter()
         for i, j in sub:
-            B.land_features(sigs[i], sigs[j], coarse_um=None)
+            land_features(sigs[i], sigs[j], coarse_um=None)
         t_full = (time.perf_counter() - t) / len(sub)
         res["sets"][st] = {
             "lands": len(items), "crosscuts_per_land": sum(len(s) for s in sigs) / len(sigs),

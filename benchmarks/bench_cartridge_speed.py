@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ballistic.bench import load_scans, read_labels
+from ballistic.bench.cartridge import load_scans, read_labels
 from ballistic.cartridge.cmc.cells import compare_cells
 from ballistic.cartridge.cmc.pair import compare_pair
 from ballistic.cartridge.cmc.params import CMCParams

@@ -40,7 +40,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cartrid
 def _surfaces(n: int, params: CMCParams):
     """Prepared surfaces: real Fadul scans when present, else synthetic ones (stated in the output)."""
     if DATA.is_dir():
-        from ballistic.bench import load_scans, read_labels
+        from ballistic.bench.cartridge import load_scans, read_labels
         scans = read_labels(DATA, DATA / "labels.csv")[:n]
         prep, _ = load_scans(scans, params, rotate_random=True, seed=11)
         return prep, f"real Fadul scans ({len(prep)}, randomly rotated)"

@@ -1,6 +1,6 @@
 """Fit the service's default breech-face likelihood-ratio calibration on the real Fadul bench.
 
-Runs the Fadul all-pairs bench (``ballistic.bench.run_cartridge_bench``: 40 scans, 10 Ruger P95
+Runs the Fadul all-pairs bench (``ballistic.bench.cartridge.run_cartridge_bench``: 40 scans, 10 Ruger P95
 slides, 63 same-source / 717 different-source pairs, random rotations so that orientation cannot
 help) - or reuses its per-pair CSV (``--pairs-csv out/fadul_rot.pairs.csv``) - and fits a
 ``ScoreLRCalibrator`` on the pair similarity (CMC count + mean congruent-cell correlation, exactly the
@@ -45,7 +45,7 @@ def main() -> int:
     a = ap.parse_args()
 
     from ballistic import __version__
-    from ballistic.bench import read_labels, run_cartridge_bench
+    from ballistic.bench.cartridge import read_labels, run_cartridge_bench
     from ballistic.calibrate import ScoreLRCalibrator, calibration_report
     from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
     from ballistic.cartridge.cmc.params import CMCParams

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ballistic.bench import summarise
+from ballistic.bench.cartridge import summarise
 from ballistic.cli import app
 
 runner = CliRunner()

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from ballistic import bullet as B
+from ballistic.bullet.align import align_signatures
+from ballistic.bullet.crosscut import choose_crosscut
+from ballistic.bullet.descriptor import BULLET_DESCRIPTOR_DIM, bullet_descriptor
+from ballistic.bullet.features import land_features, land_score
+from ballistic.bullet.grooves import locate_grooves
+from ballistic.bullet.orient import orient_striae, striation_direction
+from ballistic.bullet.profile import Grooves, Signature
+from ballistic.bullet.sam import bullet_score, sequence_average_maximum
+from ballistic.bullet.signature import extract_signature, land_signature, land_signatures
 from ballistic.errors import BulletError
 from ballistic.surface import Surface
 
@@ -41,38 +49,38 @@ def synthetic_land(*, ny=800, nx=120, seed=0, shoulders_um=(150.0, 1100.0), radi
 # --------------------------------------------------------------------------- direction
 def test_striation_direction_and_orientation_is_a_rotation_not_a_mirror():
     s = synthetic_land()
-    assert B.striation_direction(s) == "x"
+    assert striation_direction(s) == "x"
     t = Surface(np.ascontiguousarray(s.heights.T), SP)           # striae along y
-    assert B.striation_direction(t) == "y"
+    assert striation_direction(t) == "y"
     before = t.heights.copy()
-    o = B.orient_striae(t)
+    o = orient_striae(t)
     np.testing.assert_array_equal(t.heights, before)                # input untouched
-    assert B.striation_direction(o) == "x"
+    assert striation_direction(o) == "x"
     assert o.meta["striae_rotated_deg"] == -90
     # column j of the input is row j of the output: the profile across the land keeps its order
     np.testing.assert_array_equal(o.heights[:, 0], t.heights[-1, :])
     np.testing.assert_array_equal(o.heights, np.rot90(t.heights, -1))   # det +1: a rotation
-    assert B.orient_striae(s).heights is not None and B.orient_striae(s).meta["striae_rotated_deg"] == 0
+    assert orient_striae(s).heights is not None and orient_striae(s).meta["striae_rotated_deg"] == 0
 
 
 def test_striation_direction_refuses_isotropic_surfaces():
     rng = np.random.default_rng(0)
     iso = Surface(ndi.gaussian_filter(rng.normal(size=(200, 200)), 3), SP)
     with pytest.raises(BulletError, match="orient_striae"):
-        B.striation_direction(iso)
+        striation_direction(iso)
     with pytest.raises(BulletError, match="direction must be"):
-        B.orient_striae(iso, direction="z")
+        orient_striae(iso, direction="z")
     with pytest.raises(BulletError, match="Surface"):
-        B.striation_direction(np.zeros((10, 10)))
+        striation_direction(np.zeros((10, 10)))
     with pytest.raises(BulletError, match="no measured points"):
-        B.striation_direction(Surface(np.full((10, 10), np.nan), SP))
+        striation_direction(Surface(np.full((10, 10), np.nan), SP))
 
 
 # --------------------------------------------------------------------------- crosscut
 def test_choose_crosscut_avoids_a_damaged_band_and_averages_um_profile():
     s = synthetic_land(nx=200, damaged_cols=(0, 110))
     before = s.heights.copy()
-    cc = B.choose_crosscut(s)
+    cc = choose_crosscut(s)
     np.testing.assert_array_equal(s.heights, before)
     assert cc.profile.shape == (s.shape[0],)
     assert cc.spacing_um == SP
@@ -84,34 +92,34 @@ def test_choose_crosscut_avoids_a_damaged_band_and_averages_um_profile():
     c0 = int(round(cc.position_um / SP - 8))
     np.testing.assert_allclose(cc.profile, s.heights[:, c0:c0 + 16].mean(axis=1), atol=1e-9)
     # heel given: first stable crosscut from that end
-    cc_end = B.choose_crosscut(s, heel="end")
+    cc_end = choose_crosscut(s, heel="end")
     assert cc_end.position_um > 150 * SP
 
 
 def test_choose_crosscut_errors_say_what_to_do():
     s = synthetic_land()
     with pytest.raises(BulletError, match="orient_striae"):
-        B.choose_crosscut(Surface(np.ascontiguousarray(s.heights.T), SP))
+        choose_crosscut(Surface(np.ascontiguousarray(s.heights.T), SP))
     with pytest.raises(BulletError, match="lower band_um"):
-        B.choose_crosscut(s, band_um=1e4)
+        choose_crosscut(s, band_um=1e4)
     with pytest.raises(BulletError, match="heel"):
-        B.choose_crosscut(s, heel="nose")
+        choose_crosscut(s, heel="nose")
 
 
 # --------------------------------------------------------------------------- grooves
 def test_locate_grooves_finds_the_shoulders():
     s = synthetic_land(shoulders_um=(200.0, 1050.0))
-    cc = B.choose_crosscut(s)
-    g = B.locate_grooves(cc)
-    assert isinstance(g, B.Grooves)
+    cc = choose_crosscut(s)
+    g = locate_grooves(cc)
+    assert isinstance(g, Grooves)
     assert 190 <= g.left_um <= 240 and 1010 <= g.right_um <= 1060
     # a plain array needs its spacing
     with pytest.raises(BulletError, match="spacing_um"):
-        B.locate_grooves(cc.profile)
-    g2 = B.locate_grooves(cc.profile, spacing_um=SP)
+        locate_grooves(cc.profile)
+    g2 = locate_grooves(cc.profile, spacing_um=SP)
     assert g2 == g
     with pytest.raises(BulletError, match="at least 32"):
-        B.locate_grooves(np.full(100, np.nan), spacing_um=SP)
+        locate_grooves(np.full(100, np.nan), spacing_um=SP)
 
 
 def test_locate_grooves_is_not_stopped_by_a_short_gap_or_a_deep_stria():
@@ -120,8 +128,8 @@ def test_locate_grooves_is_not_stopped_by_a_short_gap_or_a_deep_stria():
     s = synthetic_land(striae=st)
     h = s.heights.copy()
     h[300:305, :] = np.nan                               # a short gap across the land
-    cc = B.choose_crosscut(s.with_heights(h))
-    g = B.locate_grooves(cc)
+    cc = choose_crosscut(s.with_heights(h))
+    g = locate_grooves(cc)
     assert g.left_um < 200 and g.right_um > 1050
 
 
@@ -129,12 +137,12 @@ def test_locate_grooves_is_not_stopped_by_a_short_gap_or_a_deep_stria():
 def test_extract_signature_length_units_and_missing_data():
     st = striae_signal(800, 5, amplitude_um=0.8)
     s = synthetic_land(striae=st)
-    cc = B.choose_crosscut(s)
+    cc = choose_crosscut(s)
     prof = cc.profile.copy()
     prof[400:420] = np.nan
     before = prof.copy()
-    g = B.Grooves(200.0, 1000.0)
-    sig = B.extract_signature(prof, g, spacing_um=SP)
+    g = Grooves(200.0, 1000.0)
+    sig = extract_signature(prof, g, spacing_um=SP)
     np.testing.assert_array_equal(prof, before)
     assert sig.spacing_um == SP
     assert sig.length_um == pytest.approx(800.0, abs=2 * SP)
@@ -150,19 +158,19 @@ def test_extract_signature_length_units_and_missing_data():
     assert 0.5 < np.nanstd(sig.values) / np.std(ref) < 1.2
     assert abs(np.nanmean(sig.values)) < 0.1           # form removed
     with pytest.raises(BulletError, match="left_um < right_um"):
-        B.extract_signature(prof, (900.0, 100.0), spacing_um=SP)
+        extract_signature(prof, (900.0, 100.0), spacing_um=SP)
     with pytest.raises(BulletError, match="short_cutoff_um < long_cutoff_um"):
-        B.extract_signature(prof, g, spacing_um=SP, short_cutoff_um=300.0)
+        extract_signature(prof, g, spacing_um=SP, short_cutoff_um=300.0)
 
 
 def test_land_signature_pipeline_on_a_land_scanned_either_way():
     s = synthetic_land(seed=7)
-    a = B.land_signature(s)
-    b = B.land_signature(Surface(np.ascontiguousarray(np.rot90(s.heights, 1)), SP))   # striae along y
+    a = land_signature(s)
+    b = land_signature(Surface(np.ascontiguousarray(np.rot90(s.heights, 1)), SP))   # striae along y
     assert b.meta["striae_rotated_deg"] == -90
-    f = B.land_features(a, b)
+    f = land_features(a, b)
     assert f.ccf > 0.99 and abs(f.lag_um) <= 2 * SP
-    many = B.land_signatures(s, step_um=50.0)
+    many = land_signatures(s, step_um=50.0)
     assert len(many) >= 2 and all(m.meta["crosscut_um"] > 0 for m in many)
 
 
@@ -173,37 +181,37 @@ def test_align_signatures_recovers_a_known_shift_with_missing_data():
     b = z[160:1100].copy()                      # b[j] = z[160 + j] = a[j + 60]
     b[300:340] = np.nan
     a[10:20] = np.nan
-    al = B.align_signatures(a, b, spacing_um=SP)
+    al = align_signatures(a, b, spacing_um=SP)
     assert al.lag == 60 and al.lag_um == pytest.approx(60 * SP)
     assert al.ccf == pytest.approx(1.0)
     assert al.overlap_um == pytest.approx((840 - 40) * SP)
     assert al.ccfs.shape == al.lags_um.shape
     # max_lag_um that excludes the true lag
-    al2 = B.align_signatures(a, b, spacing_um=SP, max_lag_um=30 * SP)
+    al2 = align_signatures(a, b, spacing_um=SP, max_lag_um=30 * SP)
     assert abs(al2.lag) <= 30 and al2.ccf < 0.9
 
 
 def test_align_signatures_errors():
     z = striae_signal(500, 2)
     with pytest.raises(BulletError, match="spacings differ"):
-        B.align_signatures(B.Signature(z, SP), B.Signature(z, 2 * SP))
+        align_signatures(Signature(z, SP), Signature(z, 2 * SP))
     with pytest.raises(BulletError, match="fewer than 2"):
-        B.align_signatures(np.full(10, np.nan), z, spacing_um=SP)
+        align_signatures(np.full(10, np.nan), z, spacing_um=SP)
     with pytest.raises(BulletError, match="min_overlap_um"):
-        B.align_signatures(z, z, spacing_um=SP, min_overlap_um=-1)
+        align_signatures(z, z, spacing_um=SP, min_overlap_um=-1)
     with pytest.raises(BulletError, match="lower min_overlap_um"):
-        B.align_signatures(np.ones(50), np.ones(50), spacing_um=SP)     # constant: no variation anywhere
+        align_signatures(np.ones(50), np.ones(50), spacing_um=SP)     # constant: no variation anywhere
 
 
 # --------------------------------------------------------------------------- features and scores
 def test_land_features_same_and_different_sources():
     z = striae_signal(1400, 21)
     noise = np.random.default_rng(1).normal(scale=0.1, size=1400)
-    a = B.Signature(z[0:1300], SP)
-    b = B.Signature(z[20:1320] + noise[:1300], SP)
-    c = B.Signature(striae_signal(1300, 99), SP)
-    same = B.land_features(a, b)
-    diff = B.land_features(a, c)
+    a = Signature(z[0:1300], SP)
+    b = Signature(z[20:1320] + noise[:1300], SP)
+    c = Signature(striae_signal(1300, 99), SP)
+    same = land_features(a, b)
+    diff = land_features(a, c)
     assert same.ccf > 0.9 and same.lag_um == pytest.approx(20 * SP)
     assert same.score == same.ccf and same.score > diff.score
     assert same.matches_per_mm > diff.matches_per_mm
@@ -212,7 +220,7 @@ def test_land_features_same_and_different_sources():
     assert same.distance_um < diff.distance_um
     assert 0.9 < same.overlap_fraction <= 1.0
     assert same.overlap_um == pytest.approx(1280 * SP)
-    self_f = B.land_features(a, a)
+    self_f = land_features(a, a)
     assert self_f.ccf == pytest.approx(1.0) and self_f.mismatches == 0 and self_f.cms == self_f.matches
     assert self_f.distance_um == pytest.approx(0.0, abs=1e-12)
     d = self_f.as_dict()
@@ -222,72 +230,72 @@ def test_land_features_same_and_different_sources():
 
 def test_land_features_on_lists_keeps_the_best_pair_of_heights():
     z = striae_signal(1300, 5)
-    good = B.Signature(z.copy(), SP, meta={"crosscut_um": 300.0})
-    others = [B.Signature(striae_signal(1300, k), SP, meta={"crosscut_um": 50.0 * k}) for k in range(30, 36)]
-    f = B.land_features([others[0], good, others[1]], others[2:] + [good])
+    good = Signature(z.copy(), SP, meta={"crosscut_um": 300.0})
+    others = [Signature(striae_signal(1300, k), SP, meta={"crosscut_um": 50.0 * k}) for k in range(30, 36)]
+    f = land_features([others[0], good, others[1]], others[2:] + [good])
     assert f.ccf == pytest.approx(1.0)
     assert f.crosscut_a_um == 300.0 and f.crosscut_b_um == 300.0
-    exhaustive = B.land_features([others[0], good, others[1]], others[2:] + [good], coarse_um=None)
+    exhaustive = land_features([others[0], good, others[1]], others[2:] + [good], coarse_um=None)
     assert exhaustive.ccf == pytest.approx(f.ccf)
 
 
 def test_land_score_models():
     f = {"ccf": 0.5, "cms_per_mm": 4.0}
-    assert B.land_score(f) == 0.5
+    assert land_score(f) == 0.5
     m = {"intercept": -1.0, "coef": {"ccf": 2.0, "cms_per_mm": 0.5}, "link": "logistic"}
-    assert B.land_score(f, model=m) == pytest.approx(1 / (1 + math.exp(-(-1 + 1 + 2))))
+    assert land_score(f, model=m) == pytest.approx(1 / (1 + math.exp(-(-1 + 1 + 2))))
     with pytest.raises(BulletError, match="needs feature"):
-        B.land_score({"lag_um": 1.0})
+        land_score({"lag_um": 1.0})
     with pytest.raises(BulletError, match="link"):
-        B.land_score(f, model={"intercept": 0, "coef": {"ccf": 1}, "link": "probit"})
+        land_score(f, model={"intercept": 0, "coef": {"ccf": 1}, "link": "probit"})
 
 
 def test_sequence_average_maximum_by_hand():
     S = np.array([[0.1, 0.9, 0.2],
                   [0.3, 0.1, 0.8],
                   [np.nan, 0.2, 0.1]])
-    sam, phase, ph = B.sequence_average_maximum(S)
+    sam, phase, ph = sequence_average_maximum(S)
     assert phase == 1 and sam == pytest.approx((0.9 + 0.8) / 2)     # the missing pair is left out
     np.testing.assert_allclose(ph, [(0.1 + 0.1 + 0.1) / 3, 0.85, (0.2 + 0.3 + 0.2) / 3])
     with pytest.raises(BulletError, match="square"):
-        B.sequence_average_maximum(np.zeros((2, 3)))
+        sequence_average_maximum(np.zeros((2, 3)))
     with pytest.raises(BulletError, match="at least one usable land"):
-        B.sequence_average_maximum(np.full((3, 3), np.nan))
+        sequence_average_maximum(np.full((3, 3), np.nan))
 
 
 def test_bullet_score_finds_the_phase_and_skips_missing_lands():
-    lands = [B.Signature(striae_signal(1300, 40 + k), SP) for k in range(6)]
+    lands = [Signature(striae_signal(1300, 40 + k), SP) for k in range(6)]
     rng = np.random.default_rng(3)
     # bullet B = bullet A's lands rotated by 2 positions, with noise; its land 4 missing
-    b = [B.Signature(lands[(j - 2) % 6].values + rng.normal(scale=0.1, size=1300), SP) for j in range(6)]
+    b = [Signature(lands[(j - 2) % 6].values + rng.normal(scale=0.1, size=1300), SP) for j in range(6)]
     b[4] = None
-    r = B.bullet_score(lands, b)
+    r = bullet_score(lands, b)
     assert r.phase == 2
     assert r.sam > 0.9
     assert len(r.pairs) == 5 and all(j == (i + 2) % 6 for i, j, _ in r.pairs)
     assert np.isnan(r.scores[:, 4]).all()
-    other = [B.Signature(striae_signal(1300, 80 + k), SP) for k in range(6)]
-    assert B.bullet_score(lands, other).sam < r.sam - 0.3
+    other = [Signature(striae_signal(1300, 80 + k), SP) for k in range(6)]
+    assert bullet_score(lands, other).sam < r.sam - 0.3
     with pytest.raises(BulletError, match="same number"):
-        B.bullet_score(lands, lands[:5])
+        bullet_score(lands, lands[:5])
 
 
 # --------------------------------------------------------------------------- descriptor
 def test_bullet_descriptor_is_fixed_length_unit_norm_and_shift_invariant():
     z = striae_signal(2000, 8)
-    a = B.Signature(z[0:1300], SP)
-    b = B.Signature(z[200:1500], SP)               # the same land, shifted
-    c = B.Signature(striae_signal(1300, 9, sigma_px=12.0), SP)   # coarser striae
-    da, db, dc = (B.bullet_descriptor(s) for s in (a, b, c))
-    assert da.shape == (B.BULLET_DESCRIPTOR_DIM,) and da.dtype == np.float32
+    a = Signature(z[0:1300], SP)
+    b = Signature(z[200:1500], SP)               # the same land, shifted
+    c = Signature(striae_signal(1300, 9, sigma_px=12.0), SP)   # coarser striae
+    da, db, dc = (bullet_descriptor(s) for s in (a, b, c))
+    assert da.shape == (BULLET_DESCRIPTOR_DIM,) and da.dtype == np.float32
     assert np.linalg.norm(da) == pytest.approx(1.0, abs=1e-6)
     assert float(da @ db) > 0.95
     assert float(da @ db) > float(da @ dc)
-    bullet = B.bullet_descriptor([a, None, c])
+    bullet = bullet_descriptor([a, None, c])
     assert bullet.shape == da.shape
-    nan_sig = B.Signature(np.where(np.arange(1300) % 50 == 0, np.nan, z[:1300]), SP)
-    assert np.isfinite(B.bullet_descriptor(nan_sig)).all()
+    nan_sig = Signature(np.where(np.arange(1300) % 50 == 0, np.nan, z[:1300]), SP)
+    assert np.isfinite(bullet_descriptor(nan_sig)).all()
     with pytest.raises(BulletError, match="min_wavelength_um"):
-        B.bullet_descriptor(a, min_wavelength_um=2.0)
+        bullet_descriptor(a, min_wavelength_um=2.0)
     with pytest.raises(BulletError, match="no signature"):
-        B.bullet_descriptor([None])
+        bullet_descriptor([None])

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ballistic import bullet as B
+from ballistic.bullet.crosscut import choose_crosscut
+from ballistic.bullet.features import land_features
+from ballistic.bullet.grooves import locate_grooves
+from ballistic.bullet.orient import orient_striae, striation_direction
+from ballistic.bullet.signature import extract_signature, land_signatures
 from ballistic.cli import app
 from ballistic.io.x3p import read_x3p
 
@@ -33,7 +37,7 @@ _CACHE: dict = {}
 def lands(bullet_dir, rel):
     """land_signatures of one scan, computed once per test session."""
     if rel not in _CACHE:
-        _CACHE[rel] = B.land_signatures(read_x3p(bullet_dir / rel))
+        _CACHE[rel] = land_signatures(read_x3p(bullet_dir / rel))
     return _CACHE[rel]
 
 
@@ -41,21 +45,21 @@ def test_direction_detected_on_both_instruments(bullet_dir):
     s252 = read_x3p(bullet_dir / H252.format(1, 1, 2))
     s44 = read_x3p(bullet_dir / H44.format(1, 1))
     assert s44.meta["dtype_in_file"] == "float32"
-    assert B.striation_direction(s252) == "x"
-    assert B.striation_direction(s44) == "y"
-    assert B.striation_direction(B.orient_striae(s44)) == "x"
+    assert striation_direction(s252) == "x"
+    assert striation_direction(s44) == "y"
+    assert striation_direction(orient_striae(s44)) == "x"
 
 
 @pytest.mark.parametrize("rel", [H252.format(1, 1, 1), H252.format(2, 1, 1), H44.format(1, 6), H44.format(2, 4)])
 def test_grooves_are_sane_and_signature_is_in_um(bullet_dir, rel):
-    s = B.orient_striae(read_x3p(bullet_dir / rel))
-    cc = B.choose_crosscut(s)
+    s = orient_striae(read_x3p(bullet_dir / rel))
+    cc = choose_crosscut(s)
     assert 0 < cc.position_um < s.extent_um[1]
-    g = B.locate_grooves(cc)
+    g = locate_grooves(cc)
     width = cc.profile.shape[0] * cc.spacing_um            # ~2.4 mm across the scan
     assert 0 < g.left_um < 0.2 * width and 0.8 * width < g.right_um < width
     assert g.right_um - g.left_um > 0.7 * width            # the land keeps most of the width
-    sig = B.extract_signature(cc, g)
+    sig = extract_signature(cc, g)
     assert sig.spacing_um == pytest.approx(1.5625)
     assert sig.length_um == pytest.approx(g.right_um - g.left_um, abs=0.1 * width)
     assert sig.values.shape[0] == pytest.approx(sig.length_um / sig.spacing_um)
@@ -71,8 +75,8 @@ def test_grooves_are_sane_and_signature_is_in_um(bullet_dir, rel):
     ((H44.format(1, 6), H44.format(2, 4)), (H44.format(1, 6), H44.format(2, 5))),
 ])
 def test_known_same_source_land_pair_outscores_different_source(bullet_dir, same, different):
-    fs = B.land_features(lands(bullet_dir, same[0]), lands(bullet_dir, same[1]))
-    fd = B.land_features(lands(bullet_dir, different[0]), lands(bullet_dir, different[1]))
+    fs = land_features(lands(bullet_dir, same[0]), lands(bullet_dir, same[1]))
+    fd = land_features(lands(bullet_dir, different[0]), lands(bullet_dir, different[1]))
     assert fs.score > 0.8 > 0.7 > fd.score
     assert abs(fs.lag_um) < 100
     assert fs.cms > fd.cms and fs.matches_per_mm > fd.matches_per_mm

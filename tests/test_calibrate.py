@@ -76,7 +76,7 @@ def test_fadul_lrs_cross_validated_by_firearm(shared_data, tmp_path):
     """Fadul, scored by our CMC similarity on a subset (the numbered scans of slides 1-5: 45 pairs)."""
     from itertools import combinations
 
-    from ballistic.bench import load_scans, read_labels
+    from ballistic.bench.cartridge import load_scans, read_labels
     from ballistic.cartridge.cmc.pair import compare_pair
     from ballistic.cartridge.cmc.params import CMCParams
     d = shared_data / "cartridge" / "fadul"

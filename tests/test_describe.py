@@ -106,7 +106,7 @@ def test_pca_whitener_fit_transform_save_load(tmp_path):
 
 @pytest.fixture(scope="module")
 def fadul(shared_data):
-    from ballistic.bench import read_labels
+    from ballistic.bench.cartridge import read_labels
     from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.io.x3p import read_x3p
     d = shared_data / "cartridge" / "fadul"

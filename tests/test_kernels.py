@@ -4,7 +4,11 @@ The kernels are private and live beside the public function that wraps them (stu
 
 * ``_warp_rotate`` - :mod:`ballistic.preprocess.filters` (``rotate``; also ``warp_to_reference``);
 * ``_pairwise_complete_corr`` - :mod:`ballistic.stats.correlation` (``pairwise_complete_corr``);
-* ``_cell_corr_at_offsets`` - :mod:`ballistic.cartridge.cmc.register` (``local_search``).
+* ``_cell_corr_at_offsets`` - :mod:`ballistic.stats.correlation` (``corr_at_offsets``; the
+  registration's ``local_search``);
+* ``_ccf_at_lags`` - :mod:`ballistic.stats.correlation` (``ccf_at_lags``; the bullets'
+  ``align_signatures`` and ``choose_crosscut``);
+* ``_band_profiles`` - :mod:`ballistic.bullet.crosscut` (``choose_crosscut``).
 
 NaN and edge inputs are included: all-NaN and constant arrays, windows that leave the
 region (empty overlap), and ``min_count`` on both sides of the shared count.
@@ -17,9 +21,10 @@ import naive
 import numpy as np
 import pytest
 
-from ballistic.cartridge.cmc.register import _cell_corr_at_offsets
+from ballistic.bullet.crosscut import _band_profiles
 from ballistic.preprocess.filters import _warp_rotate
-from ballistic.stats.correlation import _pairwise_complete_corr, pairwise_complete_corr
+from ballistic.stats.correlation import (_ccf_at_lags, _cell_corr_at_offsets, _pairwise_complete_corr, ccf_at_lags,
+                                         corr_at_offsets, pairwise_complete_corr)
 
 # --------------------------------------------------------------------------- inputs
 
@@ -279,3 +284,115 @@ def test_cell_corr_at_offsets_empty_offsets():
     region = _image("random", (4, 4), 2)
     corr, cnt = _cell_corr_at_offsets(cell, region, np.zeros(0, np.int64), np.zeros(0, np.int64), 2)
     assert corr.shape == (0,) and cnt.shape == (0,)
+
+
+# --------------------------------------------------------------------------- bullet kernels: inputs
+def _signal(rng, n, nan_frac=0.0, offset=0.0):
+    z = rng.normal(size=n).cumsum() * 0.1 + rng.normal(size=n) + offset
+    if nan_frac:
+        z[rng.random(n) < nan_frac] = np.nan
+    return z
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("nan_frac", [0.0, 0.2, 0.6])
+def test_ccf_at_lags_matches_twin_on_random_and_nan_inputs(seed, nan_frac):
+    rng = np.random.default_rng(seed)
+    na, nb = int(rng.integers(5, 60)), int(rng.integers(5, 60))
+    a = _signal(rng, na, nan_frac, offset=rng.normal() * 100)
+    b = _signal(rng, nb, nan_frac)
+    lags = np.arange(-(nb + 2), na + 3, dtype=np.int64)       # includes lags with no overlap at all
+    min_count = int(rng.integers(0, 8))
+    got, gn = _ccf_at_lags(a, b, lags, min_count)
+    want, wn = naive.ccf_at_lags(a, b, lags, min_count)
+    np.testing.assert_array_equal(gn, wn)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-10, atol=1e-12)
+
+
+def test_ccf_at_lags_edge_cases():
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    # identical signals: 1 at lag 0
+    c, n = _ccf_at_lags(a, a.copy(), np.array([0], np.int64), 2)
+    assert c[0] == pytest.approx(1.0) and n[0] == 5
+    # the lag convention: b[j] sits on a[j + lag]
+    b = a[2:]                                              # b[0] = a[2]
+    c, n = _ccf_at_lags(a, b, np.array([2, 0], np.int64), 2)
+    assert c[0] == pytest.approx(1.0) and n[0] == 3
+    # constant side -> NaN, count still reported
+    c, n = _ccf_at_lags(a, np.full(5, 0.1), np.array([0], np.int64), 2)
+    assert np.isnan(c[0]) and n[0] == 5
+    # all NaN, empty, single sample
+    c, n = _ccf_at_lags(np.full(4, np.nan), a, np.array([0], np.int64), 0)
+    assert np.isnan(c[0]) and n[0] == 0
+    c, n = _ccf_at_lags(np.empty(0), a, np.array([0, 1], np.int64), 0)
+    assert np.isnan(c).all() and (n == 0).all()
+    c, n = _ccf_at_lags(a[:1], a[:1], np.array([0], np.int64), 0)
+    assert np.isnan(c[0]) and n[0] == 1
+    # min_count above the overlap
+    c, n = _ccf_at_lags(a, a, np.array([0], np.int64), 6)
+    assert np.isnan(c[0]) and n[0] == 5
+    # anti-correlated
+    c, _ = _ccf_at_lags(a, -a, np.array([0], np.int64), 2)
+    assert c[0] == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ccf_at_lags_min_count_boundary(seed):
+    """At every lag: a correlation with min_count = the shared count n, NaN with n + 1 (kernel and twin)."""
+    rng = np.random.default_rng(seed)
+    a = _signal(rng, 40, 0.3)
+    b = _signal(rng, 30, 0.3)
+    lags = np.arange(-10, 11, dtype=np.int64)
+    _, n = _ccf_at_lags(a, b, lags, 0)
+    for k in np.flatnonzero(n >= 2):
+        one = lags[k:k + 1]
+        for mc, finite in ((int(n[k]), True), (int(n[k]) + 1, False)):
+            c, m = _ccf_at_lags(a, b, one, mc)
+            wc, wm = naive.ccf_at_lags(a, b, one, mc)
+            assert m[0] == wm[0] == n[k] and np.isfinite(c[0]) == finite == np.isfinite(wc[0])
+            np.testing.assert_allclose(c, wc, rtol=1e-10, equal_nan=True)
+
+
+def test_public_correlation_wrappers():
+    from ballistic.errors import InputError
+    rng = np.random.default_rng(5)
+    cell, region = _rand(rng, (3, 4), 0.2), _rand(rng, (7, 8), 0.2)
+    oy, ox = np.mgrid[-1:6, -1:6]
+    got = corr_at_offsets(cell.tolist(), region, oy, ox, min_count=4)
+    want = naive.cell_corr_at_offsets(cell, region, oy.ravel(), ox.ravel(), 4)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-10, equal_nan=True)
+    a, b = _signal(rng, 50, 0.2)[::2], _signal(rng, 20, 0.2)   # a strided view
+    got = ccf_at_lags(a, b.tolist(), range(-5, 6))
+    want = naive.ccf_at_lags(a, b, np.arange(-5, 6), 2)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-10, equal_nan=True)
+    with pytest.raises(InputError, match="1-D"):
+        ccf_at_lags(region, b, [0])
+    with pytest.raises(InputError, match="2-D"):
+        corr_at_offsets(cell.ravel(), region, [0], [0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_band_profiles_matches_twin(seed):
+    rng = np.random.default_rng(seed)
+    ny, nx = int(rng.integers(1, 12)), int(rng.integers(1, 15))
+    h = rng.normal(size=(ny, nx)) * 10
+    h[rng.random((ny, nx)) < 0.3] = np.nan
+    width = int(rng.integers(1, 6))
+    starts = np.array(sorted(rng.integers(-3, nx + 2, size=4)), dtype=np.int64)   # partly outside the map
+    min_valid = int(rng.integers(0, 4))
+    got = _band_profiles(h, starts, width, min_valid)
+    want = naive.band_profiles(h, starts, width, min_valid)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-12)
+
+
+def test_band_profiles_edge_cases():
+    h = np.array([[1.0, np.nan, 3.0], [np.nan, np.nan, np.nan]])
+    got = _band_profiles(h, np.array([0, 5], np.int64), 3, 1)
+    np.testing.assert_allclose(got[0], [2.0, np.nan])
+    assert np.isnan(got[1]).all()                    # band entirely outside the map
+    got = _band_profiles(h, np.array([0], np.int64), 3, 3)   # needs 3 finite values: none has
+    assert np.isnan(got).all()

@@ -1,14 +1,21 @@
 """Pairwise-complete (NaN-aware) Pearson correlation: the one accumulator behind every correlation score.
 
 A point missing (NaN) in either array is left out; the correlation is taken over the
-points measured in both. This is the cell score of the CMC comparison
-(:func:`ballistic.cartridge.cmc.cells.compare_cells`), the direct search of the fine
-registration (:func:`ballistic.cartridge.cmc.register.local_search`) and the bullet
-cross-correlation function (:func:`ballistic.bullet.align.align_signatures`): their
-numba kernels all call :func:`_pairwise_complete_corr`.
+points measured in both. Three public functions, each wrapping a private numba kernel,
+and all three kernels accumulate with :func:`_pairwise_complete_corr`:
 
-The kernel is private: call it through :func:`pairwise_complete_corr` (or the functions
-above). Its slow pure-numpy twin is in ``tests/naive.py``.
+* :func:`pairwise_complete_corr` - two arrays of one shape: the cell score of the CMC
+  comparison (:func:`ballistic.cartridge.cmc.cells.compare_cells`);
+* :func:`corr_at_offsets` - a small array against each window of a larger one: the direct
+  search of the registration (:func:`ballistic.cartridge.cmc.register.local_search`);
+* :func:`ccf_at_lags` - two 1-D profiles at each lag, the cross-correlation function of
+  bullet signatures (:func:`ballistic.bullet.align.align_signatures`,
+  :func:`ballistic.bullet.crosscut.choose_crosscut`).
+
+The library's hot loops call the kernels directly on arrays they have already checked
+(C-contiguous float64, int64 offsets); the kernels live here together so that numba's
+cache, which is keyed by the file of each kernel, is rebuilt for all of them when the
+accumulator changes. Their slow pure-numpy twins are in ``tests/naive.py``.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import numpy as np
 
 from ballistic.errors import InputError
 
-__all__ = ["pairwise_complete_corr"]
+__all__ = ["pairwise_complete_corr", "corr_at_offsets", "ccf_at_lags"]
 
 _NB = dict(nogil=True, cache=True, fastmath=False)
 
@@ -53,6 +60,65 @@ def pairwise_complete_corr(a, b, *, min_count: int = 2) -> tuple[float, int]:
     c, n = _pairwise_complete_corr(np.ascontiguousarray(x), np.ascontiguousarray(y), int(min_count))
     return float(c), int(n)
 
+
+def corr_at_offsets(small, large, offsets_y, offsets_x, *, min_count: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pairwise_complete_corr` of ``small`` with each same-size window of ``large``.
+
+    Parameters
+    ----------
+    small : array_like, shape (h, w)
+    large : array_like, shape (H, W)
+        NaN = missing in both.
+    offsets_y, offsets_x : array_like of int, shape (k,)
+        Top-left corner (row, column) of each window in ``large``.
+    min_count : int, keyword-only
+
+    Returns
+    -------
+    corr : ndarray of float64, shape (k,)
+        NaN for a window that leaves ``large`` or has too few shared points.
+    n : ndarray of int64, shape (k,)
+        Shared points per window (0 for a window that leaves ``large``).
+    """
+    a = np.ascontiguousarray(small, dtype=np.float64)
+    b = np.ascontiguousarray(large, dtype=np.float64)
+    oy = np.ascontiguousarray(offsets_y, dtype=np.int64).ravel()
+    ox = np.ascontiguousarray(offsets_x, dtype=np.int64).ravel()
+    if a.ndim != 2 or b.ndim != 2 or oy.shape != ox.shape:
+        raise InputError(f"corr_at_offsets: need 2-D arrays and as many row as column offsets, got shapes "
+                         f"{a.shape}, {b.shape} and {oy.shape[0]} / {ox.shape[0]} offsets")
+    return _cell_corr_at_offsets(a, b, oy, ox, int(min_count))
+
+
+def ccf_at_lags(a, b, lags, *, min_count: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise-complete cross-correlation of two profiles at the given lags.
+
+    Parameters
+    ----------
+    a, b : array_like, shape (n,), (m,)
+        Profiles, NaN = missing, same sample spacing.
+    lags : array_like of int, shape (k,)
+        A lag ``L`` pairs ``a[i]`` with ``b[i - L]``: sample ``j`` of ``b`` sits on
+        sample ``j + L`` of ``a``.
+    min_count : int, keyword-only
+        Fewest shared samples for a correlation (at least 2).
+
+    Returns
+    -------
+    corr : ndarray of float64, shape (k,)
+        NaN where too few samples are shared or a side is constant.
+    n : ndarray of int64, shape (k,)
+        Shared samples at each lag.
+    """
+    x = np.ascontiguousarray(a, dtype=np.float64)
+    y = np.ascontiguousarray(b, dtype=np.float64)
+    L = np.ascontiguousarray(lags, dtype=np.int64)
+    if x.ndim != 1 or y.ndim != 1 or L.ndim != 1:
+        raise InputError(f"ccf_at_lags: need 1-D profiles and lags, got shapes {x.shape}, {y.shape}, {L.shape}")
+    return _ccf_at_lags(x, y, L, int(min_count))
+
+
+# --------------------------------------------------------------------------- kernels
 
 @nb.njit(**_NB)
 def _pairwise_complete_corr(a, b, min_count):
@@ -99,3 +165,49 @@ def _pairwise_complete_corr(a, b, min_count):
     if saa <= 1e-12 * qa or sbb <= 1e-12 * qb or saa <= 0.0 or sbb <= 0.0:
         return np.nan, n
     return sab / math.sqrt(saa * sbb), n
+
+
+@nb.njit(**_NB)
+def _cell_corr_at_offsets(cell, region, oy, ox, min_count):
+    """Pairwise-complete correlation of ``cell`` with the window of ``region`` whose
+    top-left corner is (oy[k], ox[k]), for each k. Windows that leave ``region`` are
+    NaN. Returns (corr[k], n[k]).
+    """
+    ch, cw = cell.shape
+    rh, rw = region.shape
+    K = oy.shape[0]
+    out = np.full(K, np.nan)
+    cnt = np.zeros(K, dtype=np.int64)
+    for k in range(K):
+        y0 = oy[k]
+        x0 = ox[k]
+        if y0 < 0 or x0 < 0 or y0 + ch > rh or x0 + cw > rw:
+            continue
+        c, n = _pairwise_complete_corr(cell, region[y0:y0 + ch, x0:x0 + cw], min_count)
+        out[k] = c
+        cnt[k] = n
+    return out, cnt
+
+
+@nb.njit(**_NB)
+def _ccf_at_lags(a, b, lags, min_count):
+    """Pearson correlation of ``a[i]`` and ``b[i - lags[k]]`` over the ``i`` where both
+    exist and are finite, for each k (pairwise-complete cross-correlation).
+
+    Returns (corr[k], n[k]). corr is NaN when fewer than ``max(min_count, 2)``
+    pairs are shared or either side is constant over them (to the rounding of
+    its mean: sum of squared deviations <= 1e-12 * sum of squares).
+    """
+    na = a.shape[0]
+    nb_ = b.shape[0]
+    K = lags.shape[0]
+    out = np.full(K, np.nan)
+    cnt = np.zeros(K, dtype=np.int64)
+    for k in range(K):
+        lag = lags[k]
+        i0 = max(0, lag)
+        i1 = min(na, nb_ + lag)
+        if i1 <= i0:
+            continue
+        out[k], cnt[k] = _pairwise_complete_corr(a[np.newaxis, i0:i1], b[np.newaxis, i0 - lag:i1 - lag], min_count)
+    return out, cnt

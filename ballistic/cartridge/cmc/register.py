@@ -8,7 +8,8 @@ Coarse to fine, so that the full 360 degrees of rotation is searched:
    (real exhibits arrive in any orientation);
 2. :func:`register_global` - the best prior peaks are refined at 25 um, the
    best of those at the comparison spacing, each by a direct pairwise-complete
-   correlation search (:func:`local_search`, numba kernel :func:`_cell_corr_at_offsets`).
+   correlation search (:func:`local_search`, numba kernel
+   :func:`ballistic.stats.correlation._cell_corr_at_offsets`).
 
 The cells (step 2) are in :mod:`ballistic.cartridge.cmc.cells`, the counts and the
 decision (step 3) in :mod:`ballistic.cartridge.cmc.decision`, both directions of a pair
@@ -16,21 +17,18 @@ in :mod:`ballistic.cartridge.cmc.pair`.
 Angles are degrees, counter-clockwise as displayed (row 0 on top); a result's
 ``(angle_deg, dy_um, dx_um)`` maps target onto reference: a target point p goes
 to ``R(angle) (p - c_target) + c_reference + (dy, dx)``.
-
-The kernel is private; its slow pure-numpy twin is in ``tests/naive.py``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import numba as nb
 import numpy as np
 import scipy.fft as sfft
 
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface
 from ballistic.preprocess.filters import _warp_rotate
-from ballistic.stats.correlation import _pairwise_complete_corr
+from ballistic.stats.correlation import _cell_corr_at_offsets
 
 __all__ = [
     "Registration",
@@ -41,8 +39,6 @@ __all__ = [
     "invert_registration",
     "warp_to_reference",
 ]
-
-_NB = dict(nogil=True, cache=True, fastmath=False)
 
 
 @dataclass(frozen=True)
@@ -261,26 +257,3 @@ def invert_registration(reg: Registration) -> Registration:
     iy = -(c * ty + s_ * tx)
     ix = -(-s_ * ty + c * tx)
     return Registration((-reg.angle_deg) % 360.0, iy, ix, reg.ncc, ())
-
-
-# --------------------------------------------------------------------------- kernel
-@nb.njit(**_NB)
-def _cell_corr_at_offsets(cell, region, oy, ox, min_count):
-    """Pairwise-complete correlation of ``cell`` with the window of ``region`` whose
-    top-left corner is (oy[k], ox[k]), for each k. Windows that leave ``region`` are
-    NaN. Returns (corr[k], n[k]).
-    """
-    ch, cw = cell.shape
-    rh, rw = region.shape
-    K = oy.shape[0]
-    out = np.full(K, np.nan)
-    cnt = np.zeros(K, dtype=np.int64)
-    for k in range(K):
-        y0 = oy[k]
-        x0 = ox[k]
-        if y0 < 0 or x0 < 0 or y0 + ch > rh or x0 + cw > rw:
-            continue
-        c, n = _pairwise_complete_corr(cell, region[y0:y0 + ch, x0:x0 + cw], min_count)
-        out[k] = c
-        cnt[k] = n
-    return out, cnt

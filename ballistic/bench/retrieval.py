@@ -157,7 +157,7 @@ def distractor_descriptors(n: int, *, catalogue: SyntheticCatalogue, descriptor:
 
 
 def _load_fadul(directory, labels, *, seed: int) -> tuple[list[str], np.ndarray, dict[int, Surface]]:
-    from ballistic.bench import read_labels
+    from ballistic.bench.cartridge import read_labels
     from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.io.x3p import read_x3p
     from ballistic.preprocess.filters import crop_to_mask, rotate

@@ -24,8 +24,9 @@ from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION, compare_pair
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, prepare
 from ballistic.io.csv import write_rows_csv
 from ballistic.io.x3p import read_x3p
-from ballistic.metrics import equal_error_rate, error_counts, roc_auc, roc_curve
+from ballistic.metrics import equal_error_rate, error_counts, roc_auc
 from ballistic.preprocess.filters import crop_to_mask, rotate
+from ballistic.viz.plots import cartridge_bench_plots
 
 __all__ = ["LabelledScan", "read_labels", "load_scans", "run_cartridge_bench", "summarise"]
 
@@ -135,43 +136,6 @@ def read_reference_counts(path: str | Path) -> dict:
     return out
 
 
-def _plots(rows: list[dict], out_prefix: Path) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    y = np.array([r["same_source"] for r in rows], dtype=bool)
-    cmc = np.array([r["cmc_count"] for r in rows], dtype=float)
-    sim = np.array([r["similarity"] for r in rows], dtype=float)
-    files = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.arange(-0.5, max(cmc.max(), 6) + 1.5)
-    ax.hist(cmc[~y], bins=bins, alpha=0.7, label=f"different source (n={int((~y).sum())})", color="tab:blue")
-    ax.hist(cmc[y], bins=bins, alpha=0.7, label=f"same source (n={int(y.sum())})", color="tab:red")
-    ax.axvline(5.5, color="k", ls="--", lw=1, label="C >= 6")
-    ax.set_xlabel("CMC count")
-    ax.set_ylabel("pairs")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    f = out_prefix.with_name(out_prefix.name + "_hist.png")
-    fig.savefig(f, dpi=110)
-    plt.close(fig)
-    files.append(str(f))
-    fpr, tpr, _ = roc_curve(sim, y)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot(fpr, tpr, drawstyle="steps-post")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"ROC, AUC = {roc_auc(sim, y):.4f}")
-    fig.tight_layout()
-    f = out_prefix.with_name(out_prefix.name + "_roc.png")
-    fig.savefig(f, dpi=110)
-    plt.close(fig)
-    files.append(str(f))
-    return files
-
-
 def run_cartridge_bench(directory: str | Path, labels_csv: str | Path, *, json_out: str | Path,
                         reference_csv: str | Path | None = None, rotate_random: bool = False, seed: int = 0,
                         workers: int | None = None, limit: int | None = None, params: CMCParams | None = None,
@@ -221,6 +185,6 @@ def run_cartridge_bench(directory: str | Path, labels_csv: str | Path, *, json_o
     json_out = Path(json_out)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     summary["pairs_csv"] = str(write_rows_csv(rows, json_out.with_suffix(".pairs.csv")))
-    summary["plots"] = _plots(rows, json_out.with_suffix(""))
+    summary["plots"] = cartridge_bench_plots(rows, json_out.with_suffix(""))
     json_out.write_text(json.dumps(summary, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
     return summary

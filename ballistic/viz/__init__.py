@@ -1,0 +1,1 @@
+"""Figures: benchmark plots (:mod:`~ballistic.viz.plots`)."""
