@@ -1,6 +1,6 @@
 """Likelihood ratios of breech-face candidates and how deep to review a candidate list.
 
-The calibration is a :class:`ballistic.calibrate.ScoreLRCalibrator` (logistic score-to-LR map with
+The calibration is a :class:`ballistic.stats.calibrate.ScoreLRCalibrator` (logistic score-to-LR map with
 invariance bounds and bootstrap coefficients for an interval), configured by ``calibration_path``.
 The service ships ``api/calibration/breech_face_fadul.json``, written by
 ``benchmarks/fit_calibration.py`` from the real Fadul all-pairs bench: that composite file holds the
@@ -91,7 +91,7 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
-        from ballistic.calibrate import ScoreLRCalibrator
+        from ballistic.stats.calibrate import ScoreLRCalibrator
 
         p = Path(path)
         raw = p.read_bytes()

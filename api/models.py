@@ -117,7 +117,7 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     error: Mapped[Optional[str]] = mapped_column(Text)
     candidates_found: Mapped[Optional[int]] = mapped_column(Integer)
-    # the replayable record of the database search this job ran (ballistic.search_record, canonical JSON)
+    # the replayable record of the database search this job ran (ballistic.retrieval.record, canonical JSON)
     search_record_json: Mapped[Optional[str]] = mapped_column("search_record", Text)
     search_record_hash: Mapped[Optional[str]] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -9,7 +9,7 @@
 * bullet (a set of land scans): land signatures -> bullet descriptor (its own index) -> top
   ``RERANK_K`` -> ``bullet_score`` (SAM), see :mod:`api.bullets`.
 
-Every job stores a :class:`ballistic.search_record.SearchRecord` of its search with the job.
+Every job stores a :class:`ballistic.retrieval.record.SearchRecord` of its search with the job.
 
 Job state lives in the DB (queued / running / done / failed, attempts, error); the
 queue (huey) only carries job ids. A job is *claimed* by an atomic
@@ -215,7 +215,7 @@ def _stored_pairs(rt: "Runtime", exhibit_id: int, regions: tuple[str, ...]) -> d
 
 def _search_record(rt: "Runtime", retrieval, ex: _ExhibitView, state: dict, *, algorithm: str, params: dict,
                    n_scored: int, started_at: str, results: list, retrieval_params: dict, notes: str = ""):
-    from ballistic.search_record import SearchRecord, utc_now
+    from ballistic.retrieval.record import SearchRecord, utc_now
 
     rec = SearchRecord(
         query=f"exhibit:{ex.id}:sha256:{ex.sha256}", index_snapshot_id=state["state_id"], partition=ex.partition,
@@ -287,13 +287,13 @@ def _firing_pin(rt: "Runtime", ex: _ExhibitView, surface, raw_scan: bool) -> tup
 
 def _screen(rt: "Runtime", query, found: list[tuple[int, float]], others: dict) -> tuple[list, dict]:
     """Keep the ``rerank_k`` candidates of the descriptor shortlist that register best onto ``query`` over
-    the full circle at the rotation-prior spacing (``ballistic.retrieval.RotationPrior``); the order of
+    the full circle at the rotation-prior spacing (``ballistic.retrieval.search.RotationPrior``); the order of
     the result is the screen's. Candidates not processed yet keep their place behind the screened ones."""
     k = rt.settings.rerank_k
     if len(found) <= k:
         return found, {"used": False, "shortlist": len(found)}
     from ballistic.cartridge.cmc.params import CMCParams
-    from ballistic.retrieval import RotationPrior
+    from ballistic.retrieval.search import RotationPrior
 
     prior = RotationPrior(query, spacing_um=CMCParams().prior_spacing_um)
     scored, pending = [], []
@@ -318,7 +318,7 @@ def _correlate_cartridge(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
     from ballistic.cartridge.cmc.params import CMCParams
     from ballistic.cartridge.firing_pin import FIRING_PIN_THRESHOLD, compare_firing_pins
     from ballistic.errors import FiringPinError
-    from ballistic.search_record import utc_now
+    from ballistic.retrieval.record import utc_now
 
     started = utc_now()
     # 1. preprocess the original and keep the result as an x3p beside it
@@ -494,7 +494,7 @@ def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dic
 def _correlate_bullet(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
     from ballistic.bullet.descriptor import bullet_descriptor
     from ballistic.bullet.sam import BULLET_SAM_THRESHOLD
-    from ballistic.search_record import utc_now
+    from ballistic.retrieval.record import utc_now
 
     from api.bullets import BULLET_ALGORITHM_VERSION, compare_bullets, land_positions_count, lands_key
 

@@ -2,20 +2,20 @@
 
 Two descriptor spaces, one :class:`Retrieval` each (vectors of different lengths never share an index):
 
-* ``breech_face``: :func:`ballistic.describe.breech_face_descriptor` of 3D scans (partition region
+* ``breech_face``: :func:`ballistic.retrieval.descriptor.breech_face_descriptor` of 3D scans (partition region
   ``breech_face``) and of 2D images (region ``breech_face_2d``), snapshots in ``index_dir``;
 * ``bullet``: :func:`ballistic.bullet.descriptor.bullet_descriptor` of a bullet's land signatures (region
   ``bullet_lea``), snapshots in ``index_dir/bullet``.
 
 The database is the source of truth: every exhibit's raw descriptor (float32 bytes),
 its descriptor version and partition are stored there. The in-memory
-:class:`ballistic.index.VectorIndex` is a cache that is snapshotted and, at start-up,
+:class:`ballistic.retrieval.index.VectorIndex` is a cache that is snapshotted and, at start-up,
 loaded and compared with the DB (ids per partition, descriptor version, whitener); if
 the snapshot is missing, stale or inconsistent it is rebuilt from the DB descriptors.
 Each space only sees the exhibits whose stored descriptor version is its own.
 
 :meth:`Retrieval.search_with_state` also names the exact vector set it searched (for the
-job's :class:`ballistic.search_record.SearchRecord`): ``state_id`` is a SHA-256 over the
+job's :class:`ballistic.retrieval.record.SearchRecord`): ``state_id`` is a SHA-256 over the
 descriptor version, transform, partition and the sorted ids present in the partition at
 that moment, ``max_id`` the highest of those ids. A replay rebuilds the partition from the
 DB descriptors of the exhibits of that partition with id <= ``max_id`` and checks that it
@@ -54,7 +54,7 @@ def region_for_media(media_type: str) -> str:
 
 
 def partition_for(calibre: str | None, firing_pin_shape: str | None, region: str) -> str:
-    from ballistic.index import partition_key
+    from ballistic.retrieval.index import partition_key
 
     if region == BULLET_REGION:  # bullets: the calibre is the class partition; no firing pin
         firing_pin_shape = None
@@ -77,16 +77,16 @@ class Retrieval:
             self.raw_dim: int = int(bullet_descriptor.BULLET_DESCRIPTOR_DIM)
             self.root = Path(settings.index_dir) / "bullet"
         else:
-            from ballistic import describe
+            from ballistic.retrieval import descriptor as bf_descriptor
 
-            self.descriptor_version = describe.DESCRIPTOR_VERSION
-            self.raw_dim = int(describe.DESCRIPTOR_DIM)
+            self.descriptor_version = bf_descriptor.DESCRIPTOR_VERSION
+            self.raw_dim = int(bf_descriptor.DESCRIPTOR_DIM)
             self.root = Path(settings.index_dir)
         self._lock = threading.RLock()
         self.whitener = None
         self.transform_id = "raw"
         if settings.whitener_path and space == "breech_face":
-            from ballistic.describe import PCAWhitener
+            from ballistic.retrieval.descriptor import PCAWhitener
 
             wp = Path(settings.whitener_path)
             self.whitener = PCAWhitener.load(wp)
@@ -100,13 +100,13 @@ class Retrieval:
 
     # ------------------------------------------------------------------ vectors
     def _new_index(self):
-        from ballistic.index import VectorIndex
+        from ballistic.retrieval.index import VectorIndex
 
         return VectorIndex(self.dim, factory=self.settings.index_factory, metric=self.settings.index_metric)
 
     @staticmethod
     def compute_descriptor(surface) -> np.ndarray:
-        from ballistic.describe import breech_face_descriptor
+        from ballistic.retrieval.descriptor import breech_face_descriptor
 
         v = np.asarray(breech_face_descriptor(surface), dtype=np.float32).ravel()
         if not np.all(np.isfinite(v)):
@@ -253,7 +253,7 @@ class Retrieval:
             reason = "snapshot built with another descriptor/transform/factory"
         else:
             try:
-                from ballistic.index import VectorIndex
+                from ballistic.retrieval.index import VectorIndex
 
                 loaded = VectorIndex.load(self._vectors_dir)
             except Exception as e:  # corrupt or half-written snapshot
@@ -269,7 +269,7 @@ class Retrieval:
                 reason = (f"snapshot stale: index has {c['index_count']} vectors, DB has {c['db_count']} "
                           f"descriptors")
             items = self._db_items(s)
-        from ballistic.index import VectorIndex
+        from ballistic.retrieval.index import VectorIndex
 
         def gen():
             for i, p, d in items:

@@ -28,7 +28,7 @@ def compare(reference: Path, target: Path,
     if json_out:
         json_out.write_text(json.dumps(r.to_dict(), indent=2))
     if figure:
-        from ballistic.explain import explanation_figure
+        from ballistic.viz.explain import explanation_figure
         explanation_figure(a, b, r, figure)
         typer.echo(f"figure: {figure}")
 
@@ -105,9 +105,9 @@ def index_build(directory: Path, out: Path = typer.Option(..., help="index folde
     import numpy as np
 
     from ballistic.cartridge.breech_face import preprocess_cartridge
-    from ballistic.describe import PCAWhitener, PolarFFTDescriptor
-    from ballistic.index import VectorIndex, partition_key
     from ballistic.io.x3p import read_x3p
+    from ballistic.retrieval.descriptor import PCAWhitener, PolarFFTDescriptor
+    from ballistic.retrieval.index import VectorIndex, partition_key
     paths = sorted(directory.glob("*.x3p"))
     if not paths:
         raise typer.BadParameter(f"no .x3p files in {directory}")
@@ -133,8 +133,8 @@ def _load_index(folder: Path):
 
     import numpy as np
 
-    from ballistic.describe import PCAWhitener
-    from ballistic.index import VectorIndex
+    from ballistic.retrieval.descriptor import PCAWhitener
+    from ballistic.retrieval.index import VectorIndex
     idx = VectorIndex.load(folder)
     w = None
     if "whitener.npz" in idx.attachments:
@@ -171,7 +171,7 @@ def index_search(folder: Path, query: Path, k: int = typer.Option(10, help="cand
     """Search a saved index with one scan: descriptor shortlist, rotation prior, CMC re-rank."""
     from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.io.x3p import read_x3p
-    from ballistic.retrieval import RetrievalParams, Retriever
+    from ballistic.retrieval.search import RetrievalParams, Retriever
     idx, w = _load_index(folder)
     paths = idx.meta.get("paths") or []
     q = preprocess_cartridge(read_x3p(query), kind=kind)

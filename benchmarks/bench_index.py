@@ -1,7 +1,7 @@
 """Pure vector-index benchmark: build time, memory per vector, query latency, recall vs exact search.
 
 Vectors are clustered, L2-normalised, of the whitened descriptor's dimension (128), searched by
-inner product through :class:`ballistic.index.VectorIndex` (so the IndexIDMap2 id maps are counted).
+inner product through :class:`ballistic.retrieval.index.VectorIndex` (so the IndexIDMap2 id maps are counted).
 For every size and index type:
 
 * build time (training included), memory per vector (the serialised index, and the RSS growth);
@@ -29,7 +29,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ballistic.index import VectorIndex
+from ballistic.retrieval.index import VectorIndex
 
 DIM = 128
 TYPES = {

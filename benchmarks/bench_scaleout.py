@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ballistic.cartridge.cmc.params import CMCParams, prepare
-from ballistic.describe import DESCRIPTOR_DIM, DESCRIPTOR_VERSION
-from ballistic.scaleout import RaySettings, ShardedIndex, SQLiteRowSource
+from ballistic.retrieval.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_VERSION
+from ballistic.retrieval.sharded import RaySettings, SQLiteRowSource, ShardedIndex
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cartridge" / "fadul"
 

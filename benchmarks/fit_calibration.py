@@ -46,9 +46,9 @@ def main() -> int:
 
     from ballistic import __version__
     from ballistic.bench.cartridge import read_labels, run_cartridge_bench
-    from ballistic.calibrate import ScoreLRCalibrator, calibration_report
     from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
     from ballistic.cartridge.cmc.params import CMCParams
+    from ballistic.stats.calibrate import ScoreLRCalibrator, calibration_report
 
     from api.lr import CALIBRATION_FORMAT, depth_statistics
 

@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-from ballistic.calibrate import ScoreLRCalibrator, calibration_report, cllr, cross_validated_log10_lr
+from ballistic.stats.calibrate import ScoreLRCalibrator, calibration_report, cllr, cross_validated_log10_lr
 
 
 def _population(seed=0, n_same=60, n_diff=600):

@@ -1,14 +1,14 @@
-"""Tests of :mod:`ballistic.describe`: rotation invariance, PCA whitening, mates on real Fadul scans."""
+"""Tests of :mod:`ballistic.retrieval.descriptor`: rotation invariance, PCA whitening, mates on real Fadul scans."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from ballistic.describe import (DESCRIPTOR_DIM, DESCRIPTOR_VERSION, DescriptorModel, PCAWhitener, PolarFFTDescriptor,
-                                annulus_centre, breech_face_descriptor)
 from ballistic.errors import DescriptorError
 from ballistic.preprocess.filters import crop_to_mask, rotate
+from ballistic.retrieval.descriptor import (DESCRIPTOR_DIM, DESCRIPTOR_VERSION, DescriptorModel, PCAWhitener,
+                                            PolarFFTDescriptor, annulus_centre, breech_face_descriptor)
 from ballistic.surface import Surface
 
 

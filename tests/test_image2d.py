@@ -13,8 +13,8 @@ from ballistic.cartridge.image2d import (SMALL_PISTOL_PRIMER_DIAMETER_UM, compar
 from ballistic.errors import PreprocessError
 from ballistic.io.image import read_image
 from ballistic.io.x3p import read_x3p
-from ballistic.render import render_surface_as_image
 from ballistic.surface import Surface
+from ballistic.viz.render import render_surface_as_image
 
 # synthetic ring-light photograph: geometry in pixels
 SHAPE = (360, 480)

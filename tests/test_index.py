@@ -1,4 +1,4 @@
-"""Tests of :mod:`ballistic.index`: exact vs approximate search, stable ids, partitions, snapshots."""
+"""Tests of :mod:`ballistic.retrieval.index`: exact vs approximate search, stable ids, partitions, snapshots."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ballistic.errors import IndexStateError
-from ballistic.index import VectorIndex, partition_key
+from ballistic.retrieval.index import VectorIndex, partition_key
 
 DIM = 32
 

@@ -1,4 +1,4 @@
-"""Hillshade rendering and PNG export (ballistic.render)."""
+"""Hillshade rendering and PNG export (ballistic.viz.render)."""
 from __future__ import annotations
 
 import io
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ballistic.render import (RING_LIGHT_AZIMUTHS_DEG, render_surface_as_image, shade, surface_normals, to_png,
-                              to_png_bytes)
 from ballistic.surface import Surface
+from ballistic.viz.render import (RING_LIGHT_AZIMUTHS_DEG, render_surface_as_image, shade, surface_normals, to_png,
+                                  to_png_bytes)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

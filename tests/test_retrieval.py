@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from ballistic.cartridge.synth import SyntheticCatalogue, fire, synthetic_firearm
-from ballistic.describe import PCAWhitener, PolarFFTDescriptor
-from ballistic.index import VectorIndex
-from ballistic.retrieval import RetrievalParams, Retriever, RotationPrior, rotation_prior_scores
+from ballistic.retrieval.descriptor import PCAWhitener, PolarFFTDescriptor
+from ballistic.retrieval.index import VectorIndex
+from ballistic.retrieval.search import RetrievalParams, Retriever, RotationPrior, rotation_prior_scores
 
 N_DB = 80           # 40 firearms x 2 firings
 

@@ -1,4 +1,4 @@
-"""Tests of :mod:`ballistic.scaleout` on the embedded (in-process) backend: no Ray needed.
+"""Tests of :mod:`ballistic.retrieval.sharded` on the embedded (in-process) backend: no Ray needed.
 
 The Ray backend runs the same shard and re-ranking code; it is exercised on a real local
 multi-node Ray cluster in ``tests/test_scaleout_ray.py``.
@@ -13,8 +13,8 @@ from scipy.ndimage import gaussian_filter
 
 from ballistic.cartridge.cmc.pair import compare_pair
 from ballistic.errors import ScaleOutConfigError, ScaleOutError
-from ballistic.index import VectorIndex
-from ballistic.scaleout import Row, RowSource, ShardedIndex, ShardMap, SQLiteRowSource
+from ballistic.retrieval.index import VectorIndex
+from ballistic.retrieval.sharded import Row, RowSource, SQLiteRowSource, ShardMap, ShardedIndex
 from ballistic.surface import Surface
 
 DIM = 16
@@ -250,7 +250,7 @@ def test_rerank_local_matches_compare_pair_and_orders_best_first():
 
 def test_ray_refuses_a_remote_cluster_without_token_and_weak_tokens(monkeypatch, tmp_path):
     pytest.importorskip("ray", reason="Ray not installed (pip install 'ballistic[scale]')")
-    from ballistic.scaleout import RaySettings, secure_ray_env
+    from ballistic.retrieval.sharded import RaySettings, secure_ray_env
     for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))                      # no ~/.ray/auth_token either

@@ -1,4 +1,4 @@
-"""The Ray backend of :mod:`ballistic.scaleout` on a real local Ray cluster: a head node (no CPUs) and two
+"""The Ray backend of :mod:`ballistic.retrieval.sharded` on a real local Ray cluster: a head node (no CPUs) and two
 worker nodes (one CPU each), token authentication on, no dashboard, loopback only.
 
 Shard actors need the custom resource ``shard_host`` that only the worker nodes have, so they live on
@@ -23,8 +23,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from ballistic.cartridge.cmc.pair import compare_pair  # noqa: E402
 from ballistic.errors import ShardUnavailableError  # noqa: E402
-from ballistic.scaleout import (RaySettings, ShardedIndex, SQLiteRowSource, loopback_node_args,  # noqa: E402
-                                secure_ray_env)
+from ballistic.retrieval.sharded import (RaySettings, SQLiteRowSource, ShardedIndex, loopback_node_args,  # noqa: E402
+                                         secure_ray_env)
 
 from test_scaleout import DIM, _fetch, _materialise, _surface, _unit  # noqa: E402
 
@@ -276,7 +276,7 @@ sys.path.insert(0, {tests!r})
 for k in [k for k in os.environ if k.startswith("RAY_")]:
     del os.environ[k]
 from test_scaleout_ray import _descendants, _listening
-from ballistic.scaleout import RaySettings, ShardedIndex
+from ballistic.retrieval.sharded import RaySettings, ShardedIndex
 import numpy as np
 with ShardedIndex(4, lambda after: [(1, 7, "any", np.ones(4) / 2)] if after == 0 else [], None, backend="ray",
                   ray=RaySettings(num_cpus=1, object_store_memory=80 * 2**20)) as si:

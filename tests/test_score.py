@@ -1,15 +1,15 @@
-"""CMC counting rules (:mod:`ballistic.cartridge.cmc.decision`) and accuracy metrics (:mod:`ballistic.metrics`)
+"""CMC counting rules (:mod:`ballistic.cartridge.cmc.decision`) and accuracy metrics (:mod:`ballistic.stats.metrics`)
 on hand-built results."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ballistic import metrics
 from ballistic.cartridge.cmc.cells import CellResult, DirectionResult
 from ballistic.cartridge.cmc.decision import angle_difference, cmc_count, decide, high_cmc_count
 from ballistic.cartridge.cmc.params import CMCParams
 from ballistic.cartridge.cmc.register import Registration
+from ballistic.stats import metrics
 
 P = CMCParams()   # corr 0.5, translation 25 um, angle 6 deg, tau 1, decision 6
 REG = Registration(angle_deg=10.0, dy_um=0.0, dx_um=0.0, ncc=0.6)

@@ -1,4 +1,4 @@
-"""Tests of :mod:`ballistic.search_record`: JSON round trip, stable hashes, tamper detection, validation."""
+"""Tests of :mod:`ballistic.retrieval.record`: JSON round trip, stable hashes, tamper detection, validation."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,8 @@ import ballistic
 from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
 from ballistic.cartridge.cmc.params import CMCParams
 from ballistic.errors import SearchRecordError
-from ballistic.scaleout import ShardedIndex, SQLiteRowSource
-from ballistic.search_record import RECORD_FORMAT, SearchRecord, utc_now
+from ballistic.retrieval.record import RECORD_FORMAT, SearchRecord, utc_now
+from ballistic.retrieval.sharded import SQLiteRowSource, ShardedIndex
 
 
 def _record(**kw) -> SearchRecord:

@@ -6,8 +6,8 @@ import pytest
 
 from ballistic.cartridge.cmc.pair import compare_pair
 from ballistic.cartridge.synth import SPACINGS_UM, SyntheticCatalogue, fire, synthetic_firearm
-from ballistic.describe import breech_face_descriptor
 from ballistic.preprocess.filters import resample
+from ballistic.retrieval.descriptor import breech_face_descriptor
 
 
 def test_deterministic_and_seeded():

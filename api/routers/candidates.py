@@ -33,7 +33,7 @@ REGIONS = ("breech_face", "breech_face_2d", "firing_pin", "bullet_lea", "fused")
 
 def _latest_record(session, exhibit_id: int) -> tuple[dict | None, bool | None]:
     from ballistic.errors import SearchRecordError
-    from ballistic.search_record import SearchRecord
+    from ballistic.retrieval.record import SearchRecord
 
     text = session.execute(select(Job.search_record_json).where(Job.exhibit_id == exhibit_id, Job.status == "done",
                                                                 Job.search_record_json.is_not(None))
@@ -144,8 +144,8 @@ def _render_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
         return _firing_pin_figure(rt, c, a, b, path)
     from ballistic.cartridge.cmc.pair import compare_pair
     from ballistic.cartridge.cmc.params import CMCParams, prepare
-    from ballistic.explain import explanation_figure
     from ballistic.io.x3p import read_x3p
+    from ballistic.viz.explain import explanation_figure
 
     if not a.derived_path or not b.derived_path:
         raise HTTPException(status.HTTP_409_CONFLICT, "the preprocessed surfaces are not available yet")
@@ -183,7 +183,7 @@ def _firing_pin_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
     import matplotlib.pyplot as plt
     import scipy.ndimage as ndi
     from ballistic.io.x3p import read_x3p
-    from ballistic.render import shade
+    from ballistic.viz.render import shade
 
     if not a.firing_pin_path or not b.firing_pin_path:
         raise HTTPException(status.HTTP_409_CONFLICT, "the firing-pin impressions are not available")

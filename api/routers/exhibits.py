@@ -386,7 +386,7 @@ def get_land_original(exhibit_id: IdPath, land_index: Annotated[int, Path(ge=1, 
 
 def _render_png(rt, surface, *, azimuth_deg: float, altitude_deg: float, z_factor: float, max_size: int) -> bytes:
     from ballistic.preprocess.filters import resample
-    from ballistic.render import shade, to_png_bytes
+    from ballistic.viz.render import shade, to_png_bytes
 
     big = max(surface.shape)
     if big > max_size:
@@ -411,7 +411,7 @@ def render_exhibit(exhibit_id: IdPath, rt: RuntimeDep, session: SessionDep, who:
                        "vertical exaggeration; default 5 for preprocessed breech faces, 1 otherwise"))] = None,
                    max_size: Annotated[int, Query(ge=64, le=8192, description="longest side, pixels")] = 2048
                    ) -> Response:
-    """Lambertian hillshade (``ballistic.render.shade``) of the exhibit's topography. 2D images have no relief
+    """Lambertian hillshade (``ballistic.viz.render.shade``) of the exhibit's topography. 2D images have no relief
     (download the original instead)."""
     from ballistic.io.x3p import read_x3p
 

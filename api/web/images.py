@@ -1,11 +1,11 @@
 """Pictures for examiners: shaded relief of an exhibit's scan and of a candidate pair in one frame.
 
 Everything is drawn from the evidence store (the original, or the preprocessed surface the
-correlation job wrote) with :mod:`ballistic.render` and cached as PNG under
+correlation job wrote) with :mod:`ballistic.viz.render` and cached as PNG under
 ``<evidence>/derived/web/`` (write to a temporary name, then rename; a cached file is never
 changed, its name carries the render version).
 
-The pair view reuses :func:`ballistic.explain.aligned_target` with the registration *stored* with
+The pair view reuses :func:`ballistic.viz.explain.aligned_target` with the registration *stored* with
 the candidate (nothing is compared again): the candidate is warped into the reference frame on a
 grid of half the comparison spacing, so the explanation's cells (in comparison-spacing pixels of
 the reference) land at ``CELL_SCALE`` times their coordinates.
@@ -50,7 +50,7 @@ def _stretch(img: np.ndarray) -> tuple[float, float]:
 
 def shade_view(surface, *, is_image: bool, z_factor: float | None = None) -> np.ndarray:
     """Intensities in [0, 1] (NaN = missing): a hillshade of a topography, or a 2D image as it is."""
-    from ballistic.render import shade
+    from ballistic.viz.render import shade
 
     if is_image:
         v = np.asarray(surface.heights, dtype=np.float64)
@@ -65,7 +65,7 @@ def shade_view(surface, *, is_image: bool, z_factor: float | None = None) -> np.
 
 
 def _write_png(path: Path, values: np.ndarray) -> None:
-    from ballistic.render import to_png_bytes
+    from ballistic.viz.render import to_png_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -154,7 +154,7 @@ def pair_pngs(rt, candidate, direction: str) -> tuple[Path, Path] | None:
     with _lock(str(base)):
         if ref_png.is_file() and tgt_png.is_file():
             return ref_png, tgt_png
-        from ballistic.explain import aligned_target
+        from ballistic.viz.explain import aligned_target
 
         reg = direction_registration(candidate, direction)
         ds = display_spacing(candidate.explanation)

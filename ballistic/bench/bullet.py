@@ -75,7 +75,7 @@ def read_bullet_labels(directory: str | Path, labels_csv: str | Path) -> list[di
 
 
 def _auc(scores: np.ndarray, y: np.ndarray) -> float | None:
-    from ballistic.metrics import roc_auc
+    from ballistic.stats.metrics import roc_auc
     if y.all() or not y.any():
         return None
     return roc_auc(scores, y)

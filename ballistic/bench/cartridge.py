@@ -24,8 +24,8 @@ from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION, compare_pair
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, prepare
 from ballistic.io.csv import write_rows_csv
 from ballistic.io.x3p import read_x3p
-from ballistic.metrics import equal_error_rate, error_counts, roc_auc
 from ballistic.preprocess.filters import crop_to_mask, rotate
+from ballistic.stats.metrics import equal_error_rate, error_counts, roc_auc
 from ballistic.viz.plots import cartridge_bench_plots
 
 __all__ = ["LabelledScan", "read_labels", "load_scans", "run_cartridge_bench", "summarise"]
@@ -169,7 +169,7 @@ def run_cartridge_bench(directory: str | Path, labels_csv: str | Path, *, json_o
     ref = read_reference_counts(reference_csv) if reference_csv else None
     summary = summarise(rows, reference_counts=ref, threshold=p.decision_threshold)
     try:
-        from ballistic.calibrate import calibration_report
+        from ballistic.stats.calibrate import calibration_report
         src = {sc.name: sc.source for sc in scans}
         summary["likelihood_ratio"] = calibration_report(
             [r["similarity"] for r in rows], [r["same_source"] for r in rows],

@@ -7,11 +7,11 @@
   (:class:`ballistic.cartridge.synth.SyntheticCatalogue`, two firings per synthetic
   firearm) get ids from 1 000 000; their descriptors are computed at 25 um
   (the synthetic fast path) in a process pool and cached on disk;
-* a :class:`~ballistic.describe.PCAWhitener` is fitted on distractor descriptors
+* a :class:`~ballistic.retrieval.descriptor.PCAWhitener` is fitted on distractor descriptors
   only (never on the Fadul queries), the index is built with the chosen FAISS
   factory;
 * every Fadul scan queries the index (its own entry excluded) through
-  :class:`~ballistic.retrieval.Retriever`; its mates are the other scans of the
+  :class:`~ballistic.retrieval.search.Retriever`; its mates are the other scans of the
   same slide (2 to 4 each). Distractors needed by stages 2-3 are regenerated from their id.
 
 Reported per ``N``: recall@1/10/100 of the mates after re-ranking, the FAISS
@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from ballistic.cartridge.synth import SyntheticCatalogue
-from ballistic.describe import PCAWhitener, PolarFFTDescriptor
-from ballistic.index import VectorIndex
-from ballistic.retrieval import RetrievalParams, Retriever
+from ballistic.retrieval.descriptor import PCAWhitener, PolarFFTDescriptor
+from ballistic.retrieval.index import VectorIndex
+from ballistic.retrieval.search import RetrievalParams, Retriever
 from ballistic.surface import Surface
 
 __all__ = ["BenchFetch", "distractor_descriptors", "distractor_thumbnails", "run_retrieval_bench"]

@@ -371,7 +371,7 @@ def preprocess_image(surface: Surface, *, spacing_um: float | None = None, segme
     ----------
     surface : Surface
         A photograph (:func:`ballistic.io.image.read_image`, intensities in [0, 1]) or a
-        rendered 3D scan (:func:`ballistic.render.render_surface_as_image`),
+        rendered 3D scan (:func:`ballistic.viz.render.render_surface_as_image`),
         shape (ny, nx); NaN = missing.
     spacing_um : float, optional, keyword-only
         Pixel spacing, um. Default: the surface's own when
@@ -472,7 +472,7 @@ def compare_images(a: Surface, b: Surface, *, params: CMCParams | None = None, *
     ----------
     a, b : Surface
         Raw images (:func:`ballistic.io.image.read_image`), rendered scans
-        (:func:`ballistic.render.render_surface_as_image`) or outputs of
+        (:func:`ballistic.viz.render.render_surface_as_image`) or outputs of
         :func:`preprocess_image` (those are used as they are); any rotation.
     params : CMCParams, optional, keyword-only
         CMC tuning; the default is the one used for 3D scans (lengths in um).

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ballistic.bullet.sam import BULLET_SAM_THRESHOLD
-from ballistic.metrics import roc_auc, roc_curve
+from ballistic.stats.metrics import roc_auc, roc_curve
 
 __all__ = ["cartridge_bench_plots", "bullet_bench_plots"]
 

@@ -23,7 +23,7 @@ def _ingest(c, h, scans, names):
 
 
 def test_search_record_lr_and_review_depth(client, examiner, scans):
-    from ballistic.search_record import SearchRecord
+    from ballistic.retrieval.record import SearchRecord
 
     ids = _ingest(client, examiner, scans, ["a1", "b1", "a2"])
     run_jobs(client)
@@ -85,7 +85,7 @@ def test_review_depth_method():
 
 
 def test_calibration_switched_off_and_changed(tmp_path, scans):
-    from ballistic.calibrate import ScoreLRCalibrator
+    from ballistic.stats.calibrate import ScoreLRCalibrator
 
     with TestClient(create_app(make_settings(tmp_path))) as c:
         ex = new_key(c, "examiner")

@@ -206,9 +206,9 @@ def test_descriptor_upgrade_requeues_and_reindexes(tmp_path, scans, monkeypatch)
         _ingest(c, ex, scans, ["a1", "a2", "b1"])
         c.app.state.runtime.run_pending_inline()
         n_cands = len(c.get("/v1/exhibits/1/candidates", headers=ex).json()["items"])
-    import ballistic.describe
+    import ballistic.retrieval.descriptor
 
-    monkeypatch.setattr(ballistic.describe, "DESCRIPTOR_VERSION", "test-upgraded/9")
+    monkeypatch.setattr(ballistic.retrieval.descriptor, "DESCRIPTOR_VERSION", "test-upgraded/9")
     with TestClient(create_app(make_settings(tmp_path))) as c:
         rt = c.app.state.runtime
         assert rt.startup_report["redescribe_jobs"] == 3

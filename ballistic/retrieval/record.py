@@ -5,7 +5,7 @@ that the search can be replayed later and its result checked, and so that a
 reviewer can tell how much of the database was actually looked at:
 
 * **index state**: the snapshot id of the index (or the sharded index's state id,
-  :attr:`ballistic.scaleout.ShardedSearch.state_id`), with the database position
+  :attr:`ballistic.retrieval.sharded.ShardedSearch.state_id`), with the database position
   (``index_seq``) and, for a sharded index, each shard's snapshot and seq;
 * **what was searched**: the partition and any pre-filter settings (calibre,
   firing-pin shape, excluded ids, date range...), ``k`` of the first stage, the
@@ -98,7 +98,7 @@ class SearchRecord:
     query : str
         The query exhibit (its id / evidence hash).
     index_snapshot_id : str
-        Snapshot id of the :class:`~ballistic.index.VectorIndex`, or a sharded index's state id.
+        Snapshot id of the :class:`~ballistic.retrieval.index.VectorIndex`, or a sharded index's state id.
     partition : str or None
         Partition searched (``None``: all).
     prefilter : dict
@@ -191,7 +191,7 @@ class SearchRecord:
     def for_search(cls, *, query: str, search, partition: str | None, descriptor_version: str, cmc_params,
                    k: int, n_scored: int, started_at: str, finished_at: str | None = None,
                    **kwargs) -> "SearchRecord":
-        """Build from a :class:`~ballistic.scaleout.ShardedSearch` (state id, seq, shards, eligible count).
+        """Build from a :class:`~ballistic.retrieval.sharded.ShardedSearch` (state id, seq, shards, eligible count).
 
         ``cmc_params``: a :class:`~ballistic.cartridge.cmc.params.CMCParams` or its dict; the algorithm version is
         :data:`ballistic.cartridge.cmc.pair.ALGORITHM_VERSION` unless given.

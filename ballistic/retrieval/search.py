@@ -2,8 +2,8 @@
 
 A query breech face is searched in a national database in three stages:
 
-1. **descriptor** - :func:`ballistic.describe.breech_face_descriptor` (optionally
-   PCA-whitened) searched in a :class:`ballistic.index.VectorIndex`: top ``k``
+1. **descriptor** - :func:`ballistic.retrieval.descriptor.breech_face_descriptor` (optionally
+   PCA-whitened) searched in a :class:`ballistic.retrieval.index.VectorIndex`: top ``k``
    candidates (cheap, millions of entries per second);
 1b. **screen** (``screen_k > 0``) - the same registration as stage 2 at 100 um
    every 8 degrees (~1.5 ms a candidate, on stored coarse thumbnails) keeps the
@@ -43,9 +43,9 @@ import scipy.fft as sfft
 from ballistic.cartridge.cmc.pair import compare_pair
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, centre_heights, prepare
 from ballistic.cartridge.cmc.register import warp_to_reference
-from ballistic.describe import DescriptorModel, PCAWhitener, PolarFFTDescriptor
-from ballistic.index import VectorIndex
 from ballistic.preprocess.filters import resample
+from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener, PolarFFTDescriptor
+from ballistic.retrieval.index import VectorIndex
 from ballistic.surface import Surface
 
 __all__ = ["RetrievalParams", "Candidate", "RetrievalResult", "RotationPrior", "rotation_prior_scores", "Retriever"]

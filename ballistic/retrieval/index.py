@@ -168,7 +168,7 @@ class VectorIndex:
         JSON-serialisable information stored with the snapshot (descriptor name...).
     attachments : dict of str -> bytes
         Small files stored (and checksummed) with the snapshot, e.g. the
-        :class:`~ballistic.describe.PCAWhitener` the vectors went through.
+        :class:`~ballistic.retrieval.descriptor.PCAWhitener` the vectors went through.
     """
 
     def __init__(self, dim: int, *, factory: str = "Flat", metric: str = "ip", min_train: int | None = None,

@@ -7,13 +7,13 @@ the descriptor rows ``(seq, id, partition, vector)`` written after a given
 can be thrown away and rebuilt from it.
 
 :class:`ShardedIndex` splits the vectors into shards, each a
-:class:`~ballistic.index.VectorIndex` (same factory, same metric, so scores from
+:class:`~ballistic.retrieval.index.VectorIndex` (same factory, same metric, so scores from
 different shards are comparable), either
 
 * ``shard_by="id"``: ``n_shards`` shards by a stable hash (splitmix64) of the
   exhibit id, every query goes to every shard; or
 * ``shard_by="partition"``: one shard per class partition listed in
-  ``partitions`` (see :func:`~ballistic.index.partition_key`) plus a catch-all
+  ``partitions`` (see :func:`~ballistic.retrieval.index.partition_key`) plus a catch-all
   shard ``"*"`` for any other; a query in one partition goes to one shard.
 
 A query is fanned out to the shards, each returns its top ``k`` and the driver
@@ -112,7 +112,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Seque
 import numpy as np
 
 from ballistic.errors import IndexStateError, RerankError, ScaleOutConfigError, ScaleOutError, ShardUnavailableError
-from ballistic.index import VectorIndex
+from ballistic.retrieval.index import VectorIndex
 
 __all__ = [
     "Row", "RowSource", "SQLiteRowSource",
@@ -807,7 +807,7 @@ def _short(e: BaseException) -> str:
 
 # ---------------------------------------------------------------------------------------------------- the index
 class ShardedIndex:
-    """A :class:`~ballistic.index.VectorIndex` split into shards, kept current from a :class:`RowSource`.
+    """A :class:`~ballistic.retrieval.index.VectorIndex` split into shards, kept current from a :class:`RowSource`.
 
     Parameters
     ----------
