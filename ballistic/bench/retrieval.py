@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ballistic.cartridge.synth import SyntheticCatalogue
+from ballistic.io.atomic import atomic_write, atomic_write_bytes
 from ballistic.retrieval.descriptor import PCAWhitener, PolarFFTDescriptor
 from ballistic.retrieval.index import VectorIndex
 from ballistic.retrieval.search import RetrievalParams, Retriever
@@ -98,10 +99,7 @@ def distractor_thumbnails(n: int, *, catalogue: SyntheticCatalogue, spacing_um: 
         T = np.concatenate([_thumb_range(r) for r in ranges])
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, T)
-        os.replace(tmp, f)
+        atomic_write(f, lambda fh: np.save(fh, T))
     return T
 
 
@@ -149,10 +147,7 @@ def distractor_descriptors(n: int, *, catalogue: SyntheticCatalogue, descriptor:
         parts += [_describe_range(r) for r in ranges]
     X = np.concatenate(parts).astype(np.float32)
     if cache_dir is not None:
-        tmp = cache_dir / f".distractors-{key}-{n}.npy.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, X)
-        os.replace(tmp, cache_dir / f"distractors-{key}-{n}.npy")
+        atomic_write(cache_dir / f"distractors-{key}-{n}.npy", lambda fh: np.save(fh, X))
     return X
 
 
@@ -303,9 +298,7 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
         retr.close()
     summary["wall_seconds"] = round(time.time() - t_start, 1)
     _print_table(summary, k)
-    tmp = json_out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, json_out)
+    atomic_write_bytes(json_out, json.dumps(summary, indent=2).encode())
     return summary
 
 

@@ -70,6 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 
+from ballistic.cartridge.cmc.params import centre_heights
 from ballistic.cartridge.cmc.register import local_search, search_rotation, warp_to_reference
 from ballistic.errors import FiringPinError
 from ballistic.preprocess.filters import bandpass_filter, resample
@@ -527,14 +528,6 @@ def extract_firing_pin(surface: Surface, *, geometry: FiringPinGeometry | None =
 
 # --------------------------------------------------------------------------- compare
 
-def _centred(h: np.ndarray) -> np.ndarray:
-    out = np.array(h, dtype=np.float64, copy=True)
-    m = np.isfinite(out)
-    if m.any():
-        out[m] -= out[m].mean()
-    return np.ascontiguousarray(out)
-
-
 def compare_firing_pins(a: Surface, b: Surface, *, angle_step_deg: float = 2.0, coarse_spacing_um: float = 12.5,
                         fine_spacing_um: float = 6.25, max_shift_um: float = 100.0,
                         min_overlap: float = 0.5, min_overlap_mm2: float = 0.1) -> FiringPinResult:
@@ -574,8 +567,8 @@ def compare_firing_pins(a: Surface, b: Surface, *, angle_step_deg: float = 2.0, 
     """
     pa = a if str(a.meta.get("preprocess", "")).startswith(_EXTRACT_TAG) else extract_firing_pin(a)
     pb = b if str(b.meta.get("preprocess", "")).startswith(_EXTRACT_TAG) else extract_firing_pin(b)
-    ca = _centred(resample(pa, spacing_um=coarse_spacing_um).heights)
-    cb = _centred(resample(pb, spacing_um=coarse_spacing_um).heights)
+    ca = centre_heights(resample(pa, spacing_um=coarse_spacing_um).heights)
+    cb = centre_heights(resample(pb, spacing_um=coarse_spacing_um).heights)
     na, nb = int(np.isfinite(ca).sum()), int(np.isfinite(cb).sum())
     if min(na, nb) < 50:
         raise FiringPinError(f"compare_firing_pins: too few measured points ({na}, {nb}) at {coarse_spacing_um} um")
@@ -593,8 +586,8 @@ def compare_firing_pins(a: Surface, b: Surface, *, angle_step_deg: float = 2.0, 
     med = float(np.median(others))
     mad = 1.4826 * float(np.median(np.abs(others - med)))
     z = (best_ncc - med) / mad if mad > 0 else float("nan")
-    fa = _centred(resample(pa, spacing_um=fine_spacing_um).heights)
-    fb = _centred(resample(pb, spacing_um=fine_spacing_um).heights)
+    fa = centre_heights(resample(pa, spacing_um=fine_spacing_um).heights)
+    fb = centre_heights(resample(pb, spacing_um=fine_spacing_um).heights)
     ratio = coarse_spacing_um / fine_spacing_um
     mo_f = max(16, int(min_overlap * min(np.isfinite(fa).sum(), np.isfinite(fb).sum())))
     q = angle_step_deg / 2.0

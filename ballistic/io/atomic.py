@@ -2,14 +2,20 @@
 
 Write to a temporary file in the destination folder, flush and fsync it, rename it over the
 destination (``os.replace``), then fsync the folder so the rename itself survives a crash.
+
+* :func:`atomic_write_bytes` - bytes in memory (PNGs, JSON, whiteners, calibrations, x3p files);
+* :func:`atomic_write` - the same, the content streamed by a callable (large ``.npy`` caches);
+* :func:`write_synced` and :func:`fsync_dir` - the pieces, for a folder of files that is written
+  in a temporary folder and renamed into place as a whole (index snapshots).
 """
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write_bytes", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "write_synced", "fsync_dir"]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -28,8 +34,18 @@ def fsync_dir(folder: Path) -> None:
         os.close(dfd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and durably; returns the path.
+def write_synced(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` (no rename) and fsync it: a file inside a temporary folder that
+    will be renamed into place as a whole (then :func:`fsync_dir` the folder)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file atomically and durably, its content produced by ``write(file_object)``;
+    returns the path.
 
     Raises FileNotFoundError with a hint when the destination folder does not exist.
     """
@@ -40,7 +56,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
@@ -52,3 +68,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise
     fsync_dir(parent)
     return dest
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and durably; returns the path.
+
+    Raises FileNotFoundError with a hint when the destination folder does not exist.
+    """
+    return atomic_write(path, lambda fh: fh.write(data))

@@ -40,8 +40,9 @@ import faiss
 import numpy as np
 
 from ballistic.errors import IndexStateError
+from ballistic.io.atomic import atomic_write_bytes, fsync_dir, write_synced
 
-__all__ = ["INDEX_FORMAT", "VectorIndex", "partition_key"]
+__all__ = ["INDEX_FORMAT", "VectorIndex", "partition_key", "merge_topk"]
 
 INDEX_FORMAT = "ballistic-vector-index/1"
 _KEEP_SNAPSHOTS = 2
@@ -105,24 +106,38 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def merge_topk(res: list[tuple[np.ndarray, np.ndarray]], nq: int, k: int, metric: str):
+    """Merge per-part top-k lists into one: best score first (``ip`` higher, ``l2`` lower), stable
+    over the parts in order, ids ``-1`` (and the worst score) where there are fewer than k results.
 
+    Parameters
+    ----------
+    res : list of (scores, ids)
+        Each ``scores`` (nq, k_i) float and ``ids`` (nq, k_i) int64, ``-1`` for no result.
+    nq, k : int
+    metric : {"ip", "l2"}
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    Returns
+    -------
+    scores : ndarray of float32, shape (nq, k)
+    ids : ndarray of int64, shape (nq, k)
+    """
+    worst = -np.inf if metric == "ip" else np.inf
+    if not res:
+        return np.full((nq, k), worst, np.float32), np.full((nq, k), -1, np.int64)
+    D = np.concatenate([r[0] for r in res], axis=1)
+    I = np.concatenate([r[1] for r in res], axis=1)
+    key = -D if metric == "ip" else D
+    key = np.where(I < 0, np.inf, key)
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    D = np.take_along_axis(D, order, axis=1)
+    I = np.take_along_axis(I, order, axis=1)
+    if D.shape[1] < k:
+        pad = k - D.shape[1]
+        D = np.pad(D, ((0, 0), (0, pad)), constant_values=worst)
+        I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
+    D = np.where(I < 0, worst, D).astype(np.float32)
+    return D, I.astype(np.int64)
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -415,27 +430,7 @@ class VectorIndex:
             else:
                 parts = [self._parts[partition]] if partition in self._parts else []
             res = [self._search_part(p, Q, k) for p in parts]
-        return self._merge(res, Q.shape[0], k)
-
-    def _worst(self) -> float:
-        return -np.inf if self.metric == "ip" else np.inf
-
-    def _merge(self, res, nq: int, k: int):
-        if not res:
-            return np.full((nq, k), self._worst(), np.float32), np.full((nq, k), -1, np.int64)
-        D = np.concatenate([r[0] for r in res], axis=1)
-        I = np.concatenate([r[1] for r in res], axis=1)
-        key = -D if self.metric == "ip" else D
-        key = np.where(I < 0, np.inf, key)
-        order = np.argsort(key, axis=1, kind="stable")[:, :k]
-        D = np.take_along_axis(D, order, axis=1)
-        I = np.take_along_axis(I, order, axis=1)
-        if D.shape[1] < k:
-            pad = k - D.shape[1]
-            D = np.pad(D, ((0, 0), (0, pad)), constant_values=self._worst())
-            I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
-        D = np.where(I < 0, self._worst(), D).astype(np.float32)
-        return D, I.astype(np.int64)
+        return merge_topk(res, Q.shape[0], k, self.metric)
 
     def _search_part(self, part: _Partition, Q: np.ndarray, k: int):
         out = []
@@ -455,7 +450,7 @@ class VectorIndex:
                 dead = _isin_sorted(I, part.tombstones)
                 I = np.where(dead, -1, I)
             out.append((D, I))
-        return self._merge(out, Q.shape[0], k) if out else self._merge([], Q.shape[0], k)
+        return merge_topk(out, Q.shape[0], k, self.metric)
 
     def __len__(self) -> int:
         return int(sum(p.ids.size for p in self._parts.values()))
@@ -544,24 +539,17 @@ class VectorIndex:
                 tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=snaps))
                 try:
                     for name, data in files.items():
-                        _write_synced(tmp / name, data)
-                    _write_synced(tmp / "manifest.json", body)
-                    _fsync_dir(tmp)
+                        write_synced(tmp / name, data)
+                    write_synced(tmp / "manifest.json", body)
+                    fsync_dir(tmp)
                     if final.exists():       # a partial folder of the same content: replace it
                         shutil.rmtree(final)
                     os.rename(tmp, final)
-                    _fsync_dir(snaps)
+                    fsync_dir(snaps)
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
-            cur_tmp = root / f".CURRENT.{os.getpid()}.tmp"
-            _write_synced(cur_tmp, (sid + "\n").encode())
-            try:
-                os.replace(cur_tmp, root / "CURRENT")
-            except BaseException:
-                cur_tmp.unlink(missing_ok=True)
-                raise
-            _fsync_dir(root)
+            atomic_write_bytes(root / "CURRENT", (sid + "\n").encode())
             self.snapshot_id = sid
             self._prune(root, sid)
             return sid

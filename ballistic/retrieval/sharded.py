@@ -112,7 +112,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Seque
 import numpy as np
 
 from ballistic.errors import IndexStateError, RerankError, ScaleOutConfigError, ScaleOutError, ShardUnavailableError
-from ballistic.retrieval.index import VectorIndex
+from ballistic.retrieval.index import VectorIndex, merge_topk
 
 __all__ = [
     "Row", "RowSource", "SQLiteRowSource",
@@ -485,26 +485,6 @@ class RerankHit:
     cmc_count: int
     identification: bool
     summary: dict = field(repr=False, compare=False)
-
-
-def _merge(res: list[tuple[np.ndarray, np.ndarray]], nq: int, k: int, metric: str):
-    """The ordering of :meth:`VectorIndex._merge`: best score first, stable over shards, -1 padding."""
-    worst = -np.inf if metric == "ip" else np.inf
-    if not res:
-        return np.full((nq, k), worst, np.float32), np.full((nq, k), -1, np.int64)
-    D = np.concatenate([r[0] for r in res], axis=1)
-    I = np.concatenate([r[1] for r in res], axis=1)
-    key = -D if metric == "ip" else D
-    key = np.where(I < 0, np.inf, key)
-    order = np.argsort(key, axis=1, kind="stable")[:, :k]
-    D = np.take_along_axis(D, order, axis=1)
-    I = np.take_along_axis(I, order, axis=1)
-    if D.shape[1] < k:
-        pad = k - D.shape[1]
-        D = np.pad(D, ((0, 0), (0, pad)), constant_values=worst)
-        I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
-    D = np.where(I < 0, worst, D).astype(np.float32)
-    return D, I.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------------- re-rank work
@@ -898,7 +878,7 @@ class ShardedIndex:
             if lag:        # rows arrived during the fan-out: bring the lagging shards to the same position
                 res.update(self._ex.call({n: ("search", (Q, int(k), partition, False, top)) for n in lag}))
         seqs = {r["seq"] for r in res.values()}
-        D, I = _merge([(res[n]["scores"], res[n]["ids"]) for n in names], Q.shape[0], int(k), self.metric)
+        D, I = merge_topk([(res[n]["scores"], res[n]["ids"]) for n in names], Q.shape[0], int(k), self.metric)
         states = [ShardState(n, int(res[n]["seq"]), res[n]["snapshot"], int(res[n]["eligible"]),
                              float(res[n]["seconds"])) for n in names]
         return ShardedSearch(D, I, max(seqs) if sync else min(seqs), sum(s.eligible for s in states), states)
