@@ -91,13 +91,11 @@ def _one(ij):
 
 
 def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
-    """Write per-pair rows (dicts with the same keys) as CSV; returns the path."""
-    path = Path(path)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    """Write per-pair rows (dicts with the same keys) as CSV through the formula-safe writer
+    (:func:`ballistic.csvsafe.write_csv`: scan names cannot run as spreadsheet formulas); returns the path."""
+    from ballistic.csvsafe import write_csv
+
+    return write_csv(path, rows, list(rows[0].keys()))
 
 
 def summarise(rows: list[dict], *, reference_counts: dict | None = None, threshold: int = 6) -> dict:

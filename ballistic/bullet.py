@@ -1560,12 +1560,10 @@ def run_bullet_bench(directory: str | Path, labels_csv: str | Path, *, json_out:
     json_out.parent.mkdir(parents=True, exist_ok=True)
     from ballistic.bench import write_rows_csv
     summary["pairs_csv"] = str(write_rows_csv(rows, json_out.with_suffix(".pairs.csv")))
-    bcsv = json_out.with_suffix(".bullets.csv")
-    with open(bcsv, "w", newline="") as fh:
-        cols = ["set", "bullet_a", "bullet_b", "same_barrel", "sam", "phase", "lands_compared", "identified", "pairs"]
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(bullets)
+    from ballistic.csvsafe import write_csv
+    bcsv = write_csv(json_out.with_suffix(".bullets.csv"), bullets,
+                     ["set", "bullet_a", "bullet_b", "same_barrel", "sam", "phase", "lands_compared", "identified",
+                      "pairs"], extrasaction="ignore")
     summary["bullets_csv"] = str(bcsv)
     summary["plots"] = _bullet_plots(rows, bullets, json_out.with_suffix(""))
     json_out.write_text(json.dumps(summary, indent=2, default=_jsonable))
