@@ -50,6 +50,8 @@ class Runtime:
         self.store = EvidenceStore(settings.evidence_dir)
         self.prepared = PreparedCache(settings.prepared_cache_size)
         self.stopping = threading.Event()
+        # uploads opened and checked at once (each may hold a grid of up to api.limits.max_scan_points)
+        self.scan_check_slots = threading.BoundedSemaphore(settings.max_concurrent_scan_checks)
         self.retrieval = None
         self.bullet_retrieval = None
         self.calibration = None

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
+import numpy as np
 import pytest
 from api_helpers import run_jobs, upload
 
@@ -44,3 +46,167 @@ def test_i2_csv_export_neutralises_formulas_and_keeps_numbers(client, examiner, 
     tf = next(x for x in rows if x["link_type"] == "test_fired_from")
     assert tf["to_id"] == "FIREARM-=1+1"
     assert tf["to_firearm_serial"] == "'=1+1"
+
+
+# --------------------------------------------------------------------------- 2. memory blow-up, degenerate scans
+@pytest.fixture(scope="module")
+def zero_7900(tmp_path_factory):
+    from api_helpers import constant_grid_x3p
+
+    return constant_grid_x3p(tmp_path_factory.mktemp("hostile") / "zeros.x3p", 7900, 7900).read_bytes()
+
+
+def _nothing_stored(client, settings, examiner, n_exhibits: int = 0) -> None:
+    assert client.get("/v1/exhibits", headers=examiner).json()["total"] == n_exhibits
+    assert [p for p in (settings.evidence_dir / "originals").rglob("*") if p.is_file()] == []
+    assert list((settings.evidence_dir / "tmp").iterdir()) == []
+
+
+def test_zero_grid_x3p_is_refused_from_its_header_without_decompressing(client, examiner, settings, zero_7900,
+                                                                         monkeypatch):
+    """486 KB declaring 7900 x 7900 float64 zeros: 413 before the point data is decompressed."""
+    import ballistic.io as bio
+
+    assert len(zero_7900) < 600_000
+    members = []
+    real = bio._read_member
+    monkeypatch.setattr(bio, "_read_member", lambda zf, info, label: members.append(info.filename)
+                        or real(zf, info, label))
+    r = upload(client, examiner, zero_7900, name="zeros.x3p")
+    assert r.status_code == 413, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("file too large for this service") and "at most" in detail
+    assert "pass max_points" not in detail  # not the library's advice to a programmer
+    assert members == ["main.xml"]          # the 499 MB of point data were never inflated
+    _nothing_stored(client, settings, examiner)
+
+
+def _x3p(heights, spacing_um=12.5):
+    from api_helpers import x3p_bytes
+
+    from ballistic.surface import Surface
+
+    return x3p_bytes(Surface(np.asarray(heights, dtype=float), spacing_um, {}))
+
+
+def test_degenerate_scans_are_refused_at_upload_with_a_reason(client, examiner, settings, tmp_path):
+    from api_helpers import constant_grid_x3p
+
+    rng = np.random.default_rng(0)
+    few = np.full((200, 200), np.nan)
+    few[rng.integers(0, 200, 50), rng.integers(0, 200, 50)] = rng.normal(size=50)
+    cases = {
+        "zeros": (constant_grid_x3p(tmp_path / "z.x3p", 300, 300).read_bytes(), 422, "the scan is flat"),
+        "constant": (constant_grid_x3p(tmp_path / "c.x3p", 300, 300, value=17.5).read_bytes(), 422, "flat"),
+        "all missing": (constant_grid_x3p(tmp_path / "n.x3p", 300, 300, value=np.nan).read_bytes(), 422,
+                        "no measured points"),
+        "too few points": (_x3p(few), 422, "too few measured points"),
+        # 1e-12 m per point: a unit error, not a scan
+        "absurd spacing": (_x3p(rng.normal(size=(100, 100)), spacing_um=1e-6), 422, "implausible pixel spacing"),
+        # 90 um per point over 1000 x 1000: the job would resample it to 14400 x 14400 at 6.25 um
+        "coarse grid that grows": (_x3p(rng.normal(size=(1000, 1000)), spacing_um=90.0), 413,
+                                   "file too large for this service"),
+    }
+    for name, (data, code, reason) in cases.items():
+        r = upload(client, examiner, data, name=f"{name}.x3p", exhibit_ref=name)
+        assert r.status_code == code, (name, r.text)
+        assert reason in r.json()["detail"], (name, r.json())
+    _nothing_stored(client, settings, examiner)
+    # a genuine scan still goes through
+    assert upload(client, examiner, _x3p(rng.normal(size=(100, 100))), name="ok.x3p").status_code == 201
+
+
+def test_the_job_memory_budget_bounds_what_is_opened(tmp_path, scans):
+    from api_helpers import make_settings, new_key
+    from fastapi.testclient import TestClient
+
+    from api.limits import max_scan_points
+    from api.main import create_app
+
+    s = make_settings(tmp_path, job_memory_budget_mb=64)  # 64 MiB / (8 B x 16 copies) = 524288 points
+    assert max_scan_points(s) == 524288
+    with TestClient(create_app(s)) as c:
+        ex = new_key(c, "examiner")
+        assert upload(c, ex, scans["a1"], name="a1.x3p").status_code == 201  # 160 x 160
+        big = _x3p(np.random.default_rng(1).normal(size=(800, 800)))          # 640 000 points
+        r = upload(c, ex, big, name="big.x3p")
+        assert r.status_code == 413 and "at most 524,288 points" in r.json()["detail"], r.text
+
+
+def test_job_spacing_is_the_preprocessing_output_spacing():
+    import inspect
+
+    from ballistic.image2d import preprocess_image
+    from ballistic.preprocess import preprocess_cartridge
+
+    from api.limits import JOB_SPACING_UM
+
+    assert inspect.signature(preprocess_cartridge).parameters["spacing_um"].default == JOB_SPACING_UM
+    assert inspect.signature(preprocess_image).parameters["output_spacing_um"].default == JOB_SPACING_UM
+
+
+# --------------------------------------------------------------------------- 7. messages for HTTP users
+_PROGRAMMER = re.compile(r"\b(?:pass|raise|lower)\s+[a-z]+_[a-z_]+|[a-z]+_[a-z_]+=|Error:")
+
+
+def test_upload_errors_speak_to_the_user_not_to_a_library_caller(tmp_path, scans):
+    import zipfile
+
+    from api_helpers import make_settings, new_key
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    s = make_settings(tmp_path, max_upload_bytes=400_000, max_pixels=30_000)
+    bad_md5 = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(scans["b1"])) as z, zipfile.ZipFile(bad_md5, "w") as out:
+        for i in z.infolist():
+            data = z.read(i)
+            out.writestr(i, data[:-8] + b"\0" * 8 if i.filename.endswith("data.bin") else data)
+    with TestClient(create_app(s)) as c:
+        ex = new_key(c, "examiner")
+        expect = {
+            "wide.x3p": (_x3p(np.random.default_rng(2).normal(size=(150, 210))), 413,
+                         "file too large for this service: the scan is a 210 x 150 grid (31,500 points)"),
+            "big.x3p": (scans["b1"] + b"\0" * 400_000, 413, "file too large for this service: uploads are limited"),
+            "altered.x3p": (bad_md5.getvalue(), 422, "the file is damaged or was altered after export"),
+        }
+        for name, (data, code, start) in expect.items():
+            r = upload(c, ex, data, name=name)
+            detail = r.json()["detail"]
+            assert r.status_code == code and detail.startswith(start), (name, r.text)
+            assert not _PROGRAMMER.search(detail), (name, detail)
+            assert "upload-" not in detail  # the staging file's name never shows
+
+
+def test_job_failures_are_stored_in_words_for_the_user(client, examiner, scans, monkeypatch):
+    from api_helpers import ADMIN
+
+    from api.retrieval import Retrieval
+    from ballistic.describe import breech_face_descriptor
+
+    # the library's own DescriptorError ("... raise r_max_um (now 2000.0 um) or lower min_valid ...")
+    monkeypatch.setattr(Retrieval, "compute_descriptor",
+                        staticmethod(lambda surface: breech_face_descriptor(surface, min_valid=1.1)))
+    r = upload(client, examiner, scans["a1"], name="a1.x3p")
+    run_jobs(client)
+    job = client.get(f"/v1/jobs/{r.json()['job']['id']}", headers=examiner).json()
+    assert job["status"] == "failed"
+    assert job["error"].startswith("scan area not recognised"), job["error"]
+    assert "r_max_um" not in job["error"] and not _PROGRAMMER.search(job["error"])
+    # the library's message is kept for whoever maintains the service: in the audit row
+    rows = client.get("/v1/audit", headers=ADMIN).json()["items"]
+    failed = next(x for x in rows if x["action"] == "job.failed")
+    assert "raise r_max_um" in failed["detail"] and "scan area not recognised" in failed["detail"]
+
+
+def test_plain_drops_programmer_advice():
+    from api.user_errors import plain
+
+    assert plain("find_breech_face: aperture and margins leave no breech-face annulus; lower edge_margin_um / "
+                 "aperture_margin_um or check the scan") == "aperture and margins leave no breech-face annulus"
+    assert plain("'upload-0123456789abcdef' has SizeZ=2 layers; only single-layer surfaces (SizeZ=1) are "
+                 "supported - export one layer per file", "x.x3p") == \
+        "'x.x3p' has SizeZ=2 layers; only single-layer surfaces (SizeZ=1) are supported; export one layer per file"
+    assert plain("point data altered (or pass verify_md5=False to read it anyway at your own risk)") == \
+        "point data altered"
