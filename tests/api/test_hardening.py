@@ -210,3 +210,43 @@ def test_plain_drops_programmer_advice():
         "'x.x3p' has SizeZ=2 layers; only single-layer surfaces (SizeZ=1) are supported; export one layer per file"
     assert plain("point data altered (or pass verify_md5=False to read it anyway at your own risk)") == \
         "point data altered"
+
+
+# --------------------------------------------------------------------------- 3. logout ends the session
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def _web_login(client, headers) -> str:
+    from api.web import auth
+
+    r = client.post("/web/login", data={"api_key": headers["X-API-Key"],
+                                        "csrf_token": _csrf(client.get("/web/login").text)}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return client.cookies.get(auth.SESSION_COOKIE)
+
+
+def test_logout_invalidates_the_session_on_the_server(client, examiner):
+    from api_helpers import ADMIN
+
+    from api.web import auth
+
+    from fastapi.testclient import TestClient
+
+    other = TestClient(client.app)  # a second browser of the same key (same app, already started)
+    _web_login(other, examiner)
+    saved = _web_login(client, examiner)
+    page = client.get("/web/exhibits")
+    assert page.status_code == 200
+    r = client.post("/web/logout", data={"csrf_token": _csrf(page.text)}, follow_redirects=False)
+    assert r.status_code == 303
+    # the cookie saved before the logout (a copy, another tab, a stolen one) no longer opens anything
+    client.cookies.set(auth.SESSION_COOKIE, saved)
+    r = client.get("/web/exhibits", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/web/login")
+    # only that session ended: the other browser's session still works, and a new login works
+    assert other.get("/web/exhibits", follow_redirects=False).status_code == 200
+    client.cookies.clear()
+    _web_login(client, examiner)
+    assert client.get("/web/exhibits", follow_redirects=False).status_code == 200
+    assert any(e["action"] == "web.logout" for e in client.get("/v1/audit", headers=ADMIN).json()["items"])
