@@ -43,13 +43,18 @@ def _item(ev: HitEvent) -> HitPublic:
 
 @router.get("/feed", response_model=HitFeed, responses={304: {"description": "nothing new (ETag matched)"},
                                                         400: {"model": ErrorPublic}},
-            summary="Confirmed hits (and retractions) after a cursor, oldest first")
+            summary="Confirmed hits (and retractions) after a cursor, oldest first; 400 for a cursor this "
+                    "server never issued")
 def hits_feed(response: Response, session: ReadSessionDep, who: IntelReader,
               after: Annotated[Optional[str], Query(max_length=100, description="opaque cursor")] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 100,
               if_none_match: Annotated[Optional[str], Header(max_length=200)] = None):
     after_seq = decode_cursor(after) if after else 0
     head = session.execute(select(func.max(HitEvent.seq))).scalar() or 0
+    if after_seq > head:  # never issued: a client holding it would silently never see the hits that follow
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, (
+            "cursor never issued by this feed: it points past the newest event. Pass back a next_cursor value "
+            "this server returned, or leave 'after' out to read the feed from the start"))
     if head <= after_seq:
         events = []
     else:

@@ -250,3 +250,35 @@ def test_logout_invalidates_the_session_on_the_server(client, examiner):
     _web_login(client, examiner)
     assert client.get("/web/exhibits", follow_redirects=False).status_code == 200
     assert any(e["action"] == "web.logout" for e in client.get("/v1/audit", headers=ADMIN).json()["items"])
+
+
+# --------------------------------------------------------------------------- 4. feed cursors never issued
+def test_feed_refuses_cursors_it_never_issued_and_valid_cursors_see_new_hits(client, examiner, intel, scans):
+    import base64
+
+    def cursor(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    ids = {}
+    for n in ("a1", "a2", "a3"):
+        ids[n] = upload(client, examiner, scans[n], name=f"{n}.x3p", exhibit_ref=n).json()["id"]
+    run_jobs(client)
+    empty = client.get("/v1/hits/feed", headers=intel).json()  # the empty feed's cursor is a valid one
+    for bad in (cursor("hit:999999"), cursor("hit:1"), "garbage!", cursor("job:0"), cursor("hit:-1")):
+        r = client.get("/v1/hits/feed", headers=intel, params={"after": bad})
+        assert r.status_code == 400, (bad, r.text)
+        assert "cursor" in r.json()["detail"]
+    assert "never issued" in client.get("/v1/hits/feed", headers=intel,
+                                        params={"after": cursor("hit:999999")}).json()["detail"]
+    # a client holding a cursor it was given sees every hit confirmed after it
+    _confirm_pair(client, examiner, ids["a1"], ids["a2"])
+    got = client.get("/v1/hits/feed", headers=intel, params={"after": empty["next_cursor"]}).json()
+    assert len(got["items"]) == 1
+    held = got["next_cursor"]
+    idle = client.get("/v1/hits/feed", headers=intel, params={"after": held})
+    assert idle.status_code == 200 and idle.json()["items"] == [] and idle.json()["next_cursor"] == held
+    _confirm_pair(client, examiner, ids["a2"], ids["a3"])
+    nxt = client.get("/v1/hits/feed", headers=intel, params={"after": held}).json()
+    assert [i["kind"] for i in nxt["items"]] == ["hit"] and nxt["next_cursor"] != held
+    # the old hit:1 cursor is valid now that event 1 exists
+    assert client.get("/v1/hits/feed", headers=intel, params={"after": cursor("hit:1")}).status_code == 200
