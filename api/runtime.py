@@ -20,7 +20,7 @@ from sqlalchemy import or_, select, update
 
 from api import audit
 from api.db import make_engine, make_sessionmaker, session_scope, upgrade, utcnow
-from api.models import ApiKey, Candidate, Exhibit, Job, Setting
+from api.models import ApiKey, Candidate, Exhibit, Job, LandScan, Setting
 from api.pipeline import PreparedCache, run_correlation_job
 from api.security import hash_key, new_key
 from api.settings import Settings
@@ -74,6 +74,7 @@ class Runtime:
             upgrade(self.engine)
         self.bootstrap_key = self._bootstrap_admin()
         self.startup_report["staging_files_removed"] = self.store.clean_staging()
+        self.startup_report["orphan_originals"] = self.reconcile_originals()
         from api.retrieval import Retrieval
 
         self.retrieval = Retrieval(self.settings, self.session_factory)
@@ -116,6 +117,48 @@ class Runtime:
             pass
         self.engine.dispose()
         self.read_engine.dispose()
+
+    # ------------------------------------------------------------------ evidence
+    def reconcile_originals(self, batch: int = 500) -> dict[str, Any]:
+        """Quarantine originals that no exhibit or land row names (a crash between writing the file and the
+        database commit of its upload: the upload was never acknowledged). Run at start-up, before serving;
+        one server process per database (as for the job queue). Each quarantined file is in the audit log."""
+        found: list[tuple[str, int]] = []
+        pending: list[tuple[str, Any]] = []
+
+        def check() -> None:
+            shas = [sha for sha, _ in pending]
+            with self.read_factory() as s:
+                known = set(s.execute(select(Exhibit.original_sha256).where(Exhibit.original_sha256.in_(shas)))
+                            .scalars())
+                known |= set(s.execute(select(LandScan.original_sha256).where(LandScan.original_sha256.in_(shas)))
+                             .scalars())
+            for sha, path in pending:
+                if sha not in known:
+                    found.append((sha, path.stat().st_size))
+            pending.clear()
+
+        for sha, path in self.store.iter_originals():
+            pending.append((sha, path))
+            if len(pending) >= batch:
+                check()
+        if pending:
+            check()
+        if not found:
+            return {"quarantined": 0}
+        moved = []
+        for sha, size in found:
+            dst = self.store.quarantine_original(sha)
+            moved.append({"sha256": sha, "size": size, "quarantined_as": dst.name})
+        reason = ("original on disk that no exhibit or land row names: an upload interrupted between writing the "
+                  "file and its database commit (never acknowledged); moved to the quarantine folder, not deleted")
+        with session_scope(self.session_factory) as s:
+            for m in moved:
+                audit.append(s, actor="system:startup", action="evidence.quarantine", resource_type="original",
+                             resource_id=m["sha256"], detail={**m, "reason": reason})
+        log.warning("%d orphan original(s) moved to %s (see the audit log, action evidence.quarantine)",
+                    len(moved), self.store.quarantine)
+        return {"quarantined": len(moved), "folder": str(self.store.quarantine), "files": moved[:100]}
 
     # ------------------------------------------------------------------ jobs
     def enqueue(self, job_id: int, *, delay: float = 0.0) -> None:

@@ -282,3 +282,50 @@ def test_feed_refuses_cursors_it_never_issued_and_valid_cursors_see_new_hits(cli
     assert [i["kind"] for i in nxt["items"]] == ["hit"] and nxt["next_cursor"] != held
     # the old hit:1 cursor is valid now that event 1 exists
     assert client.get("/v1/hits/feed", headers=intel, params={"after": cursor("hit:1")}).status_code == 200
+
+
+# --------------------------------------------------------------------------- 5. orphan evidence after a crash
+def test_orphan_originals_are_quarantined_counted_reported_and_audited_at_start_up(tmp_path, scans):
+    """The state a kill -9 between writing an original and the database commit of its upload leaves: a file
+    in originals/ that no exhibit or land row names, no audit entry. Start-up quarantines it."""
+    import hashlib
+
+    from api_helpers import ADMIN, make_settings, new_key
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    s = make_settings(tmp_path)
+    with TestClient(create_app(s)) as c:
+        ex = new_key(c, "examiner")
+        kept = upload(c, ex, scans["a1"], name="a1.x3p").json()
+        bullet = dict(case_number="B-1", exhibit_ref="bullet-1", exhibit_type="bullet")
+        assert upload(c, ex, scans["c1"], name="l1.x3p", land_index=1, **bullet).status_code == 201
+        assert upload(c, ex, scans["b2"], name="l2.x3p", land_index=2, **bullet).status_code == 201
+        assert c.get("/v1/status", headers=ADMIN).json()["startup"]["orphan_originals"] == {"quarantined": 0}
+    # the crash state: the upload's file is in the originals tree, its database transaction never committed
+    orphan = hashlib.sha256(scans["b1"]).hexdigest()
+    store = c.app.state.runtime.store
+    path = store.original_path(orphan)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(scans["b1"])
+    path.chmod(0o444)
+
+    with TestClient(create_app(s)) as c:
+        rep = c.get("/v1/status", headers=ADMIN).json()["startup"]["orphan_originals"]
+        assert rep["quarantined"] == 1 and rep["files"][0]["sha256"] == orphan
+        assert rep["files"][0]["size"] == len(scans["b1"])
+        assert not path.exists() and (s.evidence_dir / "quarantine" / orphan).read_bytes() == scans["b1"]
+        log = c.get("/v1/audit", headers=ADMIN).json()["items"]
+        q = [e for e in log if e["action"] == "evidence.quarantine"]
+        assert len(q) == 1 and q[0]["resource_id"] == orphan and q[0]["actor"] == "system:startup"
+        assert c.get("/v1/audit/verify", headers=ADMIN).json()["ok"]
+        # what the database names is untouched: the exhibit and both lands of the bullet
+        originals = sorted(p.name for p in (s.evidence_dir / "originals").rglob("*") if p.is_file())
+        assert originals == sorted(hashlib.sha256(scans[n]).hexdigest() for n in ("a1", "c1", "b2"))
+        ex = new_key(c, "examiner")
+        assert c.get(f"/v1/exhibits/{kept['id']}/original", headers=ex).content == scans["a1"]
+        # the file can be submitted again (and is then stored and acknowledged normally)
+        assert upload(c, ex, scans["b1"], name="b1.x3p").status_code == 201
+    with TestClient(create_app(s)) as c:  # nothing left to reconcile
+        assert c.get("/v1/status", headers=ADMIN).json()["startup"]["orphan_originals"] == {"quarantined": 0}
