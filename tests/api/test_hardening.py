@@ -329,3 +329,25 @@ def test_orphan_originals_are_quarantined_counted_reported_and_audited_at_start_
         assert upload(c, ex, scans["b1"], name="b1.x3p").status_code == 201
     with TestClient(create_app(s)) as c:  # nothing left to reconcile
         assert c.get("/v1/status", headers=ADMIN).json()["startup"]["orphan_originals"] == {"quarantined": 0}
+
+
+# --------------------------------------------------------------------------- 6. 422 bodies do not echo huge inputs
+def test_validation_errors_do_not_echo_huge_inputs(client, examiner, scans):
+    from api_helpers import ADMIN
+
+    huge = "A" * 1_000_000
+    # a form field of an upload, a JSON body field, a whole JSON body (model-level error), a query parameter
+    r1 = upload(client, examiner, scans["a1"], name="a1.x3p", place_text=huge)
+    r2 = client.post("/v1/keys", headers=ADMIN, json={"name": huge, "scope": "examiner"})
+    r3 = client.post("/v1/keys", headers=ADMIN, json={"pad": huge, "also": [huge] * 3})
+    r4 = client.get("/v1/exhibits", headers=examiner, params={"case_number": "x" * 50_000})
+    r5 = upload(client, examiner, scans["a1"], name="a1.x3p", lat="1", place_text=huge)  # lat without lon
+    for r in (r1, r2, r3, r4, r5):
+        assert r.status_code == 422, r.text[:300]
+        assert len(r.content) < 4000, len(r.content)
+        errs = r.json()["detail"]
+        assert errs and all("loc" in e and "msg" in e for e in errs)  # still FastAPI's error list
+    # the echoed value says what it was, shortened
+    e1 = next(e for e in r1.json()["detail"] if e["loc"][-1] == "place_text")
+    assert e1["input"].startswith("AAAA") and "1000000 characters" in e1["input"]
+    assert client.get("/v1/health").status_code == 200
