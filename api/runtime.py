@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from huey import SqliteHuey
@@ -284,7 +286,40 @@ class Runtime:
             s.add(Setting(key="bootstrap_admin_issued", value=str(k.id)))
             audit.append(s, actor="system:bootstrap", action="key.create", resource_type="api_key",
                          resource_id=k.id, detail={"scope": "admin", "source": "generated"})
+        path = self.write_bootstrap_key_file(raw)
         if self.settings.print_admin_key:
-            print(f"ballistic: bootstrap admin API key (shown once, store it now): {raw}", flush=True)
+            print(bootstrap_banner(raw, path), flush=True)
         return raw
+
+    def write_bootstrap_key_file(self, raw: str) -> Path:
+        """The generated bootstrap key in ``<data_dir>/bootstrap-admin-key.txt``, readable by its owner only
+        (0600 from creation on; written atomically)."""
+        path = self.settings.data_dir / BOOTSTRAP_KEY_FILE
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, (raw + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return path
+
+
+#: where a generated bootstrap admin key is kept (under the data folder, mode 0600)
+BOOTSTRAP_KEY_FILE = "bootstrap-admin-key.txt"
+
+
+def bootstrap_banner(raw: str, path: Path) -> str:
+    """The framed notice ``ballistic serve`` prints once when it generates the bootstrap admin key."""
+    lines = ["ballistic: BOOTSTRAP ADMIN API KEY (printed once; store it now)", "",
+             f"    {raw}", "",
+             f"also written to {path} (readable by you only, mode 0600)", "",
+             "Create the keys people use with it (same data folder as serve):",
+             '    ballistic keys create --scope examiner --name "Examiner Alice"',
+             '    ballistic keys create --scope intelligence --name "Analyst Bob"']
+    width = max(len(x) for x in lines) + 4
+    bar = "=" * width
+    return "\n".join(["", bar, *(f"  {x}" for x in lines), bar, ""])
 
