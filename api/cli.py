@@ -104,18 +104,28 @@ def ingest(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
            firing_pin_shape: Optional[str] = typer.Option(None),
            exhibit_type: Optional[str] = typer.Option(None, help="cartridge_case or bullet when the CSV has none "
                                                                "(bullets: one land per file, grouped by bullet)"),
-           case_prefix: str = typer.Option("", help="prepended to case numbers derived from scan names"),
+           case_prefix: str = typer.Option("", help="prepended to every case number"),
+           case_by: str = typer.Option("file", help="file: each scan its own case (unless the CSV has case_number); "
+                                                    "folder: each sub-folder of DIRECTORY one case (sub-folders "
+                                                    "are searched)"),
+           case_column: Optional[str] = typer.Option(None, help="name each scan's case by this labels-CSV column "
+                                                                "(scans with the same value share a case)"),
            pattern: str = typer.Option("*", help="glob of file names"),
            concurrency: int = typer.Option(2, min=1, max=32),
            wait: bool = typer.Option(False, help="wait until every correlation job has finished"),
            report: Optional[Path] = typer.Option(None, help="write the per-file results as JSON")) -> None:
-    """Bulk-upload a folder through the HTTP API (progress bar); metadata from a CSV."""
-    from api.ingest import ingest_directory
+    """Bulk-upload a folder through the HTTP API (progress bar); metadata from a CSV. Checks first that the
+    service answers and that the key may submit; stops with one message otherwise."""
+    from api.ingest import IngestError, ingest_directory
 
-    res = ingest_directory(directory, api_url=api_url, api_key=api_key, labels=labels, agency=agency,
-                           calibre=calibre, firing_pin_shape=firing_pin_shape, case_prefix=case_prefix,
-                           pattern=pattern, concurrency=concurrency, wait=wait, progress=True,
-                           exhibit_type=exhibit_type)
+    try:
+        res = ingest_directory(directory, api_url=api_url, api_key=api_key, labels=labels, agency=agency,
+                               calibre=calibre, firing_pin_shape=firing_pin_shape, case_prefix=case_prefix,
+                               pattern=pattern, concurrency=concurrency, wait=wait, progress=True,
+                               exhibit_type=exhibit_type, case_by=case_by, case_column=case_column)
+    except IngestError as e:
+        typer.echo(f"ballistic ingest: {e}", err=True)
+        raise typer.Exit(2)
     counts: dict[str, int] = {}
     for r in res:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

@@ -114,3 +114,57 @@ def test_compare_creates_the_folders_of_its_outputs(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(js.read_text())["cmc_count"] >= 1
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_ingest_checks_server_and_key_first_and_groups_scans_into_cases(tmp_path):
+    """Against a real `ballistic serve`: one clear message (exit 2, nothing uploaded) for a server that is not
+    there, a wrong key or an intelligence key; cases by folder and by a CSV column."""
+    import subprocess
+    import sys
+
+    from api.process import ServerProcess, free_port
+
+    scans = tmp_path / "scans"
+    for folder, seeds in (("case-A", (1, 2)), ("case-B", (3,))):
+        (scans / folder).mkdir(parents=True)
+        for k in seeds:
+            (scans / folder / f"s{k}.x3p").write_bytes(x3p_bytes(synthetic_breech_face(k)))
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for k in (4, 5, 6):
+        (flat / f"s{k}.x3p").write_bytes(x3p_bytes(synthetic_breech_face(k)))
+    (flat / "labels.csv").write_text("scan,incident\ns4,INC-7\ns5,INC-7\ns6,INC-9\n")
+
+    def ingest(*args, key):
+        return subprocess.run([sys.executable, "-m", "api.cli", "ingest", *map(str, args), "--api-key", key,
+                               "--calibre", "9mm"], capture_output=True, text=True, timeout=300)
+
+    nobody = f"http://127.0.0.1:{free_port()}"
+    r = ingest(scans, "--case-by", "folder", "--api-url", nobody, key="bk_whatever")
+    assert r.returncode == 2 and "cannot reach the service at " + nobody in r.stderr, r.stderr
+    assert r.stderr.count("\n") <= 2 and "s1.x3p" not in r.stderr  # one message, no per-file errors
+
+    admin = "bk_first-hour-admin-key"
+    with ServerProcess(tmp_path / "data", admin_key=admin, env={"BALLISTIC_RERANK_K": "4"},
+                       log=tmp_path / "server.log") as srv:
+        with srv.client() as c:
+            intel = c.post("/v1/keys", json={"name": "intel", "scope": "intelligence"}).json()["key"]
+            exam = c.post("/v1/keys", json={"name": "exam", "scope": "examiner"}).json()["key"]
+        r = ingest(scans, "--api-url", srv.url, key="bk_wrong")
+        assert r.returncode == 2 and "API key was refused" in r.stderr and "ballistic keys create" in r.stderr
+        r = ingest(scans, "--api-url", srv.url, key=intel)
+        assert r.returncode == 2 and "may not submit exhibits" in r.stderr
+        with srv.client() as c:
+            assert c.get("/v1/exhibits").json()["total"] == 0  # nothing was tried
+        r = ingest(scans, "--case-by", "folder", "--api-url", srv.url, key=exam)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = ingest(flat, "--labels", flat / "labels.csv", "--case-column", "incident", "--api-url", srv.url,
+                   key=exam)
+        assert r.returncode == 0, r.stdout + r.stderr
+        with srv.client() as c:
+            items = c.get("/v1/exhibits").json()["items"]
+        cases = {}
+        for e in items:
+            cases.setdefault(e["case"]["case_number"], set()).add(e["exhibit_ref"])
+        assert cases == {"case-A": {"s1", "s2"}, "case-B": {"s3"}, "INC-7": {"s4", "s5"}, "INC-9": {"s6"}}
