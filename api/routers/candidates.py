@@ -48,7 +48,7 @@ def _latest_record(session, exhibit_id: int) -> tuple[dict | None, bool | None]:
 
 
 @router.get("/v1/exhibits/{exhibit_id}/candidates", response_model=CandidateList, responses={404: _ERR},
-            summary="Ranked candidates of an exhibit (highest score first), with explanation data")
+            summary="Ranked candidates of an exhibit (highest score first); explanations per candidate")
 def list_candidates(
         exhibit_id: IdPath, rt: RuntimeDep, session: ReadSessionDep, who: EvidenceReader,
         region: Annotated[Optional[Literal[REGIONS]], Query(  # type: ignore[valid-type]
@@ -66,11 +66,14 @@ def list_candidates(
         min_score: Annotated[Optional[float], Query(ge=-1e9, le=1e9)] = None,
         review_status: Annotated[Optional[str],
                                  Query(pattern="^(unreviewed|confirmed|rejected|inconclusive)$")] = None,
-        include_explanation: bool = True,
+        include_explanation: Annotated[bool, Query(description=(
+            "add each pair's full explanation (cells of both directions, ~10 KB a pair); by default the list is "
+            "light and the explanation is fetched per candidate at its explanation_url"))] = False,
         limit: Annotated[int, Query(ge=1, le=500)] = 50) -> CandidateList:
     """Each item carries its score (and, for calibrated breech faces, ``log10_lr`` with its interval). The
     list says how deep to review for recall 0.95 / 0.99 at the current database size (``review_depth``,
-    calibrated breech-face lists) and shows the search record of the exhibit's latest job."""
+    calibrated breech-face lists) and shows the search record of the exhibit's latest job. Light by default:
+    a candidate's explanation comes with ``GET /v1/candidates/{id}`` (its ``explanation_url``)."""
     ex = session.get(Exhibit, exhibit_id)
     if ex is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"exhibit {exhibit_id} not found")
@@ -127,7 +130,7 @@ def list_candidates(
 
 
 @router.get("/v1/candidates/{candidate_id}", response_model=CandidatePublic, responses={404: _ERR},
-            summary="One candidate pair, seen from its reference exhibit")
+            summary="One candidate pair, seen from its reference exhibit, with its explanation")
 def get_candidate(candidate_id: IdPath, session: ReadSessionDep, who: EvidenceReader,
                   include_explanation: bool = True) -> CandidatePublic:
     c = session.get(Candidate, candidate_id)

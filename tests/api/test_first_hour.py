@@ -168,3 +168,37 @@ def test_ingest_checks_server_and_key_first_and_groups_scans_into_cases(tmp_path
         for e in items:
             cases.setdefault(e["case"]["case_number"], set()).add(e["exhibit_ref"])
         assert cases == {"case-A": {"s1", "s2"}, "case-B": {"s3"}, "INC-7": {"s4", "s5"}, "INC-9": {"s6"}}
+
+
+def test_candidate_lists_are_light_and_explanations_come_per_candidate(client, examiner, scans):
+    from api_helpers import run_jobs
+
+    ids = [upload(client, examiner, scans[n], name=f"{n}.x3p", exhibit_ref=n).json()["id"] for n in ("a1", "a2", "b1")]
+    run_jobs(client)
+    light = client.get(f"/v1/exhibits/{ids[0]}/candidates", headers=examiner)
+    full = client.get(f"/v1/exhibits/{ids[0]}/candidates", headers=examiner, params={"include_explanation": True})
+    items = light.json()["items"]
+    assert items and all(i["explanation"] is None for i in items)
+    assert all(i["explanation"] for i in full.json()["items"])
+    assert len(light.content) * 3 < len(full.content), (len(light.content), len(full.content))
+    for i, f in zip(items, full.json()["items"]):
+        one = client.get(i["explanation_url"], headers=examiner).json()
+        assert one["id"] == i["id"] and one["explanation"] == f["explanation"]
+
+
+def test_feed_items_carry_the_likelihood_ratio_with_interval_and_calibration(client, examiner, intel, scans):
+    from api_helpers import run_jobs
+
+    a1, a2 = (upload(client, examiner, scans[n], name=f"{n}.x3p", exhibit_ref=n).json()["id"] for n in ("a1", "a2"))
+    run_jobs(client)
+    cand = next(i for i in client.get(f"/v1/exhibits/{a1}/candidates", headers=examiner).json()["items"]
+                if i["candidate"]["id"] == a2)
+    assert cand["log10_lr"] is not None and cand["calibration_id"]
+    assert client.post(f"/v1/candidates/{cand['id']}/review", headers=examiner,
+                       json={"decision": "confirmed"}).status_code == 201
+    hit = client.get("/v1/hits/feed", headers=intel).json()["items"][0]
+    assert hit["candidate_id"] == cand["id"]
+    assert hit["log10_lr"] == cand["log10_lr"] and hit["log10_lr_interval"] == cand["log10_lr_interval"]
+    assert hit["calibration_id"] == cand["calibration_id"]
+    lo, hi = hit["log10_lr_interval"]
+    assert lo <= hit["log10_lr"] <= hi
