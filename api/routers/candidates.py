@@ -26,6 +26,7 @@ from api.views import candidate_public
 router = APIRouter(tags=["candidates"])
 _ERR = {"model": ErrorPublic}
 _FIGURE_LOCK = threading.Lock()  # matplotlib's pyplot state is not thread-safe
+FIGURE_VERSION = "fig2"  # both directions, legend, scale bars, colour bar, LR (cached figures of fig1 are redrawn)
 
 
 REGIONS = ("breech_face", "breech_face_2d", "firing_pin", "bullet_lea", "fused")
@@ -157,8 +158,10 @@ def _render_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
     p = CMCParams()
     r = compare_pair(prepare(sa, p, name=la), prepare(sb, p, name=lb), p)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.png")
-    with _FIGURE_LOCK:
-        explanation_figure(sa, sb, r, tmp)
+    with _FIGURE_LOCK:  # the stored likelihood ratio of the pair (calibrated regions) goes into the header
+        explanation_figure(sa, sb, r, tmp, log10_lr=c.log10_lr,
+                           log10_lr_interval=(c.log10_lr_low, c.log10_lr_high) if c.log10_lr is not None else None,
+                           calibration_id=c.calibration_id)
     os.replace(tmp, path)
 
 
@@ -228,6 +231,8 @@ def candidate_figure(candidate_id: IdPath, rt: RuntimeDep, session: SessionDep, 
         tag = re.sub(r"[^A-Za-z0-9._-]", "_", c.algorithm_version)
         if (c.registration or {}).get("lands_key"):  # a bullet pair scored again on more lands
             tag += "-" + str(c.registration["lands_key"])[:12]
+        if c.region in ("breech_face", "breech_face_2d"):  # figure layout version and the LR it shows
+            tag += f"-{FIGURE_VERSION}-" + re.sub(r"[^A-Za-z0-9._-]", "_", c.calibration_id or "nolr")[:40]
         path = rt.store.root / "derived" / "figures" / f"candidate-{c.id}-{tag}.png"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
