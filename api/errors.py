@@ -19,7 +19,8 @@ once with the message; an *infrastructure* error may pass, so the job is queued 
 
 * never retried: ``InputError``, ``ProcessingError`` (the exhibit's data or the settings), and outside
   the library ``FileNotFoundError`` (the stored evidence is gone), ``TypeError`` and ``ValueError`` (a
-  bug or a bad value in code that is not the library's: it fails the same way again);
+  bug or a bad value in code that is not the library's: it fails the same way again) and ``MemoryError``
+  (the job needs more than its memory limit: it runs out again);
 * retried: ``StateError`` (``IndexStateError``, ``ShardUnavailableError``, ``RerankError``) and any
   other exception (``OSError``, a database that is locked, a lost connection ...).
 """
@@ -80,4 +81,4 @@ def job_retryable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, BallisticError):  # a kind added later without a rule here: do not loop on it
         return False
-    return not isinstance(exc, (FileNotFoundError, TypeError, ValueError))
+    return not isinstance(exc, (FileNotFoundError, TypeError, ValueError, MemoryError))

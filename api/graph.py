@@ -1,8 +1,6 @@
 """Link analysis over confirmed hits: union-find series, i2 CSV and GraphML exports."""
 from __future__ import annotations
 
-import csv
-import io
 import datetime as dt
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
@@ -110,17 +108,19 @@ def i2_csv(g: LinkGraph) -> str:
     """One CSV, one row per link, each row carrying both end entities' identity and attributes
     (columns ``from_*`` and ``to_*``) - the layout Analyst's Notebook's importer maps to
     entity-link-entity. Links: ``ballistic_hit`` (exhibit-exhibit, confirmed), ``in_case``
-    (exhibit-case) and ``test_fired_from`` (test-fire exhibit-firearm)."""
-    buf = io.StringIO()
+    (exhibit-case) and ``test_fired_from`` (test-fire exhibit-firearm). Written by the project's one
+    CSV writer (:mod:`ballistic.io.csv`): a cell that a spreadsheet would run as a formula gets a
+    leading single quote; numbers stay numbers."""
+    from ballistic.io.csv import csv_text
+
     cols = LINK_FIELDS + [f"from_{f}" for f in ENTITY_FIELDS] + [f"to_{f}" for f in ENTITY_FIELDS]
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\r\n")
-    w.writeheader()
+    rows: list[dict] = []
 
     def row(link: dict, a: dict, b: dict) -> None:
         r = {k: link.get(k, "") for k in LINK_FIELDS}
         r.update({f"from_{k}": v for k, v in a.items()})
         r.update({f"to_{k}": v for k, v in b.items()})
-        w.writerow(r)
+        rows.append(r)
 
     for c in g.links:
         row({"link_id": f"HIT-{c.id}", "link_type": "ballistic_hit", "link_label": _hit_label(c),
@@ -133,7 +133,8 @@ def i2_csv(g: LinkGraph) -> str:
         if e.role == "test_fire" and e.firearm_serial:
             row({"link_id": f"TESTFIRE-{e.id}", "link_type": "test_fired_from", "link_label": "test fired from"},
                 _exhibit_attrs(e), _firearm_attrs(e))
-    return buf.getvalue()
+    # formula-safe cells (OWASP CSV injection): metadata such as '=HYPERLINK(...)' is written as text
+    return csv_text(rows, cols)
 
 
 def graphml(g: LinkGraph) -> str:

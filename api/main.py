@@ -6,6 +6,9 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from api import web
 from api.errors import install_error_handlers
@@ -53,6 +56,49 @@ class BodyLimit:
         await self.app(scope, receive, send)
 
 
+#: echoed inputs in 422 bodies are cut to this many characters (and containers to this many items)
+ECHO_CHARS, ECHO_ITEMS = 120, 10
+
+
+def short_echo(value, depth: int = 0):
+    """``value`` cut for echoing back in an error body: long text keeps its start and says how long it was,
+    containers keep their first items, nesting stops at 3 levels. A 1 MB field gives a few hundred bytes."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value if len(value) <= ECHO_CHARS else f"{value[:ECHO_CHARS]}... ({len(value)} characters)"
+    if isinstance(value, dict):
+        if depth >= 3:
+            return f"({len(value)} fields)"
+        out = {short_echo(str(k)): short_echo(v, depth + 1) for k, v in list(value.items())[:ECHO_ITEMS]}
+        if len(value) > ECHO_ITEMS:
+            out["..."] = f"{len(value) - ECHO_ITEMS} more fields"
+        return out
+    if isinstance(value, (list, tuple)):
+        if depth >= 3:
+            return f"({len(value)} items)"
+        out = [short_echo(v, depth + 1) for v in value[:ECHO_ITEMS]]
+        return out + [f"... {len(value) - ECHO_ITEMS} more items"] if len(value) > ECHO_ITEMS else out
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return short_echo(str(value), depth)
+
+
+async def validation_error(request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body (a list of errors with loc, msg, type, input, ctx) with every echoed value cut
+    (:func:`short_echo`): a 1 MB metadata field no longer comes back as a 1 MB error."""
+    errors = []
+    for e in exc.errors():
+        e = dict(e)
+        for k in ("input", "ctx"):
+            if k in e:
+                e[k] = short_echo(jsonable_encoder(e[k], custom_encoder={BaseException: str}))
+        e["msg"] = short_echo(str(e.get("msg", "")))
+        e["loc"] = [short_echo(x) for x in e.get("loc", ())][:ECHO_ITEMS]
+        errors.append(e)
+    return JSONResponse(status_code=422, content={"detail": errors})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -67,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rt.stop()
 
     app = FastAPI(title="ballistic correlation service", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, validation_error)
     for r in (exhibits, jobs, candidates, reviews, hits, series, export, audit, keys, system):
         app.include_router(r.router)
     app.include_router(web.router)  # examiner workbench (browser pages under /web, api/web/README.md)

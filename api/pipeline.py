@@ -105,10 +105,13 @@ def load_original_surface(rt: "Runtime", sha256: str, media_type: str, spacing_u
     from ballistic.io.image import read_image
     from ballistic.io.x3p import read_x3p
 
+    from api.limits import max_scan_points
+
     path = rt.store.original_path(sha256)
+    limit = max_scan_points(rt.settings)  # what fits the job memory budget (checked at upload too)
     if media_type == "x3p":
-        return read_x3p(path, max_points=rt.settings.max_pixels)
-    return read_image(path, max_pixels=rt.settings.max_pixels, spacing_um=spacing_um)
+        return read_x3p(path, max_points=limit)
+    return read_image(path, max_pixels=limit, spacing_um=spacing_um)
 
 
 def _prepared(rt: "Runtime", exhibit_id: int, derived_path: str, label: str):
@@ -164,15 +167,19 @@ def run_correlation_job(rt: "Runtime", job_id: int) -> str:
                       .values(status="queued", updated_at=utcnow(), error="interrupted by shutdown; will resume"))
         return "queued"
     except Exception as e:  # noqa: BLE001 - every failure is recorded on the job
+        from api.user_errors import job_error
+
         retry = job_retryable(e) and attempts < max_attempts  # by the error's kind: api/errors.py
         msg = f"{type(e).__name__}: {e}"
+        user_msg = job_error(e)  # the job's error is read by HTTP users; the library's text goes to log and audit
         log.warning("job %s attempt %s failed: %s\n%s", job_id, attempts, msg, traceback.format_exc())
         with session_scope(rt.session_factory) as s:
             status = "queued" if retry else "failed"
             s.execute(update(Job).where(Job.id == job_id).values(
-                status=status, error=msg[:4000], updated_at=utcnow(), finished_at=None if retry else utcnow()))
+                status=status, error=user_msg[:4000], updated_at=utcnow(), finished_at=None if retry else utcnow()))
             audit.append(s, actor=WORKER_ACTOR, action="job.retry" if retry else "job.failed", resource_type="job",
-                         resource_id=job_id, detail={"exhibit_id": ex.id, "attempt": attempts, "error": msg[:500]})
+                         resource_id=job_id, detail={"exhibit_id": ex.id, "attempt": attempts, "error": msg[:500],
+                                                     "user_error": user_msg[:500]})
         if retry:
             rt.enqueue(job_id, delay=rt.settings.job_retry_delay_s * attempts)
         return "queued" if retry else "failed"
@@ -454,6 +461,7 @@ def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dic
     from ballistic.io.x3p import read_x3p
 
     from api.bullets import save_signatures
+    from api.limits import max_scan_points
 
     step = float(rt.settings.bullet_step_um)
     with rt.read_factory() as s:
@@ -470,7 +478,7 @@ def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dic
                 continue
             _check_stop(rt)
             try:
-                surf = read_x3p(rt.store.original_path(sha), max_points=rt.settings.max_pixels)
+                surf = read_x3p(rt.store.original_path(sha), max_points=max_scan_points(rt.settings))
                 land = land_signatures(surf, step_um=step)
             except BulletError as e:
                 errors.append(f"land {idx}: {e}")

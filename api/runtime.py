@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from huey import SqliteHuey
@@ -20,7 +22,7 @@ from sqlalchemy import or_, select, update
 
 from api import audit
 from api.db import make_engine, make_sessionmaker, session_scope, upgrade, utcnow
-from api.models import ApiKey, Candidate, Exhibit, Job, Setting
+from api.models import ApiKey, Candidate, Exhibit, Job, LandScan, Setting
 from api.pipeline import PreparedCache, run_correlation_job
 from api.security import hash_key, new_key
 from api.settings import Settings
@@ -50,6 +52,8 @@ class Runtime:
         self.store = EvidenceStore(settings.evidence_dir)
         self.prepared = PreparedCache(settings.prepared_cache_size)
         self.stopping = threading.Event()
+        # uploads opened and checked at once (each may hold a grid of up to api.limits.max_scan_points)
+        self.scan_check_slots = threading.BoundedSemaphore(settings.max_concurrent_scan_checks)
         self.retrieval = None
         self.bullet_retrieval = None
         self.calibration = None
@@ -72,6 +76,7 @@ class Runtime:
             upgrade(self.engine)
         self.bootstrap_key = self._bootstrap_admin()
         self.startup_report["staging_files_removed"] = self.store.clean_staging()
+        self.startup_report["orphan_originals"] = self.reconcile_originals()
         from api.retrieval import Retrieval
 
         self.retrieval = Retrieval(self.settings, self.session_factory)
@@ -114,6 +119,48 @@ class Runtime:
             pass
         self.engine.dispose()
         self.read_engine.dispose()
+
+    # ------------------------------------------------------------------ evidence
+    def reconcile_originals(self, batch: int = 500) -> dict[str, Any]:
+        """Quarantine originals that no exhibit or land row names (a crash between writing the file and the
+        database commit of its upload: the upload was never acknowledged). Run at start-up, before serving;
+        one server process per database (as for the job queue). Each quarantined file is in the audit log."""
+        found: list[tuple[str, int]] = []
+        pending: list[tuple[str, Any]] = []
+
+        def check() -> None:
+            shas = [sha for sha, _ in pending]
+            with self.read_factory() as s:
+                known = set(s.execute(select(Exhibit.original_sha256).where(Exhibit.original_sha256.in_(shas)))
+                            .scalars())
+                known |= set(s.execute(select(LandScan.original_sha256).where(LandScan.original_sha256.in_(shas)))
+                             .scalars())
+            for sha, path in pending:
+                if sha not in known:
+                    found.append((sha, path.stat().st_size))
+            pending.clear()
+
+        for sha, path in self.store.iter_originals():
+            pending.append((sha, path))
+            if len(pending) >= batch:
+                check()
+        if pending:
+            check()
+        if not found:
+            return {"quarantined": 0}
+        moved = []
+        for sha, size in found:
+            dst = self.store.quarantine_original(sha)
+            moved.append({"sha256": sha, "size": size, "quarantined_as": dst.name})
+        reason = ("original on disk that no exhibit or land row names: an upload interrupted between writing the "
+                  "file and its database commit (never acknowledged); moved to the quarantine folder, not deleted")
+        with session_scope(self.session_factory) as s:
+            for m in moved:
+                audit.append(s, actor="system:startup", action="evidence.quarantine", resource_type="original",
+                             resource_id=m["sha256"], detail={**m, "reason": reason})
+        log.warning("%d orphan original(s) moved to %s (see the audit log, action evidence.quarantine)",
+                    len(moved), self.store.quarantine)
+        return {"quarantined": len(moved), "folder": str(self.store.quarantine), "files": moved[:100]}
 
     # ------------------------------------------------------------------ jobs
     def enqueue(self, job_id: int, *, delay: float = 0.0) -> None:
@@ -239,7 +286,40 @@ class Runtime:
             s.add(Setting(key="bootstrap_admin_issued", value=str(k.id)))
             audit.append(s, actor="system:bootstrap", action="key.create", resource_type="api_key",
                          resource_id=k.id, detail={"scope": "admin", "source": "generated"})
+        path = self.write_bootstrap_key_file(raw)
         if self.settings.print_admin_key:
-            print(f"ballistic: bootstrap admin API key (shown once, store it now): {raw}", flush=True)
+            print(bootstrap_banner(raw, path), flush=True)
         return raw
+
+    def write_bootstrap_key_file(self, raw: str) -> Path:
+        """The generated bootstrap key in ``<data_dir>/bootstrap-admin-key.txt``, readable by its owner only
+        (0600 from creation on; written atomically)."""
+        path = self.settings.data_dir / BOOTSTRAP_KEY_FILE
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, (raw + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return path
+
+
+#: where a generated bootstrap admin key is kept (under the data folder, mode 0600)
+BOOTSTRAP_KEY_FILE = "bootstrap-admin-key.txt"
+
+
+def bootstrap_banner(raw: str, path: Path) -> str:
+    """The framed notice ``ballistic serve`` prints once when it generates the bootstrap admin key."""
+    lines = ["ballistic: BOOTSTRAP ADMIN API KEY (printed once; store it now)", "",
+             f"    {raw}", "",
+             f"also written to {path} (readable by you only, mode 0600)", "",
+             "Create the keys people use with it (same data folder as serve):",
+             '    ballistic keys create --scope examiner --name "Examiner Alice"',
+             '    ballistic keys create --scope intelligence --name "Analyst Bob"']
+    width = max(len(x) for x in lines) + 4
+    bar = "=" * width
+    return "\n".join(["", bar, *(f"  {x}" for x in lines), bar, ""])
 

@@ -164,7 +164,9 @@ class CandidatePublic(BaseModel):
     descriptor_version: Optional[str] = None
     created_at: dt.datetime
     figure_url: str
-    explanation: Optional[dict[str, Any]] = None
+    explanation_url: str = Field(description="GET it for this pair with its explanation (lists omit it by default)")
+    explanation: Optional[dict[str, Any]] = Field(None, description=(
+        "cells of both directions, registration details; in lists only with include_explanation=true"))
 
 
 class ReviewDepthTarget(BaseModel):
@@ -223,6 +225,11 @@ class HitPublic(BaseModel):
     region: Optional[str] = None
     score: float
     cmc_count: Optional[int] = None
+    log10_lr: Optional[float] = Field(None, description=(
+        "log10 likelihood ratio of the pair (calibrated regions: 3D breech faces), as stored on its candidate"))
+    log10_lr_interval: Optional[list[Optional[float]]] = Field(None, description="bootstrap 95% interval [low, high]")
+    calibration_id: Optional[str] = Field(None, description="the calibration behind log10_lr (GET "
+                                                            "/v1/exhibits/{id}/candidates shows it in full)")
     confirmed_by: str
     confirmed_at: dt.datetime
     exhibits: list[ExhibitSummary]

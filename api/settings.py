@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     # limits
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(64_000_000, ge=1, description="largest x3p point count / image pixel count")
+    job_memory_budget_mb: int = Field(4096, ge=64, description=(
+        "memory one correlation job may need; an upload whose job would need more is refused (413) from its "
+        "header, before it is decompressed (api.limits)"))
+    job_working_copies: float = Field(16.0, ge=1, le=1000, description=(
+        "float64 copies of the scan grid a job holds at its peak (measured 13.6 on a raw 3.125 um scan)"))
+    min_measured_points: int = Field(1000, ge=1, description="fewer measured points than this: refused (422)")
+    min_spacing_um: float = Field(0.05, gt=0, description="finer pixel spacing: refused as implausible (422)")
+    max_spacing_um: float = Field(100.0, gt=0, description="coarser pixel spacing: refused as implausible (422)")
+    max_concurrent_scan_checks: int = Field(2, ge=1, le=64, description="uploads opened and checked at once")
 
     # security
     admin_key: SecretStr | None = Field(None, description="bootstrap admin key (BALLISTIC_ADMIN_KEY)")

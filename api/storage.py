@@ -6,6 +6,11 @@ final name: ``link`` fails rather than replace an existing file, so nothing stor
 ever overwritten (an existing file of the same name has the same content by
 construction and is kept). The directory is fsynced after the link. Derived
 surfaces (preprocessed x3p) go to ``<evidence_dir>/derived/``; they can be recomputed.
+
+An original is on disk before the database says it exists, so a crash between the two leaves an
+original that no exhibit or land row names. The start-up reconciliation (``Runtime.reconcile_originals``)
+moves such files to ``<evidence_dir>/quarantine/`` (never deleting them) and records them in the
+start-up report and the audit log.
 """
 from __future__ import annotations
 
@@ -69,6 +74,7 @@ class EvidenceStore:
         self.tmp = self.root / "tmp"
         self.originals = self.root / "originals"
         self.derived = self.root / "derived"
+        self.quarantine = self.root / "quarantine"
         for d in (self.tmp, self.originals, self.derived):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -145,6 +151,29 @@ class EvidenceStore:
                 os.close(fd)
             dst.unlink(missing_ok=True)
             raise
+
+    def iter_originals(self):
+        """``(sha256, path)`` of every file in the originals tree that has a content-address name."""
+        for p in self.originals.glob("??/??/*"):
+            name = p.name
+            if p.is_file() and len(name) == 64 and name[:2] == p.parent.parent.name and \
+                    name[2:4] == p.parent.name and all(c in "0123456789abcdef" for c in name):
+                yield name, p
+
+    def quarantine_original(self, sha256: str) -> Path:
+        """Move an original that no database row names out of the originals tree, into
+        ``quarantine/`` (kept, read-only; a second one of the same name gets a suffix). Returns its new path."""
+        src = self.original_path(sha256)
+        self.quarantine.mkdir(parents=True, exist_ok=True)
+        dst = self.quarantine / sha256
+        n = 1
+        while dst.exists():
+            dst = self.quarantine / f"{sha256}.{n}"
+            n += 1
+        os.rename(src, dst)
+        _fsync_dir(self.quarantine)
+        _fsync_dir(src.parent)
+        return dst
 
     def verify_original(self, sha256: str) -> bool:
         p = self.original_path(sha256)

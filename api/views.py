@@ -35,4 +35,5 @@ def candidate_public(c: Candidate, for_exhibit: int, rank: int, *, explain: bool
         reference_exhibit_id=c.exhibit_a_id, target_exhibit_id=c.exhibit_b_id, registration=c.registration,
         review_status=c.review_status, algorithm_version=c.algorithm_version,
         descriptor_version=c.descriptor_version, created_at=c.created_at,
-        figure_url=f"/v1/candidates/{c.id}/figure.png", explanation=c.explanation if explain else None)
+        figure_url=f"/v1/candidates/{c.id}/figure.png", explanation_url=f"/v1/candidates/{c.id}",
+        explanation=c.explanation if explain else None)

@@ -21,12 +21,16 @@ def compare(reference: Path, target: Path,
     from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.cartridge.cmc.pair import compare_pair
     from ballistic.io.x3p import read_x3p
+    for out in (json_out, figure):  # create the output folders first: a long comparison then a crash helps nobody
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
     a = preprocess_cartridge(read_x3p(reference), kind=kind)
     b = preprocess_cartridge(read_x3p(target), kind=kind)
     r = compare_pair(a.with_heights(a.heights, source=reference.stem), b.with_heights(b.heights, source=target.stem))
     typer.echo(json.dumps(r.summary(), indent=2))
     if json_out:
         json_out.write_text(json.dumps(r.to_dict(), indent=2))
+        typer.echo(f"json: {json_out}")
     if figure:
         from ballistic.viz.explain import explanation_figure
         explanation_figure(a, b, r, figure)

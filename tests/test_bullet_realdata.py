@@ -90,6 +90,9 @@ def test_bench_cli_on_a_subset_writes_json_csv_and_plots(bullet_dir, tmp_path):
         rd = csv.DictReader(fh)
         rows = [r for r in rd if r["path"].split("/")[-1][:-4] in keep]
         fields = rd.fieldnames
+    for r in rows:  # a hostile barrel name must reach the CSVs as text, not as a formula (issue 12)
+        if r["barrel"] == "Br2":
+            r["barrel"] = "=SUM(1+1)"
     labels = tmp_path / "labels.csv"                     # a subset of the labels; the scans stay where they are
     with open(labels, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
@@ -118,5 +121,11 @@ def test_bench_cli_on_a_subset_writes_json_csv_and_plots(bullet_dir, tmp_path):
     assert all(b["sam"] < bs["threshold"] for b in s["bullets"] if not b["same_barrel"])
     with open(s["pairs_csv"], newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 9
+    from test_csv import assert_no_formula  # tests/ is on sys.path (its conftest.py)
+
+    for f in (s["pairs_csv"], s["bullets_csv"]):
+        text = open(f, newline="").read()
+        assert_no_formula(text)
+        assert "'=SUM(1+1)" in text
     for f in s["plots"]:
         assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

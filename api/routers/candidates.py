@@ -26,6 +26,7 @@ from api.views import candidate_public
 router = APIRouter(tags=["candidates"])
 _ERR = {"model": ErrorPublic}
 _FIGURE_LOCK = threading.Lock()  # matplotlib's pyplot state is not thread-safe
+FIGURE_VERSION = "fig2"  # both directions, legend, scale bars, colour bar, LR (cached figures of fig1 are redrawn)
 
 
 REGIONS = ("breech_face", "breech_face_2d", "firing_pin", "bullet_lea", "fused")
@@ -49,7 +50,7 @@ def _latest_record(session, exhibit_id: int) -> tuple[dict | None, bool | None]:
 
 
 @router.get("/v1/exhibits/{exhibit_id}/candidates", response_model=CandidateList, responses={404: _ERR},
-            summary="Ranked candidates of an exhibit (highest score first), with explanation data")
+            summary="Ranked candidates of an exhibit (highest score first); explanations per candidate")
 def list_candidates(
         exhibit_id: IdPath, rt: RuntimeDep, session: ReadSessionDep, who: EvidenceReader,
         region: Annotated[Optional[Literal[REGIONS]], Query(  # type: ignore[valid-type]
@@ -67,11 +68,14 @@ def list_candidates(
         min_score: Annotated[Optional[float], Query(ge=-1e9, le=1e9)] = None,
         review_status: Annotated[Optional[str],
                                  Query(pattern="^(unreviewed|confirmed|rejected|inconclusive)$")] = None,
-        include_explanation: bool = True,
+        include_explanation: Annotated[bool, Query(description=(
+            "add each pair's full explanation (cells of both directions, ~10 KB a pair); by default the list is "
+            "light and the explanation is fetched per candidate at its explanation_url"))] = False,
         limit: Annotated[int, Query(ge=1, le=500)] = 50) -> CandidateList:
     """Each item carries its score (and, for calibrated breech faces, ``log10_lr`` with its interval). The
     list says how deep to review for recall 0.95 / 0.99 at the current database size (``review_depth``,
-    calibrated breech-face lists) and shows the search record of the exhibit's latest job."""
+    calibrated breech-face lists) and shows the search record of the exhibit's latest job. Light by default:
+    a candidate's explanation comes with ``GET /v1/candidates/{id}`` (its ``explanation_url``)."""
     ex = session.get(Exhibit, exhibit_id)
     if ex is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"exhibit {exhibit_id} not found")
@@ -128,7 +132,7 @@ def list_candidates(
 
 
 @router.get("/v1/candidates/{candidate_id}", response_model=CandidatePublic, responses={404: _ERR},
-            summary="One candidate pair, seen from its reference exhibit")
+            summary="One candidate pair, seen from its reference exhibit, with its explanation")
 def get_candidate(candidate_id: IdPath, session: ReadSessionDep, who: EvidenceReader,
                   include_explanation: bool = True) -> CandidatePublic:
     c = session.get(Candidate, candidate_id)
@@ -155,8 +159,10 @@ def _render_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
     p = CMCParams()
     r = compare_pair(prepare(sa, p, name=la), prepare(sb, p, name=lb), p)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.png")
-    with _FIGURE_LOCK:
-        explanation_figure(sa, sb, r, tmp)
+    with _FIGURE_LOCK:  # the stored likelihood ratio of the pair (calibrated regions) goes into the header
+        explanation_figure(sa, sb, r, tmp, log10_lr=c.log10_lr,
+                           log10_lr_interval=(c.log10_lr_low, c.log10_lr_high) if c.log10_lr is not None else None,
+                           calibration_id=c.calibration_id)
     os.replace(tmp, path)
 
 
@@ -226,6 +232,8 @@ def candidate_figure(candidate_id: IdPath, rt: RuntimeDep, session: SessionDep, 
         tag = re.sub(r"[^A-Za-z0-9._-]", "_", c.algorithm_version)
         if (c.registration or {}).get("lands_key"):  # a bullet pair scored again on more lands
             tag += "-" + str(c.registration["lands_key"])[:12]
+        if c.region in ("breech_face", "breech_face_2d"):  # figure layout version and the LR it shows
+            tag += f"-{FIGURE_VERSION}-" + re.sub(r"[^A-Za-z0-9._-]", "_", c.calibration_id or "nolr")[:40]
         path = rt.store.root / "derived" / "figures" / f"candidate-{c.id}-{tag}.png"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,23 +41,29 @@ def _safe_name(name: str | None) -> str:
     return (base or "upload")[:300]
 
 
-def _validate_scan(rt, path, media_type: str, spacing_um: float | None):
-    """Open the scan with the typed readers: malformed -> 422, over a limit -> 413 (nothing stored yet)."""
-    from ballistic.errors import BallisticError
+def _validate_scan(rt, path, media_type: str, spacing_um: float | None, *, bullet: bool = False,
+                   filename: str | None = None):
+    """Open the scan with the typed readers and refuse what its job could not work on (``api.limits``):
+    over the job memory budget -> 413 (from the header, before decompressing), malformed or degenerate -> 422,
+    each with a reason for the person uploading (``api.user_errors``). Nothing is stored yet."""
     from ballistic.io.image import read_image
     from ballistic.io.x3p import read_x3p
 
+    from api.limits import ScanRejected, check_surface, max_scan_points
+    from api.user_errors import upload_error
+
+    limit = max_scan_points(rt.settings)
     try:
-        if media_type == "x3p":
-            surf = read_x3p(path, max_points=rt.settings.max_pixels)
-        else:
-            surf = read_image(path, max_pixels=rt.settings.max_pixels, spacing_um=spacing_um)
-    except BallisticError as e:  # over a limit -> 413, malformed -> 422 (api/errors.py)
-        raise http_exception(e) from None
-    except (ValueError, OSError) as e:
-        raise HTTPException(422, f"unreadable scan: {type(e).__name__}: {e}") from None
-    if surf.valid_fraction == 0:
-        raise HTTPException(422, "the scan holds no measured points (all NaN)")
+        with rt.scan_check_slots:
+            if media_type == "x3p":
+                surf = read_x3p(path, max_points=limit)
+            else:
+                surf = read_image(path, max_pixels=limit, spacing_um=spacing_um)
+            check_surface(rt.settings, surf, spacing_known=media_type == "x3p" or spacing_um is not None,
+                          enlarges=not bullet)
+    except (ScanRejected, ValueError, OSError) as e:  # the readers' typed errors are ValueErrors
+        err = upload_error(rt.settings, e, filename)
+        raise HTTPException(err.status, err.reason) from None
     return surf
 
 
@@ -89,8 +95,9 @@ def _stage_all(rt, files: list[UploadFile], meta_spacing: float | None, *, bulle
         for f in files:
             try:
                 staged = rt.store.stage(f.file, rt.settings.max_upload_bytes)
-            except UploadTooLarge as e:
-                raise HTTPException(413, str(e)) from None
+            except UploadTooLarge:
+                raise HTTPException(413, f"file too large for this service: uploads are limited to "
+                                         f"{rt.settings.max_upload_bytes / 2**20:.4g} MiB") from None
             up = _Upload(staged, "", _safe_name(f.filename))
             out.append(up)
             if staged.size == 0:
@@ -107,7 +114,7 @@ def _stage_all(rt, files: list[UploadFile], meta_spacing: float | None, *, bulle
                 raise _duplicate(dup)
             if bullet and media_type != "x3p":
                 raise HTTPException(422, "bullet scans must be x3p topographies (one land engraved area per file)")
-            _validate_scan(rt, staged.path, media_type, meta_spacing)
+            _validate_scan(rt, staged.path, media_type, meta_spacing, bullet=bullet, filename=up.filename)
     except BaseException:
         for u in out:
             u.staged.discard()

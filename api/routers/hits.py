@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from sqlalchemy import func, select
 
 from api.deps import IntelReader, ReadSessionDep
-from api.models import HitEvent
+from api.models import Candidate, HitEvent
 from api.schemas import CasePublic, ErrorPublic, ExhibitSummary, HitFeed, HitPublic
 
 router = APIRouter(prefix="/v1/hits", tags=["hits"])
@@ -32,24 +32,34 @@ def decode_cursor(cursor: str) -> int:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "invalid cursor: pass back a next_cursor value") from None
 
 
-def _item(ev: HitEvent) -> HitPublic:
+def _item(ev: HitEvent, lr) -> HitPublic:
     exs = [ExhibitSummary.model_validate(ev.exhibit_a), ExhibitSummary.model_validate(ev.exhibit_b)]
     cases = {e.case.id: e.case for e in exs}
+    calibrated = lr is not None and lr.log10_lr is not None
     return HitPublic(seq=ev.seq, kind=ev.kind, candidate_id=ev.candidate_id, region=ev.region, score=ev.score,
                      cmc_count=ev.cmc_count,
+                     log10_lr=lr.log10_lr if calibrated else None,
+                     log10_lr_interval=[lr.log10_lr_low, lr.log10_lr_high]
+                     if calibrated and lr.log10_lr_low is not None else None,
+                     calibration_id=lr.calibration_id if calibrated else None,
                      confirmed_by=ev.confirmed_by, confirmed_at=ev.created_at, exhibits=exs,
                      cases=[CasePublic.model_validate(c) for c in cases.values()])
 
 
 @router.get("/feed", response_model=HitFeed, responses={304: {"description": "nothing new (ETag matched)"},
                                                         400: {"model": ErrorPublic}},
-            summary="Confirmed hits (and retractions) after a cursor, oldest first")
+            summary="Confirmed hits (and retractions) after a cursor, oldest first; 400 for a cursor this "
+                    "server never issued")
 def hits_feed(response: Response, session: ReadSessionDep, who: IntelReader,
               after: Annotated[Optional[str], Query(max_length=100, description="opaque cursor")] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 100,
               if_none_match: Annotated[Optional[str], Header(max_length=200)] = None):
     after_seq = decode_cursor(after) if after else 0
     head = session.execute(select(func.max(HitEvent.seq))).scalar() or 0
+    if after_seq > head:  # never issued: a client holding it would silently never see the hits that follow
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, (
+            "cursor never issued by this feed: it points past the newest event. Pass back a next_cursor value "
+            "this server returned, or leave 'after' out to read the feed from the start"))
     if head <= after_seq:
         events = []
     else:
@@ -58,10 +68,18 @@ def hits_feed(response: Response, session: ReadSessionDep, who: IntelReader,
     has_more = len(events) > limit
     events = events[:limit]
     last = events[-1].seq if events else after_seq
-    # events are append-only, so (after, limit, last seq, count) identifies the page's content
-    etag = '"' + hashlib.sha256(f"{after_seq}:{limit}:{last}:{len(events)}:{has_more}".encode()).hexdigest()[:32] + '"'
+    # the likelihood ratio of each pair (calibrated regions), as stored on its candidate now
+    lrs = {r.id: r for r in session.execute(
+        select(Candidate.id, Candidate.log10_lr, Candidate.log10_lr_low, Candidate.log10_lr_high,
+               Candidate.calibration_id).where(Candidate.id.in_({e.candidate_id for e in events})))} if events else {}
+    # events are append-only, so (after, limit, last seq, count) identifies the page's events; the calibrations
+    # behind their LRs change only when the service is configured with another one
+    cal_ids = sorted({str(r.calibration_id) for r in lrs.values() if r.calibration_id})
+    etag = '"' + hashlib.sha256(f"{after_seq}:{limit}:{last}:{len(events)}:{has_more}:{cal_ids}".encode()
+                                ).hexdigest()[:32] + '"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if if_none_match and etag in [t.strip().removeprefix("W/") for t in if_none_match.split(",")]:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     response.headers.update(headers)
-    return HitFeed(items=[_item(e) for e in events], next_cursor=encode_cursor(last), has_more=has_more)
+    return HitFeed(items=[_item(e, lrs.get(e.candidate_id)) for e in events], next_cursor=encode_cursor(last),
+                   has_more=has_more)

@@ -14,14 +14,33 @@ from api.security import hash_key, new_key
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
-@router.post("", response_model=KeyCreated, status_code=status.HTTP_201_CREATED, summary="Create an API key")
-def create_key(body: KeyCreate, session: SessionDep, who: Admin) -> KeyCreated:
+def issue_key(session, *, name: str, scope: str, actor: str, via: str = "api") -> tuple[ApiKey, str]:
+    """A new key (its row and audit row added to ``session``, not committed) and its secret, shown once.
+    Used by ``POST /v1/keys`` and by ``ballistic keys create``."""
     raw = new_key()
-    k = ApiKey(name=body.name, scope=body.scope, key_hash=hash_key(raw), prefix=raw[:10], created_by=who.actor)
+    k = ApiKey(name=name, scope=scope, key_hash=hash_key(raw), prefix=raw[:10], created_by=actor)
     session.add(k)
     session.flush()
-    audit.append(session, actor=who.actor, action="key.create", resource_type="api_key", resource_id=k.id,
-                 detail={"name": k.name, "scope": k.scope, "prefix": k.prefix})
+    audit.append(session, actor=actor, action="key.create", resource_type="api_key", resource_id=k.id,
+                 detail={"name": k.name, "scope": k.scope, "prefix": k.prefix, **({"via": via} if via != "api" else {})})
+    return k, raw
+
+
+def revoke(session, k: ApiKey, *, actor: str) -> bool:
+    """Revoke ``k`` (audited, not committed); False when it was revoked already."""
+    if k.revoked_at is not None:
+        return False
+    k.revoked_at = utcnow()
+    audit.append(session, actor=actor, action="key.revoke", resource_type="api_key", resource_id=k.id,
+                 detail={"name": k.name, "scope": k.scope})
+    return True
+
+
+@router.post("", response_model=KeyCreated, status_code=status.HTTP_201_CREATED, summary="Create an API key",
+             description='Body: `{"name": "Examiner Alice", "scope": "examiner"}` (scope: examiner, intelligence '
+                         "or admin). The response's `key` is the secret, shown once; only its SHA-256 is stored.")
+def create_key(body: KeyCreate, session: SessionDep, who: Admin) -> KeyCreated:
+    k, raw = issue_key(session, name=body.name, scope=body.scope, actor=who.actor)
     session.commit()
     return KeyCreated(**KeyPublic.model_validate(k).model_dump(), key=raw)
 
@@ -37,9 +56,6 @@ def revoke_key(key_id: IdPath, session: SessionDep, who: Admin) -> KeyPublic:
     k = session.get(ApiKey, key_id)
     if k is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"key {key_id} not found")
-    if k.revoked_at is None:
-        k.revoked_at = utcnow()
-        audit.append(session, actor=who.actor, action="key.revoke", resource_type="api_key", resource_id=k.id,
-                     detail={"name": k.name, "scope": k.scope})
+    if revoke(session, k, actor=who.actor):
         session.commit()
     return KeyPublic.model_validate(k)

@@ -12,6 +12,10 @@ came over https) and ``ballistic_csrf`` (same flags). Every POST form carries th
 hidden field; it must equal the cookie and the token inside the signed session (double submit
 plus binding). The login form gets its own token before there is a session.
 
+Logging out ends the session on the server, not only in the browser: the session's id (SHA-256 of the
+signed token) is recorded in ``service_state`` (key ``web_session_ended:<id>``, value its expiry), and a
+cookie whose session ended is refused like a forged one. Rows past their expiry are pruned at each logout.
+
 The signing secret is ``BALLISTIC_WEB_SECRET`` when set (at least 32 characters), otherwise a
 random one created on first use and kept in the ``service_state`` table (key
 ``web_session_secret``), so sessions survive a restart and every process on one database agrees.
@@ -37,7 +41,8 @@ from api.models import ApiKey, Setting
 from api.security import allowed, hash_key
 
 __all__ = ["SESSION_COOKIE", "CSRF_COOKIE", "SESSION_MAX_AGE_S", "WebSession", "sign", "unsign", "secret_for",
-           "current_session", "new_session_cookie", "check_csrf", "set_cookie", "clear_cookies"]
+           "current_session", "end_session", "session_id", "new_session_cookie", "check_csrf", "set_cookie",
+           "clear_cookies"]
 
 SESSION_COOKIE = "ballistic_session"
 CSRF_COOKIE = "ballistic_csrf"
@@ -116,10 +121,20 @@ class WebSession:
         return allowed(self.principal.scope, permission)
 
 
+_ENDED = "web_session_ended:"
+
+
+def session_id(token: str) -> str:
+    """Server-side name of a signed session token (never the token itself)."""
+    return hashlib.sha256(b"ballistic-web-session-id:" + token.encode()).hexdigest()[:40]
+
+
 def current_session(request: Request) -> WebSession | None:
-    """The signed-in key of this browser request (re-checked against the DB), or None."""
+    """The signed-in key of this browser request (re-checked against the DB), or None (also when the
+    session was ended by a logout)."""
     rt = request.app.state.runtime
-    payload = unsign(request.cookies.get(SESSION_COOKIE), secret_for(rt))
+    token = request.cookies.get(SESSION_COOKIE)
+    payload = unsign(token, secret_for(rt))
     if payload is None:
         return None
     kid, kh, csrf = payload.get("kid"), payload.get("kh"), payload.get("csrf")
@@ -129,7 +144,27 @@ def current_session(request: Request) -> WebSession | None:
         k = s.get(ApiKey, kid)
         if k is None or k.revoked_at is not None or not hmac.compare_digest(k.key_hash[:24], kh):
             return None
+        if s.get(Setting, _ENDED + session_id(token)) is not None:
+            return None
         return WebSession(Principal(k.id, k.name, k.scope), csrf)
+
+
+def end_session(rt, request: Request) -> None:
+    """Record that this request's session is over (logout), so its cookie is refused from now on, even if
+    the browser (or whoever copied the cookie) sends it again; expired records are pruned."""
+    token = request.cookies.get(SESSION_COOKIE)
+    payload = unsign(token, secret_for(rt))
+    if payload is None:
+        return
+    now = int(time.time())
+    with rt.session_factory() as s:
+        for row in s.execute(select(Setting).where(Setting.key.startswith(_ENDED))).scalars().all():
+            if not row.value.isdigit() or int(row.value) < now:
+                s.delete(row)
+        key = _ENDED + session_id(token)
+        if s.get(Setting, key) is None:
+            s.add(Setting(key=key, value=str(int(payload["iat"]) + SESSION_MAX_AGE_S)))
+        s.commit()
 
 
 def login_key(request: Request, raw: str) -> ApiKey | None:

@@ -215,6 +215,10 @@ def logout(request: Request, csrf_token: Annotated[str, Form(max_length=200)] = 
     if ws is not None and not auth.check_csrf(request, csrf_token, ws):
         return _page(request, ws, "error.html", {"code": 400, "title": "Form expired",
                                                  "message": "Reload the page and try again."}, status_code=400)
+    if ws is not None:  # end it on the server too: a copy of the cookie is refused from now on
+        rt = request.app.state.runtime
+        auth.end_session(rt, request)
+        _audit_read(rt, ws.principal, "web.logout", "api_key", ws.principal.key_id, {})
     resp = _harden(RedirectResponse(f"{_root(request)}/web/login", status_code=303))
     auth.clear_cookies(resp, request)
     return resp

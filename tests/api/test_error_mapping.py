@@ -47,7 +47,7 @@ def test_http_status_and_retry_by_kind(exc, status, retry):
 def test_retry_rule_outside_the_library():
     assert job_retryable(OSError("disk hiccup")) and job_retryable(RuntimeError("database is locked"))
     assert job_retryable(ConnectionError("lost"))
-    for e in (FileNotFoundError("evidence gone"), TypeError("bug"), ValueError("bad value")):
+    for e in (FileNotFoundError("evidence gone"), TypeError("bug"), ValueError("bad value"), MemoryError()):
         assert not job_retryable(e)
 
 
@@ -101,4 +101,9 @@ def test_job_retries_infrastructure_errors_and_fails_data_errors_at_once(client,
         assert j["status"] == "done" and j["attempts"] == 2 and "job.retry" in actions
     else:
         assert j["status"] == "failed" and j["attempts"] == 1 and "job.retry" not in actions
-        assert j["error"] == f"{type(exc).__name__}: {exc}"
+        # the job's error speaks to the uploader (api/user_errors.py); the library's text is in the audit row
+        from api.user_errors import job_error
+
+        assert j["error"] == job_error(exc)
+        failed = next(e for e in client.get("/v1/audit", headers=ADMIN).json()["items"] if e["action"] == "job.failed")
+        assert f"{type(exc).__name__}: {exc}" in failed["detail"]

@@ -51,7 +51,8 @@ def test_full_flow_on_postgres(tmp_path, pg_url, scans):
         assert upload(c, ex, scans["a1"], name="again.x3p").status_code == 409
         run_jobs(c)
         top = c.get(f"/v1/exhibits/{ids['a1']}/candidates", headers=ex).json()["items"][0]
-        assert top["candidate"]["id"] == ids["a2"] and top["explanation"]["forward"]["cells"]
+        assert top["candidate"]["id"] == ids["a2"]
+        assert c.get(top["explanation_url"], headers=ex).json()["explanation"]["forward"]["cells"]
         assert c.post(f"/v1/candidates/{top['id']}/review", headers=ex,
                       json={"decision": "confirmed"}).status_code == 201
         f1 = c.get("/v1/hits/feed", headers=intel)

@@ -171,7 +171,8 @@ def test_exhibit_page_lists_ranked_candidates_and_pictures_are_audited(client, e
 # --------------------------------------------------------------------------- comparison and review
 def test_comparison_view_and_review_use_the_json_api_logic(client, examiner, intel, linked):
     web_login(client, examiner)
-    cand = client.get(f"/v1/exhibits/{linked['a1']}/candidates", headers=examiner).json()["items"][0]
+    cand = client.get(f"/v1/exhibits/{linked['a1']}/candidates", headers=examiner,
+                      params={"include_explanation": True}).json()["items"][0]
     cid = cand["id"]
     direction = "forward" if cand["reference_exhibit_id"] == linked["a1"] else "backward"
     page = client.get(f"/web/candidates/{cid}", params={"from": linked["a1"]})
@@ -248,7 +249,8 @@ def test_dashboard_series_hits_and_benchmark_folder(client, examiner, linked, tm
                                                 "plots": ["elsewhere/run_hist.png", "elsewhere/run_roc.png"]}))
     (bench / "unrelated.json").write_text("[1, 2]")
     (bench / "secret.txt").write_text("no")
-    cand = client.get(f"/v1/exhibits/{linked['a1']}/candidates", headers=examiner).json()["items"][0]
+    cand = client.get(f"/v1/exhibits/{linked['a1']}/candidates", headers=examiner,
+                      params={"include_explanation": True}).json()["items"][0]
     client.post(f"/v1/candidates/{cand['id']}/review", json={"decision": "confirmed"}, headers=examiner)
 
     page = client.get("/web/dashboard")
