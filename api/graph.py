@@ -134,7 +134,7 @@ def i2_csv(g: LinkGraph) -> str:
             row({"link_id": f"TESTFIRE-{e.id}", "link_type": "test_fired_from", "link_label": "test fired from"},
                 _exhibit_attrs(e), _firearm_attrs(e))
     # formula-safe cells (OWASP CSV injection): metadata such as '=HYPERLINK(...)' is written as text
-    return csv_text(rows, cols)
+    return csv_text(rows, columns=cols)
 
 
 def graphml(g: LinkGraph) -> str:

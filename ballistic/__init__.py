@@ -9,7 +9,7 @@ evidence (cartridge cases: breech face, firing pin, 2D images; bullets)::
                        ProcessingError (ValueError); StateError (RuntimeError); the typed errors under them
       surface.py       Surface: heights in um, NaN = missing, spacing_um
       io/              x3p.py (read_x3p, write_x3p) image.py (read_image) source.py (what readers take)
-                       atomic.py (the one atomic writer) csv.py (the one row CSV writer);
+                       atomic.py (the one atomic writer) csv.py (the one CSV writer, formula-safe);
                        read_surface in io/__init__.py
       preprocess/      filters.py: remove_trend, gaussian_lowpass, bandpass_filter, resample, rotate,
                        crop_to_mask (+ kernel _warp_rotate)

@@ -1,5 +1,5 @@
 """The one CSV writer (ballistic.io.csv): formula cells neutralised (OWASP CSV injection), numbers kept
-numbers; the benchmark tables go through it."""
+numbers; the benchmark tables and the i2 export go through it."""
 from __future__ import annotations
 
 import csv
@@ -8,7 +8,8 @@ import io
 import numpy as np
 import pytest
 
-from ballistic.io.csv import FORMULA_TRIGGERS, csv_text, neutralise_cell, write_csv
+from ballistic.errors import InputError
+from ballistic.io.csv import FORMULA_TRIGGERS, csv_text, neutralise_cell, write_rows_csv
 
 HOSTILE = ['=HYPERLINK("http://x/?"&A1,"click")', "@SUM(1+1)", "+cmd|' /C calc'!A0", "-2+3+cmd|' /C calc'!A0",
            "\t=1+1", "\r=1+1", "  =1+1", "\uff1d1+1", "-1+1", "=", "+", "-", "@"]
@@ -51,21 +52,22 @@ def test_csv_text_dict_rows_header_none_and_extras():
     rows = list(csv.reader(io.StringIO(text)))
     assert rows == [["name", "score", "note"], ["'=cmd", "-0.5", ""], ["ok", "2", ""]]
     assert text.endswith("\r\n")
-    with pytest.raises(ValueError, match="not in fieldnames"):
-        csv_text([{"a": 1, "b": 2}], ["a"])
-    assert csv_text([{"a": 1, "b": 2}], ["a"], extrasaction="ignore") == "a\r\n1\r\n"
-    assert csv_text([], ["a", "@b"]) == "a,'@b\r\n"
+    with pytest.raises(InputError, match="columns="):  # a later row with keys the first has not
+        csv_text([{"a": 1}, {"a": 2, "b": 3}])
+    assert csv_text([{"a": 1, "b": 2}], columns=["a"]) == "a\r\n1\r\n"  # listed columns choose
+    assert csv_text([], columns=["a", "@b"]) == "a,'@b\r\n"
+    assert csv_text([["=x", 1]], columns=["@c", "d"]) == "'@c,d\r\n'=x,1\r\n"  # sequence rows
     assert_no_formula(csv_text([{"x": h, "y": -0.25} for h in HOSTILE]))
 
 
-def test_write_csv_creates_the_folder(tmp_path):
-    p = write_csv(tmp_path / "new" / "t.csv", [{"a": "@x", "b": 1.5}])
+def test_write_rows_csv_creates_the_folder_and_replaces_atomically(tmp_path):
+    p = write_rows_csv([{"a": "@x", "b": 1.5}], tmp_path / "new" / "t.csv")
     assert p.read_bytes() == b"a,b\r\n'@x,1.5\r\n"
+    write_rows_csv([{"a": 2}], p)
+    assert p.read_bytes() == b"a\r\n2\r\n" and [q.name for q in p.parent.iterdir()] == ["t.csv"]
 
 
 def test_bench_per_pair_csv_is_formula_safe(tmp_path):
-    from ballistic.io.csv import write_rows_csv
-
     rows = [{"reference": '=HYPERLINK("http://x/?"&A1,"click")', "target": "@SUM(1+1)", "same_source": False,
              "cmc_count": 3, "similarity": -0.5}]
     p = write_rows_csv(rows, tmp_path / "pairs.csv")

