@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from api import audit
 from api.jsonable import jsonable
 from api.db import session_scope, utcnow
-from api.errors import job_retryable
+from api.errors import job_error, job_retryable
 from api.models import Candidate, Exhibit, Job, LandScan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -167,8 +167,6 @@ def run_correlation_job(rt: "Runtime", job_id: int) -> str:
                       .values(status="queued", updated_at=utcnow(), error="interrupted by shutdown; will resume"))
         return "queued"
     except Exception as e:  # noqa: BLE001 - every failure is recorded on the job
-        from api.user_errors import job_error
-
         retry = job_retryable(e) and attempts < max_attempts  # by the error's kind: api/errors.py
         msg = f"{type(e).__name__}: {e}"
         user_msg = job_error(e)  # the job's error is read by HTTP users; the library's text goes to log and audit

@@ -105,7 +105,8 @@ class EvidenceStore:
                         break
                     size += len(chunk)
                     if size > max_bytes:
-                        raise UploadTooLarge(f"upload is larger than max_upload_bytes={max_bytes}")
+                        raise UploadTooLarge(f"upload is larger than max_upload_bytes={max_bytes}",
+                                             limit="max_upload_bytes", maximum=max_bytes)
                     if len(head) < 16:
                         head += chunk[: 16 - len(head)]
                     h.update(chunk)

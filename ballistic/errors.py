@@ -33,11 +33,16 @@ How a caller uses the kinds (the service does exactly this, ``api/errors.py``):
 * ``InputError`` and ``ProcessingError`` stay ``ValueError`` so that code written before this
   hierarchy (``except ValueError``) keeps working; ``StateError`` stays ``RuntimeError`` likewise.
 
-Every message says what to do about the problem.
+Every message says what to do about the problem. A caller that needs more than the kind reads the error's
+structured attributes, never its message: every error may carry a ``reason`` (a short stable code naming what
+was not found, e.g. ``"breech_face_not_planar"``; the codes are listed in :data:`REASONS`), and a
+:class:`LimitError` carries the limit it hit (``limit``, ``value``, ``maximum`` and, for grids and images,
+``shape``).
 """
 from __future__ import annotations
 
 __all__ = [
+    "REASONS",
     "BallisticError",
     "InputError",
     "LimitError",
@@ -65,9 +70,44 @@ __all__ = [
 ]
 
 
+#: The ``reason`` codes the library attaches to its errors (what was not found), with their meaning. A code
+#: names a situation, not a message: messages may be reworded, codes stay.
+REASONS: dict[str, str] = {
+    "breech_face_centre_sparse": "too few measured points in the centre of a 3D scan to find the breech face",
+    "breech_face_not_planar": "no flat (planar) primer region in a 3D scan",
+    "breech_face_too_small": "the flat primer region of a 3D scan is too small",
+    "breech_face_no_annulus": "the firing-pin hole and the margins leave no breech-face area",
+    "primer_edge_not_found": "the primer edge was not found in a photo, so its scale is unknown",
+    "image_uncalibrated": "a photo without a pixel spacing and without primer segmentation to measure one",
+    "image_masked_view": "a photo that is mostly invalid pixels: a masked or rendered view, not a photograph",
+    "primer_ring_not_found": "no bright region enclosed by a dark primer ring in a photo",
+    "primer_disc_not_found": "the bright disc inside the dark primer ring is missing or off-centre",
+    "descriptor_no_band": "no radial band of the breech face has enough measured points for a descriptor",
+}
+
+
 # --------------------------------------------------------------------------- kinds
 class BallisticError(Exception):
-    """Base class of every typed error raised by :mod:`ballistic`."""
+    """Base class of every typed error raised by :mod:`ballistic`.
+
+    Parameters
+    ----------
+    *args
+        The message (as for :class:`Exception`).
+    reason : str, optional, keyword-only
+        A stable code from :data:`REASONS` naming the situation, for callers that act on it (the service
+        words its message for users from it); None when the kind says enough.
+
+    Attributes
+    ----------
+    reason : str or None
+    """
+
+    def __init__(self, *args: object, reason: str | None = None) -> None:
+        super().__init__(*args)
+        if reason is not None and reason not in REASONS:
+            raise KeyError(f"unknown error reason {reason!r}; add it to ballistic.errors.REASONS")
+        self.reason = reason
 
 
 class InputError(BallisticError, ValueError):
@@ -75,7 +115,35 @@ class InputError(BallisticError, ValueError):
 
 
 class LimitError(InputError):
-    """An input exceeds a safety limit (points, pixels, members, bytes); refused before allocation."""
+    """An input exceeds a safety limit (points, pixels, members, bytes); refused before allocation.
+
+    Parameters
+    ----------
+    *args
+        The message.
+    limit : str, optional, keyword-only
+        The limit that was hit, by the name of the keyword that sets it (``"max_points"``,
+        ``"max_pixels"``, ``"max_members"``, ``"max_uncompressed_bytes"``, ``"max_compression_ratio"``,
+        ``"max_xml_bytes"`` (fixed), ``"max_upload_bytes"``).
+    value : float, optional, keyword-only
+        What the input declares or holds, in the unit of the limit; None when unknown.
+    maximum : float, optional, keyword-only
+        The limit in force; None when unknown.
+    shape : tuple of int, optional, keyword-only
+        The declared grid, ``(rows, columns)`` (an x3p's ``(SizeY, SizeX)``, an image's ``(height, width)``),
+        when the limit is on points or pixels and the size is known.
+    reason : str, optional, keyword-only
+        See :class:`BallisticError`.
+    """
+
+    def __init__(self, *args: object, limit: str | None = None, value: float | None = None,
+                 maximum: float | None = None, shape: tuple[int, ...] | None = None,
+                 reason: str | None = None) -> None:
+        super().__init__(*args, reason=reason)
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum
+        self.shape = None if shape is None else tuple(int(n) for n in shape)
 
 
 class ProcessingError(BallisticError, ValueError):

@@ -110,8 +110,9 @@ def test_explicit_spacing_wins(photo):
 def test_masked_uncalibrated_image_needs_a_spacing(photo):
     h = photo.heights.copy()
     h[:, :300] = np.nan  # mostly masked: auto does not segment
-    with pytest.raises(PreprocessError, match="spacing_um"):
+    with pytest.raises(PreprocessError, match="spacing_um") as ei:
         preprocess_image(Surface(h, 1.0, meta={"spacing_calibrated": False}))
+    assert ei.value.reason == "image_uncalibrated"
 
 
 def test_rendered_views_are_not_segmented_and_keep_their_spacing():

@@ -259,6 +259,8 @@ def test_absurd_declared_size_no_allocation(tmp_path):
     with pytest.raises(X3PLimitError, match="max_points") as ei:
         read_x3p(p)
     assert "1e+12" in str(ei.value)
+    e = ei.value  # the limit as attributes, for callers that word their own message (the service)
+    assert (e.limit, e.value, e.maximum, e.shape) == ("max_points", 10**12, 64_000_000, (10**6, 10**6))
 
 
 def test_data_size_mismatch(tmp_path):
@@ -299,23 +301,26 @@ def test_too_many_members(tmp_path):
     z = np.zeros((2, 2), "<f8")
     extra = {f"junk/{i}.txt": b"x" for i in range(70)}
     p = _make_x3p(tmp_path / "many.x3p", z.tobytes(), 2, 2, extra=extra)
-    with pytest.raises(X3PLimitError, match="max_members"):
+    with pytest.raises(X3PLimitError, match="max_members") as ei:
         read_x3p(p)
+    assert (ei.value.limit, ei.value.value, ei.value.maximum) == ("max_members", 73, 64)
     assert read_x3p(p, max_members=100).shape == (2, 2)
 
 
 def test_uncompressed_size_limit(tmp_path):
     z = np.zeros((100, 100), "<f8")
     p = _make_x3p(tmp_path / "unc.x3p", z.tobytes(), 100, 100)
-    with pytest.raises(X3PLimitError, match="max_uncompressed_bytes"):
+    with pytest.raises(X3PLimitError, match="max_uncompressed_bytes") as ei:
         read_x3p(p, max_uncompressed_bytes=10_000)
+    assert ei.value.limit == "max_uncompressed_bytes" and ei.value.value > 80_000 and ei.value.maximum == 10_000
 
 
 def test_zip_bomb_ratio(tmp_path):
     z = np.zeros((512, 512), "<f8")  # 2 MiB of zeros: bzip2 squeezes it far beyond deflate's limit
     p = _make_x3p(tmp_path / "bomb.x3p", z.tobytes(), 512, 512, compression=zipfile.ZIP_BZIP2)
-    with pytest.raises(X3PLimitError, match="zip bomb"):
+    with pytest.raises(X3PLimitError, match="zip bomb") as ei:
         read_x3p(p)
+    assert ei.value.limit == "max_compression_ratio" and ei.value.value > ei.value.maximum == 1100.0
 
 
 def test_not_a_zip(tmp_path):
@@ -390,8 +395,10 @@ def test_image_over_max_pixels_not_decoded(tmp_path, monkeypatch):
     from PIL import ImageFile
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", _no_decode)
-    with pytest.raises(ImageLimitError, match="max_pixels"):
+    with pytest.raises(ImageLimitError, match="max_pixels") as ei:
         read_image(p, max_pixels=1_000_000)
+    assert (ei.value.limit, ei.value.value, ei.value.maximum, ei.value.shape) == ("max_pixels", 2_000_000,
+                                                                                 1_000_000, (1000, 2000))
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -403,8 +410,9 @@ def test_forged_png_header_is_limit_error():
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
     blob = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
             + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b""))
-    with pytest.raises(ImageLimitError, match="max_pixels"):
+    with pytest.raises(ImageLimitError, match="max_pixels") as ei:
         read_image(blob)
+    assert ei.value.limit == "max_pixels" and ei.value.maximum is not None
 
 
 def test_unreadable_image(tmp_path):

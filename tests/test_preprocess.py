@@ -330,5 +330,11 @@ def test_preprocess_cartridge_raw_end_to_end(raw_cartridge):
 
 def test_find_breech_face_rejects_flat_noise():
     rng = np.random.default_rng(12)
-    with pytest.raises(PreprocessError):
+    with pytest.raises(PreprocessError) as ei:
         find_breech_face(Surface(rng.normal(0, 50.0, size=(200, 200)), 5.0))
+    assert ei.value.reason in ("breech_face_not_planar", "breech_face_too_small")  # a code callers can act on
+    z = np.full((200, 200), np.nan)
+    z[:20] = 1.0  # nothing measured in the centre
+    with pytest.raises(PreprocessError) as ei:
+        find_breech_face(Surface(z, 5.0))
+    assert ei.value.reason == "breech_face_centre_sparse"

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api import audit
 from api.deps import EvidenceReader, ExaminerWrite, IdPath, ReadSessionDep, RuntimeDep, SessionDep
-from api.errors import http_exception
+from api.errors import upload_error
 from api.models import Case, Exhibit, Job, LandScan
 from api.retrieval import BULLET_REGION, partition_for, region_for_media
 from api.schemas import ErrorPublic, ExhibitCreate, ExhibitPage, ExhibitPublic
@@ -45,12 +45,12 @@ def _validate_scan(rt, path, media_type: str, spacing_um: float | None, *, bulle
                    filename: str | None = None):
     """Open the scan with the typed readers and refuse what its job could not work on (``api.limits``):
     over the job memory budget -> 413 (from the header, before decompressing), malformed or degenerate -> 422,
-    each with a reason for the person uploading (``api.user_errors``). Nothing is stored yet."""
+    each with a reason for the person uploading (``api.errors.upload_error``). Nothing is stored yet."""
+    from ballistic.errors import BallisticError
     from ballistic.io.image import read_image
     from ballistic.io.x3p import read_x3p
 
     from api.limits import ScanRejected, check_surface, max_scan_points
-    from api.user_errors import upload_error
 
     limit = max_scan_points(rt.settings)
     try:
@@ -61,7 +61,7 @@ def _validate_scan(rt, path, media_type: str, spacing_um: float | None, *, bulle
                 surf = read_image(path, max_pixels=limit, spacing_um=spacing_um)
             check_surface(rt.settings, surf, spacing_known=media_type == "x3p" or spacing_um is not None,
                           enlarges=not bullet)
-    except (ScanRejected, ValueError, OSError) as e:  # the readers' typed errors are ValueErrors
+    except (ScanRejected, BallisticError, ValueError, OSError) as e:  # status and words by the error's kind
         err = upload_error(rt.settings, e, filename)
         raise HTTPException(err.status, err.reason) from None
     return surf
@@ -95,9 +95,9 @@ def _stage_all(rt, files: list[UploadFile], meta_spacing: float | None, *, bulle
         for f in files:
             try:
                 staged = rt.store.stage(f.file, rt.settings.max_upload_bytes)
-            except UploadTooLarge:
-                raise HTTPException(413, f"file too large for this service: uploads are limited to "
-                                         f"{rt.settings.max_upload_bytes / 2**20:.4g} MiB") from None
+            except UploadTooLarge as e:
+                err = upload_error(rt.settings, e, f.filename)
+                raise HTTPException(err.status, err.reason) from None
             up = _Upload(staged, "", _safe_name(f.filename))
             out.append(up)
             if staged.size == 0:

@@ -109,7 +109,8 @@ def find_breech_face(surface: Surface, *, work_spacing_um: float = 20.0, central
     sel = valid & central
     if sel.sum() < 50:
         raise PreprocessError("find_breech_face: too few valid points in the centre of the scan; "
-                              "is the primer centred in the field of view?")
+                              "is the primer centred in the field of view?",
+                              reason="breech_face_centre_sparse")
     # Seed at the height mode so the fit locks onto the dominant surface, not the mean; then
     # let a plane and a quadric (primers are tilted and domed) grow the inlier set.
     zc = z[sel]
@@ -130,7 +131,7 @@ def find_breech_face(surface: Surface, *, work_spacing_um: float = 20.0, central
     inl_open = ndi.binary_opening(inl, iterations=3)
     lab, n = ndi.label(inl_open)
     if n == 0:
-        raise PreprocessError("find_breech_face: no planar breech-face region found")
+        raise PreprocessError("find_breech_face: no planar breech-face region found", reason="breech_face_not_planar")
     # component with most pixels inside the central disc
     counts = np.bincount(lab[central].ravel(), minlength=n + 1)
     counts[0] = 0
@@ -140,7 +141,8 @@ def find_breech_face(surface: Surface, *, work_spacing_um: float = 20.0, central
     disc = ndi.binary_dilation(filled, iterations=2) & valid
     area = float(disc.sum())
     if area < 0.05 * ny * nx:
-        raise PreprocessError(f"find_breech_face: breech-face region too small ({area / (ny * nx):.1%} of scan)")
+        raise PreprocessError(f"find_breech_face: breech-face region too small ({area / (ny * nx):.1%} of scan)",
+                              reason="breech_face_too_small")
     cy, cx = ndi.center_of_mass(disc)
     # primer radius: robust from the disc boundary distances
     edge = disc & ~ndi.binary_erosion(disc)
@@ -173,7 +175,8 @@ def find_breech_face(surface: Surface, *, work_spacing_um: float = 20.0, central
     keep &= ndi.binary_closing(ndi.binary_dilation(comp, iterations=3) & inl, iterations=2)
     if keep.sum() < 0.02 * ny * nx:
         raise PreprocessError("find_breech_face: aperture and margins leave no breech-face annulus; "
-                              "lower edge_margin_um / aperture_margin_um or check the scan")
+                              "lower edge_margin_um / aperture_margin_um or check the scan",
+                              reason="breech_face_no_annulus")
     keep_full = cv2.resize(keep.astype(np.uint8), (surface.shape[1], surface.shape[0]),
                            interpolation=cv2.INTER_NEAREST).astype(bool)
     mask = surface.mask & keep_full

@@ -131,7 +131,8 @@ class ImageBreechFaceGeometry:
         """Nominal pixel spacing (um) implied by a primer of ``primer_diameter_um``."""
         if not (np.isfinite(self.primer_radius_px) and self.primer_radius_px > 0):
             raise PreprocessError("the primer edge was not found in this image, so its scale cannot be estimated; "
-                                  "pass spacing_um=... (um per pixel) explicitly")
+                                  "pass spacing_um=... (um per pixel) explicitly",
+                                  reason="primer_edge_not_found")
         return float(primer_diameter_um) / (2.0 * self.primer_radius_px)
 
 
@@ -192,7 +193,8 @@ def find_breech_face_image(surface: Surface, *, work_size_px: int = 640, smoothi
     h = surface.heights
     if surface.valid_fraction < 0.5:
         raise PreprocessError("find_breech_face_image: fewer than half of the pixels are valid; this looks like a "
-                              "masked or rendered view - pass segment='none' to preprocess_image")
+                              "masked or rendered view - pass segment='none' to preprocess_image",
+                              reason="image_masked_view")
     ny, nx = h.shape
     f = max(ny, nx) / float(work_size_px)
     work = resample(surface, spacing_um=surface.spacing_um * f) if f > 1 else surface
@@ -207,7 +209,8 @@ def find_breech_face_image(surface: Surface, *, work_size_px: int = 640, smoothi
     lab, n = ndi.label(enclosed)
     if n == 0:
         raise PreprocessError("find_breech_face_image: no bright region enclosed by a dark ring; is this a "
-                              "ring-light photograph with the whole primer in view?")
+                              "ring-light photograph with the whole primer in view?",
+                              reason="primer_ring_not_found")
     idx = np.arange(1, n + 1)
     sizes = np.asarray(ndi.sum(np.ones_like(lab), lab, idx), dtype=float)
     com = np.asarray(ndi.center_of_mass(np.ones_like(lab), lab, idx)).reshape(-1, 2)
@@ -216,7 +219,8 @@ def find_breech_face_image(surface: Surface, *, work_size_px: int = 640, smoothi
     k = int(np.argmax(score))
     if score[k] < 0.02 * wy * wx:
         raise PreprocessError("find_breech_face_image: the bright disc enclosed by the dark primer ring is missing "
-                              "or too small (< 2% of the image); check the image shows the primer centred")
+                              "or too small (< 2% of the image); check the image shows the primer centred",
+                              reason="primer_disc_not_found")
     disc = ndi.binary_fill_holes(lab == (k + 1))
     disc = ndi.binary_opening(disc, structure=_disc_structure(3))
     cy, cx = ndi.center_of_mass(disc)
@@ -289,7 +293,8 @@ def find_breech_face_image(surface: Surface, *, work_size_px: int = 640, smoothi
     mask &= surface.mask
     if mask.sum() < 0.01 * ny * nx:
         raise PreprocessError("find_breech_face_image: the margins leave no breech-face annulus; lower "
-                              "edge_margin_um / aperture_margin_um or check the image")
+                              "edge_margin_um / aperture_margin_um or check the image",
+                              reason="breech_face_no_annulus")
     return ImageBreechFaceGeometry((float(cy_in), float(cx_in)), float(Rc_in), float(Rp_in),
                                    (float(acy_in), float(acx_in)), float(Ra_in), mask, float(t))
 
@@ -435,7 +440,8 @@ def preprocess_image(surface: Surface, *, spacing_um: float | None = None, segme
     else:
         if spacing_um is None:
             raise PreprocessError("preprocess_image: the image is not calibrated and segment='none' gives no primer "
-                                  "to estimate the scale from; pass spacing_um=... (um per pixel)")
+                                  "to estimate the scale from; pass spacing_um=... (um per pixel)",
+                                  reason="image_uncalibrated")
         work = surface.with_heights(surface.heights, spacing_um=spacing_um)
         steps.append("segment:none")
     work = crop_to_mask(work, pad_px=2)

@@ -85,7 +85,8 @@ def read_image(
         except Image.DecompressionBombError as exc:
             raise ImageLimitError(
                 f"{label} is too large to decode safely ({exc}); pass max_pixels=... above its pixel count if "
-                "the image is genuine"
+                "the image is genuine",
+                limit="max_pixels", maximum=max_pixels,
             ) from exc
         except Exception as exc:  # Pillow raises many types on hostile input; all mean "unreadable"
             raise ImageFormatError(
@@ -99,7 +100,8 @@ def read_image(
             if npx > max_pixels:
                 raise ImageLimitError(
                     f"{label} is {w}x{h} = {npx:.3g} pixels, more than max_pixels={max_pixels:.3g}; pass "
-                    f"max_pixels={npx} if the image is genuine, or downsample it first"
+                    f"max_pixels={npx} if the image is genuine, or downsample it first",
+                    limit="max_pixels", value=npx, maximum=max_pixels, shape=(h, w),
                 )
             if npx == 0:
                 raise ImageFormatError(f"{label} has an empty size {w}x{h}; it holds no image")

@@ -191,7 +191,8 @@ def _read_x3p_fileobj(
         if main_info.file_size > _MAX_XML_BYTES:
             raise X3PLimitError(
                 f"main.xml in {label} declares {main_info.file_size} bytes, more than the {_MAX_XML_BYTES} "
-                "bytes any genuine x3p header needs; the file is corrupt or hostile - re-export it"
+                "bytes any genuine x3p header needs; the file is corrupt or hostile - re-export it",
+                limit="max_xml_bytes", value=main_info.file_size, maximum=_MAX_XML_BYTES,
             )
         xml_bytes = _read_member(zf, main_info, label)
         root = _parse_xml(xml_bytes, label)
@@ -202,7 +203,8 @@ def _read_x3p_fileobj(
         if npoints > max_points:
             raise X3PLimitError(
                 f"{label} declares a grid of {sx}x{sy}x{sz} = {npoints:.3g} points, which exceeds "
-                f"max_points={max_points:.3g}; pass max_points={npoints} (or more) if this scan is genuine"
+                f"max_points={max_points:.3g}; pass max_points={npoints} (or more) if this scan is genuine",
+                limit="max_points", value=npoints, maximum=max_points, shape=(sy, sx),
             )
         if sz != 1:
             raise X3PFormatError(
@@ -274,13 +276,15 @@ def _check_zip_limits(
     if len(infos) > max_members:
         raise X3PLimitError(
             f"{label} holds {len(infos)} zip members, more than max_members={max_members}; a genuine x3p "
-            f"holds a handful - pass max_members={len(infos)} if this file is genuine"
+            f"holds a handful - pass max_members={len(infos)} if this file is genuine",
+            limit="max_members", value=len(infos), maximum=max_members,
         )
     total = sum(i.file_size for i in infos)
     if total > max_uncompressed_bytes:
         raise X3PLimitError(
             f"{label} declares {total:.3g} uncompressed bytes, more than max_uncompressed_bytes="
-            f"{max_uncompressed_bytes:.3g}; pass max_uncompressed_bytes={total} if this scan is genuine"
+            f"{max_uncompressed_bytes:.3g}; pass max_uncompressed_bytes={total} if this scan is genuine",
+            limit="max_uncompressed_bytes", value=total, maximum=max_uncompressed_bytes,
         )
     for i in infos:
         if i.file_size >= _RATIO_CHECK_MIN_BYTES:
@@ -290,7 +294,8 @@ def _check_zip_limits(
                     f"zip member {i.filename!r} in {label} declares a compression ratio of {ratio:.0f}:1 "
                     f"({i.file_size} bytes from {i.compress_size}), above max_compression_ratio="
                     f"{max_compression_ratio:g}; this looks like a zip bomb - pass "
-                    f"max_compression_ratio={ratio:.0f} if the file is genuine"
+                    f"max_compression_ratio={ratio:.0f} if the file is genuine",
+                    limit="max_compression_ratio", value=ratio, maximum=max_compression_ratio,
                 )
 
 

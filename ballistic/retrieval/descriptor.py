@@ -192,7 +192,8 @@ def breech_face_descriptor(surface: Surface, *, spacing_um: float = 25.0, n_band
     use = (bvalid >= min_valid) & (norms > 0)
     if not use.any():
         raise DescriptorError("breech_face_descriptor: no radial band has enough measured points; "
-                              f"raise r_max_um (now {r_max_um} um) or lower min_valid (now {min_valid})")
+                              f"raise r_max_um (now {r_max_um} um) or lower min_valid (now {min_valid})",
+                              reason="descriptor_no_band")
     amp[use] /= norms[use, None]
     amp[~use] = 0.0
     d = amp.ravel()

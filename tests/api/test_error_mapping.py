@@ -1,4 +1,5 @@
-"""The service's handling of library errors (api/errors.py): HTTP status by kind, job retry by kind."""
+"""The service's handling of library errors (api/errors.py): HTTP status, job retry and the words for users, by
+kind and structured attributes, never by message text."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import ballistic.errors as E
-from api.errors import http_status, install_error_handlers, job_retryable
+from api.errors import http_status, install_error_handlers, job_retryable, user_message
 
 # every typed library error: (instance, HTTP status, job retried)
 CASES = [
@@ -33,7 +34,7 @@ CASES = [
 def test_every_library_error_is_listed_here():
     listed = {type(e) for e, _, _ in CASES}
     kinds = {E.BallisticError, E.InputError, E.LimitError, E.ProcessingError, E.StateError}
-    typed = {getattr(E, n) for n in E.__all__} - kinds
+    typed = {getattr(E, n) for n in E.__all__ if isinstance(getattr(E, n), type)} - kinds
     assert typed == listed
 
 
@@ -55,9 +56,11 @@ def test_handlers_answer_with_the_status_and_the_reason():
     app = FastAPI()
     install_error_handlers(app)
     raising = {"limit": E.ImageLimitError("image of 9000 x 9000 pixels over max_pixels=1000000; send a "
-                                          "smaller crop"),
+                                          "smaller crop", limit="max_pixels", value=81e6, maximum=1e6,
+                                          shape=(9000, 9000)),
                "input": E.X3PFormatError("main.xml missing"),
-               "processing": E.PreprocessError("find_breech_face: no planar breech-face region found"),
+               "processing": E.PreprocessError("find_breech_face: no planar breech-face region found",
+                                               reason="breech_face_not_planar"),
                "state": E.ShardUnavailableError("s1", "no answer after 3 attempts"),
                "config": E.ScaleOutConfigError("backend='ray' needs Ray")}
 
@@ -70,8 +73,12 @@ def test_handlers_answer_with_the_status_and_the_reason():
             r = c.get(f"/raise/{kind}")
             assert r.status_code == code, kind
             exc = raising[kind]
-            assert r.json() == {"detail": f"{type(exc).__name__}: {exc}"}
+            assert r.json() == {"detail": user_message(exc)}  # words for users, not "XError: ..."
+            assert "Error" not in r.json()["detail"]
         assert c.get("/raise/state").headers["retry-after"] == "30"
+        assert c.get("/raise/processing").json()["detail"].startswith("breech face not found: no flat primer")
+        assert c.get("/raise/limit").json()["detail"] == ("file too large for this service: the image is 9000 x 9000 "
+                                                          "pixels")
         assert "retry-after" not in c.get("/raise/input").headers
 
 
@@ -101,9 +108,48 @@ def test_job_retries_infrastructure_errors_and_fails_data_errors_at_once(client,
         assert j["status"] == "done" and j["attempts"] == 2 and "job.retry" in actions
     else:
         assert j["status"] == "failed" and j["attempts"] == 1 and "job.retry" not in actions
-        # the job's error speaks to the uploader (api/user_errors.py); the library's text is in the audit row
-        from api.user_errors import job_error
+        # the job's error speaks to the uploader (api.errors.job_error); the library's text is in the audit row
+        from api.errors import job_error
 
         assert j["error"] == job_error(exc)
         failed = next(e for e in client.get("/v1/audit", headers=ADMIN).json()["items"] if e["action"] == "job.failed")
         assert f"{type(exc).__name__}: {exc}" in failed["detail"]
+
+
+def test_every_reason_code_has_words_for_users_and_unknown_codes_are_refused():
+    from api.errors import REASON_TEXT
+
+    assert set(REASON_TEXT) == set(E.REASONS)
+    with pytest.raises(KeyError, match="REASONS"):
+        E.PreprocessError("x", reason="not_a_code")
+
+
+def test_words_come_from_type_and_attributes_not_from_the_message():
+    """The same message under two reasons gives two texts; a reworded library message changes nothing."""
+    from api.errors import REASON_TEXT, job_error
+
+    for code in E.REASONS:
+        assert job_error(E.PreprocessError("reworded text", reason=code)) == REASON_TEXT[code]
+    assert job_error(E.DescriptorError("anything")).startswith("scan area not recognised")
+    assert job_error(E.FiringPinError("anything")).startswith("the firing-pin impression could not be found")
+    assert job_error(E.X3PLimitError("anything", limit="max_points")).startswith("file too large")
+    assert job_error(MemoryError()).startswith("the scan needs more memory")
+
+
+def test_limit_errors_carry_the_limit_and_survive_pickling(tmp_path):
+    import pickle
+
+    from api.errors import upload_error
+    from api_helpers import make_settings
+
+    e = E.X3PLimitError("declares a grid of 210x150x1 = 3.15e+04 points, which exceeds max_points=3e+04; pass "
+                        "max_points=31500", limit="max_points", value=31500, maximum=30000, shape=(150, 210))
+    back = pickle.loads(pickle.dumps(e))
+    assert (back.limit, back.value, back.maximum, back.shape, str(back)) == ("max_points", 31500, 30000, (150, 210),
+                                                                           str(e))
+    assert pickle.loads(pickle.dumps(E.PreprocessError("x", reason="breech_face_too_small"))).reason == \
+        "breech_face_too_small"
+    err = upload_error(make_settings(tmp_path, max_pixels=30_000), E.X3PLimitError("no numbers here", limit="max_points",
+                                                                             value=31500, shape=(150, 210)))
+    assert err.status == 413 and err.reason.startswith("file too large for this service: the scan is a 210 x 150 "
+                                                       "grid (31,500 points)")

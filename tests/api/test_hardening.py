@@ -201,7 +201,7 @@ def test_job_failures_are_stored_in_words_for_the_user(client, examiner, scans, 
 
 
 def test_plain_drops_programmer_advice():
-    from api.user_errors import plain
+    from api.errors import plain
 
     assert plain("find_breech_face: aperture and margins leave no breech-face annulus; lower edge_margin_um / "
                  "aperture_margin_um or check the scan") == "aperture and margins leave no breech-face annulus"
