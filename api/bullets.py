@@ -20,12 +20,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
+from ballistic.io.atomic import atomic_write_bytes
 from api.jsonable import jsonable
 
 __all__ = ["BULLET_ALGORITHM_VERSION", "save_signatures", "load_signatures", "land_positions_count",
@@ -47,12 +46,7 @@ def save_signatures(path: Path, sigs) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_signatures(path: Path):
@@ -137,6 +131,8 @@ def bullet_figure(lands_a: dict[int, list], lands_b: dict[int, list], explanatio
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ballistic.viz.render import save_figure
+
     pairs = explanation.get("pairs") or []
     n = max(1, len(pairs))
     fig, axes = plt.subplots(n, 1, figsize=(10, 1.9 * n + 0.8), squeeze=False)
@@ -160,6 +156,4 @@ def bullet_figure(lands_a: dict[int, list], lands_b: dict[int, list], explanatio
     fig.suptitle(f"SAM {explanation.get('sam', float('nan')):.3f} at phase {explanation.get('phase')} "
                  f"({len(pairs)} land pairs)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=dpi)

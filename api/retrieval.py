@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ballistic.io.atomic import atomic_write_bytes
 from api.models import Exhibit
 from api.settings import Settings
 
@@ -191,12 +191,7 @@ class Retrieval:
             snap = self.index.save(self._vectors_dir)
             manifest = {**self._manifest_expect(), "snapshot_id": snap, "count": len(self.index),
                         "saved_at": time.time()}
-            tmp = self._manifest.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                json.dump(manifest, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._manifest)
+            atomic_write_bytes(self._manifest, json.dumps(manifest).encode())
             self.snapshot_id, self._dirty, self._last_save = snap, False, time.monotonic()
             return snap
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -294,17 +293,9 @@ class Runtime:
     def write_bootstrap_key_file(self, raw: str) -> Path:
         """The generated bootstrap key in ``<data_dir>/bootstrap-admin-key.txt``, readable by its owner only
         (0600 from creation on; written atomically)."""
-        path = self.settings.data_dir / BOOTSTRAP_KEY_FILE
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, (raw + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        return path
+        from ballistic.io.atomic import atomic_write_bytes
+
+        return atomic_write_bytes(self.settings.data_dir / BOOTSTRAP_KEY_FILE, (raw + "\n").encode(), mode=0o600)
 
 
 #: where a generated bootstrap admin key is kept (under the data folder, mode 0600)

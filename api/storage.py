@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ballistic.errors import LimitError
+from ballistic.io.atomic import fsync_dir as _fsync_dir
 
 __all__ = ["EvidenceStore", "StagedFile", "UploadTooLarge", "sniff_media_type"]
 
@@ -55,17 +56,6 @@ class StagedFile:
             self.path.unlink()
         except FileNotFoundError:
             pass
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class EvidenceStore:

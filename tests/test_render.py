@@ -164,3 +164,45 @@ def test_to_png_writes_atomically(tmp_path):
     assert [q.name for q in tmp_path.iterdir()] == ["view.png"]  # no temporary left behind
     with pytest.raises(FileNotFoundError, match="create it first"):
         to_png(np.zeros((2, 2)), tmp_path / "nope" / "x.png")
+
+
+def test_save_figure_writes_atomically_and_closes_the_figure(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ballistic.viz.render import save_figure
+
+    fig = plt.figure()
+    p = save_figure(fig, tmp_path / "sub" / "f.png", dpi=50)
+    assert p.read_bytes().startswith(PNG_SIGNATURE) and [q.name for q in p.parent.iterdir()] == ["f.png"]
+    assert not plt.fignum_exists(fig.number)
+    # a failing draw leaves the old figure in place and no temporary behind
+    old = p.read_bytes()
+    fig2 = plt.figure()
+    monkeypatch.setattr(fig2, "savefig", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("draw failed")))
+    with pytest.raises(RuntimeError, match="draw failed"):
+        save_figure(fig2, p)
+    assert p.read_bytes() == old and [q.name for q in p.parent.iterdir()] == ["f.png"]
+
+
+def test_atomic_write_mode_is_set_before_the_content(tmp_path):
+    import os
+    import stat
+
+    from ballistic.io.atomic import atomic_write, atomic_write_bytes
+
+    seen = {}
+
+    def write(fh):
+        seen["mode"] = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+        fh.write(b"secret")
+
+    p = atomic_write(tmp_path / "k.txt", write, mode=0o640)
+    assert seen["mode"] == 0o640 and stat.S_IMODE(p.stat().st_mode) == 0o640
+    assert stat.S_IMODE(atomic_write_bytes(tmp_path / "s.txt", b"x", mode=0o600).stat().st_mode) == 0o600
+    # without a mode: what open() would create (0666 less the umask), not mkstemp's 0600
+    um = os.umask(0o022)
+    os.umask(um)
+    assert stat.S_IMODE(atomic_write_bytes(tmp_path / "d.txt", b"x").stat().st_mode) == 0o666 & ~um

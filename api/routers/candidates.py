@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import secrets
 import threading
 from typing import Annotated, Literal, Optional
 
@@ -158,12 +156,10 @@ def _render_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
     la, lb = f"{a.case.case_number}/{a.exhibit_ref}", f"{b.case.case_number}/{b.exhibit_ref}"
     p = CMCParams()
     r = compare_pair(prepare(sa, p, name=la), prepare(sb, p, name=lb), p)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.png")
     with _FIGURE_LOCK:  # the stored likelihood ratio of the pair (calibrated regions) goes into the header
-        explanation_figure(sa, sb, r, tmp, log10_lr=c.log10_lr,
+        explanation_figure(sa, sb, r, path, log10_lr=c.log10_lr,  # written atomically (viz.render.save_figure)
                            log10_lr_interval=(c.log10_lr_low, c.log10_lr_high) if c.log10_lr is not None else None,
                            calibration_id=c.calibration_id)
-    os.replace(tmp, path)
 
 
 def _bullet_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
@@ -174,11 +170,9 @@ def _bullet_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
     lb, _, _ = _bullet_lands(rt, b.id, extract=False)
     if not la or not lb:
         raise HTTPException(status.HTTP_409_CONFLICT, "the land signatures are not available yet")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.png")
-    with _FIGURE_LOCK:
-        bullet_figure(la, lb, c.explanation, tmp, labels=(f"{a.case.case_number}/{a.exhibit_ref}",
-                                                           f"{b.case.case_number}/{b.exhibit_ref}"))
-    os.replace(tmp, path)
+    with _FIGURE_LOCK:  # written atomically (viz.render.save_figure)
+        bullet_figure(la, lb, c.explanation, path, labels=(f"{a.case.case_number}/{a.exhibit_ref}",
+                                                            f"{b.case.case_number}/{b.exhibit_ref}"))
 
 
 def _firing_pin_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
@@ -189,7 +183,7 @@ def _firing_pin_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
     import matplotlib.pyplot as plt
     import scipy.ndimage as ndi
     from ballistic.io.x3p import read_x3p
-    from ballistic.viz.render import shade
+    from ballistic.viz.render import save_figure, shade
 
     if not a.firing_pin_path or not b.firing_pin_path:
         raise HTTPException(status.HTTP_409_CONFLICT, "the firing-pin impressions are not available")
@@ -213,11 +207,8 @@ def _firing_pin_figure(rt, c: Candidate, a: Exhibit, b: Exhibit, path) -> None:
     fig.suptitle(f"firing pin: registered correlation {c.similarity:.3f} (mean of both directions; weak evidence, "
                  f"provisional threshold)", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.png")
     with _FIGURE_LOCK:
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-    os.replace(tmp, path)
+        save_figure(fig, path, dpi=100)
 
 
 @router.get("/v1/candidates/{candidate_id}/figure.png", response_class=FileResponse,

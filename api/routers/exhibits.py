@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Annotated, Literal, Optional
 
@@ -15,6 +13,7 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from ballistic.io.atomic import atomic_write_bytes
 from api import audit
 from api.deps import EvidenceReader, ExaminerWrite, IdPath, ReadSessionDep, RuntimeDep, SessionDep
 from api.errors import upload_error
@@ -461,9 +460,7 @@ def render_exhibit(exhibit_id: IdPath, rt: RuntimeDep, session: SessionDep, who:
         data = _render_png(rt, read_x3p(src, max_points=rt.settings.max_pixels), azimuth_deg=azimuth_deg,
                            altitude_deg=altitude_deg, z_factor=z, max_size=max_size)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
     audit.append(session, actor=who.actor, action="evidence.read_render", resource_type="exhibit",
                  resource_id=exhibit_id, detail=params)
     session.commit()

@@ -12,9 +12,7 @@ the reference) land at ``CELL_SCALE`` times their coordinates.
 """
 from __future__ import annotations
 
-import os
 import re
-import secrets
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -65,12 +63,11 @@ def shade_view(surface, *, is_image: bool, z_factor: float | None = None) -> np.
 
 
 def _write_png(path: Path, values: np.ndarray) -> None:
+    from ballistic.io.atomic import atomic_write_bytes
     from ballistic.viz.render import to_png_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(to_png_bytes(values, missing="white", vmin=0.0, vmax=1.0))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, to_png_bytes(values, missing="white", vmin=0.0, vmax=1.0))
 
 
 def _cache_dir(rt) -> Path:

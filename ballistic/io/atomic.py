@@ -12,10 +12,29 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 __all__ = ["atomic_write", "atomic_write_bytes", "write_synced", "fsync_dir"]
+
+
+def _default_mode() -> int:
+    """0666 less the process umask: what ``open(path, "w")`` creates (mkstemp's own files are 0600)."""
+    try:
+        with open("/proc/self/status") as fh:  # Linux: read the umask without changing it
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore (brief, under a lock)
+        um = os.umask(0o022)
+        os.umask(um)
+    return 0o666 & ~um
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def fsync_dir(folder: Path) -> None:
@@ -43,9 +62,13 @@ def write_synced(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, mode: int | None = None) -> Path:
     """Write a file atomically and durably, its content produced by ``write(file_object)``;
     returns the path.
+
+    ``mode`` (keyword-only), when given, is set on the temporary file before anything is written, so the
+    file never exists with wider permissions (e.g. ``0o600`` for a secret); by default the file gets the
+    permissions ``open()`` would give it (0666 less the process umask).
 
     Raises FileNotFoundError with a hint when the destination folder does not exist.
     """
@@ -55,6 +78,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         raise FileNotFoundError(f"cannot write {dest}: folder {parent} does not exist - create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
     try:
+        if os.name == "posix":
+            os.fchmod(fd, _default_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -70,9 +95,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     return dest
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and durably; returns the path.
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` atomically and durably; returns the path (``mode`` as in :func:`atomic_write`).
 
     Raises FileNotFoundError with a hint when the destination folder does not exist.
     """
-    return atomic_write(path, lambda fh: fh.write(data))
+    return atomic_write(path, lambda fh: fh.write(data), mode=mode)

@@ -15,6 +15,7 @@ from ballistic.cartridge.cmc.pair import PairResult
 from ballistic.cartridge.cmc.register import warp_to_reference
 from ballistic.preprocess.filters import resample
 from ballistic.surface import Surface
+from ballistic.viz.render import save_figure
 
 __all__ = ["aligned_target", "explanation_figure", "CELL_COLOURS"]
 
@@ -181,8 +182,4 @@ def explanation_figure(reference: Surface, target: Surface, result: PairResult, 
                                                   f"{p.min_cell_valid:.0%} measured points;\nwhite: not measured")]
     fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.02, 0.005), ncol=2, fontsize=9.5,
                frameon=False, handlelength=2.2, columnspacing=3.0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=dpi)  # atomic: the service caches these figures

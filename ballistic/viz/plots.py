@@ -10,6 +10,7 @@ import numpy as np
 
 from ballistic.bullet.sam import BULLET_SAM_THRESHOLD
 from ballistic.stats.metrics import roc_auc, roc_curve
+from ballistic.viz.render import save_figure
 
 __all__ = ["cartridge_bench_plots", "bullet_bench_plots"]
 
@@ -23,12 +24,8 @@ def _pyplot():
 
 def _save(fig, out_prefix: Path, suffix: str) -> str:
     """Lay out, write ``<out_prefix><suffix>`` at 110 dpi, close; returns the path."""
-    plt = _pyplot()
     fig.tight_layout()
-    f = out_prefix.with_name(out_prefix.name + suffix)
-    fig.savefig(f, dpi=110)
-    plt.close(fig)
-    return str(f)
+    return str(save_figure(fig, out_prefix.with_name(out_prefix.name + suffix), dpi=110))
 
 
 def cartridge_bench_plots(rows: list[dict], out_prefix: Path) -> list[str]:

@@ -11,7 +11,9 @@ once the scan has been *rendered* under some lighting. This module does both:
   "rendered"``), ready for :func:`ballistic.cartridge.image2d.preprocess_image` /
   :func:`ballistic.cartridge.image2d.compare_images`;
 * :func:`to_png` / :func:`to_png_bytes` - 8-bit grayscale PNG, missing pixels
-  white or transparent.
+  white or transparent;
+* :func:`save_figure` - a matplotlib figure written atomically (every figure of the project: explanation,
+  benchmark plots, the service's bullet and firing-pin figures).
 
 Conventions: row 0 is the top (north) edge, columns grow east. The azimuth is the
 compass direction the light comes *from*, degrees clockwise from north (up), as
@@ -29,11 +31,11 @@ from typing import Union
 
 import numpy as np
 
-from ballistic.io.atomic import atomic_write_bytes
+from ballistic.io.atomic import atomic_write, atomic_write_bytes
 from ballistic.surface import Surface
 
 __all__ = ["RING_LIGHT_AZIMUTHS_DEG", "surface_normals", "shade", "render_surface_as_image", "to_png",
-           "to_png_bytes"]
+           "to_png_bytes", "save_figure"]
 
 #: Twelve lights every 30 degrees: :func:`shade` averages them into a ring light.
 RING_LIGHT_AZIMUTHS_DEG: tuple[float, ...] = tuple(float(a) for a in range(0, 360, 30))
@@ -270,3 +272,29 @@ def to_png(surface_or_array: ArrayOrSurface, path: Union[str, "os.PathLike[str]"
     """
     data = to_png_bytes(surface_or_array, missing=missing, vmin=vmin, vmax=vmax)
     return atomic_write_bytes(path, data)
+
+
+def save_figure(fig, path: Union[str, "os.PathLike[str]"], *, dpi: float = 100) -> Path:
+    """Write a matplotlib figure atomically, then close it; returns the path.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure (laid out by the caller).
+    path : str or os.PathLike
+        Destination; the format follows its suffix (PNG without one). The folder is created; the file is
+        replaced through :func:`ballistic.io.atomic.atomic_write`, so a reader (the service serving a cached
+        figure) sees the old figure or the new one, never half of one.
+    dpi : float, keyword-only
+        Resolution.
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, dpi=dpi, format=fmt))
+    finally:
+        plt.close(fig)
+    return path
