@@ -132,6 +132,19 @@ _ADVICE = re.compile(r"\b(?:pass|raise|lower)\b[^.;]*\b[a-z]+_[a-z0-9_]+\b")
 _STAGING = re.compile(r"'upload-[0-9a-f]{16}'")
 
 
+#: (kind, sentence), first match wins (more specific kinds first); ``{detail}`` is :func:`plain` of the message.
+_KIND_TEXT: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+    (X3PError, "not a readable x3p file: {detail}"),
+    (ImageFormatError, "not a readable PNG or TIFF image: {detail}"),
+    (DescriptorError, "scan area not recognised: {detail}"),
+    (FiringPinError, "the firing-pin impression could not be found in this scan: {detail}"),
+    (PreprocessError, "the breech face could not be found in this scan: {detail}"),
+    (BulletError, "the bullet could not be compared: {detail}"),
+    (StateError, "temporarily unavailable ({detail}); try again in a minute"),
+    ((InputError, ProcessingError, ValueError, TypeError), "the scan could not be processed: {detail}"),
+)
+
+
 def plain(message: str, filename: str | None = None) -> str:
     """``message`` without the programmer's advice in it (clauses such as "pass max_points=...", "raise
     r_max_um"), without a leading ``function_name:`` and with the staging file's name replaced by the
@@ -168,22 +181,9 @@ def user_message(exc: BaseException, *, filename: str | None = None) -> str:
     if isinstance(exc, X3PChecksumError):
         return ("the file is damaged or was altered after export: its checksum does not match its content; "
                 "obtain a fresh copy from the instrument")
-    if isinstance(exc, X3PError):
-        return f"not a readable x3p file: {detail}"
-    if isinstance(exc, ImageFormatError):
-        return f"not a readable PNG or TIFF image: {detail}"
-    if isinstance(exc, DescriptorError):
-        return f"scan area not recognised: {detail}"
-    if isinstance(exc, FiringPinError):
-        return f"the firing-pin impression could not be found in this scan: {detail}"
-    if isinstance(exc, PreprocessError):
-        return f"the breech face could not be found in this scan: {detail}"
-    if isinstance(exc, BulletError):
-        return f"the bullet could not be compared: {detail}"
-    if isinstance(exc, StateError):
-        return f"temporarily unavailable ({detail}); try again in a minute"
-    if isinstance(exc, (InputError, ProcessingError, ValueError, TypeError)):
-        return f"the scan could not be processed: {detail}"
+    for kind, text in _KIND_TEXT:
+        if isinstance(exc, kind):
+            return text.format(detail=detail)
     return "processing failed on the server (the administrator finds the details in the log and the audit log)"
 
 
