@@ -10,7 +10,8 @@ import ballistic
 import ballistic.errors as E
 
 KINDS = (E.InputError, E.ProcessingError, E.StateError)
-TYPED = [getattr(E, n) for n in E.__all__ if getattr(E, n) not in (E.BallisticError, *KINDS, E.LimitError)]
+TYPED = [getattr(E, n) for n in E.__all__
+         if isinstance(getattr(E, n), type) and getattr(E, n) not in (E.BallisticError, *KINDS, E.LimitError)]
 
 
 @pytest.mark.parametrize("cls", TYPED, ids=lambda c: c.__name__)
@@ -34,6 +35,18 @@ def test_kinds_keep_the_builtin_bases_older_callers_catch():
 def test_shard_unavailable_names_the_shard():
     e = E.ShardUnavailableError("s3", "actor died")
     assert e.shard == "s3" and "s3" in str(e) and "actor died" in str(e)
+
+
+def test_errors_carry_structured_attributes_not_only_a_message():
+    """Callers (the service) act on ``reason`` codes and a LimitError's limit, never on message text."""
+    e = E.PreprocessError("reworded any time", reason="breech_face_not_planar")
+    assert e.reason == "breech_face_not_planar" and E.BulletError("x").reason is None
+    assert all(isinstance(k, str) and v for k, v in E.REASONS.items())
+    with pytest.raises(KeyError, match="REASONS"):
+        E.DescriptorError("x", reason="made_up")
+    lim = E.ImageLimitError("too big", limit="max_pixels", value=81e6, maximum=1e6, shape=(9000, 9000))
+    assert (lim.limit, lim.value, lim.maximum, lim.shape, lim.reason) == ("max_pixels", 81e6, 1e6, (9000, 9000), None)
+    assert E.X3PLimitError("no details").limit is None
 
 
 def test_no_exception_class_is_defined_outside_errors_py():
