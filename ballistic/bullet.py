@@ -70,6 +70,9 @@ from ballistic.surface import Surface
 
 __all__ = [
     "BulletError",
+    "UnusableLandError",
+    "StriationDirection",
+    "PhaseTest",
     "Crosscut",
     "Grooves",
     "Signature",
@@ -77,6 +80,7 @@ __all__ = [
     "LandFeatures",
     "BulletScore",
     "striation_direction",
+    "estimate_striation_direction",
     "orient_striae",
     "choose_crosscut",
     "locate_grooves",
@@ -88,11 +92,14 @@ __all__ = [
     "land_score",
     "LAND_SCORE_MODEL",
     "sequence_average_maximum",
+    "phase_test",
     "bullet_score",
     "bullet_descriptor",
     "BULLET_DESCRIPTOR_VERSION",
     "BULLET_DESCRIPTOR_DIM",
     "BULLET_SAM_THRESHOLD",
+    "BULLET_PHASE_ALPHA",
+    "read_manual_grooves",
     "read_bullet_labels",
     "run_bullet_bench",
     "format_bullet_summary",
@@ -104,6 +111,14 @@ _SIGMA_PER_CUTOFF = math.sqrt(math.log(2.0) / 2.0) / math.pi
 
 class BulletError(ValueError):
     """A bullet scan, profile or signature cannot be processed as asked."""
+
+
+class UnusableLandError(BulletError):
+    """The scan holds no usable land engraved area at all: no measured points, too few
+    measured neighbours, or too small to take a profile across. Weak striae, an
+    ambiguous striation direction or grooves that cannot be found are *not* this
+    error: :func:`land_signature` / :func:`land_signatures` then fall back to a
+    documented default and flag the signature (``Signature.low_confidence``)."""
 
 
 # --------------------------------------------------------------------------- result types
@@ -174,6 +189,20 @@ class Signature:
     @property
     def valid_fraction(self) -> float:
         return float(np.isfinite(self.values).mean()) if self.values.size else 0.0
+
+    @property
+    def quality(self) -> float:
+        """Quality of the land this signature came from, in [0, 1] (``meta["quality"]``,
+        set by :func:`land_signature` / :func:`land_signatures`; NaN when unknown):
+        the smallest of the striation-direction confidence, the crosscut stability
+        (clipped at 0) and the measured fraction of the signature."""
+        return float(self.meta.get("quality", float("nan")))
+
+    @property
+    def low_confidence(self) -> bool:
+        """True when a fallback was used or the striae are weak (``meta["flags"]`` says
+        why; see :func:`land_signatures`)."""
+        return bool(self.meta.get("low_confidence", False))
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,6 +275,9 @@ class BulletScore:
         The land pairs (index in A, index in B, land score) of the best phase.
     scores : ndarray, shape (n, n)
         All land scores (NaN where a land is missing).
+    phase_test : PhaseTest or None
+        Whether the best phase stands out from the others (:func:`phase_test`);
+        None when it cannot be computed (fewer than two phases with scores).
     """
 
     sam: float
@@ -253,6 +285,37 @@ class BulletScore:
     phase_scores: np.ndarray
     pairs: list
     scores: np.ndarray
+    phase_test: "PhaseTest | None" = None
+
+
+class PhaseTest(NamedTuple):
+    """Does the best phase of two bullets stand out from the others? (:func:`phase_test`)
+
+    Attributes
+    ----------
+    contrast : float
+        ``best_mean - reference_mean``: the test statistic, in land-score units.
+    best_mean : float
+        Mean land score of the best phase (the SAM).
+    reference_mean : float
+        The ``floor(n / 2)``-th smallest phase mean (a typical wrong phase).
+    sigma : float
+        Standard deviation of one phase mean when no phase is special, estimated
+        from the land scores outside the best phase.
+    p_value : float
+        Probability of a contrast at least this large when no phase is special;
+        NaN when ``sigma`` cannot be estimated or a typical phase holds fewer
+        than two land pairs (one bullet with a single land: no sequence to test).
+    n : int
+        Number of phases with a score.
+    """
+
+    contrast: float
+    best_mean: float
+    reference_mean: float
+    sigma: float
+    p_value: float
+    n: int
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -261,7 +324,7 @@ def _as_surface(surface: Surface, what: str) -> Surface:
         raise BulletError(f"{what}: expected a ballistic.surface.Surface (e.g. from ballistic.io.read_x3p), "
                           f"got {type(surface).__name__}")
     if surface.valid_fraction == 0.0:
-        raise BulletError(f"{what}: the surface has no measured points; check the scan is not empty")
+        raise UnusableLandError(f"{what}: the surface has no measured points; check the scan is not empty")
     return surface
 
 
@@ -333,12 +396,78 @@ def _profile_and_spacing(profile, spacing_um, what: str) -> tuple[np.ndarray, fl
 
 
 # --------------------------------------------------------------------------- 1. direction
-def striation_direction(surface: Surface, *, lag_um: float = 6.25, min_ratio: float = 2.0) -> str:
-    """Detect whether the striae of a land scan run along x or along y.
+class StriationDirection(NamedTuple):
+    """Where the striae of a land scan run, and how sure that is (see
+    :func:`estimate_striation_direction`).
+
+    Attributes
+    ----------
+    direction : {"x", "y"}
+        The direction used: ``"x"`` when the striae run along x (heights vary down
+        the rows), ``"y"`` when they run along y.
+    confidence : float
+        ``1 - weaker / stronger`` of the two directional height-change energies, in
+        [0, 1]: 0 for an isotropic surface, near 1 for clear striae.
+    anisotropy : float
+        ``stronger / weaker`` energy (>= 1; NaN when both are 0).
+    data_direction : {"x", "y"}
+        The direction the energies point to, however weakly.
+    aspect_direction : {"x", "y"} or None
+        The direction the scan's shape points to: a land engraved area is scanned
+        wider across the land than along it, so the striae run along the shorter
+        side; None when the sides differ by less than ``min_aspect``.
+    source : {"data", "aspect", "data-weak"}
+        What decided: the energies (``anisotropy >= min_ratio``), the scan's aspect
+        ratio (energies ambiguous), or the energies' weak vote (both ambiguous).
+    low_confidence : bool
+        True unless ``source == "data"``.
+    """
+
+    direction: str
+    confidence: float
+    anisotropy: float
+    data_direction: str
+    aspect_direction: str | None
+    source: str
+    low_confidence: bool
+
+
+def _remove_plane(h: np.ndarray) -> np.ndarray:
+    """Heights minus their least-squares plane (over the finite points); NaN kept."""
+    m = np.isfinite(h)
+    ny, nx = h.shape
+    yy, xx = np.nonzero(m)
+    z = h[m]
+    x = xx - (nx - 1) / 2.0
+    y = yy - (ny - 1) / 2.0
+    A = np.array([[z.size, x.sum(), y.sum()], [x.sum(), x @ x, x @ y], [y.sum(), x @ y, y @ y]])
+    rhs = np.array([z.sum(), x @ z, y @ z])
+    try:
+        c = np.linalg.solve(A, rhs)
+    except np.linalg.LinAlgError:         # a single row or column: a line, not a plane
+        c = np.array([z.mean(), 0.0, 0.0])
+    gx = np.arange(nx) - (nx - 1) / 2.0
+    gy = np.arange(ny) - (ny - 1) / 2.0
+    return h - (c[0] + c[1] * gx[None, :] + c[2] * gy[:, None])
+
+
+def estimate_striation_direction(surface: Surface, *, lag_um: float = 6.25, min_ratio: float = 2.0,
+                                 min_aspect: float = 1.5) -> StriationDirection:
+    """Estimate whether the striae of a land scan run along x or along y, with a confidence.
 
     Across the striae the heights change fast (striae and the curvature of the
-    land); along them slowly. The function compares the median squared height
-    difference over ``lag_um`` along y with that along x.
+    land); along them slowly. After removing the least-squares plane (the tilt of
+    the mounted bullet, which says nothing about the striae: a land tilted along
+    its striae would otherwise look striated the wrong way), the median squared
+    height difference over ``lag_um`` along y is compared with that along x
+    (medians: spikes and dropouts do not count).
+
+    This never refuses a measured land for being ambiguous. When the two energies
+    differ by less than ``min_ratio`` times, the scan's aspect ratio decides (a land
+    engraved area is scanned wider across the land than along it, as the CSAFE
+    tools assume when they turn a scan whose x side is the shorter one); when the
+    scan is about square too, the energies' weak vote decides. Either way
+    ``low_confidence`` is set and ``confidence`` says how weak the striae are.
 
     Parameters
     ----------
@@ -348,46 +477,71 @@ def striation_direction(surface: Surface, *, lag_um: float = 6.25, min_ratio: fl
         Distance over which differences are taken, um (at least one pixel). A few
         um avoids the pixel-scale noise, which is the same in both directions.
     min_ratio : float, keyword-only
-        The larger of the two energies must exceed the smaller this many times.
+        The stronger energy must exceed the weaker this many times for the data
+        alone to decide.
+    min_aspect : float, keyword-only
+        The longer side of the scan must exceed the shorter this many times for the
+        aspect ratio to count.
 
     Returns
     -------
-    str
-        ``"x"`` when the striae run along x (heights vary down the rows), ``"y"``
-        when they run along y.
+    StriationDirection
 
     Raises
     ------
-    BulletError
-        Too few points, or the ratio is below ``min_ratio`` (no clear direction):
-        then pass ``direction=`` to :func:`orient_striae` yourself.
+    UnusableLandError
+        The scan has no measured points, is too small for the lag, or has fewer than
+        16 pairs of measured neighbours in either direction.
     """
-    s = _as_surface(surface, "striation_direction")
+    s = _as_surface(surface, "estimate_striation_direction")
     if not min_ratio > 1.0:
-        raise BulletError(f"striation_direction: min_ratio must be > 1, got {min_ratio!r}")
+        raise BulletError(f"estimate_striation_direction: min_ratio must be > 1, got {min_ratio!r}")
+    if not min_aspect >= 1.0:
+        raise BulletError(f"estimate_striation_direction: min_aspect must be >= 1, got {min_aspect!r}")
     step = max(1, int(round(lag_um / s.spacing_um)))
     h = s.heights
     if h.shape[0] <= step or h.shape[1] <= step:
-        raise BulletError(f"striation_direction: a scan of shape {h.shape} is too small for a lag of {step} "
-                          "pixels; lower lag_um")
+        raise UnusableLandError(f"estimate_striation_direction: a scan of shape {h.shape} is too small for a lag "
+                                f"of {step} pixels; lower lag_um or check the scan")
+    h = _remove_plane(h)
     with np.errstate(invalid="ignore"):
         gx = (h[:, step:] - h[:, :-step]) ** 2
         gy = (h[step:, :] - h[:-step, :]) ** 2
     gx = gx[np.isfinite(gx)]
     gy = gy[np.isfinite(gy)]
     if gx.size < 16 or gy.size < 16:
-        raise BulletError("striation_direction: fewer than 16 pairs of measured neighbours; the scan is "
-                          "(nearly) empty")
+        raise UnusableLandError("estimate_striation_direction: fewer than 16 pairs of measured neighbours; the "
+                                "scan is (nearly) empty")
     ex = float(np.median(gx))
     ey = float(np.median(gy))
-    if ey >= min_ratio * ex:
-        return "x"
-    if ex >= min_ratio * ey:
-        return "y"
-    raise BulletError(
-        f"striation_direction: no clear striation direction (median squared differences along y/x = "
-        f"{ey:.3g}/{ex:.3g}, ratio below min_ratio={min_ratio}); check this is a land engraved area, or "
-        "pass direction='x' or 'y' to orient_striae")
+    hi, lo = max(ex, ey), min(ex, ey)
+    anis = hi / lo if lo > 0 else (float("inf") if hi > 0 else float("nan"))
+    conf = 1.0 - lo / hi if hi > 0 else 0.0
+    data_dir = "x" if ey > ex else "y"
+    ny, nx = h.shape
+    aspect_dir = None
+    if max(ny, nx) >= min_aspect * min(ny, nx):
+        aspect_dir = "x" if nx < ny else "y"     # striae along the shorter side
+    if np.isfinite(anis) and anis >= min_ratio:
+        return StriationDirection(data_dir, conf, anis, data_dir, aspect_dir, "data", False)
+    if aspect_dir is not None:
+        return StriationDirection(aspect_dir, conf, anis, data_dir, aspect_dir, "aspect", True)
+    return StriationDirection(data_dir, conf, anis, data_dir, aspect_dir, "data-weak", True)
+
+
+def striation_direction(surface: Surface, *, lag_um: float = 6.25, min_ratio: float = 2.0) -> str:
+    """Whether the striae of a land scan run along ``"x"`` or ``"y"``.
+
+    The direction of :func:`estimate_striation_direction` (which also says how
+    sure it is). An ambiguous scan gets a principled default, never an exception:
+    see there.
+
+    Raises
+    ------
+    UnusableLandError
+        Only for scans without enough measured points.
+    """
+    return estimate_striation_direction(surface, lag_um=lag_um, min_ratio=min_ratio).direction
 
 
 def orient_striae(surface: Surface, *, direction: str | None = None) -> Surface:
@@ -398,8 +552,8 @@ def orient_striae(surface: Surface, *, direction: str | None = None) -> Surface:
     surface : Surface
         Land scan, heights in um.
     direction : {"x", "y"} or None, keyword-only
-        Where the striae run in ``surface``; detected with
-        :func:`striation_direction` when None.
+        Where the striae run in ``surface``; estimated with
+        :func:`estimate_striation_direction` when None.
 
     Returns
     -------
@@ -408,16 +562,25 @@ def orient_striae(surface: Surface, *, direction: str | None = None) -> Surface:
         by 90 degrees clockwise as displayed (``np.rot90(h, -1)``: a rotation,
         not a mirror, so two scans of one land stay comparable): column ``j`` of
         the input becomes row ``j`` of the output, i.e. the profile across the
-        land keeps its order. ``meta["striae_rotated_deg"]`` records the turn
-        (0 or -90).
+        land keeps its order. ``meta`` records ``striae_rotated_deg`` (0 or -90),
+        ``striae_direction`` (in the input), ``direction_source`` (``"given"`` or
+        the estimate's source), ``direction_confidence`` (NaN when given) and
+        ``direction_low_confidence``.
     """
     s = _as_surface(surface, "orient_striae")
-    d = striation_direction(s) if direction is None else direction
-    if d not in ("x", "y"):
+    if direction is None:
+        est = estimate_striation_direction(s)
+        d, info = est.direction, dict(direction_source=est.source, direction_confidence=est.confidence,
+                                      direction_low_confidence=est.low_confidence)
+    elif direction in ("x", "y"):
+        d, info = direction, dict(direction_source="given", direction_confidence=float("nan"),
+                                  direction_low_confidence=False)
+    else:
         raise BulletError(f"orient_striae: direction must be 'x', 'y' or None, got {direction!r}")
     if d == "x":
-        return s.with_heights(s.heights, striae_rotated_deg=0)
-    return s.with_heights(np.ascontiguousarray(np.rot90(s.heights, -1)), striae_rotated_deg=-90)
+        return s.with_heights(s.heights, striae_rotated_deg=0, striae_direction=d, **info)
+    return s.with_heights(np.ascontiguousarray(np.rot90(s.heights, -1)), striae_rotated_deg=-90,
+                          striae_direction=d, **info)
 
 
 # --------------------------------------------------------------------------- 2. crosscut
@@ -480,7 +643,8 @@ def choose_crosscut(surface: Surface, *, band_um: float = 25.0, step_um: float =
         The end of the x axis (column 0 or the last column) at the heel of the
         bullet, if known. ``None`` (default) takes the most stable candidate.
     check_direction : bool, keyword-only
-        Verify with :func:`striation_direction` that the striae run along x.
+        Verify with :func:`estimate_striation_direction` that the striae run along
+        x (only a confident estimate of y is refused).
 
     Returns
     -------
@@ -496,10 +660,12 @@ def choose_crosscut(surface: Surface, *, band_um: float = 25.0, step_um: float =
     s = _as_surface(surface, "choose_crosscut")
     if heel not in (None, "start", "end"):
         raise BulletError(f"choose_crosscut: heel must be 'start', 'end' or None, got {heel!r}")
-    if check_direction and striation_direction(s) != "x":
-        raise BulletError("choose_crosscut: the striae of this scan run along y; call orient_striae(surface) "
-                          "first (or pass check_direction=False if you are sure)")
-    starts, width, profiles, stab = _crosscut_candidates(s, band_um=band_um, step_um=step_um, edge_um=edge_um,
+    if check_direction:
+        est = estimate_striation_direction(s)
+        if est.direction != "x" and not est.low_confidence:
+            raise BulletError("choose_crosscut: the striae of this scan run along y; call orient_striae(surface) "
+                              "first (or pass check_direction=False if you are sure)")
+    starts, width, profiles, stab, _ = _crosscut_candidates(s, band_um=band_um, step_um=step_um, edge_um=edge_um,
                                                          max_lag_um=max_lag_um, max_missing=max_missing)
     K = len(starts)
     if not np.isfinite(stab).any():
@@ -521,11 +687,15 @@ def choose_crosscut(surface: Surface, *, band_um: float = 25.0, step_um: float =
 
 
 def _crosscut_candidates(s: Surface, *, band_um: float, step_um: float, edge_um: float, max_lag_um: float,
-                         max_missing: float) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+                         max_missing: float) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, float]:
     """Band profiles every ``step_um`` along x and their stability (see :func:`choose_crosscut`).
 
     Returns (first column of each band, band width in px, profiles (K, ny), stability (K,)
-    with NaN for unusable candidates)."""
+    with NaN for unusable candidates, tilt). ``tilt`` is the median drift of the
+    striae across the land per um along them (um/um, from the lag at which
+    neighbouring crosscuts agree best; NaN when no neighbours could be compared):
+    a stria at row ``r`` of one crosscut lies at about ``r + tilt * d / spacing``
+    ``d`` um further along x."""
     for name, v in (("band_um", band_um), ("step_um", step_um), ("max_lag_um", max_lag_um)):
         if not (np.isfinite(v) and v > 0):
             raise BulletError(f"{name} must be a positive length in um, got {v!r}")
@@ -553,18 +723,23 @@ def _crosscut_candidates(s: Surface, *, band_um: float, step_um: float, edge_um:
     maxlag = max(1, int(round(max_lag_um / sp)))
     lags = np.arange(-maxlag, maxlag + 1, dtype=np.int64)
     pair = np.full(max(K - 1, 0), np.nan)
+    drift = np.full(max(K - 1, 0), np.nan)
     for k in range(K - 1):
         if usable[k] and usable[k + 1]:
             c, _ = _bk.ccf_at_lags(quick[k], quick[k + 1], lags, 32)
             if np.isfinite(c).any():
-                pair[k] = float(np.nanmax(c))
+                j = int(np.nanargmax(c))
+                pair[k] = float(c[j])
+                # quick[k+1][i] sits on quick[k][i + lag]: the striae move by -lag rows per step
+                drift[k] = -float(lags[j]) / float(starts[k + 1] - starts[k])
     stab = np.full(K, np.nan)
     for k in range(K):
         if usable[k]:
             nb = [pair[j] for j in (k - 1, k) if 0 <= j < K - 1 and np.isfinite(pair[j])]
             if nb:
                 stab[k] = min(nb)
-    return starts, width, profiles, stab
+    tilt = float(np.median(drift[np.isfinite(drift)])) if np.isfinite(drift).any() else float("nan")
+    return starts, width, profiles, stab, tilt
 
 
 # --------------------------------------------------------------------------- 3. grooves
@@ -736,9 +911,143 @@ def extract_signature(profile, grooves: Grooves | tuple[float, float], *, spacin
     return Signature(values=r[a:b].copy(), spacing_um=sp, start_um=(i0 + a) * sp, meta=meta)
 
 
+def _middle_grooves(z: np.ndarray, spacing_um: float, *, keep: float = 0.75) -> Grooves:
+    """Fallback grooves: the middle ``keep`` of the measured extent of a profile (the
+    "middle" method of the CSAFE grooveFinder, default 75 %); for crosscuts whose
+    grooves cannot be located."""
+    idx = np.flatnonzero(np.isfinite(z))
+    if idx.size < 32:
+        raise UnusableLandError(f"a profile across the land has {idx.size} measured points, need at least 32; the "
+                                "scan holds no usable land engraved area")
+    lo, hi = int(idx[0]), int(idx[-1])
+    cut = (1.0 - keep) / 2.0 * (hi - lo)
+    return Grooves(float((lo + cut) * spacing_um), float((hi - cut) * spacing_um))
+
+
+def _robust_offset(x: np.ndarray, v: np.ndarray, slope: float, tol: float) -> tuple[float, np.ndarray]:
+    """Intercept ``a`` of the line ``v ~ a + slope * x`` (slope known) that the most
+    points lie within ``tol`` of (then the smallest summed distance), refined as
+    the median of those points. Returns (a, inlier mask)."""
+    c = v - slope * x
+    best_key, best = None, None
+    for ci in c:
+        d = np.abs(c - ci)
+        inl = d <= tol
+        key = (int(inl.sum()), -float(d[inl].sum()))
+        if best_key is None or key > best_key:
+            best_key, best = key, inl
+    a = float(np.median(c[best]))
+    return a, np.abs(c - a) <= tol
+
+
+def _consensus_grooves(own: Sequence[Grooves | None], positions_um: np.ndarray, *, tolerance_um: float,
+                       tilt: float = 0.0) -> tuple[list[Grooves | None], list[str], dict | None]:
+    """Grooves of one land at many heights, made consistent.
+
+    The groove edges are straight lines parallel to the striae: with the striae
+    at ``tilt`` (um across per um along, :func:`_crosscut_candidates`), each
+    side's grooves over the crosscuts are fitted by a line of that slope through
+    the largest group of grooves within ``tolerance_um`` of it
+    (:func:`_robust_offset`). A crosscut whose groove lies *outside* the land's
+    line by more than ``tolerance_um`` (it would take in part of the groove
+    engraved area), or that found no grooves, takes the line's value; a groove
+    inside the line is kept (that crosscut's land edge is damaged or rolled off).
+
+    Returns (grooves per crosscut or None, source per crosscut ("crosscut",
+    "land-line" or "none"), the land's groove lines or None: ``{"left_um",
+    "right_um"}`` at the middle crosscut, ``"tilt"``, ``"inlier_fraction"``
+    (left and right)).
+    """
+    pos = np.asarray(positions_um, dtype=np.float64)
+    ok = np.array([g is not None for g in own], dtype=bool)
+    if not ok.any():
+        return [None] * len(own), ["none"] * len(own), None
+    L = np.array([g.left_um for g in own if g is not None])
+    R = np.array([g.right_um for g in own if g is not None])
+    bl = br = float(tilt) if np.isfinite(tilt) else 0.0
+    al, il = _robust_offset(pos[ok], L, bl, tolerance_um)
+    ar, ir = _robust_offset(pos[ok], R, br, tolerance_um)
+    mid = float(np.median(pos))
+    land = {"left_um": al + bl * mid, "right_um": ar + br * mid, "tilt": bl,
+            "inlier_fraction": (float(il.mean()), float(ir.mean()))}
+    out: list[Grooves | None] = []
+    src: list[str] = []
+    for p, g in zip(pos, own):
+        ll, lr = al + bl * p, ar + br * p
+        if g is None:
+            out.append(Grooves(float(ll), float(lr)) if ll < lr else None)
+            src.append("land-line" if ll < lr else "none")
+            continue
+        left = ll if g.left_um < ll - tolerance_um else g.left_um
+        right = lr if g.right_um > lr + tolerance_um else g.right_um
+        if left >= right:
+            left, right = g
+        out.append(Grooves(float(left), float(right)))
+        src.append("crosscut" if (left, right) == tuple(g) else "land-line")
+    return out, src, land
+
+
+def _signature_quality(sig: Signature, direction_confidence: float, stability: float) -> float:
+    parts = [sig.valid_fraction]
+    if np.isfinite(direction_confidence):
+        parts.append(direction_confidence)
+    if np.isfinite(stability):
+        parts.append(max(0.0, stability))
+    return float(min(parts))
+
+
+def _finish_meta(sig: Signature, s: Surface, *, profile_length_um: float, grooves_source: str,
+                 land_flags: Sequence[str], stability: float, extra: dict | None = None) -> Signature:
+    """Provenance and quality of a land signature (see :func:`land_signatures`)."""
+    flags = list(land_flags)
+    if grooves_source == "middle-fallback":
+        flags.append("grooves not located: the middle 75 % of the measured profile is used")
+    conf = float(s.meta.get("direction_confidence", float("nan")))
+    sig.meta.update(source=s.meta.get("source"), striae_rotated_deg=s.meta.get("striae_rotated_deg"),
+                    striae_direction=s.meta.get("striae_direction"), direction_source=s.meta.get("direction_source"),
+                    direction_confidence=conf, profile_length_um=profile_length_um, grooves_source=grooves_source,
+                    quality=_signature_quality(sig, conf, stability), low_confidence=bool(flags), flags=flags,
+                    **(extra or {}))
+    return sig
+
+
+def _check_resolution(s: Surface, signature: dict | None, what: str) -> None:
+    """A scan sampled coarser than the signature's short cut-off holds nothing in the signature's band."""
+    short = float((signature or {}).get("short_cutoff_um", 6.25)) or 6.25
+    if s.spacing_um > short:
+        raise UnusableLandError(f"{what}: the scan's spacing ({s.spacing_um:g} um) is coarser than the signature's "
+                                f"short cut-off ({short:g} um), so it cannot resolve striation marks; a land engraved area "
+                                "needs a scan at a few um or finer")
+
+
+def _land_flags(s: Surface) -> list[str]:
+    if s.meta.get("direction_low_confidence"):
+        return [f"striation direction ambiguous (confidence {s.meta.get('direction_confidence', float('nan')):.2f}); "
+                f"decided by {s.meta.get('direction_source')}"]
+    return []
+
+
+def _whole_scan_crosscut(s: Surface, reason: str) -> Crosscut:
+    """Fallback crosscut: the mean over every column of the oriented scan."""
+    h = np.ascontiguousarray(s.heights, dtype=np.float64)
+    ny, nx = h.shape
+    prof = _bk.band_profiles(h, np.zeros(1, dtype=np.int64), nx, 1)[0]
+    if np.isfinite(prof).sum() < 32:
+        raise UnusableLandError(f"the scan has {int(np.isfinite(prof).sum())} measured rows across the land, need at "
+                                f"least 32 ({reason}); it holds no usable land engraved area")
+    return Crosscut(profile=prof, spacing_um=s.spacing_um, position_um=nx * s.spacing_um / 2.0,
+                    band_um=nx * s.spacing_um)
+
+
 def land_signature(surface: Surface, *, direction: str | None = None, crosscut: dict | None = None,
                    grooves: dict | Grooves | None = None, signature: dict | None = None) -> Signature:
     """Steps 1-4 on one land scan: orient, choose a crosscut, locate grooves, extract the signature.
+
+    A measured land always gets a signature: an ambiguous striation direction is
+    decided by :func:`estimate_striation_direction`'s defaults, a scan without two
+    comparable neighbouring crosscuts is averaged over its whole length, grooves
+    that cannot be located are replaced by the middle 75 % of the profile; each
+    fallback sets ``low_confidence`` and says why in ``meta["flags"]``.
 
     Parameters
     ----------
@@ -755,20 +1064,51 @@ def land_signature(surface: Surface, *, direction: str | None = None, crosscut: 
     -------
     Signature
         With ``meta`` holding ``source`` (from the surface), ``crosscut_um``,
-        ``crosscut_stability``, ``grooves_um`` and ``striae_rotated_deg``.
+        ``crosscut_stability``, ``grooves_um``, ``grooves_source``,
+        ``striae_rotated_deg``, ``striae_direction``, ``direction_source``,
+        ``direction_confidence``, ``quality``, ``low_confidence`` and ``flags``.
+
+    Raises
+    ------
+    UnusableLandError
+        No usable land at all (no measured points, fewer than 32 measured rows
+        across the land, or sampled coarser than the signature's short cut-off).
     """
+    _check_resolution(_as_surface(surface, "land_signature"), signature, "land_signature")
     s = orient_striae(surface, direction=direction)
-    cc = choose_crosscut(s, check_direction=False, **(crosscut or {}))
-    g = grooves if isinstance(grooves, Grooves) else locate_grooves(cc, **(grooves or {}))
-    sig = extract_signature(cc, g, **(signature or {}))
-    sig.meta.update(source=s.meta.get("source"), striae_rotated_deg=s.meta.get("striae_rotated_deg"),
-                    profile_length_um=cc.profile.shape[0] * cc.spacing_um)
-    return sig
+    flags = _land_flags(s)
+    try:
+        cc = choose_crosscut(s, check_direction=False, **(crosscut or {}))
+    except UnusableLandError:
+        raise
+    except BulletError as exc:
+        if crosscut and "band_um" in crosscut and "wider than the scan" in str(exc):
+            raise
+        cc = _whole_scan_crosscut(s, str(exc))
+        flags.append(f"no stable crosscut ({exc}); the mean over the whole scan is used")
+    if isinstance(grooves, Grooves):
+        g, src = grooves, "given"
+    else:
+        try:
+            g, src = locate_grooves(cc, **(grooves or {})), "crosscut"
+        except BulletError:
+            g, src = _middle_grooves(cc.profile, cc.spacing_um), "middle-fallback"
+    try:
+        sig = extract_signature(cc, g, **(signature or {}))
+    except BulletError as exc:
+        if src != "crosscut":
+            raise (UnusableLandError(f"land_signature: no signature between the fallback grooves: {exc}")
+                   if src == "middle-fallback" else exc)
+        g, src = _middle_grooves(cc.profile, cc.spacing_um), "middle-fallback"
+        sig = extract_signature(cc, g, **(signature or {}))
+    return _finish_meta(sig, s, profile_length_um=cc.profile.shape[0] * cc.spacing_um, grooves_source=src,
+                        land_flags=flags, stability=cc.stability)
 
 
 def land_signatures(surface: Surface, *, direction: str | None = None, step_um: float = 50.0,
                     band_um: float = 25.0, edge_um: float = 50.0, max_missing: float = 0.5,
-                    grooves: dict | None = None, signature: dict | None = None) -> list[Signature]:
+                    grooves: dict | None = None, signature: dict | None = None,
+                    groove_tolerance_um: float = 50.0) -> list[Signature]:
     """Signatures of one land at many heights along the striae (every ``step_um``).
 
     The striae of a land change along its length (break-off at the heel, damage,
@@ -779,6 +1119,21 @@ def land_signatures(surface: Surface, *, direction: str | None = None, step_um: 
     (:func:`land_features` given two lists) finds that band without knowing where
     the heel is.
 
+    Grooves are located on every crosscut (:func:`locate_grooves`) and made
+    consistent over the land: the groove edges are straight lines parallel to
+    the striae, so each side gets a line with the striae's tilt (measured from
+    the lag at which neighbouring crosscuts agree) through the largest group of
+    crosscut grooves that agree with it, and a crosscut whose groove lies outside that line by more than
+    ``groove_tolerance_um`` (it would take in part of the groove engraved area),
+    or that found none, takes the line's value. When no crosscut finds its
+    grooves, the middle 75 % of each profile is used (flagged).
+
+    A measured land never fails for weak striae: an ambiguous direction is decided
+    by :func:`estimate_striation_direction`'s defaults, and when no crosscut yields
+    a signature the mean over the whole scan is used; such signatures carry
+    ``low_confidence`` and ``meta["flags"]`` saying why, and every signature a
+    ``quality`` in [0, 1] (:attr:`Signature.quality`).
+
     Parameters
     ----------
     surface : Surface
@@ -786,45 +1141,88 @@ def land_signatures(surface: Surface, *, direction: str | None = None, step_um: 
     direction : {"x", "y"} or None, keyword-only
         Striae direction if known (see :func:`orient_striae`).
     step_um, band_um, edge_um, max_missing : float, keyword-only
-        Crosscut spacing, band width, distance kept from the scan's ends, and the
-        largest missing fraction of a crosscut's middle (as :func:`choose_crosscut`).
+        Crosscut spacing, band width (clipped to the scan's length along the
+        striae), distance kept from the scan's ends, and the largest missing
+        fraction of a crosscut's middle (as :func:`choose_crosscut`).
     grooves, signature : dict, keyword-only
         Keyword arguments for :func:`locate_grooves` and :func:`extract_signature`.
+    groove_tolerance_um : float, keyword-only
+        How far (um) a crosscut's groove may lie outside the land's groove line
+        before the line replaces it; also the inlier distance of the robust line
+        fit. The default, 50 um, is twice the 25 um smoothing of
+        :func:`locate_grooves`.
 
     Returns
     -------
     list of Signature
-        In order along x; crosscuts with too much missing data or whose grooves
-        or signature cannot be found are left out. ``meta`` as :func:`land_signature`.
+        In order along x; crosscuts with fewer than 32 measured rows or whose
+        signature cannot be extracted are left out. ``meta`` as
+        :func:`land_signature`, plus ``striae_tilt`` (um across per um along the
+        striae) and ``land_grooves`` (the land's groove lines: ``left_um`` /
+        ``right_um`` at the middle crosscut, ``tilt`` and ``inlier_fraction`` per
+        side; None when no crosscut found its grooves).
 
     Raises
     ------
-    BulletError
-        When no crosscut yields a signature.
+    UnusableLandError
+        No usable land at all (no measured points, fewer than 32 measured rows
+        across the land, or sampled coarser than the signature's short cut-off).
     """
+    if not (np.isfinite(groove_tolerance_um) and groove_tolerance_um >= 0):
+        raise BulletError(f"land_signatures: groove_tolerance_um must be a length >= 0 um, got "
+                          f"{groove_tolerance_um!r}")
+    _check_resolution(_as_surface(surface, "land_signatures"), signature, "land_signatures")
     s = orient_striae(surface, direction=direction)
-    starts, width, profiles, stab = _crosscut_candidates(s, band_um=band_um, step_um=step_um, edge_um=edge_um,
-                                                         max_lag_um=25.0, max_missing=max_missing)
     sp = s.spacing_um
+    flags = _land_flags(s)
+    band = min(float(band_um), s.shape[1] * sp) if np.isfinite(band_um) and band_um > 0 else band_um
+    starts, width, profiles, stab, tilt = _crosscut_candidates(s, band_um=band, step_um=step_um, edge_um=edge_um,
+                                                               max_lag_um=25.0, max_missing=max_missing)
+    usable = [k for k in range(len(starts)) if np.isfinite(profiles[k]).sum() >= 32]
+    own: list[Grooves | None] = []
+    for k in usable:
+        try:
+            own.append(locate_grooves(profiles[k], spacing_um=sp, **(grooves or {})))
+        except UnusableLandError:
+            raise
+        except BulletError:
+            own.append(None)
+    centres = (starts[usable] + width / 2.0) * sp
+    chosen, sources, land_g = _consensus_grooves(own, centres, tolerance_um=groove_tolerance_um, tilt=tilt)
+    extra = {"land_grooves": land_g, "striae_tilt": tilt}
     out: list[Signature] = []
     errors = []
-    for st, prof, sb in zip(starts, profiles, stab):
-        cc = Crosscut(profile=prof, spacing_um=sp, position_um=float((st + width / 2.0) * sp),
-                      band_um=width * sp, stability=float(sb))
-        if np.isfinite(prof).sum() < 32:
-            continue
+    for k, g, src in zip(usable, chosen, sources):
+        prof = profiles[k]
+        cc = Crosscut(profile=prof, spacing_um=sp, position_um=float((starts[k] + width / 2.0) * sp),
+                      band_um=width * sp, stability=float(stab[k]))
+        if g is None:
+            g, src = _middle_grooves(prof, sp), "middle-fallback"
         try:
-            g = locate_grooves(cc, **(grooves or {}))
             sig = extract_signature(cc, g, **(signature or {}))
         except BulletError as exc:
             errors.append(f"{cc.position_um:.0f} um: {exc}")
             continue
-        sig.meta.update(source=s.meta.get("source"), striae_rotated_deg=s.meta.get("striae_rotated_deg"),
-                        profile_length_um=prof.shape[0] * sp)
-        out.append(sig)
+        out.append(_finish_meta(sig, s, profile_length_um=prof.shape[0] * sp, grooves_source=src, land_flags=flags,
+                                stability=cc.stability, extra=extra))
     if not out:
         detail = "; ".join(errors[:3]) or "every crosscut is mostly missing"
-        raise BulletError(f"land_signatures: no crosscut of this scan yields a signature ({detail})")
+        cc = _whole_scan_crosscut(s, detail)
+        try:
+            g, src = locate_grooves(cc, **(grooves or {})), "crosscut"
+            sig = extract_signature(cc, g, **(signature or {}))
+        except UnusableLandError:
+            raise
+        except BulletError:
+            g, src = _middle_grooves(cc.profile, sp), "middle-fallback"
+            try:
+                sig = extract_signature(cc, g, **(signature or {}))
+            except BulletError as exc:
+                raise UnusableLandError(f"land_signatures: no crosscut of this scan yields a signature, not even its "
+                                        f"mean over the whole scan ({exc}; crosscuts: {detail})") from exc
+        flags.append(f"no crosscut yields a signature ({detail}); the mean over the whole scan is used")
+        out.append(_finish_meta(sig, s, profile_length_um=cc.profile.shape[0] * sp, grooves_source=src,
+                                land_flags=flags, stability=float("nan"), extra=extra))
     return out
 
 
@@ -1181,6 +1579,103 @@ def sequence_average_maximum(scores) -> tuple[float, int, np.ndarray]:
     return float(phase_scores[k]), k, phase_scores
 
 
+def _phase_contrast_sf(t: float, n: int) -> float:
+    """P(max - r-th smallest > t) for ``n`` independent standard normals, r = n // 2.
+
+    With ``C = n! / ((r-1)! (n-r)!)`` the r-th order statistic has density
+    ``C F^(r-1) f (1-F)^(n-r)``; given it at x, the contrast stays below t when the
+    n - r larger values all fall in (x, x + t], so
+    ``P(T > t) = int C F(x)^(r-1) f(x) [(1 - F(x))^(n-r) - (F(x+t) - F(x))^(n-r)] dx``;
+    the bracket is expanded as ``c * sum_k a^k (a - c)^(m-1-k)`` (a = 1 - F(x),
+    c = 1 - F(x + t), m = n - r), which keeps tiny tails accurate.
+    """
+    from scipy.special import log_ndtr, ndtr
+
+    if not t > 0:
+        return 1.0
+    r = n // 2
+    m = n - r
+    logC = math.lgamma(n + 1) - math.lgamma(r) - math.lgamma(m + 1)
+    # the integrand is smooth on the scale of the standard normal: trapezoids 0.005 wide
+    x = np.arange(-(t + 12.0), 12.0 + 0.005, 0.005)
+    a = ndtr(-x)
+    c = ndtr(-(x + t))
+    b = np.maximum(a - c, 0.0)
+    bracket = c * sum(a ** k * b ** (m - 1 - k) for k in range(m))
+    logw = logC + (r - 1) * log_ndtr(x) - 0.5 * x * x - 0.5 * math.log(2.0 * math.pi)
+    y = np.exp(logw) * bracket
+    val = float(np.sum((y[1:] + y[:-1]) * 0.5 * np.diff(x)))
+    return float(min(1.0, max(0.0, val)))
+
+
+def phase_test(scores) -> PhaseTest:
+    """Phase test of two bullets: does the best phase of the land scores stand out?
+
+    Two bullets fired from one barrel agree land by land in one phase (land ``i``
+    of A with land ``(i + k) % n`` of B) and no better than chance in the others;
+    which phase is not known beforehand. The test (the phase test of the CSAFE
+    bulletxtrctr package, written here from its description) compares the best
+    phase mean with the ``floor(n / 2)``-th smallest phase mean:
+    ``contrast = best - reference``. When no phase is special the n phase means
+    are modelled as independent normals with the spread ``sigma`` of one phase
+    mean, estimated as the standard deviation of the land scores outside the best
+    phase divided by the square root of the (median) number of scores per phase.
+    The p-value is the upper tail of the contrast of the order statistics under
+    that model (:func:`_phase_contrast_sf`).
+
+    Unlike SAM itself, the contrast is measured against the same two bullets'
+    wrong phases, so it does not depend on how high chance land scores run for a
+    scanner, a surface or a worn barrel: on weak striae SAM stays low for mates,
+    while the right phase still stands out.
+
+    The p-value needs at least two land pairs in a typical phase (the median
+    count): with a single land on one bullet there is no sequence, only the best
+    of that land's scores, and the spread of 4 or 5 single scores is too rough
+    an estimate; it is NaN then.
+
+    Limits: the land scores of different phases share lands, so the phase means
+    are not quite independent (a land that scores high with everything lifts
+    every phase alike, which cancels in the contrast); the p-value is a
+    screening statistic, not a likelihood ratio.
+
+    Parameters
+    ----------
+    scores : array_like, shape (n, n)
+        Land scores as for :func:`sequence_average_maximum` (NaN = missing).
+
+    Returns
+    -------
+    PhaseTest
+
+    Raises
+    ------
+    BulletError
+        Not a square matrix, or fewer than two phases with a score.
+    """
+    S = np.asarray(scores, dtype=np.float64)
+    sam, best, ph = sequence_average_maximum(S)
+    n = S.shape[0]
+    fin = np.isfinite(ph)
+    if fin.sum() < 2:
+        raise BulletError("phase_test: fewer than two phases have a land score; the test needs at least two "
+                          "land positions compared on both bullets")
+    srt = np.sort(ph[fin])
+    m = int(srt.size)
+    ref = float(srt[m // 2 - 1])
+    contrast = float(sam - ref)
+    i = np.arange(n)
+    off = np.concatenate([S[i, (i + k) % n] for k in range(n) if k != best])
+    off = off[np.isfinite(off)]
+    counts = [int(np.isfinite(S[i, (i + k) % n]).sum()) for k in range(n) if fin[k]]
+    per_phase = float(np.median(counts))
+    sigma = float(np.std(off, ddof=1) / math.sqrt(per_phase)) if off.size >= 2 else float("nan")
+    if per_phase >= 2 and np.isfinite(sigma) and sigma > 0:
+        p = _phase_contrast_sf(contrast / sigma, m)
+    else:
+        p = float("nan")
+    return PhaseTest(contrast=contrast, best_mean=float(sam), reference_mean=ref, sigma=sigma, p_value=p, n=m)
+
+
 def bullet_score(lands_a: Sequence, lands_b: Sequence, *,
                  features: Callable[..., LandFeatures] | None = None, **feature_kw) -> BulletScore:
     """Compare two bullets land by land and score them by sequence average maximum.
@@ -1200,8 +1695,8 @@ def bullet_score(lands_a: Sequence, lands_b: Sequence, *,
     Returns
     -------
     BulletScore
-        SAM, best phase, every phase's average, the land pairs of the best phase
-        and the full land-score matrix.
+        SAM, best phase, every phase's average, the land pairs of the best phase,
+        the full land-score matrix and the :func:`phase_test` of the matrix.
     """
     if len(lands_a) != len(lands_b):
         raise BulletError(f"bullet_score: bullets have {len(lands_a)} and {len(lands_b)} land positions; pass "
@@ -1217,7 +1712,8 @@ def bullet_score(lands_a: Sequence, lands_b: Sequence, *,
     idx = np.arange(n)
     pairs = [(int(i), int((i + phase) % n), float(S[i, (i + phase) % n])) for i in idx
              if np.isfinite(S[i, (i + phase) % n])]
-    return BulletScore(sam=sam, phase=phase, phase_scores=ph, pairs=pairs, scores=S)
+    pt = phase_test(S) if np.isfinite(ph).sum() >= 2 else None
+    return BulletScore(sam=sam, phase=phase, phase_scores=ph, pairs=pairs, scores=S, phase_test=pt)
 
 
 # --------------------------------------------------------------------------- 8. descriptor
@@ -1295,6 +1791,11 @@ def bullet_descriptor(signature: Signature | Sequence[Signature | None], *, n_bi
 #: calibrated: on Hamby 252 and Hamby 44 no different-source land pair reached a ccf of
 #: 0.68 and no same-source pair fell below 0.87; 0.8 sits between them.
 BULLET_SAM_THRESHOLD = 0.8
+
+#: Significance level of the bullet-level :func:`phase_test` decision in the benchmark
+#: (same barrel when the p-value is at most this). A conventional 1 % false-positive
+#: rate per comparison under the test's model, not fitted to any set.
+BULLET_PHASE_ALPHA = 0.01
 
 _LAND_NUMBER = re.compile(r"(\d+)\s*$")
 
@@ -1421,8 +1922,71 @@ def _clean(v):
     return v
 
 
+def read_manual_grooves(path: str | Path) -> dict[str, dict]:
+    """Manually chosen groove positions (bulletAnalyzr's export: columns ``filename``,
+    ``left_groove``, ``right_groove`` in um across the land, ``crosscut_y`` in um
+    along it). Returns ``{file stem: {"left_um", "right_um", "crosscut_um"}}``.
+    Used only to check :func:`locate_grooves`, never as its input."""
+    out = {}
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rd = csv.DictReader(fh)
+        need = {"filename", "left_groove", "right_groove"}
+        if not need <= set(rd.fieldnames or []):
+            raise BulletError(f"{path}: need columns {sorted(need)}, found {rd.fieldnames}")
+        for row in rd:
+            cy = row.get("crosscut_y")
+            out[Path(row["filename"]).stem] = {"left_um": float(row["left_groove"]),
+                                               "right_um": float(row["right_groove"]),
+                                               "crosscut_um": float(cy) if cy not in (None, "", "NA") else None}
+    return out
+
+
+def _land_report(sigs: list[Signature]) -> dict:
+    """Per-land summary of :func:`land_signatures` output for the benchmark JSON."""
+    m0 = sigs[0].meta
+    flags: list[str] = []
+    for sg in sigs:
+        for f in sg.meta.get("flags", []):
+            if f not in flags:
+                flags.append(f)
+    src: dict[str, int] = {}
+    for sg in sigs:
+        src[sg.meta.get("grooves_source", "?")] = src.get(sg.meta.get("grooves_source", "?"), 0) + 1
+    stab = [float(sg.meta.get("crosscut_stability", np.nan)) for sg in sigs]
+    return {"signatures": len(sigs), "striae_direction": m0.get("striae_direction"),
+            "direction_source": m0.get("direction_source"),
+            "direction_confidence": _clean(float(m0.get("direction_confidence", np.nan))),
+            "striae_tilt": _clean(float(m0.get("striae_tilt", np.nan))),
+            "low_confidence": any(sg.low_confidence for sg in sigs),
+            "low_confidence_signatures": sum(sg.low_confidence for sg in sigs), "flags": flags,
+            "quality_median": _clean(float(np.median([sg.quality for sg in sigs]))),
+            "quality_max": _clean(float(np.max([sg.quality for sg in sigs]))),
+            "best_crosscut_stability": _clean(float(np.nanmax(stab))) if np.isfinite(stab).any() else None,
+            "land_grooves": m0.get("land_grooves"), "grooves_sources": src,
+            "length_um_median": float(np.median([sg.length_um for sg in sigs]))}
+
+
+def _groove_agreement(sigs: list[Signature], scan_shape: tuple[int, int], spacing_um: float, manual: dict) -> dict:
+    """Our grooves at the crosscut nearest to the manual one against the manual grooves."""
+    rotated = sigs[0].meta.get("striae_rotated_deg") == -90
+    cy = manual.get("crosscut_um")
+    if cy is None:
+        k = len(sigs) // 2
+        at = None
+    else:
+        # x3p rows run along y from row 0; the oriented scan's column j is original row ny - 1 - j
+        at = (scan_shape[0] - 1) * spacing_um - cy if rotated else cy
+        k = int(np.argmin([abs(float(sg.meta.get("crosscut_um", np.inf)) - at) for sg in sigs]))
+    g = sigs[k].meta["grooves_um"]
+    el, er = float(g[0]) - manual["left_um"], float(g[1]) - manual["right_um"]
+    return {"manual_um": [manual["left_um"], manual["right_um"]], "ours_um": [float(g[0]), float(g[1])],
+            "error_um": [el, er], "outward_um": [-el, er], "crosscut_um": float(sigs[k].meta.get("crosscut_um")),
+            "manual_crosscut_um": at, "grooves_source": sigs[k].meta.get("grooves_source")}
+
+
 def run_bullet_bench(directory: str | Path, labels_csv: str | Path, *, json_out: str | Path,
-                     threshold: float = BULLET_SAM_THRESHOLD, step_um: float = 50.0,
+                     threshold: float = BULLET_SAM_THRESHOLD, alpha: float = BULLET_PHASE_ALPHA,
+                     step_um: float = 50.0, grooves_csv: str | Path | None = None,
                      progress: bool = False) -> dict:
     """Labelled bullet benchmark: every land pair within each set, every bullet pair.
 
@@ -1430,9 +1994,16 @@ def run_bullet_bench(directory: str | Path, labels_csv: str | Path, *, json_out:
     every ``step_um``), every pair of lands within a set is compared
     (:func:`land_features`; score = :func:`land_score`), and every pair of
     bullets within a set is scored by SAM over the land scores
-    (:func:`sequence_average_maximum`); a bullet pair is called same-barrel when
-    its SAM reaches ``threshold``. The land descriptors
+    (:func:`sequence_average_maximum`) and by the :func:`phase_test`; a bullet
+    pair is called same-barrel when its SAM reaches ``threshold`` (column
+    ``identified``) and, separately, when the phase test's p-value is at most
+    ``alpha`` (``identified_phase_test``). The land descriptors
     (:func:`bullet_descriptor`) are checked by the rank of each land's mate.
+
+    Every land gets a report (``lands``: direction and its confidence, grooves,
+    quality, low-confidence flags). With ``grooves_csv`` (manually chosen grooves,
+    :func:`read_manual_grooves`) the grooves found are compared with them
+    (``groove_agreement``); they are never used to find the grooves.
 
     Writes ``<json_out>`` (summary), ``<stem>.pairs.csv`` (per land pair),
     ``<stem>.bullets.csv`` (per bullet pair) and plots ``<stem>_hist.png``,
@@ -1441,17 +2012,26 @@ def run_bullet_bench(directory: str | Path, labels_csv: str | Path, *, json_out:
     t0 = time.perf_counter()
     scans = read_bullet_labels(directory, labels_csv)
     from ballistic.io import read_x3p
+    manual = read_manual_grooves(grooves_csv) if grooves_csv else {}
     sigs: dict[str, list[Signature]] = {}
     failed: dict[str, str] = {}
+    lands_report: dict[str, dict] = {}
+    agreement: dict[str, dict] = {}
     it = scans
     if progress:
         from tqdm import tqdm
         it = tqdm(scans, desc="lands", unit="land")
     for sc in it:
         try:
-            sigs[sc["name"]] = land_signatures(read_x3p(sc["path"]), step_um=step_um)
+            surf = read_x3p(sc["path"])
+            sigs[sc["name"]] = land_signatures(surf, step_um=step_um)
         except BulletError as exc:
-            failed[sc["name"]] = str(exc)
+            failed[sc["name"]] = f"{type(exc).__name__}: {exc}"
+            continue
+        lands_report[sc["name"]] = _land_report(sigs[sc["name"]])
+        stem = Path(sc["path"]).stem
+        if stem in manual:
+            agreement[sc["name"]] = _groove_agreement(sigs[sc["name"]], surf.shape, surf.spacing_um, manual[stem])
     t_extract = time.perf_counter() - t0
     by_name = {sc["name"]: sc for sc in scans}
     rows: list[dict] = []
@@ -1518,23 +2098,65 @@ def run_bullet_bench(directory: str | Path, labels_csv: str | Path, *, json_out:
                 sam, phase, ph = sequence_average_maximum(S)
             except BulletError:
                 continue
+            pt = phase_test(S) if np.isfinite(ph).sum() >= 2 else None
             idx = [(i, (i + phase) % n) for i in range(n) if np.isfinite(S[i, (i + phase) % n])]
+            p_val = pt.p_value if pt is not None else float("nan")
             bullets.append({"set": st, "bullet_a": "-".join(ka), "bullet_b": "-".join(kb),
                             "same_barrel": ka[0] == kb[0], "sam": sam, "phase": phase,
                             "lands_compared": len(idx), "identified": bool(sam >= threshold),
+                            "phase_contrast": _clean(pt.contrast) if pt else None,
+                            "phase_sigma": _clean(pt.sigma) if pt else None,
+                            "phase_p_value": _clean(p_val),
+                            "identified_phase_test": bool(np.isfinite(p_val) and p_val <= alpha),
                             "pairs": "; ".join(f"L{i + 1}~L{j + 1}:{S[i, j]:.3f}" for i, j in idx),
                             "phase_scores": [_clean(float(v)) for v in ph]})
     if bullets:
         sb = np.array([b["sam"] for b in bullets])
         yb = np.array([b["same_barrel"] for b in bullets], dtype=bool)
+        pv = np.array([b["phase_p_value"] if b["phase_p_value"] is not None else 1.0 for b in bullets])
         bs: dict[str, Any] = {"bullet_pairs": len(bullets), "same_barrel_pairs": int(yb.sum()),
-                              "threshold": threshold,
-                              "errors": int(sum(b["identified"] != b["same_barrel"] for b in bullets))}
+                              "threshold": threshold, "alpha": alpha,
+                              "errors": int(sum(b["identified"] != b["same_barrel"] for b in bullets)),
+                              "errors_phase_test": int(sum(b["identified_phase_test"] != b["same_barrel"]
+                                                           for b in bullets))}
         if yb.any() and (~yb).any():
             bs.update(same_barrel_min=float(sb[yb].min()), different_barrel_max=float(sb[~yb].max()),
-                      separated=bool(sb[yb].min() > sb[~yb].max()))
+                      separated=bool(sb[yb].min() > sb[~yb].max()),
+                      same_barrel_p_max=float(pv[yb].max()), different_barrel_p_min=float(pv[~yb].min()),
+                      auc_sam=_auc(sb, yb), auc_phase_test=_auc(-np.log10(np.maximum(pv, 1e-300)), yb))
         summary["bullet_summary"] = bs
     summary["bullets"] = bullets
+
+    # land level for sets without land ground truth: the best-phase land pairs of same-barrel bullets
+    # (the putative mates the phase test picked) against every other land pair, descriptive only
+    for st in sets:
+        d = summary["sets"].get(st)
+        if d is None or d["same_source_pairs"]:
+            continue
+        members = {sc["name"]: sc for sc in scans if sc["set"] == st}
+        best = set()
+        for b in bullets:
+            if b["set"] == st and b["same_barrel"]:
+                for part in b["pairs"].split("; "):
+                    la_, lb_ = part.split(":")[0].split("~")
+                    na = next((nm for nm, sc in members.items() if f"{sc['barrel']}-{sc['bullet']}" == b["bullet_a"]
+                               and sc["land"] == int(la_[1:])), None)
+                    nb_ = next((nm for nm, sc in members.items() if f"{sc['barrel']}-{sc['bullet']}" == b["bullet_b"]
+                                and sc["land"] == int(lb_[1:])), None)
+                    best.add(frozenset((na, nb_)))
+        rs = [r for r in rows if r["set"] == st]
+        inb = np.array([r["score"] for r in rs if frozenset((r["land_a"], r["land_b"])) in best])
+        other = np.array([r["score"] for r in rs if frozenset((r["land_a"], r["land_b"])) not in best])
+
+        def q(v):
+            return {k: _clean(float(np.quantile(v, x))) for k, x in (("min", 0), ("q10", .1), ("median", .5),
+                                                                     ("q90", .9), ("max", 1))} if v.size else None
+        d["land_scores_without_ground_truth"] = {
+            "note": ("land correspondence unknown: 'best_phase_same_barrel' are the land pairs of the best phase of "
+                     "each same-barrel bullet pair (putative mates chosen by the comparison itself), 'other' every "
+                     "other land pair; descriptive, not a validation"),
+            "best_phase_same_barrel": q(inb), "other": q(other), "n_best_phase_same_barrel": int(inb.size),
+            "n_other": int(other.size)}
 
     # retrieval descriptor: rank of each land's nearest mate
     ranks = []
@@ -1553,6 +2175,19 @@ def run_bullet_bench(directory: str | Path, labels_csv: str | Path, *, json_out:
     summary["descriptor"] = {"version": BULLET_DESCRIPTOR_VERSION, "dim": BULLET_DESCRIPTOR_DIM,
                              "lands_with_mate": len(ranks), "mate_ranks": ranks,
                              "top1": float(np.mean(np.array(ranks) == 1)) if ranks else None}
+    summary["lands"] = lands_report
+    summary["lands_with_signature"] = len(sigs)
+    summary["lands_low_confidence"] = sorted(nm for nm, r in lands_report.items() if r["low_confidence"])
+    if agreement:
+        err = np.array([e for a_ in agreement.values() for e in a_["error_um"]])
+        outw = np.array([e for a_ in agreement.values() for e in a_["outward_um"]])
+        summary["groove_agreement"] = {
+            "source": str(grooves_csv), "lands": len(agreement),
+            "median_abs_error_um": float(np.median(np.abs(err))), "max_abs_error_um": float(np.max(np.abs(err))),
+            "median_outward_um": float(np.median(outw)),
+            "note": ("error = ours - manual, um across the land at the crosscut nearest the manual one; outward > 0 "
+                     "means our groove lies further out (more land kept) than the manual one"),
+            "per_land": agreement}
     summary.update({"failed_lands": failed, "extract_seconds": t_extract, "compare_seconds": t_compare,
                     "land_pairs_per_second": len(rows) / max(t_compare, 1e-9), "step_um": step_um,
                     "land_score_model": LAND_SCORE_MODEL, "directory": str(directory)})
@@ -1562,7 +2197,8 @@ def run_bullet_bench(directory: str | Path, labels_csv: str | Path, *, json_out:
     summary["pairs_csv"] = str(write_rows_csv(rows, json_out.with_suffix(".pairs.csv")))
     bcsv = json_out.with_suffix(".bullets.csv")
     with open(bcsv, "w", newline="") as fh:
-        cols = ["set", "bullet_a", "bullet_b", "same_barrel", "sam", "phase", "lands_compared", "identified", "pairs"]
+        cols = ["set", "bullet_a", "bullet_b", "same_barrel", "sam", "phase", "lands_compared", "identified",
+                "phase_contrast", "phase_sigma", "phase_p_value", "identified_phase_test", "pairs"]
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(bullets)
@@ -1585,16 +2221,31 @@ def format_bullet_summary(summary: dict) -> str:
                      f"{f(d.get('margin'), '{:+.3f}'):>7}  {fails or 'none'}")
     lines.append("")
     lines.append(f"{'set':<10} {'bullet A':<8} {'bullet B':<8} {'same barrel':>11} {'SAM':>6} {'phase':>5} "
-                 f"{'lands':>5} {'called':>6}")
+                 f"{'lands':>5} {'called':>6} {'contrast':>8} {'p (phase)':>9} {'called':>6}")
     for b in summary.get("bullets", []):
         lines.append(f"{b['set']:<10} {b['bullet_a']:<8} {b['bullet_b']:<8} {str(b['same_barrel']):>11} "
                      f"{b['sam']:>6.3f} {b['phase']:>5} {b['lands_compared']:>5} "
-                     f"{'same' if b['identified'] else 'diff':>6}")
+                     f"{'same' if b['identified'] else 'diff':>6} {f(b.get('phase_contrast')):>8} "
+                     f"{f(b.get('phase_p_value'), '{:.2g}'):>9} "
+                     f"{'same' if b.get('identified_phase_test') else 'diff':>6}")
     bs = summary.get("bullet_summary", {})
     if bs:
         lines.append(f"bullet pairs: {bs['bullet_pairs']}, errors at SAM >= {bs['threshold']}: {bs['errors']}, "
                      f"same-barrel min {f(bs.get('same_barrel_min'))}, different-barrel max "
                      f"{f(bs.get('different_barrel_max'))}")
+        if "errors_phase_test" in bs:
+            lines.append(f"phase test: errors at p <= {bs['alpha']}: {bs['errors_phase_test']}, same-barrel p max "
+                         f"{f(bs.get('same_barrel_p_max'), '{:.2g}')}, different-barrel p min "
+                         f"{f(bs.get('different_barrel_p_min'), '{:.2g}')}")
+    if "lands_with_signature" in summary:
+        n_all = summary["lands_with_signature"] + len(summary.get("failed_lands", {}))
+        low = summary.get("lands_low_confidence", [])
+        lines.append(f"lands with a signature: {summary['lands_with_signature']} of {n_all}; low confidence: "
+                     f"{len(low)}" + (f" ({', '.join(low)})" if low else ""))
+    ga = summary.get("groove_agreement")
+    if ga:
+        lines.append(f"grooves vs {ga['lands']} manual lands: median |error| {ga['median_abs_error_um']:.0f} um, max "
+                     f"{ga['max_abs_error_um']:.0f} um, median outward {ga['median_outward_um']:+.0f} um")
     de = summary.get("descriptor", {})
     if de.get("mate_ranks"):
         lines.append(f"descriptor {de['version']} ({de['dim']}-d): mate ranked first for "
