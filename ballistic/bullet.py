@@ -417,6 +417,10 @@ def _profile_and_spacing(profile, spacing_um, what: str) -> tuple[np.ndarray, fl
 
 
 # --------------------------------------------------------------------------- 1. direction
+class _NoStableCrosscut(BulletError):
+    """choose_crosscut found no two neighbouring crosscuts to compare (data, not parameters)."""
+
+
 class StriationDirection(NamedTuple):
     """Where the striae of a land scan run, and how sure that is (see
     :func:`estimate_striation_direction`).
@@ -672,9 +676,9 @@ def choose_crosscut(surface: Surface, *, band_um: float = 25.0, step_um: float =
                                                          max_lag_um=max_lag_um, max_missing=max_missing)
     K = len(starts)
     if not np.isfinite(stab).any():
-        raise BulletError("choose_crosscut: no two neighbouring crosscuts could be compared (too much missing "
-                          "data or a scan too short along x); lower step_um / edge_um / max_missing, or check "
-                          "the scan")
+        raise _NoStableCrosscut("choose_crosscut: no two neighbouring crosscuts could be compared (too much "
+                                "missing data or a scan too short along x); lower step_um / edge_um / max_missing, "
+                                "or check the scan")
     best = int(np.nanargmax(stab))
     if heel is not None:
         order = range(K) if heel == "start" else range(K - 1, -1, -1)
@@ -1019,8 +1023,8 @@ def _check_resolution(s: Surface, signature: dict | None, what: str) -> None:
     short = float((signature or {}).get("short_cutoff_um", 6.25)) or 6.25
     if s.spacing_um > short:
         raise UnusableLandError(f"{what}: the scan's spacing ({s.spacing_um:g} um) is coarser than the signature's "
-                                f"short cut-off ({short:g} um), so it cannot resolve striation marks; a land engraved area "
-                                "needs a scan at a few um or finer")
+                                f"short cut-off ({short:g} um), so it cannot resolve striation marks; a land engraved "
+                                "area needs a scan at a few um or finer")
 
 
 def _land_flags(s: Surface) -> list[str]:
@@ -1080,13 +1084,13 @@ def land_signature(surface: Surface, *, direction: str | None = None, crosscut: 
     _check_resolution(_as_surface(surface, "land_signature"), signature, "land_signature")
     s = orient_striae(surface, direction=direction)
     flags = _land_flags(s)
+    kw = dict(crosscut or {})
+    band = float(kw.get("band_um", 25.0))
+    if np.isfinite(band) and band > 0:
+        kw["band_um"] = min(band, s.shape[1] * s.spacing_um)       # a scan shorter than the band: one band
     try:
-        cc = choose_crosscut(s, check_direction=False, **(crosscut or {}))
-    except UnusableLandError:
-        raise
-    except BulletError as exc:
-        if crosscut and "band_um" in crosscut and "wider than the scan" in str(exc):
-            raise
+        cc = choose_crosscut(s, check_direction=False, **kw)
+    except _NoStableCrosscut as exc:
         cc = _whole_scan_crosscut(s, str(exc))
         flags.append(f"no stable crosscut ({exc}); the mean over the whole scan is used")
     if isinstance(grooves, Grooves):

@@ -148,6 +148,21 @@ def test_grooves_that_cannot_be_located_fall_back_to_the_middle_and_flag():
     assert many[0].meta["land_grooves"] is None
 
 
+def test_a_scan_too_short_for_two_crosscuts_is_averaged_whole_and_flagged():
+    s = synthetic_land(nx=20, seed=6)                       # 31 um along the striae: one band, no neighbour
+    with pytest.raises(B.BulletError, match="no two neighbouring crosscuts"):
+        B.choose_crosscut(s)
+    sig = B.land_signature(s)
+    assert sig.low_confidence and any("mean over the whole scan" in f for f in sig.meta["flags"])
+    assert sig.meta["grooves_source"] == "crosscut" and 0.0 <= sig.quality <= 1.0
+    ref = B.land_signature(synthetic_land(nx=200, seed=6))
+    assert B.land_features(sig, ref).ccf > 0.95             # the same striae, found from the whole-scan mean
+    many = B.land_signatures(s)                             # one band over the whole scan, not an exception
+    assert len(many) == 1 and not many[0].low_confidence
+    with pytest.raises(B.BulletError, match="heel"):        # parameter errors still raise
+        B.land_signature(s, crosscut={"heel": "nose"})
+
+
 def test_signature_quality_properties_default_without_meta():
     sig = B.Signature(striae_signal(100, 1), SP)
     assert np.isnan(sig.quality) and sig.low_confidence is False
