@@ -217,7 +217,8 @@ class Signature:
         set by :func:`land_signature` / :func:`land_signatures`; NaN when unknown):
         the smallest of the striation-direction confidence, the crosscut stability
         (clipped at 0) and the measured fraction of the signature."""
-        return float(self.meta.get("quality", float("nan")))
+        q = self.meta.get("quality")
+        return float(q) if q is not None else float("nan")
 
     @property
     def low_confidence(self) -> bool:
@@ -1009,12 +1010,13 @@ def _finish_meta(sig: Signature, s: Surface, *, profile_length_um: float, groove
     flags = list(land_flags)
     if grooves_source == "middle-fallback":
         flags.append("grooves not located: the middle 75 % of the measured profile is used")
-    conf = float(s.meta.get("direction_confidence", float("nan")))
+    conf = s.meta.get("direction_confidence")
+    conf = float(conf) if conf is not None else float("nan")
     sig.meta.update(source=s.meta.get("source"), striae_rotated_deg=s.meta.get("striae_rotated_deg"),
                     striae_direction=s.meta.get("striae_direction"), direction_source=s.meta.get("direction_source"),
                     direction_confidence=conf, profile_length_um=profile_length_um, grooves_source=grooves_source,
                     quality=_signature_quality(sig, conf, stability), low_confidence=bool(flags), flags=flags,
-                    **(extra or {}))
+                    **{k: (dict(v) if isinstance(v, dict) else v) for k, v in (extra or {}).items()})
     return sig
 
 

@@ -166,6 +166,11 @@ def test_a_scan_too_short_for_two_crosscuts_is_averaged_whole_and_flagged():
 def test_signature_quality_properties_default_without_meta():
     sig = B.Signature(striae_signal(100, 1), SP)
     assert np.isnan(sig.quality) and sig.low_confidence is False
+    stored = B.Signature(sig.values, SP, meta={"quality": None, "low_confidence": True})   # NaN stored as null
+    assert np.isnan(stored.quality) and stored.low_confidence is True
+    many = B.land_signatures(synthetic_land(seed=4))
+    many[0].meta["land_grooves"]["left_um"] = -1.0                    # one signature's meta is its own
+    assert many[1].meta["land_grooves"]["left_um"] != -1.0
 
 
 def test_groove_lines_follow_the_striae_tilt_and_replace_outliers():
