@@ -47,7 +47,7 @@ from api.limits import ScanRejected, points_text, too_large
 from api.settings import Settings
 from ballistic.errors import (BallisticError, BulletError, DescriptorError, FiringPinError, ImageFormatError,
                               InputError, LimitError, PreprocessError, ProcessingError, ScaleOutConfigError,
-                              StateError, X3PChecksumError, X3PError)
+                              StateError, UnusableLandError, X3PChecksumError, X3PError)
 
 __all__ = ["HTTP_STATUS", "http_status", "http_exception", "install_error_handlers", "job_retryable",
            "REASON_TEXT", "user_message", "upload_error", "job_error", "plain"]
@@ -139,6 +139,7 @@ _KIND_TEXT: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], s
     (DescriptorError, "scan area not recognised: {detail}"),
     (FiringPinError, "the firing-pin impression could not be found in this scan: {detail}"),
     (PreprocessError, "the breech face could not be found in this scan: {detail}"),
+    (UnusableLandError, "no usable land engraved area in this scan: {detail}"),
     (BulletError, "the bullet could not be compared: {detail}"),
     (StateError, "temporarily unavailable ({detail}); try again in a minute"),
     ((InputError, ProcessingError, ValueError, TypeError), "the scan could not be processed: {detail}"),

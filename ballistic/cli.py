@@ -63,12 +63,15 @@ def bench_bullet(directory: Path,
                  labels: Path = typer.Option(..., help="labels CSV (path, same_source_group, barrel, bullet, land)"),
                  json_out: Path = typer.Option(..., "--json", help="summary JSON; CSVs and plots go beside it"),
                  threshold: float = typer.Option(0.8, help="bullet-level decision: same barrel when SAM >= this"),
+                 alpha: float = typer.Option(0.01, help="phase-test decision: same barrel when its p-value <= this"),
                  step_um: float = typer.Option(50.0, help="distance between crosscuts along each land, um"),
+                 grooves: Path = typer.Option(None, help="manually chosen grooves CSV (filename, left_groove, "
+                                                         "right_groove, crosscut_y) to check the grooves found"),
                  progress: bool = typer.Option(False, "--progress", help="show progress bars")) -> None:
     """Compare every land pair and bullet pair within each set of a labelled bullet folder."""
     from ballistic.bench.bullet import format_bullet_summary, run_bullet_bench
-    s = run_bullet_bench(directory, labels, json_out=json_out, threshold=threshold, step_um=step_um,
-                         progress=progress)
+    s = run_bullet_bench(directory, labels, json_out=json_out, threshold=threshold, alpha=alpha, step_um=step_um,
+                         grooves_csv=grooves, progress=progress)
     typer.echo(format_bullet_summary(s))
 
 

@@ -16,7 +16,8 @@ kinds, and callers decide from the kind, never from a message or from an inciden
     +-- ProcessingError (also ValueError)       valid input on which a method step finds nothing usable
     |   +-- PreprocessError                      no breech face, too little measured data ...
     |   |   +-- FiringPinError
-    |   +-- BulletError                          no striation direction, grooves or signature ...
+    |   +-- BulletError                          no grooves or signature as asked ...
+    |   |   +-- UnusableLandError                a scan with no usable land at all (empty, too small, too coarse)
     |   +-- DescriptorError                      no descriptor for this surface
     +-- StateError (also RuntimeError)          stored state or the machinery behind it, not the caller's data
         +-- IndexStateError                      an index snapshot missing, foreign or corrupt
@@ -60,6 +61,7 @@ __all__ = [
     "PreprocessError",
     "FiringPinError",
     "BulletError",
+    "UnusableLandError",
     "DescriptorError",
     # state
     "IndexStateError",
@@ -199,6 +201,23 @@ class FiringPinError(PreprocessError):
 
 class BulletError(ProcessingError):
     """A bullet scan, profile or signature cannot be processed as asked."""
+
+
+class UnusableLandError(BulletError):
+    """The scan holds no usable land engraved area at all: no measured points, too few measured rows across
+    the land, or sampled too coarsely to resolve striae. Weak striae, an ambiguous striation direction or
+    grooves that cannot be found are *not* this error: :func:`ballistic.bullet.signature.land_signature` /
+    :func:`~ballistic.bullet.signature.land_signatures` then fall back to a documented default and flag the
+    signature (``Signature.low_confidence``).
+
+    A :class:`ProcessingError` (through :class:`BulletError`): the file is a valid scan, the method finds no
+    land in it; like every bullet error it is never retried."""
+
+
+class _NoStableCrosscut(BulletError):
+    """Private: :func:`ballistic.bullet.crosscut.choose_crosscut` found no two neighbouring crosscuts to
+    compare (the data, not the parameters); :func:`~ballistic.bullet.signature.land_signature` catches it and
+    averages the whole scan instead. Not part of the public hierarchy (not in ``__all__``)."""
 
 
 class DescriptorError(ProcessingError):

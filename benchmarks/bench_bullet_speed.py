@@ -4,10 +4,14 @@ Prints a table and writes benchmarks/results/bullet_speed.json:
 
     python benchmarks/bench_bullet_speed.py [--lands 6] [--repeat 3]
 
-Stages: read + orient one scan, choose one crosscut, signatures at every 50 um
-(land_signatures), one full-resolution alignment, one land comparison at many
-heights (coarse-to-fine, as the benchmark) and the same exhaustively; the ratio of
-the last two is measured in the same run (these machines are shared and noisy).
+Stages: read + orient one scan (the striation-direction estimate included), choose
+one crosscut, signatures at every 50 um (land_signatures), one full-resolution
+alignment, one land comparison at many heights (coarse-to-fine, as the benchmark)
+and the same exhaustively, and the bullet-level scoring of a land-score matrix
+(SAM and the phase test); the ratio of the coarse-to-fine and exhaustive land
+comparisons is measured in the same run (these machines are shared and noisy).
+Sets: Hamby 252 and Hamby 44 (bullet/labels.csv) and, when present, Houston
+(bullet/houston/labels.csv).
 """
 from __future__ import annotations
 
@@ -19,11 +23,14 @@ import time
 from itertools import combinations
 from pathlib import Path
 
+import numpy as np
+
 from ballistic.bench.bullet import read_bullet_labels
 from ballistic.bullet.align import align_signatures
 from ballistic.bullet.crosscut import choose_crosscut
 from ballistic.bullet.features import land_features
 from ballistic.bullet.orient import orient_striae
+from ballistic.bullet.sam import phase_test, sequence_average_maximum
 from ballistic.bullet.signature import land_signature, land_signatures
 from ballistic.io.x3p import read_x3p
 
@@ -48,6 +55,8 @@ def main() -> None:
     if not (DATA / "labels.csv").exists():
         raise SystemExit(f"real data not found at {DATA}")
     scans = read_bullet_labels(DATA, DATA / "labels.csv")
+    if (DATA / "houston" / "labels.csv").exists():
+        scans += read_bullet_labels(DATA, DATA / "houston" / "labels.csv")
     by_set: dict[str, list] = {}
     for sc in scans:
         by_set.setdefault(sc["set"], []).append(sc)
@@ -75,6 +84,9 @@ def main() -> None:
         for i, j in sub:
             land_features(sigs[i], sigs[j], coarse_um=None)
         t_full = (time.perf_counter() - t) / len(sub)
+        S = np.random.default_rng(0).normal(0.5, 0.1, size=(6, 6))
+        t_sam = _best_of(lambda: sequence_average_maximum(S), a.repeat)
+        t_phase = _best_of(lambda: phase_test(S), a.repeat)
         res["sets"][st] = {
             "lands": len(items), "crosscuts_per_land": sum(len(s) for s in sigs) / len(sigs),
             "read_orient_seconds": t_read, "choose_crosscut_seconds": t_cc,
@@ -82,6 +94,7 @@ def main() -> None:
             "land_features_seconds": t_fast, "land_features_exhaustive_seconds": t_full,
             "coarse_to_fine_speedup": t_full / t_fast,
             "land_pairs_per_second": 1.0 / t_fast,
+            "sam_6x6_seconds": t_sam, "phase_test_6x6_seconds": t_phase,
         }
     keys = list(next(iter(res["sets"].values())).keys())
     print(f"{'measure':<36}" + "".join(f"{st:>12}" for st in res["sets"]))

@@ -104,8 +104,14 @@ def test_bench_cli_on_a_subset_writes_json_csv_and_plots(bullet_dir, tmp_path):
     assert "hamby252" in res.output and "SAM" in res.output
     s = json.loads(out.read_text())
     for key in ("sets", "bullets", "bullet_summary", "descriptor", "pairs_csv", "bullets_csv", "plots",
-                "extract_seconds", "compare_seconds", "land_score_model"):
+                "extract_seconds", "compare_seconds", "land_score_model", "lands", "lands_with_signature",
+                "lands_low_confidence", "failed_lands"):
         assert key in s, key
+    assert s["lands_with_signature"] == 7 and s["failed_lands"] == {} and s["lands_low_confidence"] == []
+    assert {r["striae_direction"] for r in s["lands"].values()} == {"x", "y"}
+    for b in s["bullets"]:
+        for key in ("phase_contrast", "phase_sigma", "phase_p_value", "identified_phase_test"):
+            assert key in b, key
     for st, n_pairs in (("hamby252", 6), ("hamby44", 3)):
         d = s["sets"][st]
         for key in ("pairs", "same_source_pairs", "auc", "same_source_min", "different_source_max", "margin",

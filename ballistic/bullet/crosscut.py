@@ -8,9 +8,9 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ballistic.bullet.orient import striation_direction
+from ballistic.bullet.orient import estimate_striation_direction
 from ballistic.bullet.profile import Crosscut, _as_surface, _gauss1d, _robust_poly1d
-from ballistic.errors import BulletError
+from ballistic.errors import BulletError, UnusableLandError, _NoStableCrosscut
 from ballistic.stats.correlation import _ccf_at_lags
 from ballistic.surface import Surface
 
@@ -78,7 +78,8 @@ def choose_crosscut(surface: Surface, *, band_um: float = 25.0, step_um: float =
         The end of the x axis (column 0 or the last column) at the heel of the
         bullet, if known. ``None`` (default) takes the most stable candidate.
     check_direction : bool, keyword-only
-        Verify with :func:`striation_direction` that the striae run along x.
+        Verify with :func:`estimate_striation_direction` that the striae run along
+        x (only a confident estimate of y is refused).
 
     Returns
     -------
@@ -94,16 +95,18 @@ def choose_crosscut(surface: Surface, *, band_um: float = 25.0, step_um: float =
     s = _as_surface(surface, "choose_crosscut")
     if heel not in (None, "start", "end"):
         raise BulletError(f"choose_crosscut: heel must be 'start', 'end' or None, got {heel!r}")
-    if check_direction and striation_direction(s) != "x":
-        raise BulletError("choose_crosscut: the striae of this scan run along y; call orient_striae(surface) "
-                          "first (or pass check_direction=False if you are sure)")
-    starts, width, profiles, stab = _crosscut_candidates(s, band_um=band_um, step_um=step_um, edge_um=edge_um,
-                                                         max_lag_um=max_lag_um, max_missing=max_missing)
+    if check_direction:
+        est = estimate_striation_direction(s)
+        if est.direction != "x" and not est.low_confidence:
+            raise BulletError("choose_crosscut: the striae of this scan run along y; call orient_striae(surface) "
+                              "first (or pass check_direction=False if you are sure)")
+    starts, width, profiles, stab, _ = _crosscut_candidates(s, band_um=band_um, step_um=step_um, edge_um=edge_um,
+                                                            max_lag_um=max_lag_um, max_missing=max_missing)
     K = len(starts)
     if not np.isfinite(stab).any():
-        raise BulletError("choose_crosscut: no two neighbouring crosscuts could be compared (too much missing "
-                          "data or a scan too short along x); lower step_um / edge_um / max_missing, or check "
-                          "the scan")
+        raise _NoStableCrosscut("choose_crosscut: no two neighbouring crosscuts could be compared (too much "
+                                "missing data or a scan too short along x); lower step_um / edge_um / max_missing, "
+                                "or check the scan")
     best = int(np.nanargmax(stab))
     if heel is not None:
         order = range(K) if heel == "start" else range(K - 1, -1, -1)
@@ -119,11 +122,15 @@ def choose_crosscut(surface: Surface, *, band_um: float = 25.0, step_um: float =
 
 
 def _crosscut_candidates(s: Surface, *, band_um: float, step_um: float, edge_um: float, max_lag_um: float,
-                         max_missing: float) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+                         max_missing: float) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, float]:
     """Band profiles every ``step_um`` along x and their stability (see :func:`choose_crosscut`).
 
     Returns (first column of each band, band width in px, profiles (K, ny), stability (K,)
-    with NaN for unusable candidates)."""
+    with NaN for unusable candidates, tilt). ``tilt`` is the median drift of the
+    striae across the land per um along them (um/um, from the lag at which
+    neighbouring crosscuts agree best; NaN when no neighbours could be compared):
+    a stria at row ``r`` of one crosscut lies at about ``r + tilt * d / spacing``
+    ``d`` um further along x."""
     for name, v in (("band_um", band_um), ("step_um", step_um), ("max_lag_um", max_lag_um)):
         if not (np.isfinite(v) and v > 0):
             raise BulletError(f"{name} must be a positive length in um, got {v!r}")
@@ -151,18 +158,35 @@ def _crosscut_candidates(s: Surface, *, band_um: float, step_um: float, edge_um:
     maxlag = max(1, int(round(max_lag_um / sp)))
     lags = np.arange(-maxlag, maxlag + 1, dtype=np.int64)
     pair = np.full(max(K - 1, 0), np.nan)
+    drift = np.full(max(K - 1, 0), np.nan)
     for k in range(K - 1):
         if usable[k] and usable[k + 1]:
             c, _ = _ccf_at_lags(quick[k], quick[k + 1], lags, 32)
             if np.isfinite(c).any():
-                pair[k] = float(np.nanmax(c))
+                j = int(np.nanargmax(c))
+                pair[k] = float(c[j])
+                # quick[k+1][i] sits on quick[k][i + lag]: the striae move by -lag rows per step
+                drift[k] = -float(lags[j]) / float(starts[k + 1] - starts[k])
     stab = np.full(K, np.nan)
     for k in range(K):
         if usable[k]:
             nb = [pair[j] for j in (k - 1, k) if 0 <= j < K - 1 and np.isfinite(pair[j])]
             if nb:
                 stab[k] = min(nb)
-    return starts, width, profiles, stab
+    tilt = float(np.median(drift[np.isfinite(drift)])) if np.isfinite(drift).any() else float("nan")
+    return starts, width, profiles, stab, tilt
+
+
+def _whole_scan_crosscut(s: Surface, reason: str) -> Crosscut:
+    """Fallback crosscut: the mean over every column of the oriented scan."""
+    h = np.ascontiguousarray(s.heights, dtype=np.float64)
+    ny, nx = h.shape
+    prof = _band_profiles(h, np.zeros(1, dtype=np.int64), nx, 1)[0]
+    if np.isfinite(prof).sum() < 32:
+        raise UnusableLandError(f"the scan has {int(np.isfinite(prof).sum())} measured rows across the land, need at "
+                                f"least 32 ({reason}); it holds no usable land engraved area")
+    return Crosscut(profile=prof, spacing_um=s.spacing_um, position_um=nx * s.spacing_um / 2.0,
+                    band_um=nx * s.spacing_um)
 
 
 # --------------------------------------------------------------------------- kernel

@@ -1,10 +1,12 @@
 """Bullets, step 3: the groove engraved areas (shoulders) at both ends of a crosscut profile."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ballistic.bullet.profile import Grooves, _gauss1d, _profile_and_spacing, _robust_poly1d
-from ballistic.errors import BulletError
+from ballistic.errors import BulletError, UnusableLandError
 
 __all__ = ["locate_grooves"]
 
@@ -108,3 +110,79 @@ def locate_grooves(profile, *, spacing_um: float | None = None, smooth_um: float
             f"{min_land_fraction:.0%} of the measured {extent * sp:.0f} um; the crosscut is probably damaged - "
             "choose another crosscut or pass Grooves(left_um, right_um) yourself")
     return Grooves(float(left_px * sp), float(right_px * sp))
+
+
+def _middle_grooves(z: np.ndarray, spacing_um: float, *, keep: float = 0.75) -> Grooves:
+    """Fallback grooves: the middle ``keep`` of the measured extent of a profile (the
+    "middle" method of the CSAFE grooveFinder, default 75 %); for crosscuts whose
+    grooves cannot be located."""
+    idx = np.flatnonzero(np.isfinite(z))
+    if idx.size < 32:
+        raise UnusableLandError(f"a profile across the land has {idx.size} measured points, need at least 32; the "
+                                "scan holds no usable land engraved area")
+    lo, hi = int(idx[0]), int(idx[-1])
+    cut = (1.0 - keep) / 2.0 * (hi - lo)
+    return Grooves(float((lo + cut) * spacing_um), float((hi - cut) * spacing_um))
+
+
+def _robust_offset(x: np.ndarray, v: np.ndarray, slope: float, tol: float) -> tuple[float, np.ndarray]:
+    """Intercept ``a`` of the line ``v ~ a + slope * x`` (slope known) that the most
+    points lie within ``tol`` of (then the smallest summed distance), refined as
+    the median of those points. Returns (a, inlier mask)."""
+    c = v - slope * x
+    best_key, best = None, None
+    for ci in c:
+        d = np.abs(c - ci)
+        inl = d <= tol
+        key = (int(inl.sum()), -float(d[inl].sum()))
+        if best_key is None or key > best_key:
+            best_key, best = key, inl
+    a = float(np.median(c[best]))
+    return a, np.abs(c - a) <= tol
+
+
+def _consensus_grooves(own: Sequence[Grooves | None], positions_um: np.ndarray, *, tolerance_um: float,
+                       tilt: float = 0.0) -> tuple[list[Grooves | None], list[str], dict | None]:
+    """Grooves of one land at many heights, made consistent.
+
+    The groove edges are straight lines parallel to the striae: with the striae
+    at ``tilt`` (um across per um along, :func:`_crosscut_candidates`), each
+    side's grooves over the crosscuts are fitted by a line of that slope through
+    the largest group of grooves within ``tolerance_um`` of it
+    (:func:`_robust_offset`). A crosscut whose groove lies *outside* the land's
+    line by more than ``tolerance_um`` (it would take in part of the groove
+    engraved area), or that found no grooves, takes the line's value; a groove
+    inside the line is kept (that crosscut's land edge is damaged or rolled off).
+
+    Returns (grooves per crosscut or None, source per crosscut ("crosscut",
+    "land-line" or "none"), the land's groove lines or None: ``{"left_um",
+    "right_um"}`` at the middle crosscut, ``"tilt"``, ``"inlier_fraction"``
+    (left and right)).
+    """
+    pos = np.asarray(positions_um, dtype=np.float64)
+    ok = np.array([g is not None for g in own], dtype=bool)
+    if not ok.any():
+        return [None] * len(own), ["none"] * len(own), None
+    L = np.array([g.left_um for g in own if g is not None])
+    R = np.array([g.right_um for g in own if g is not None])
+    bl = br = float(tilt) if np.isfinite(tilt) else 0.0
+    al, il = _robust_offset(pos[ok], L, bl, tolerance_um)
+    ar, ir = _robust_offset(pos[ok], R, br, tolerance_um)
+    mid = float(np.median(pos))
+    land = {"left_um": al + bl * mid, "right_um": ar + br * mid, "tilt": bl,
+            "inlier_fraction": (float(il.mean()), float(ir.mean()))}
+    out: list[Grooves | None] = []
+    src: list[str] = []
+    for p, g in zip(pos, own):
+        ll, lr = al + bl * p, ar + br * p
+        if g is None:
+            out.append(Grooves(float(ll), float(lr)) if ll < lr else None)
+            src.append("land-line" if ll < lr else "none")
+            continue
+        left = ll if g.left_um < ll - tolerance_um else g.left_um
+        right = lr if g.right_um > lr + tolerance_um else g.right_um
+        if left >= right:
+            left, right = g
+        out.append(Grooves(float(left), float(right)))
+        src.append("crosscut" if (left, right) == tuple(g) else "land-line")
+    return out, src, land

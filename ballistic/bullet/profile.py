@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.ndimage as ndi
 
-from ballistic.errors import BulletError
+from ballistic.errors import BulletError, UnusableLandError
 from ballistic.preprocess.filters import _SIGMA_PER_CUTOFF
 from ballistic.surface import Surface
 
@@ -87,13 +87,28 @@ class Signature:
     def valid_fraction(self) -> float:
         return float(np.isfinite(self.values).mean()) if self.values.size else 0.0
 
+    @property
+    def quality(self) -> float:
+        """Quality of the land this signature came from, in [0, 1] (``meta["quality"]``,
+        set by :func:`land_signature` / :func:`land_signatures`; NaN when unknown):
+        the smallest of the striation-direction confidence, the crosscut stability
+        (clipped at 0) and the measured fraction of the signature."""
+        q = self.meta.get("quality")
+        return float(q) if q is not None else float("nan")
+
+    @property
+    def low_confidence(self) -> bool:
+        """True when a fallback was used or the striae are weak (``meta["flags"]`` says
+        why; see :func:`land_signatures`)."""
+        return bool(self.meta.get("low_confidence", False))
+
 
 def _as_surface(surface: Surface, what: str) -> Surface:
     if not isinstance(surface, Surface):
         raise BulletError(f"{what}: expected a ballistic.surface.Surface (e.g. from ballistic.io.x3p.read_x3p), "
                           f"got {type(surface).__name__}")
     if surface.valid_fraction == 0.0:
-        raise BulletError(f"{what}: the surface has no measured points; check the scan is not empty")
+        raise UnusableLandError(f"{what}: the surface has no measured points; check the scan is not empty")
     return surface
 
 

@@ -84,7 +84,10 @@ def bullet_bench_plots(rows: list[dict], bullets: list[dict], out_prefix: Path) 
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title("land-to-land ROC")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:  # e.g. Houston: land correspondence unknown, no land-level ground truth
+        ax.text(0.5, 0.5, "no land-level ground truth", ha="center", va="center", transform=ax.transAxes)
     files.append(_save(fig, out_prefix, "_roc.png"))
     if bullets:
         fig, ax = plt.subplots(figsize=(6, 0.45 * len(bullets) + 1.2))

@@ -22,6 +22,7 @@ CASES = [
     (E.PreprocessError("no breech face"), 422, False),
     (E.FiringPinError("no crater"), 422, False),
     (E.BulletError("no grooves"), 422, False),
+    (E.UnusableLandError("no measured points"), 422, False),
     (E.DescriptorError("too few points"), 422, False),
     (E.IndexStateError("snapshot corrupt"), 503, True),
     (E.ScaleOutError("row order"), 503, True),
