@@ -6,9 +6,15 @@ signatures at many heights (:func:`ballistic.bullet.signature.land_signatures`, 
 stores them beside the originals (``derived/.../<exhibit>-<sha16>-lea<step>.npz``), indexes the
 bullet descriptor (:func:`ballistic.bullet.descriptor.bullet_descriptor`, partition region ``bullet_lea`` +
 calibre) and scores the nearest bullets with :func:`ballistic.bullet.sam.bullet_score` (sequence average
-maximum of the land-to-land scores over the phase of the two land sequences). The candidate keeps
-the best phase, every land pairing with its features (ccf, lag, CMS...) and the full land-score
-matrix as explanation data.
+maximum of the land-to-land scores over the phase of the two land sequences, and the phase test: does the
+best phase stand out from the bullets' other phases). The candidate keeps the best phase, the phase test,
+every land pairing with its features (ccf, lag, CMS...) and the full land-score matrix as explanation data.
+
+Versions: a land's stored signatures record the :data:`BULLET_ALGORITHM_VERSION` that extracted them
+(``signature_info["algorithm"]``); signatures of another version are extracted again by the next job of
+their bullet, and at start-up every bullet with such signatures gets a job
+(:meth:`api.runtime.Runtime.queue_stale_descriptors`). A pair's ``lands_key`` includes the version, so an
+unreviewed pair is scored again under the new algorithm; a reviewed one is kept as it was scored.
 
 Land positions: both bullets are laid out on ``n`` positions, ``n`` = the exhibits' ``land_count``
 when given (two different counts are two different rifling classes: not compared), else the highest
@@ -24,15 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ballistic.io.atomic import atomic_write_bytes
 from api.jsonable import jsonable
+from ballistic.io.atomic import atomic_write_bytes
 
 __all__ = ["BULLET_ALGORITHM_VERSION", "save_signatures", "load_signatures", "land_positions_count",
            "compare_bullets", "lands_key", "bullet_figure"]
 
-#: Version of the bullet comparison the service stores with each candidate (land_features with its
-#: defaults, land score = ccf, SAM over the phase; see ballistic.bullet).
-BULLET_ALGORITHM_VERSION = "bullet-sam-ccf/1"
+#: Version of the bullet comparison the service stores with each candidate and with each land's signatures
+#: (land_signatures and land_features with their defaults, land score = ccf, SAM over the phase and the phase
+#: test; see ballistic.bullet). /2: signatures from the direction test without the mounting tilt, grooves
+#: consistent along each land, flagged fallbacks instead of refused lands; the phase test in the explanation.
+BULLET_ALGORITHM_VERSION = "bullet-sam-ccf/2"
 SIGNATURE_FORMAT = "land-signatures/1"
 
 
@@ -72,8 +80,9 @@ def land_positions_count(land_count_a: int | None, lands_a, land_count_b: int | 
 
 def lands_key(lo_lands: dict[int, str], hi_lands: dict[int, str]) -> str:
     """Identity of the land sets a pair was scored on (``{land_index: sha256}`` of the lower and the higher
-    exhibit id): a pair is scored again when either bullet gains a land."""
-    body = json.dumps([sorted(lo_lands.items()), sorted(hi_lands.items())])
+    exhibit id) and of the algorithm that scored it: a pair is scored again when either bullet gains a land
+    or the bullet algorithm changes."""
+    body = json.dumps([sorted(lo_lands.items()), sorted(hi_lands.items()), BULLET_ALGORITHM_VERSION])
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
@@ -82,10 +91,12 @@ def compare_bullets(lands_a: dict[int, list], lands_b: dict[int, list], n: int) 
 
     ``lands_*``: ``{land_index (1..n): [Signature, ...]}`` (missing lands absent). Returns the SAM,
     best phase and the explanation (land pairings of the best phase with their features, every
-    phase's mean, the full land-score matrix); positions in the explanation are land indexes (1..n).
+    phase's mean, the full land-score matrix, the phase test); positions in the explanation are land
+    indexes (1..n). The decision (``identification``) stays SAM >= the threshold; the phase test is
+    reported beside it (``phase_test``: contrast, sigma, p-value, and whether p <= its alpha).
     """
     from ballistic.bullet.features import LAND_SCORE_MODEL, land_features
-    from ballistic.bullet.sam import BULLET_SAM_THRESHOLD, bullet_score
+    from ballistic.bullet.sam import BULLET_PHASE_ALPHA, BULLET_SAM_THRESHOLD, bullet_score
 
     pos_a = [lands_a.get(i + 1) for i in range(n)]
     pos_b = [lands_b.get(i + 1) for i in range(n)]
@@ -105,14 +116,25 @@ def compare_bullets(lands_a: dict[int, list], lands_b: dict[int, list], n: int) 
                       **{k: d.get(k) for k in ("ccf", "lag_um", "overlap_um", "overlap_fraction", "cms",
                                                "matches_per_mm", "mismatches_per_mm", "distance_um",
                                                "sum_peaks_per_mm", "crosscut_a_um", "crosscut_b_um")}})
+    pt = r.phase_test
+    phase_test = None if pt is None else {
+        "contrast": pt.contrast, "best_mean": pt.best_mean, "reference_mean": pt.reference_mean,
+        "sigma": pt.sigma, "p_value": pt.p_value, "phases": pt.n, "alpha": BULLET_PHASE_ALPHA,
+        "same_barrel_at_alpha": bool(np.isfinite(pt.p_value) and pt.p_value <= BULLET_PHASE_ALPHA),
+        "note": ("does the best phase stand out from these bullets' other phases: contrast = best phase mean - "
+                 "the floor(n/2)-th smallest phase mean, p-value of that contrast when no phase is special "
+                 "(order statistics of n normal phase means, sigma from the land scores outside the best "
+                 "phase); NaN when a typical phase has fewer than two land pairs. A screening statistic, "
+                 "not a likelihood ratio")}
     expl = {"algorithm": BULLET_ALGORITHM_VERSION, "sam": r.sam, "phase": r.phase, "land_positions": n,
-            "phase_scores": r.phase_scores, "scores": r.scores, "pairs": pairs,
+            "phase_scores": r.phase_scores, "scores": r.scores, "pairs": pairs, "phase_test": phase_test,
             "lands_a": sorted(lands_a), "lands_b": sorted(lands_b),
             "threshold": BULLET_SAM_THRESHOLD, "land_score_model": LAND_SCORE_MODEL,
             "phase_note": "phase k pairs land i of the reference with land (i + k) mod n of the target",
             "threshold_note": ("not calibrated: on Hamby 252 and Hamby 44 no different-source land pair reached "
                                "a ccf of 0.68 and no same-source pair fell below 0.87; 0.8 sits between them")}
     return {"sam": float(r.sam), "phase": int(r.phase), "lands_compared": len(pairs),
+            "phase_p_value": None if pt is None or not np.isfinite(pt.p_value) else float(pt.p_value),
             "identification": bool(r.sam >= BULLET_SAM_THRESHOLD), "explanation": jsonable(expl)}
 
 

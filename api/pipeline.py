@@ -458,7 +458,7 @@ def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dic
     from ballistic.errors import BulletError
     from ballistic.io.x3p import read_x3p
 
-    from api.bullets import save_signatures
+    from api.bullets import BULLET_ALGORITHM_VERSION, save_signatures
     from api.limits import max_scan_points
 
     step = float(rt.settings.bullet_step_um)
@@ -470,7 +470,9 @@ def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dic
     shas: dict[int, str] = {}
     errors = []
     for lid, idx, sha, path, info in lands:
-        current = bool(path and info and info.get("step_um") == step and rt.store.resolve(path).is_file())
+        # current: extracted at this step by this bullet algorithm, and still on disk
+        current = bool(path and info and info.get("step_um") == step
+                       and info.get("algorithm") == BULLET_ALGORITHM_VERSION and rt.store.resolve(path).is_file())
         if not current:
             if not extract:
                 continue
@@ -480,11 +482,15 @@ def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dic
                 land = land_signatures(surf, step_um=step)
             except BulletError as e:
                 errors.append(f"land {idx}: {e}")
-                new_path, new_info = None, {"step_um": step, "error": str(e)[:500]}
+                new_path = None
+                new_info = {"step_um": step, "algorithm": BULLET_ALGORITHM_VERSION, "error": str(e)[:500]}
             else:
                 new_path = f"derived/{sha[:2]}/{exhibit_id}-{sha[:16]}-lea{step:g}.npz"
                 save_signatures(rt.store.resolve(new_path), land)
-                new_info = {"step_um": step, "signatures": len(land), "spacing_um": float(land[0].spacing_um),
+                new_info = {"step_um": step, "algorithm": BULLET_ALGORITHM_VERSION, "signatures": len(land),
+                            "spacing_um": float(land[0].spacing_um),
+                            "low_confidence": sum(bool(x.low_confidence) for x in land),
+                            "quality_median": jsonable(float(np.nanmedian([x.quality for x in land]))),
                             "crosscuts_um": [round(float(x.meta.get("crosscut_um", float("nan"))), 1) for x in land],
                             "striae_rotated_deg": jsonable(land[0].meta.get("striae_rotated_deg"))}
             with session_scope(rt.session_factory) as s:
@@ -499,7 +505,7 @@ def _bullet_lands(rt: "Runtime", exhibit_id: int, *, extract: bool) -> tuple[dic
 
 def _correlate_bullet(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
     from ballistic.bullet.descriptor import bullet_descriptor
-    from ballistic.bullet.sam import BULLET_SAM_THRESHOLD
+    from ballistic.bullet.sam import BULLET_PHASE_ALPHA, BULLET_SAM_THRESHOLD
     from ballistic.retrieval.record import utc_now
 
     from api.bullets import BULLET_ALGORITHM_VERSION, compare_bullets, land_positions_count, lands_key
@@ -554,7 +560,8 @@ def _correlate_bullet(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
         b = compare_bullets(sigs, osigs, n)
         vals = dict(vector_score=float(vscore), similarity=b["sam"], cmc_count=None,
                     identification=b["identification"],
-                    registration={"phase": b["phase"], "lands_compared": b["lands_compared"], "lands_key": key},
+                    registration={"phase": b["phase"], "lands_compared": b["lands_compared"], "lands_key": key,
+                                  "phase_p_value": b["phase_p_value"]},
                     explanation=b["explanation"], algorithm_version=BULLET_ALGORITHM_VERSION,
                     descriptor_version=br.descriptor_version, job_id=job_id)
         if prior is not None:  # a bullet gained a land: score again (unreviewed only, checked in the update)
@@ -568,7 +575,8 @@ def _correlate_bullet(rt: "Runtime", job_id: int, ex: _ExhibitView) -> int:
     record = _search_record(
         rt, br, ex, state, algorithm=BULLET_ALGORITHM_VERSION,
         params={"land_signatures": {"step_um": float(rt.settings.bullet_step_um)}, "land_features": "defaults",
-                "land_score": "ccf", "sam_threshold": BULLET_SAM_THRESHOLD},
+                "land_score": "ccf", "sam_threshold": BULLET_SAM_THRESHOLD,
+                "phase_test_alpha": BULLET_PHASE_ALPHA},
         n_scored=scored, started_at=started, results=results,
         retrieval_params={"rerank_k": rt.settings.rerank_k, "lands": {str(k): v for k, v in sorted(shas.items())}},
         notes="; ".join(notes)[:2000])

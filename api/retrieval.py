@@ -36,9 +36,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ballistic.io.atomic import atomic_write_bytes
 from api.models import Exhibit
 from api.settings import Settings
+from ballistic.io.atomic import atomic_write_bytes
 
 __all__ = ["Retrieval", "region_for_media", "partition_for", "BULLET_REGION", "SPACES"]
 

@@ -196,7 +196,12 @@ class Runtime:
         """After a descriptor upgrade (new DESCRIPTOR_VERSION, or a new bullet descriptor version) the index
         holds only current-version vectors: queue a correlation job for every exhibit whose stored descriptor
         is of another version, so that it is described again, re-indexed and searched (pairs already
-        compared are kept, not redone)."""
+        compared are kept, not redone). Likewise after a bullet algorithm upgrade (a new
+        ``api.bullets.BULLET_ALGORITHM_VERSION``): every bullet whose land signatures were extracted by another
+        version gets a job, which extracts them again, re-indexes the bullet and scores its unreviewed pairs
+        again (their ``lands_key`` names the algorithm)."""
+        from api.bullets import BULLET_ALGORITHM_VERSION
+
         n = 0
         for kind, version in (("cartridge_case", self.retrieval.descriptor_version),
                               ("bullet", self.bullet_retrieval.descriptor_version)):
@@ -205,14 +210,20 @@ class Runtime:
                 stale = list(s.execute(select(Exhibit.id).where(
                     Exhibit.descriptor_version.is_not(None), Exhibit.descriptor_version != version,
                     Exhibit.exhibit_type == kind, Exhibit.id.not_in(pending)).order_by(Exhibit.id)).scalars())
+                reasons = {eid: f"descriptor version is now {version}" for eid in stale}
+                if kind == "bullet":  # land signatures of another bullet algorithm: extract them again
+                    for eid, info in s.execute(select(LandScan.exhibit_id, LandScan.signature_info).where(
+                            LandScan.signature_path.is_not(None), LandScan.exhibit_id.not_in(pending))):
+                        if (info or {}).get("algorithm") != BULLET_ALGORITHM_VERSION:
+                            reasons.setdefault(eid, f"bullet algorithm is now {BULLET_ALGORITHM_VERSION}")
+                stale = sorted(reasons)
                 for eid in stale:
                     j = Job(exhibit_id=eid, kind="correlate", status="queued",
                             max_attempts=self.settings.job_max_attempts)
                     s.add(j)
                     s.flush()
                     audit.append(s, actor="system:upgrade", action="job.create", resource_type="job",
-                                 resource_id=j.id, detail={"exhibit_id": eid,
-                                                           "reason": f"descriptor version is now {version}"})
+                                 resource_id=j.id, detail={"exhibit_id": eid, "reason": reasons[eid]})
             n += len(stale)
         return n
 

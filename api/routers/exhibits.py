@@ -13,7 +13,6 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from ballistic.io.atomic import atomic_write_bytes
 from api import audit
 from api.deps import EvidenceReader, ExaminerWrite, IdPath, ReadSessionDep, RuntimeDep, SessionDep
 from api.errors import upload_error
@@ -22,6 +21,7 @@ from api.retrieval import BULLET_REGION, partition_for, region_for_media
 from api.schemas import ErrorPublic, ExhibitCreate, ExhibitPage, ExhibitPublic
 from api.storage import StagedFile, UploadTooLarge, sniff_media_type
 from api.views import exhibit_public
+from ballistic.io.atomic import atomic_write_bytes
 
 router = APIRouter(prefix="/v1/exhibits", tags=["exhibits"])
 log = logging.getLogger("ballistic.api")

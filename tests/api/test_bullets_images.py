@@ -65,19 +65,23 @@ def test_hamby252_bullets_end_to_end(shared_data, tmp_path):
             top = cl["items"][0]
             assert top["candidate"]["id"] == mate, [(i["candidate"]["exhibit_ref"], i["score"]) for i in cl["items"]]
             assert top["identification"] and top["score"] > 0.9 and top["cmc_count"] is None
-            assert top["algorithm_version"] == "bullet-sam-ccf/1" and top["log10_lr"] is None
+            assert top["algorithm_version"] == "bullet-sam-ccf/2" and top["log10_lr"] is None
             ex = c.get(top["explanation_url"]).json()["explanation"]
             assert ex["phase"] == top["registration"]["phase"] and len(ex["pairs"]) == 4
             assert all(p["ccf"] > 0.85 and {"land_a", "land_b", "lag_um", "cms"} <= set(p) for p in ex["pairs"])
             assert len(ex["scores"]) == 6 and len(ex["phase_scores"]) == 6
+            pt = ex["phase_test"]  # the best phase stands out from the others (bullet algorithm /2)
+            assert pt["p_value"] < 1e-6 and pt["same_barrel_at_alpha"] and pt["alpha"] == 0.01 and pt["phases"] == 6
+            assert top["registration"]["phase_p_value"] == pytest.approx(pt["p_value"])
             others = [i for i in cl["items"] if i["candidate"]["id"] == b21]
             assert others and not others[0]["identification"] and others[0]["score"] < 0.7
+            assert others[0]["registration"]["phase_p_value"] is None  # one land: no sequence, no phase test
             tops[b] = top
         # the Barrel 2 bullet (one land) matches nothing
         assert not any(i["identification"] for i in c.get(f"/v1/exhibits/{b21}/candidates").json()["items"])
         # search record of the last job: the two other bullets eligible, both scored
         rec = c.get(f"/v1/jobs/{max(j['id'] for j in jobs)}").json()["search_record"]
-        assert rec["algorithm_version"] == "bullet-sam-ccf/1" and rec["descriptor_version"] == "bullet-spectrum/1"
+        assert rec["algorithm_version"] == "bullet-sam-ccf/2" and rec["descriptor_version"] == "bullet-spectrum/1"
         assert rec["partition"] == "bullet_lea|9mm|any" and rec["n_eligible"] == 2 and rec["n_scored"] == 2
         fig = c.get(tops[b11]["figure_url"])
         assert fig.status_code == 200 and fig.content[:4] == b"\x89PNG"
@@ -132,6 +136,49 @@ def test_bullet_gains_a_land_and_is_scored_again(shared_data, tmp_path):
         assert len(again) == 1 and again[0]["id"] == first["id"]  # the same pair, scored again
         assert again[0]["registration"]["lands_compared"] == 4 and again[0]["score"] > 0.9
         assert again[0]["registration"]["lands_key"] != first["registration"]["lands_key"]
+
+
+def test_signatures_of_an_older_bullet_algorithm_are_extracted_again_at_start_up(shared_data, tmp_path):
+    """A service upgraded to a new BULLET_ALGORITHM_VERSION: lands whose stored signatures another version
+    extracted get a job at start-up; the job extracts them again and the unreviewed pair is scored again."""
+    from sqlalchemy import select, update
+
+    from api.bullets import BULLET_ALGORITHM_VERSION
+    from api.db import session_scope
+    from api.models import Candidate, LandScan
+
+    d = shared_data / "bullet" / "hamby252"
+    settings = make_settings(tmp_path)
+    with TestClient(create_app(settings)) as c:
+        c.headers.update(new_key(c, "examiner"))
+        for bullet in ("Bullet1", "Bullet2"):
+            for land in (1, 2):
+                f = d / f"Hamby252_Barrel1_{bullet}_Land{land}.x3p"
+                r = c.post("/v1/exhibits", data={"case_number": "H", "exhibit_ref": bullet, "agency": "NIST",
+                                                 "exhibit_type": "bullet", "land_index": str(land), "calibre": "9mm"},
+                           files={"file": (f.name, f.read_bytes(), "application/octet-stream")})
+                assert r.status_code == 201, r.text
+        run_jobs(c)
+        before = c.get("/v1/exhibits/1/candidates").json()["items"][0]
+        rt = c.app.state.runtime
+        with session_scope(rt.session_factory) as s:  # as an older service version left them
+            assert {x["algorithm"] for x in s.execute(select(LandScan.signature_info)).scalars()} == \
+                {BULLET_ALGORITHM_VERSION}
+            infos = {i: dict(x, algorithm="bullet-sam-ccf/1") for i, x in
+                     s.execute(select(LandScan.id, LandScan.signature_info)).all()}
+            for i, x in infos.items():
+                s.execute(update(LandScan).where(LandScan.id == i).values(signature_info=x))
+            s.execute(update(Candidate).values(registration={"lands_key": "from-version-1"}, similarity=0.0))
+    with TestClient(create_app(settings)) as c:
+        c.headers.update(new_key(c, "examiner", "after upgrade"))
+        assert c.get("/v1/status", headers=ADMIN).json()["startup"]["redescribe_jobs"] == 2
+        run_jobs(c)
+        e = c.get("/v1/exhibits/1").json()
+        assert all(x["signature_info"]["algorithm"] == BULLET_ALGORITHM_VERSION for x in e["lands"])
+        top = c.get("/v1/exhibits/1/candidates").json()["items"][0]
+        assert top["id"] == before["id"] and top["score"] == pytest.approx(before["score"])  # scored again
+        assert top["registration"]["lands_key"] == before["registration"]["lands_key"] != "from-version-1"
+        assert top["algorithm_version"] == BULLET_ALGORITHM_VERSION
 
 
 def test_nbide_images_end_to_end(shared_data, tmp_path):
