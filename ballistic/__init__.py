@@ -24,8 +24,9 @@ evidence (cartridge cases: breech face, firing pin, 2D images; bullets)::
                        (+ kernel _band_profiles) grooves.py signature.py align.py features.py sam.py
                        descriptor.py
       retrieval/       descriptor.py (breech-face descriptor, DescriptorModel, PCAWhitener) index.py
-                       (VectorIndex, merge_topk) search.py (Retriever) sharded.py (ShardedIndex, Ray or
-                       in-process) record.py (SearchRecord)
+                       (VectorIndex, IndexSearch, merge_topk) search.py (Retriever.query: the one search
+                       path) sharded.py (ShardedIndex) executor.py (LocalExecutor | RayExecutor) record.py
+                       (SearchRecord)
       stats/           correlation.py (pairwise-complete correlation: the one accumulator; kernels
                        _pairwise_complete_corr, _cell_corr_at_offsets, _ccf_at_lags) metrics.py calibrate.py
       viz/             explain.py (explanation figure) render.py (shading, PNG) plots.py (benchmark plots)

@@ -69,6 +69,7 @@ __all__ = [
     "ScaleOutConfigError",
     "ShardUnavailableError",
     "RerankError",
+    "SearchCancelled",
 ]
 
 
@@ -257,3 +258,8 @@ class ShardUnavailableError(ScaleOutError):
 
 class RerankError(ScaleOutError):
     """A re-ranking batch failed on every retry (worker or node lost each time)."""
+
+
+class SearchCancelled(StateError):
+    """A search was stopped by its caller (its stop event was set, e.g. the service is shutting down); it
+    returned nothing. Run it again."""

@@ -4,9 +4,9 @@ and a paper estimate of the nodes needed for a national database.
     python benchmarks/bench_scaleout.py [--scans 12] [--candidates 32] [--vectors 100000] [--dim 640]
 
 1. **Re-ranking**: one query compared with ``--candidates`` real Fadul scans (randomly rotated; synthetic
-   surfaces when ../shared/data is absent) by :meth:`ShardedIndex.rerank`: in this process (one core, the
-   per-core rate) and as Ray tasks with at most 1, 2 and 4 in flight on one embedded Ray node declared
-   with 4 CPUs. All in one run, so the ratios are comparable (this machine is shared and noisy).
+   surfaces when ../shared/data is absent), one ``compare_pair`` a task of the executor the one search path
+   re-ranks on (:mod:`ballistic.retrieval.executor`): in this process (one core, the per-core rate) and as
+   Ray tasks with at most 1, 2 and 4 in flight on one embedded Ray node declared with 4 CPUs. All in one run, so the ratios are comparable (this machine is shared and noisy).
 2. **Shards**: ``--vectors`` synthetic descriptors in a SQLite row source, two shards (Ray actors) per
    index type (exact ``Flat`` and compressed ``IVF256,PQ32x4fs``); vectors per shard, bytes per vector
    (serialised FAISS index + ids), FAISS search time inside each shard and the driver's fan-out + merge
@@ -32,7 +32,9 @@ import numpy as np
 
 from ballistic.cartridge.cmc.params import CMCParams, prepare
 from ballistic.retrieval.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_VERSION
-from ballistic.retrieval.sharded import RaySettings, SQLiteRowSource, ShardedIndex
+from ballistic.retrieval.executor import LocalExecutor, RayExecutor, RaySettings
+from ballistic.retrieval.search import CMCComparison
+from ballistic.retrieval.sharded import SQLiteRowSource, ShardedIndex
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cartridge" / "fadul"
 
@@ -65,9 +67,16 @@ def _surfaces(n: int, params: CMCParams):
     return [prepare(s, params, name=f"s{i}") for i, s in enumerate(surfs)], what
 
 
-def _rate(index: ShardedIndex, query, cands: dict, workers: int) -> tuple[float, float]:
+def _compare(cands: dict, task):
+    """One re-rank task: the query compared with candidate ``id`` (the candidates are the shared context)."""
+    query, cid, compare = task
+    return cid, compare(query, cands[cid])["score"]
+
+
+def _rate(executor, query, cands: dict, workers: int, params: CMCParams) -> tuple[float, float]:
     t = time.perf_counter()
-    hits = index.rerank(query, cands, workers=workers, batch=1)
+    tasks = [(query, cid, CMCComparison(params)) for cid in cands]
+    hits = executor.map(_compare, tasks, context=cands, slots=workers)
     dt = time.perf_counter() - t
     assert len(hits) == len(cands)
     return len(cands) / dt, dt
@@ -80,19 +89,22 @@ def bench_rerank(a, params: CMCParams, tmp: Path) -> dict:
     cands = {i: pool[i % len(pool)] for i in range(a.candidates)}
     out: dict = {"surfaces": what, "candidates": a.candidates, "pair_seconds_note":
                  "one CMC comparison = compare_pair: full-circle registration + cells both ways"}
-    empty = SQLiteRowSource(tmp / "empty.sqlite")
     settings = RaySettings(num_cpus=4, object_store_memory=200 * 2**20)
     runs: dict = {"local_1core": [], 1: [], 2: [], 4: []}
-    with ShardedIndex(8, empty, None) as local, ShardedIndex(8, empty, None, backend="ray", ray=settings) as rix:
-        local.rerank(query, {0: pool[0]}, workers=1)                      # JIT / numba cache in this process
+    local, rix = LocalExecutor(1), RayExecutor(settings)
+    try:
+        _rate(local, query, {0: pool[0]}, 1, params)                             # JIT / numba cache in this process
         # start and warm 4 Ray worker processes (import, numba cache) before timing
-        rix.rerank(query, {i: pool[i % len(pool)] for i in range(8)}, workers=4, batch=1)
+        _rate(rix, query, {i: pool[i % len(pool)] for i in range(8)}, 4, params)
         # interleaved, forwards then backwards, so a change of machine load hits every setting alike
         order = ["local_1core", 1, 2, 4]
         for rep in range(a.repeats):
             for key in (order if rep % 2 == 0 else order[::-1]):
                 ix, w = (local, 1) if key == "local_1core" else (rix, key)
-                runs[key].append(_rate(ix, query, cands, w)[0])
+                runs[key].append(_rate(ix, query, cands, w, params)[0])
+    finally:
+        local.close()
+        rix.close()
     best = {k: max(v) for k, v in runs.items()}
     out["local_1core_pairs_per_s"] = best["local_1core"]      # one process, numpy/BLAS default thread pools
     out["local_1core_all_runs"] = runs["local_1core"]

@@ -1,11 +1,13 @@
-"""Tests of :mod:`ballistic.retrieval.sharded` on the embedded (in-process) backend: no Ray needed.
+"""Tests of :mod:`ballistic.retrieval.sharded` and of the one search path over it
+(:class:`~ballistic.retrieval.search.Retriever`) on the embedded (in-process) executor: no Ray needed.
 
-The Ray backend runs the same shard and re-ranking code; it is exercised on a real local
+The Ray executor runs the same shard and re-ranking code; it is exercised on a real local
 multi-node Ray cluster in ``tests/test_scaleout_ray.py``.
 """
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from scipy.ndimage import gaussian_filter
 from ballistic.cartridge.cmc.pair import compare_pair
 from ballistic.errors import ScaleOutConfigError, ScaleOutError
 from ballistic.retrieval.index import VectorIndex
+from ballistic.retrieval.search import RetrievalParams, Retriever
 from ballistic.retrieval.sharded import Row, RowSource, SQLiteRowSource, ShardMap, ShardedIndex
 from ballistic.surface import Surface
 
@@ -212,7 +215,7 @@ def test_bad_settings_and_rows(tmp_path):
             si.search(np.ones((1, DIM + 1)), 3)
         with pytest.raises(ValueError):
             si.search(np.ones((1, DIM)), 0)
-        assert len(si) == 0 and si.rerank(None, {}) == []
+        assert len(si) == 0
 
 
 # ------------------------------------------------------------------------------------------------ re-ranking
@@ -231,26 +234,81 @@ def _fetch(cid: int) -> Surface:
     return _surface(cid // 10, cid % 10)
 
 
-def test_rerank_local_matches_compare_pair_and_orders_best_first():
-    query = _surface(3, 0)
-    cands = [31, 12, 33, 45]                   # 31 and 33 share the query's source
-    with ShardedIndex(DIM, lambda after: [], None) as si:
-        hits = si.rerank(query, cands, _fetch, workers=1)
-        by_map = si.rerank(query, {c: _fetch(c) for c in cands}, workers=2, batch=1)   # process pool
-    direct = {c: compare_pair(query, _fetch(c)) for c in cands}
-    assert [h.id for h in hits] == sorted(cands, key=lambda c: -direct[c].similarity)
-    assert set(h.id for h in hits[:2]) == {31, 33} and hits[0].cmc_count >= 6 and hits[-1].cmc_count < 6
-    for h in hits:
-        assert h.similarity == direct[h.id].similarity and h.cmc_count == direct[h.id].cmc_count
-        assert h.summary["cmc_count"] == h.cmc_count
-    assert [(h.id, h.similarity) for h in by_map] == [(h.id, h.similarity) for h in hits]
-    with pytest.raises(ValueError, match="fetch"):
-        ShardedIndex(DIM, lambda after: [], None).rerank(query, [1])
+class StubDescriptor:
+    """A descriptor model of DIM: the tests hand the query vector in (``vector=``)."""
+
+    name = version = "stub/1"
+    dim = DIM
+
+    def __call__(self, surface):
+        raise AssertionError("the query vector is given")
+
+
+class GappyFetch:
+    """``_fetch`` with some ids not available yet (None), picklable for pools and Ray."""
+
+    def __init__(self, missing=()):
+        self.missing = set(missing)
+
+    def __call__(self, cid: int):
+        return None if int(cid) in self.missing else _fetch(cid)
+
+
+CANDS = [31, 12, 33, 45, 22]                   # 31 and 33 share the query's source (3)
+
+
+def _cands_db(tmp_path) -> SQLiteRowSource:
+    src = SQLiteRowSource(tmp_path / "cands.sqlite")
+    src.append(CANDS, _unit(len(CANDS), 3), partition="p")
+    return src
+
+
+def test_retriever_on_a_sharded_index_reranks_like_compare_pair(tmp_path):
+    query, qvec = _surface(3, 0), _unit(1, 4)[0]
+    params = RetrievalParams(k=5, screen_k=0, cmc_k=3, workers=1)     # the prior keeps 3 of the 4 eligible
+    with ShardedIndex(DIM, _cands_db(tmp_path), None, n_shards=2) as si:
+        with Retriever(si, _fetch, descriptor=StubDescriptor(), params=params) as r:
+            res = r.query(query, vector=qvec, partition="p", exclude=[22])
+        with Retriever(si, _fetch, descriptor=StubDescriptor(), params=params.__class__(
+                k=5, screen_k=0, cmc_k=3, workers=2)) as r2:                 # a local process pool
+            res2 = r2.query(query, vector=qvec, partition="p", exclude=[22])
+    top = [c for c in res.candidates if c.compared == "now"]
+    assert len(res.candidates) == 4 and len(top) == 3 and 22 not in res.ids()
+    assert all(np.isfinite(c.prior_ncc) for c in res.candidates)
+    direct = {c.id: compare_pair(query, _fetch(c.id)) for c in top}
+    assert [c.id for c in top] == sorted(direct, key=lambda i: -direct[i].similarity)
+    assert {c.id for c in top[:2]} == {31, 33} and top[0].cmc_count >= 6 and top[-1].cmc_count < 6
+    for c in top:
+        assert c.score == direct[c.id].similarity and c.cmc_count == direct[c.id].cmc_count
+        assert c.summary["cmc_count"] == c.cmc_count
+    assert [(c.id, c.score) for c in res2.candidates] == [(c.id, c.score) for c in res.candidates]
+    # the state searched: the partition's ids, their number and the database position
+    assert res.state_id.startswith("ids:") and res.n_in_partition == 5 and res.n_eligible == 4
+    assert res.max_id == 45 and res.search.seq == 5 and sorted(s["shard"] for s in res.shards()) == ["h0of2", "h1of2"]
+    assert res.descriptor_version == "stub/1" and res.transform_id == "raw"
+
+
+def test_known_outcomes_are_not_compared_again_and_unavailable_ones_are_listed(tmp_path):
+    from ballistic.errors import SearchCancelled
+    query, qvec = _surface(3, 0), _unit(1, 4)[0]
+    params = RetrievalParams(k=5, screen_k=0, cmc_k=5, prior=False, workers=1)
+    known = {45: {"score": 99.0, "summary": {"similarity": 99.0, "cmc_count": 40}}}
+    with ShardedIndex(DIM, _cands_db(tmp_path), None, n_shards=1) as si, \
+            Retriever(si, GappyFetch({12}), descriptor=StubDescriptor(), params=params) as r:
+        res = r.query(query, vector=qvec, partition="p", known=known.get)
+        stop = __import__("threading").Event()
+        stop.set()
+        with pytest.raises(SearchCancelled):
+            r.query(query, vector=qvec, partition="p", stop=stop)
+    by = {c.id: c for c in res.candidates}
+    assert res.candidates[0].id == 45 and by[45].compared == "earlier" and by[45].cmc_count == 40
+    assert by[12].compared == "unavailable" and by[12].score is None and res.candidates[-1].id == 12
+    assert {by[i].compared for i in (31, 33, 22)} == {"now"} and res.n_scored == 4
 
 
 def test_ray_refuses_a_remote_cluster_without_token_and_weak_tokens(monkeypatch, tmp_path):
     pytest.importorskip("ray", reason="Ray not installed (pip install 'ballistic[scale]')")
-    from ballistic.retrieval.sharded import RaySettings, secure_ray_env
+    from ballistic.retrieval.executor import RaySettings, secure_ray_env
     for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))                      # no ~/.ray/auth_token either
@@ -261,3 +319,29 @@ def test_ray_refuses_a_remote_cluster_without_token_and_weak_tokens(monkeypatch,
                      ray=RaySettings(address="10.1.2.3:6379", auth_token="secret"))
     with pytest.raises(ScaleOutConfigError, match="does not exist"):
         secure_ray_env(token_path=str(tmp_path / "missing"))
+    with pytest.raises(ScaleOutConfigError, match="neither loopback nor a private"):
+        ShardedIndex(DIM, lambda after: [], None, backend="ray",
+                     ray=RaySettings(address="8.8.8.8:6379", auth_token="x" * 64))
+
+
+def test_the_local_executor_never_imports_ray(tmp_path):
+    """The embedded default (sharded index, search, re-ranking in this process) runs without Ray."""
+    import subprocess
+    import sys
+    code = f"""
+import sys, numpy as np
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_scaleout import CANDS, DIM, StubDescriptor, _fetch, _surface, _unit
+from ballistic.retrieval.search import RetrievalParams, Retriever
+from ballistic.retrieval.sharded import SQLiteRowSource, ShardedIndex
+src = SQLiteRowSource({str(tmp_path / "r.sqlite")!r})
+src.append(CANDS, _unit(len(CANDS), 3), partition="p")
+with ShardedIndex(DIM, src, {str(tmp_path / "snap")!r}) as si:
+    si.save()
+    info = si.info()
+    with Retriever(si, _fetch, descriptor=StubDescriptor(), params=RetrievalParams(k=5, cmc_k=2, workers=1)) as r:
+        res = r.query(_surface(3, 0), vector=_unit(1, 4)[0], partition="p")
+print("RAY", "ray" in sys.modules, res.candidates[0].compared)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "RAY False now" in out.stdout, out.stdout + out.stderr[-3000:]

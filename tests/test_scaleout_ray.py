@@ -1,4 +1,5 @@
-"""The Ray backend of :mod:`ballistic.retrieval.sharded` on a real local Ray cluster: a head node (no CPUs) and two
+"""The Ray executor of :mod:`ballistic.retrieval.sharded` and of the one search path
+(:class:`~ballistic.retrieval.search.Retriever`) on a real local Ray cluster: a head node (no CPUs) and two
 worker nodes (one CPU each), token authentication on, no dashboard, loopback only.
 
 Shard actors need the custom resource ``shard_host`` that only the worker nodes have, so they live on
@@ -21,12 +22,12 @@ ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'ballist
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from ballistic.cartridge.cmc.pair import compare_pair  # noqa: E402
 from ballistic.errors import ShardUnavailableError  # noqa: E402
-from ballistic.retrieval.sharded import (RaySettings, SQLiteRowSource, ShardedIndex, loopback_node_args,  # noqa: E402
-                                         secure_ray_env)
+from ballistic.retrieval.executor import RaySettings, loopback_node_args, secure_ray_env  # noqa: E402
+from ballistic.retrieval.search import RetrievalParams, Retriever  # noqa: E402
+from ballistic.retrieval.sharded import SQLiteRowSource, ShardedIndex  # noqa: E402
 
-from test_scaleout import DIM, _fetch, _materialise, _surface, _unit  # noqa: E402
+from test_scaleout import DIM, StubDescriptor, _fetch, _materialise, _surface, _unit  # noqa: E402
 
 # "slow" is a registered marker (pyproject.toml); select these tests with -k ray or by this file's path
 pytestmark = pytest.mark.slow
@@ -155,15 +156,19 @@ def test_auth_loopback_and_merged_search_equal_single_index(cluster, db, tmp_pat
             np.testing.assert_array_equal(r.scores, D)
             assert r.eligible == (len(ref) if part is None else ref.count(part))
 
-        # re-ranking on Ray tasks (ids fetched on the workers, and surfaces shipped through the object store)
-        query = _surface(3, 0)
-        cands = [31, 12, 33, 45]
-        hits = si.rerank(query, cands, _fetch, workers=2, batch=1)
-        hits_map = si.rerank(query, {c: _fetch(c) for c in cands}, workers=2)
-    direct = {c: compare_pair(query, _fetch(c)) for c in cands}
-    assert [h.id for h in hits] == sorted(cands, key=lambda c: -direct[c].similarity)
-    assert [h.similarity for h in hits] == [direct[h.id].similarity for h in hits]
-    assert [(h.id, h.similarity) for h in hits_map] == [(h.id, h.similarity) for h in hits]
+        # the one search path on the same executor: screens and comparisons are Ray tasks on the workers
+        params = RetrievalParams(k=8, screen_k=0, cmc_k=3, workers=1)
+        query, qvec = _surface(3, 0), q[0]
+        with Retriever(si, _fetch, descriptor=StubDescriptor(), params=params, executor=si.executor) as r:
+            assert r.executor.backend == "ray" and r.executor.slots == 2
+            on_ray = r.query(query, vector=qvec, partition="p2")
+    # the same search in this process on one VectorIndex of the same rows
+    with Retriever(ref, _fetch, descriptor=StubDescriptor(), params=params) as r:
+        local = r.query(query, vector=qvec, partition="p2")
+    assert [(c.id, c.score, c.prior_ncc, c.compared) for c in on_ray.candidates] == \
+        [(c.id, c.score, c.prior_ncc, c.compared) for c in local.candidates]
+    assert sum(c.compared == "now" for c in on_ray.candidates) == 3
+    assert on_ray.state_id == local.state_id and on_ray.n_in_partition == ref.count("p2")
 
 
 def test_actor_restart_reloads_snapshot_and_replays_rows(cluster, db, tmp_path):
@@ -276,7 +281,8 @@ sys.path.insert(0, {tests!r})
 for k in [k for k in os.environ if k.startswith("RAY_")]:
     del os.environ[k]
 from test_scaleout_ray import _descendants, _listening
-from ballistic.retrieval.sharded import RaySettings, ShardedIndex
+from ballistic.retrieval.executor import RaySettings
+from ballistic.retrieval.sharded import ShardedIndex
 import numpy as np
 with ShardedIndex(4, lambda after: [(1, 7, "any", np.ones(4) / 2)] if after == 0 else [], None, backend="ray",
                   ray=RaySettings(num_cpus=1, object_store_memory=80 * 2**20)) as si:

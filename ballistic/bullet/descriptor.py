@@ -9,7 +9,7 @@ import numpy as np
 from ballistic.bullet.profile import Signature
 from ballistic.errors import BulletError
 
-__all__ = ["bullet_descriptor", "BULLET_DESCRIPTOR_VERSION", "BULLET_DESCRIPTOR_DIM"]
+__all__ = ["bullet_descriptor", "BulletDescriptor", "BULLET_DESCRIPTOR_VERSION", "BULLET_DESCRIPTOR_DIM"]
 
 
 BULLET_DESCRIPTOR_VERSION = "bullet-spectrum/1"
@@ -79,3 +79,18 @@ def bullet_descriptor(signature: Signature | Sequence[Signature | None], *, n_bi
     v = np.sqrt(P)
     nrm = float(np.linalg.norm(v))
     return (v / nrm if nrm > 0 else v).astype(np.float32)
+
+
+class BulletDescriptor:
+    """:func:`bullet_descriptor` (default settings) as a descriptor model of the retrieval path
+    (:class:`ballistic.retrieval.search.Retriever`): a bullet's land signatures -> float32 (``dim``,)."""
+
+    version = BULLET_DESCRIPTOR_VERSION
+    name = BULLET_DESCRIPTOR_VERSION
+    dim = BULLET_DESCRIPTOR_DIM
+
+    def __call__(self, signatures) -> np.ndarray:
+        return np.asarray(bullet_descriptor(signatures), dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"BulletDescriptor({self.version!r})"

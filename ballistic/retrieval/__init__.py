@@ -7,10 +7,14 @@ module          what
                 ``DescriptorModel`` protocol and PCA whitening
 ``index``       ``VectorIndex``: FAISS index (factory string, stable int64 ids via
                 IndexIDMap2, partitions, atomic checksummed snapshots)
-``search``      ``Retriever``: descriptor shortlist -> full-circle rotation screen ->
-                CMC re-rank
-``sharded``     ``ShardedIndex``: FAISS shards and CMC re-ranking on Ray (token auth,
-                loopback, no dashboard) or in-process
+``search``      ``Retriever.query``: THE search path (CLI, benchmarks, Ray tests and the
+                service): descriptor shortlist -> full-circle rotation screen ->
+                re-rank (``PairComparison``; CMC by default) -> index state searched
+``sharded``     ``ShardedIndex``: FAISS shards kept current from a database row source,
+                snapshots + replay
+``executor``    where the work runs, by a setting: ``LocalExecutor`` (this process or a
+                process pool; no Ray import) or ``RayExecutor`` (actors and tasks on Ray:
+                token auth, loopback / private addresses, no dashboard)
 ``record``      ``SearchRecord``: replayable, hash-checked record of one search
 ==============  ======================================================================
 """

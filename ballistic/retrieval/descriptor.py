@@ -53,6 +53,7 @@ __all__ = [
     "DescriptorModel",
     "PolarFFTDescriptor",
     "PCAWhitener",
+    "descriptor_version",
 ]
 
 DESCRIPTOR_VERSION = "bf-polar-fft/2"
@@ -215,7 +216,8 @@ class DescriptorModel(Protocol):
     A learned embedding (e.g. a torch model under ``models/``) implements this
     protocol; torch must be imported lazily inside it, never at module top.
     ``name`` is stored with every index built from it (changing the model means
-    rebuilding the index).
+    rebuilding the index). An optional ``version`` (:func:`descriptor_version`) is what the service records
+    with every stored descriptor and search record (a new version re-describes the stored exhibits).
     """
 
     name: str
@@ -241,12 +243,23 @@ class PolarFFTDescriptor:
                            radial_profile=bool(radial_profile))
         self.dim = self.kwargs["n_bands"] * (self.kwargs["n_harmonics"] + int(self.kwargs["radial_profile"]))
         self.name = DESCRIPTOR_VERSION + "?" + "&".join(f"{k}={v:g}" for k, v in self.kwargs.items())
+        #: DESCRIPTOR_VERSION with the default settings, else the full name
+        self.version = DESCRIPTOR_VERSION if self.kwargs == PolarFFTDescriptor._DEFAULTS else self.name
 
     def __call__(self, surface: Surface) -> np.ndarray:
         return breech_face_descriptor(surface, **self.kwargs)
 
     def __repr__(self) -> str:
         return f"PolarFFTDescriptor({self.name!r})"
+
+
+PolarFFTDescriptor._DEFAULTS = dict(spacing_um=25.0, n_bands=_N_BANDS, n_harmonics=_N_HARMONICS, n_theta=_N_THETA,
+                                    r_max_um=_R_MAX_UM, min_valid=0.1, radial_profile=False)
+
+
+def descriptor_version(model) -> str:
+    """The version a descriptor model records: its ``version`` when it has one, else its ``name``."""
+    return str(getattr(model, "version", None) or model.name)
 
 
 def _as_2d_float(X, what: str) -> np.ndarray:

@@ -33,6 +33,7 @@ import re
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -42,7 +43,7 @@ import numpy as np
 from ballistic.errors import IndexStateError
 from ballistic.io.atomic import atomic_write_bytes, fsync_dir, write_synced
 
-__all__ = ["INDEX_FORMAT", "VectorIndex", "partition_key", "merge_topk"]
+__all__ = ["INDEX_FORMAT", "VectorIndex", "IndexSearch", "ShardState", "partition_key", "merge_topk"]
 
 INDEX_FORMAT = "ballistic-vector-index/1"
 _KEEP_SNAPSHOTS = 2
@@ -138,6 +139,43 @@ def merge_topk(res: list[tuple[np.ndarray, np.ndarray]], nq: int, k: int, metric
         I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
     D = np.where(I < 0, worst, D).astype(np.float32)
     return D, I.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """Position of one shard (or of a whole :class:`VectorIndex`) when it answered: database ``seq`` (``None``
+    for an index that is not kept from a database) and the snapshot it was built on; how many vectors were
+    eligible there and how long its search took."""
+
+    shard: str
+    seq: int | None
+    snapshot: str | None
+    eligible: int
+    seconds: float = 0.0         # FAISS search time inside the shard (not part of the state)
+
+
+@dataclass
+class IndexSearch:
+    """Answer of :meth:`VectorIndex.query` and :meth:`~ballistic.retrieval.sharded.ShardedIndex.query`.
+
+    ``scores``/``ids`` as :meth:`VectorIndex.search`. ``seq``: the database position every shard answered
+    at (``None`` for a plain index). ``eligible``: vectors in the searched partition(s). ``shards``: each
+    shard's state. ``members``: sorted ids present in the searched partition(s) when asked for
+    (``members=True``), else ``None``. ``state_id``: hash of (shard, snapshot, seq) of every shard asked.
+    """
+
+    scores: np.ndarray
+    ids: np.ndarray
+    seq: int | None
+    eligible: int
+    shards: list[ShardState]
+    members: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def state_id(self) -> str:
+        body = json.dumps([[s.shard, s.snapshot, s.seq] for s in sorted(self.shards, key=lambda s: s.shard)],
+                          separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()[:20]
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -431,6 +469,18 @@ class VectorIndex:
                 parts = [self._parts[partition]] if partition in self._parts else []
             res = [self._search_part(p, Q, k) for p in parts]
         return merge_topk(res, Q.shape[0], k, self.metric)
+
+    def query(self, queries: np.ndarray, k: int, *, partition: str | None = "any",
+              members: bool = False) -> IndexSearch:
+        """:meth:`search` with the state searched: an :class:`IndexSearch` (one pseudo-shard ``"index"`` at
+        this snapshot; ``members``: the sorted ids of ``partition``, all when ``None``)."""
+        import time
+        t = time.perf_counter()
+        D, I = self.search(queries, k, partition=partition)
+        seconds = time.perf_counter() - t
+        eligible = len(self) if partition is None else self.count(partition)
+        return IndexSearch(D, I, None, eligible, [ShardState("index", None, self.snapshot_id, eligible, seconds)],
+                           self.ids(partition) if members else None)
 
     def _search_part(self, part: _Partition, Q: np.ndarray, k: int):
         out = []

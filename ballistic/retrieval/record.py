@@ -4,8 +4,8 @@ A :class:`SearchRecord` says exactly what a candidate list was computed from, so
 that the search can be replayed later and its result checked, and so that a
 reviewer can tell how much of the database was actually looked at:
 
-* **index state**: the snapshot id of the index (or the sharded index's state id,
-  :attr:`ballistic.retrieval.sharded.ShardedSearch.state_id`), with the database position
+* **index state**: the snapshot id of the index (or the index search's state id,
+  :attr:`ballistic.retrieval.index.IndexSearch.state_id`, or :func:`partition_state_id`), with the database position
   (``index_seq``) and, for a sharded index, each shard's snapshot and seq;
 * **what was searched**: the partition and any pre-filter settings (calibre,
   firing-pin shape, excluded ids, date range...), ``k`` of the first stage, the
@@ -39,7 +39,7 @@ import numpy as np
 
 from ballistic.errors import SearchRecordError
 
-__all__ = ["RECORD_FORMAT", "SearchRecord", "utc_now"]
+__all__ = ["RECORD_FORMAT", "SearchRecord", "utc_now", "partition_state_id", "whitener_id"]
 
 RECORD_FORMAT = "ballistic-search-record/1"
 
@@ -50,6 +50,25 @@ _OUTCOME = ("started_at", "finished_at", "results", "n_scored", "n_eligible", "i
 def utc_now() -> str:
     """Current time, UTC, ISO 8601 with microseconds and a ``Z``."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def partition_state_id(descriptor_version: str, transform: str, partition: str | None, ids) -> str:
+    """Name of the exact vector set a search saw: ``"ids:"`` + SHA-256 (40 hex) over the descriptor version,
+    the vector transform, the partition and the sorted ids present in it. A replay that rebuilds the
+    partition from stored descriptors reaches the same id exactly when it holds the same vectors' ids."""
+    h = hashlib.sha256(f"{descriptor_version}|{transform}|{partition}|".encode())
+    h.update(np.ascontiguousarray(np.sort(np.asarray(ids, dtype=np.int64)), dtype="<i8").tobytes())
+    return "ids:" + h.hexdigest()[:40]
+
+
+def whitener_id(whitener) -> str:
+    """Short content hash of a :class:`~ballistic.retrieval.descriptor.PCAWhitener` (mean, components,
+    eigenvalues, eps): two indexes whitened alike share it."""
+    h = hashlib.sha256()
+    for a in (whitener.mean, whitener.components, whitener.eigenvalues):
+        h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
+    h.update(repr(float(whitener.eps)).encode())
+    return h.hexdigest()[:16]
 
 
 def _canon(x: Any, where: str = "record") -> Any:
@@ -191,7 +210,7 @@ class SearchRecord:
     def for_search(cls, *, query: str, search, partition: str | None, descriptor_version: str, cmc_params,
                    k: int, n_scored: int, started_at: str, finished_at: str | None = None,
                    **kwargs) -> "SearchRecord":
-        """Build from a :class:`~ballistic.retrieval.sharded.ShardedSearch` (state id, seq, shards, eligible count).
+        """Build from an :class:`~ballistic.retrieval.index.IndexSearch` (state id, seq, shards, eligible count).
 
         ``cmc_params``: a :class:`~ballistic.cartridge.cmc.params.CMCParams` or its dict; the algorithm version is
         :data:`ballistic.cartridge.cmc.pair.ALGORITHM_VERSION` unless given.

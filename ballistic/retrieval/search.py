@@ -1,41 +1,58 @@
-"""Candidate retrieval: FAISS shortlist by descriptor, coarse full-circle NCC, then CMC re-ranking.
+"""The one search path: descriptor -> index -> screen (rotation prior) -> re-rank -> search state.
 
-A query breech face is searched in a national database in three stages:
+:meth:`Retriever.query` is the only implementation of candidate search in the project: the command line
+(``ballistic index search``), the benchmark (``ballistic bench retrieval``), the Ray tests and the
+correlation service (:mod:`api.jobs.correlate`) all call it; they differ only in what they hand in:
 
-1. **descriptor** - :func:`ballistic.retrieval.descriptor.breech_face_descriptor` (optionally
-   PCA-whitened) searched in a :class:`ballistic.retrieval.index.VectorIndex`: top ``k``
+* the **index**: a :class:`~ballistic.retrieval.index.VectorIndex`, or a
+  :class:`~ballistic.retrieval.sharded.ShardedIndex` kept current from a database (the service);
+* the **executor** (:mod:`ballistic.retrieval.executor`, chosen by a setting): in this process, a local
+  process pool, or Ray tasks on a cluster (the service with ``BALLISTIC_BACKEND=ray``);
+* the **descriptor model** (:class:`~ballistic.retrieval.descriptor.DescriptorModel`; its version is
+  recorded) and optional whitener;
+* ``fetch(id)``: a candidate's surface (``None``: not available yet);
+* the **comparison** of the re-rank stage (:class:`PairComparison`; default :class:`CMCComparison`, whose
+  ranking score is whatever :func:`~ballistic.cartridge.cmc.pair.compare_pair` reports);
+* the **parameters** (:class:`RetrievalParams`).
+
+A query is searched in stages:
+
+1. **descriptor** - the query's descriptor (optionally PCA-whitened) searched in the index: top ``k``
    candidates (cheap, millions of entries per second);
 1b. **screen** (``screen_k > 0``) - the same registration as stage 2 at 100 um
    every 8 degrees (~1.5 ms a candidate, on stored coarse thumbnails) keeps the
    best ``screen_k`` of the ``k``;
-2. **rotation prior** - each of those ``k`` candidates is registered to the
+2. **rotation prior** - each of those candidates is registered to the
    query at a coarse spacing (default 50 um) over the full circle (every
    ``prior_step_deg``), translation by masked NCC (FFT, the query's rotated
    stack transformed once per query): :func:`rotation_prior_scores`. This is the
-   first step of :func:`ballistic.cartridge.cmc.register.register_global`, about 10 ms a pair;
-3. **CMC** - the best ``cmc_k`` of stage 2 are compared with
-   :func:`ballistic.cartridge.cmc.pair.compare_pair` (about 0.15 s a pair) in a process pool.
+   first step of :func:`ballistic.cartridge.cmc.register.register_global`, about 10 ms a pair.
+   It runs when there are more candidates than ``cmc_k`` (otherwise it would decide nothing);
+3. **re-rank** - the best ``cmc_k`` of stage 2 are compared (:class:`PairComparison`; CMC: about 0.15 s a
+   pair) on the executor. Pairs compared before (``known``) are ranked with their stored outcome.
 
-The result lists the ``k`` candidates: the ``cmc_k`` CMC-compared ones first, by
-CMC similarity (ties by stage-2 score), then the others by stage-2 score. Every
-candidate carries all the scores it got.
+The result lists the ``k`` candidates: the ``cmc_k`` compared ones first, by the comparison's score
+(ties by stage-2 score), then the others by stage-2 score. Every candidate carries all the scores it
+got, and the result names the index state it searched (for a
+:class:`~ballistic.retrieval.record.SearchRecord`).
 
 Candidates' surfaces come from a ``fetch(id)`` callable returning a
 :class:`~ballistic.surface.Surface` (preprocessed breech face) or a
 :class:`~ballistic.cartridge.cmc.params.PreparedSurface`. If ``fetch`` accepts a keyword
 ``spacing_um``, stage 2 asks for a coarse version (``spacing_um=prior spacing``);
-stage 3 calls ``fetch(id)`` (a surface at the comparison spacing or finer). With
-``workers > 1``, ``fetch`` runs in the worker processes and must be picklable
-(a module-level function or an object with a ``__call__``).
+stage 3 calls ``fetch(id)`` (a surface at the comparison spacing or finer). ``fetch`` runs in the
+executor's tasks: with a process pool or Ray it must be picklable (a module-level function or an object
+with a ``__call__``).
 """
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 import scipy.fft as sfft
@@ -44,11 +61,14 @@ from ballistic.cartridge.cmc.pair import compare_pair
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, centre_heights, prepare
 from ballistic.cartridge.cmc.register import warp_to_reference
 from ballistic.preprocess.filters import resample
-from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener, PolarFFTDescriptor
-from ballistic.retrieval.index import VectorIndex
+from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener, PolarFFTDescriptor, descriptor_version
+from ballistic.retrieval.executor import Executor, LocalExecutor
+from ballistic.retrieval.index import IndexSearch
+from ballistic.retrieval.record import partition_state_id, whitener_id
 from ballistic.surface import Surface
 
-__all__ = ["RetrievalParams", "Candidate", "RetrievalResult", "RotationPrior", "rotation_prior_scores", "Retriever"]
+__all__ = ["RetrievalParams", "Candidate", "RetrievalResult", "RotationPrior", "rotation_prior_scores",
+           "PairComparison", "CMCComparison", "Retriever"]
 
 Fetch = Callable[..., "Surface | PreparedSurface"]
 
@@ -104,13 +124,32 @@ class Candidate:
     screen_ncc: float = float("nan")  # stage 1b (masked NCC at the screening spacing, best angle)
     prior_ncc: float = float("nan")  # stage 2 (masked NCC at the prior spacing, best angle)
     prior_angle_deg: float = float("nan")
-    cmc_count: int | None = None    # stage 3
+    score: float | None = None      # stage 3: the comparison's ranking score (CMC: similarity)
+    cmc_count: int | None = None    # from the comparison's summary (CMC)
     similarity: float | None = None
     identification: bool | None = None
-    summary: dict | None = None     # PairResult.summary() of the CMC comparison
+    summary: dict | None = None     # the comparison's flat summary (CMC: PairResult.summary())
+    compared: str | None = None     # "now", "earlier" (a known outcome), "unavailable", or the comparison's status
+    available: bool | None = None   # False: fetch had no surface for it (never compared)
+    outcome: dict | None = field(default=None, repr=False)   # the comparison's whole outcome
+
+    def take(self, outcome: dict, how: str) -> None:
+        """Record a comparison outcome (``{"score", "summary", ...}``)."""
+        self.outcome = outcome
+        sc = outcome.get("score")
+        self.score = None if sc is None else float(sc)
+        self.compared = how if sc is not None else str(outcome.get("status") or "not compared")
+        summ = outcome.get("summary") or {}
+        self.summary = summ or None
+        if "cmc_count" in summ and summ["cmc_count"] is not None:
+            self.cmc_count = int(summ["cmc_count"])
+        if summ.get("similarity") is not None:
+            self.similarity = float(summ["similarity"])
+        if summ.get("identification") is not None:
+            self.identification = bool(summ["identification"])
 
     def as_dict(self) -> dict:
-        d = dict(self.__dict__)
+        d = {k: v for k, v in self.__dict__.items() if k != "outcome"}
         for key in ("descriptor_score", "screen_ncc", "prior_ncc", "prior_angle_deg"):
             d[key] = None if not np.isfinite(d[key]) else round(float(d[key]), 6)
         return d
@@ -118,12 +157,41 @@ class Candidate:
 
 @dataclass
 class RetrievalResult:
+    """Ranked candidates with the index state searched.
+
+    ``state_id`` names the exact vector set searched: ``"ids:"`` + SHA-256 over the descriptor version,
+    the transform, the partition and the sorted ids present in it
+    (:func:`~ballistic.retrieval.record.partition_state_id`); ``max_id`` is the highest of those ids,
+    ``n_in_partition`` their number and ``n_eligible`` the same without the excluded ids. ``search`` is the
+    index's own answer (database position ``seq`` and each shard's state).
+    """
+
     candidates: list[Candidate]
     seconds: dict[str, float]       # per stage and total (wall clock)
     params: RetrievalParams
+    search: IndexSearch | None = field(default=None, repr=False)
+    partition: str | None = None
+    state_id: str | None = None
+    n_in_partition: int = 0
+    n_eligible: int = 0
+    max_id: int | None = None
+    descriptor_version: str | None = None
+    transform_id: str | None = None
+    algorithm_version: str | None = None
 
     def ids(self) -> np.ndarray:
         return np.array([c.id for c in self.candidates], dtype=np.int64)
+
+    @property
+    def n_scored(self) -> int:
+        """Candidates with a comparison score (compared now or known from before)."""
+        return sum(1 for c in self.candidates if c.score is not None)
+
+    def shards(self) -> list[dict]:
+        """Each shard's database position and snapshot (for the search record)."""
+        if self.search is None:
+            return []
+        return [{"shard": s.shard, "seq": s.seq, "snapshot": s.snapshot} for s in self.search.shards]
 
 
 # ----------------------------------------------------------------------------------------- stage 2
@@ -258,9 +326,60 @@ def rotation_prior_scores(query: Surface | PreparedSurface, candidates: Iterable
     return np.array(out, dtype=np.float64).reshape(-1, 2)
 
 
-# ----------------------------------------------------------------------------------------- workers
+# ----------------------------------------------------------------------------------------- comparisons
+class PairComparison(Protocol):
+    """How the re-rank stage compares the query with a candidate (default: :class:`CMCComparison`).
 
-_W: dict[str, Any] = {}
+    ``prepare(query)`` runs once per search, in the calling process; ``__call__(query, candidate)`` runs in
+    the executor's tasks (a picklable object) and returns a JSON-ready outcome dict whose ``"score"`` is
+    the ranking score (higher first; ``None``: not comparable, with a ``"status"`` saying why) and whose
+    ``"summary"`` is a flat record. ``version`` names the algorithm (recorded with every search).
+    """
+
+    version: str
+
+    def prepare(self, query): ...
+
+    def __call__(self, query, candidate) -> dict: ...
+
+
+@dataclass(frozen=True)
+class CMCComparison:
+    """:func:`~ballistic.cartridge.cmc.pair.compare_pair` as the re-rank stage.
+
+    The ranking score is the comparison's own: ``PairResult.score`` when it has one, else its CMC
+    ``similarity`` (count + mean correlation of the congruent cells). With ``details`` the outcome also
+    carries the full result (``"detail"``: ``PairResult.to_dict()``, every cell of both directions) and the
+    registration, for a caller that stores and explains them.
+    """
+
+    params: CMCParams = field(default_factory=CMCParams)
+    details: bool = False
+
+    @property
+    def version(self) -> str:
+        from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
+        return ALGORITHM_VERSION
+
+    def prepare(self, query):
+        return query if isinstance(query, PreparedSurface) else prepare(query, self.params)
+
+    def __call__(self, query, candidate) -> dict:
+        r = compare_pair(query, candidate, self.params)
+        out = {"score": float(getattr(r, "score", r.similarity)), "summary": r.summary()}
+        if self.details:
+            reg = r.registration
+            out["detail"] = r.to_dict()
+            out["registration"] = {"angle_deg": float(reg.angle_deg), "dy_um": float(reg.dy_um),
+                                   "dx_um": float(reg.dx_um), "ncc": float(reg.ncc)}
+        return out
+
+
+# ----------------------------------------------------------------------------------------- tasks
+# Module-level task functions run by the executor (this process, a forked pool or Ray tasks):
+# ``fn(context, task)`` with the search's ``fetch`` as the context.
+
+_PRIOR_CACHE: dict[str, Any] = {"key": None, "prior": None}
 
 
 def _accepts_spacing(fetch: Fetch) -> bool:
@@ -270,84 +389,92 @@ def _accepts_spacing(fetch: Fetch) -> bool:
         return False
 
 
-def _w_init(fetch: Fetch) -> None:
-    _W["fetch"] = fetch
-    _W["spacing"] = _accepts_spacing(fetch)
-    _W["prior"] = (None, None)
+def _fetch_coarse(fetch: Fetch, i: int, spacing_um: float):
+    return fetch(int(i), spacing_um=spacing_um) if _accepts_spacing(fetch) else fetch(int(i))
 
 
-def _fetch_coarse(i: int, spacing_um: float):
-    f = _W["fetch"]
-    return f(int(i), spacing_um=spacing_um) if _W["spacing"] else f(int(i))
-
-
-def _w_prior(args) -> list[tuple[int, float, float]]:
-    token, query, rp_kwargs, ids = args
-    key, rp = _W["prior"]
-    token = (token, tuple(sorted(rp_kwargs.items())))
-    if key != token:
+def _task_prior(fetch: Fetch, task) -> list[tuple[int, float, float, bool]]:
+    """Rotation-prior scores of a chunk of candidates: ``(id, ncc, angle, available)``."""
+    token, query, rp_kwargs, ids = task
+    key = (token, tuple(sorted(rp_kwargs.items())))
+    rp = _PRIOR_CACHE["prior"]
+    if _PRIOR_CACHE["key"] != key:       # the query's rotated stack, built once per search and process
         rp = RotationPrior(query, **rp_kwargs)
-        _W["prior"] = (token, rp)
-    sc = rp.score_many([_fetch_coarse(i, rp.spacing_um) for i in ids])
-    return [(int(i), float(v), float(a)) for i, (v, a) in zip(ids, sc)]
+        _PRIOR_CACHE.update(key=key, prior=rp)
+    got = [(int(i), _fetch_coarse(fetch, i, rp.spacing_um)) for i in ids]
+    have = [(i, c) for i, c in got if c is not None]
+    sc = rp.score_many([c for _, c in have]) if have else np.empty((0, 2))
+    out = {i: (i, float(v), float(a), True) for (i, _), (v, a) in zip(have, sc)}
+    return [out.get(i, (i, float("nan"), float("nan"), False)) for i, _ in got]
 
 
-def _w_cmc(args) -> tuple[int, dict]:
-    query, i, params = args
-    cand = _W["fetch"](int(i))
-    r = compare_pair(query, cand, params)
-    return int(i), r.summary()
+def _task_compare(fetch: Fetch, task) -> tuple[int, dict | None]:
+    """One pair comparison: ``(id, outcome)``, ``outcome=None`` when the candidate is not available."""
+    query, i, compare = task
+    cand = fetch(int(i))
+    return int(i), None if cand is None else compare(query, cand)
 
 
 # ----------------------------------------------------------------------------------------- retriever
+_SEARCH_TOKENS = itertools.count(1)
+
 
 class Retriever:
-    """Three-stage search of a query breech face in a :class:`VectorIndex`.
+    """The one search path: descriptor -> index -> screen (rotation prior) -> re-rank -> search state.
+
+    Used unchanged by ``ballistic index search``, ``ballistic bench retrieval``, the Ray tests and the
+    correlation service (:mod:`api.jobs`), which differ only in the index, the executor, ``fetch``, the
+    comparison and the parameters they hand in.
 
     Parameters
     ----------
-    index : VectorIndex
-        Holds (whitened) descriptors under stable ids.
+    index : VectorIndex or ShardedIndex
+        Holds (whitened) descriptors under stable ids; anything with ``query(Q, k, partition=, members=)``
+        returning an :class:`~ballistic.retrieval.index.IndexSearch`.
     fetch : callable
-        ``fetch(id) -> Surface | PreparedSurface`` of a candidate (see module docs).
+        ``fetch(id) -> Surface | PreparedSurface | None`` of a candidate (see module docs); ``None`` means not
+        available yet (listed, never compared). Runs in the executor's tasks: picklable unless in-process.
     descriptor : DescriptorModel, keyword-only
-        Must be the one the index was built with.
+        Must be the one the index was built with (default :class:`PolarFFTDescriptor`); its version is
+        recorded (:func:`~ballistic.retrieval.descriptor.descriptor_version`).
     whitener : PCAWhitener, optional, keyword-only
         Applied to the query descriptor when the index holds whitened vectors.
     params : RetrievalParams, keyword-only
+    executor : Executor, optional, keyword-only
+        Where the screens and comparisons run (:mod:`ballistic.retrieval.executor`): default a
+        :class:`~ballistic.retrieval.executor.LocalExecutor` of ``params.workers`` (owned and closed here).
+        Pass the sharded index's executor to run the re-ranking on the same Ray cluster.
+    compare : PairComparison, optional, keyword-only
+        The re-rank stage (default :class:`CMCComparison` with ``params.cmc``).
+    transform_id : str, optional, keyword-only
+        Names the vector transform in the state id (default ``"raw"`` or ``"pca:<hash>"`` of the whitener).
 
-    Use as a context manager (or call :meth:`close`) to stop the worker processes.
+    Use as a context manager (or call :meth:`close`) to stop an executor it made.
     """
 
-    def __init__(self, index: VectorIndex, fetch: Fetch, *, descriptor: DescriptorModel | None = None,
-                 whitener: PCAWhitener | None = None, params: RetrievalParams | None = None) -> None:
+    def __init__(self, index, fetch: Fetch, *, descriptor: DescriptorModel | None = None,
+                 whitener: PCAWhitener | None = None, params: RetrievalParams | None = None,
+                 executor: Executor | None = None, compare: PairComparison | None = None,
+                 transform_id: str | None = None) -> None:
         self.index = index
         self.fetch = fetch
         self.descriptor = descriptor or PolarFFTDescriptor()
         self.whitener = whitener
         self.params = params or RetrievalParams()
+        self.compare = compare
         dim = whitener.out_dim if whitener is not None else self.descriptor.dim
         if dim != index.dim:
             raise ValueError(f"index holds {index.dim}-d vectors but the descriptor{' + whitener' if whitener else ''} "
                              f"gives {dim}-d; use the whitener/descriptor the index was built with")
-        self._pool: ProcessPoolExecutor | None = None
-        self._token = 0
-        _w_init(fetch)   # in-process use (workers == 1)
-
-    def _executor(self) -> ProcessPoolExecutor | None:
-        if self.params.workers <= 1:
-            return None
-        if self._pool is None:
-            import multiprocessing as mp
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-            self._pool = ProcessPoolExecutor(self.params.workers, mp_context=ctx, initializer=_w_init,
-                                             initargs=(self.fetch,))
-        return self._pool
+        self.descriptor_version = descriptor_version(self.descriptor)
+        self.transform_id = transform_id or ("raw" if whitener is None else "pca:" + whitener_id(whitener))
+        self._own_executor = executor is None
+        self.executor = executor if executor is not None else LocalExecutor(self.params.workers)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop the executor when this retriever made it (a shared one is its owner's to close)."""
+        if self._own_executor:
+            self.executor.close()
 
     def __enter__(self) -> "Retriever":
         return self
@@ -355,99 +482,139 @@ class Retriever:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def describe(self, surface: Surface) -> np.ndarray:
+    def describe(self, surface) -> np.ndarray:
         """Query vector as stored in the index (descriptor, then whitener)."""
         v = self.descriptor(surface)
         return self.whitener.transform(v) if self.whitener is not None else v
 
-    def _rotation_stage(self, pool, surface, ids, spacing_um, step_deg, p) -> list[tuple[int, float, float]]:
-        """Score ``ids`` with a RotationPrior at (spacing_um, step_deg), in the pool when there is one."""
+    def _rotation_stage(self, surface, ids, spacing_um, step_deg, p, token, stop):
+        """Score ``ids`` with a RotationPrior at (spacing_um, step_deg) on the executor."""
         rp_kwargs = dict(spacing_um=spacing_um, step_deg=step_deg, max_shift_fraction=p.max_shift_fraction,
                          min_overlap=p.min_overlap)
         # send the query at the stage's spacing: workers rebuild its rotated stack from a few KB
         q = resample(surface, spacing_um=spacing_um) \
             if isinstance(surface, Surface) and surface.spacing_um < spacing_um else surface
-        n_chunks = max(1, min(len(ids), 4 * p.workers))
+        n_chunks = max(1, min(len(ids), 4 * self.executor.slots))
         chunks = [ids[j::n_chunks] for j in range(n_chunks)]
-        tasks = [((id(self), self._token), q, rp_kwargs, c) for c in chunks]
-        results = list(pool.map(_w_prior, tasks)) if pool else [_w_prior(tk) for tk in tasks]
+        tasks = [(token, q, rp_kwargs, c) for c in chunks]
+        results = self.executor.map(_task_prior, tasks, context=self.fetch, stop=stop)
         return [r for res in results for r in res]
 
-    def query(self, surface: Surface | PreparedSurface, *, partition: str | None = "any", exclude: Iterable[int] = (),
-              params: RetrievalParams | None = None, vector: np.ndarray | None = None) -> RetrievalResult:
-        """Rank database candidates for one preprocessed query breech face.
+    def query(self, surface, *, partition: str | None = "any", exclude: Iterable[int] = (),
+              params: RetrievalParams | None = None, vector: np.ndarray | None = None,
+              known: Mapping[int, dict] | Callable[[int], dict | None] | None = None,
+              stop: threading.Event | None = None) -> RetrievalResult:
+        """Rank database candidates for one preprocessed query.
 
         Parameters
         ----------
-        surface : Surface or PreparedSurface
-            The query (output of preprocess_cartridge), any orientation. A
-            PreparedSurface needs ``vector``.
+        surface : Surface or PreparedSurface (or what ``compare`` takes)
+            The query (output of preprocess_cartridge), any orientation. Without ``vector`` it must be
+            what the descriptor describes.
         partition : str or None, keyword-only
             Index partition to search (``None``: all).
         exclude : iterable of int, keyword-only
             Ids never returned (e.g. the query's own entry).
         params : RetrievalParams, optional, keyword-only
-            Overrides the retriever's settings for this query (``workers`` is fixed).
+            Overrides the retriever's settings for this query (``workers`` is the executor's).
         vector : ndarray, optional, keyword-only
             Precomputed query vector (as stored in the index).
+        known : mapping or callable, optional, keyword-only
+            Outcomes of pairs compared before (``id -> {"score", "summary"...}`` or ``id -> outcome or
+            None``): such candidates are screened and ranked with that outcome, never compared again.
+        stop : threading.Event, optional, keyword-only
+            Once set, the search raises :class:`~ballistic.errors.SearchCancelled`.
 
         Returns
         -------
         RetrievalResult
+            The ``k`` candidates: the ``cmc_k`` re-ranked ones first by their comparison score (ties by
+            the rotation prior, then the descriptor), then the rest by the screen's order; with the state
+            of the index searched.
         """
         p = params or self.params
+        compare = self.compare or CMCComparison(p.cmc)
         t0 = time.perf_counter()
         sec: dict[str, float] = {}
         excl = set(int(i) for i in exclude)
         if vector is None:
-            if not isinstance(surface, Surface):
+            if isinstance(surface, PreparedSurface):
                 raise TypeError("query(): pass the query Surface, or a PreparedSurface together with vector=")
             vector = self.describe(surface)
         sec["descriptor"] = time.perf_counter() - t0
         t = time.perf_counter()
-        scores, ids = self.index.search(np.asarray(vector, dtype=np.float32)[None, :] if np.ndim(vector) == 1
-                                        else vector, p.k + len(excl), partition=partition)
-        keep = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and int(i) not in excl][:p.k]
+        Q = np.asarray(vector, dtype=np.float32)
+        found = self.index.query(Q[None, :] if Q.ndim == 1 else Q, p.k + len(excl), partition=partition,
+                                 members=True)
+        keep = [(int(i), float(s)) for i, s in zip(found.ids[0], found.scores[0])
+                if i >= 0 and int(i) not in excl][:p.k]
         sec["index"] = time.perf_counter() - t
         cands = {i: Candidate(i, 0, s) for i, s in keep}
         order = [i for i, _ in keep]
-        pool = self._executor()
-        self._token += 1
+        prior_cache = {}
+        if known is not None:
+            look = known.get if isinstance(known, Mapping) else known
+            for i in order:
+                o = look(i)
+                if o is not None:
+                    prior_cache[i] = o
+        token = next(_SEARCH_TOKENS)
         if p.screen_k and len(order) > p.screen_k:
             t = time.perf_counter()
-            res = self._rotation_stage(pool, surface, order, p.screen_spacing_um, p.screen_step_deg, p)
-            for i, ncc, _ in res:
+            res = self._rotation_stage(surface, order, p.screen_spacing_um, p.screen_step_deg, p, token, stop)
+            for i, ncc, _, ok in res:
                 cands[i].screen_ncc = ncc
+                cands[i].available = ok
             order.sort(key=lambda i: -_finite(cands[i].screen_ncc))
             sec["screen"] = time.perf_counter() - t
-        if p.prior and order:
+        # the prior decides what the comparison sees: it runs when there is more to choose from than cmc_k
+        if p.prior and order and (len(order) > p.cmc_k or not p.cmc_k):
             t = time.perf_counter()
             head = order[:p.screen_k] if p.screen_k else order
-            for i, ncc, ang in self._rotation_stage(pool, surface, head, p.prior_spacing_um, p.prior_step_deg, p):
+            res = self._rotation_stage(surface, head, p.prior_spacing_um, p.prior_step_deg, p, token, stop)
+            for i, ncc, ang, ok in res:
                 cands[i].prior_ncc, cands[i].prior_angle_deg = ncc, ang
+                cands[i].available = ok
             head.sort(key=lambda i: -_finite(cands[i].prior_ncc))
             order = head + order[len(head):]
             sec["prior"] = time.perf_counter() - t
         top = order[:p.cmc_k]
         if top:
             t = time.perf_counter()
-            qprep = surface if isinstance(surface, PreparedSurface) else prepare(surface, p.cmc)
-            tasks = [(qprep, i, p.cmc) for i in top]
-            results = list(pool.map(_w_cmc, tasks)) if pool else [_w_cmc(tk) for tk in tasks]
-            for i, summ in results:
-                c = cands[i]
-                c.cmc_count, c.similarity = int(summ["cmc_count"]), float(summ["similarity"])
-                c.identification, c.summary = bool(summ["identification"]), summ
-            top.sort(key=lambda i: (-cands[i].similarity, -_finite(cands[i].prior_ncc), -cands[i].descriptor_score))
+            for i in top:
+                if i in prior_cache:
+                    cands[i].take(prior_cache[i], "earlier")
+            todo = [i for i in top if i not in prior_cache and cands[i].available is not False]
+            for i in top:
+                if cands[i].available is False:
+                    cands[i].compared = "unavailable"
+            if todo:
+                qprep = compare.prepare(surface)
+                tasks = [(qprep, i, compare) for i in todo]
+                for i, outcome in self.executor.map(_task_compare, tasks, context=self.fetch, stop=stop):
+                    if outcome is None:
+                        cands[i].available, cands[i].compared = False, "unavailable"
+                    else:
+                        cands[i].take(outcome, "now")
+            top.sort(key=lambda i: (-_finite(cands[i].score), -_finite(cands[i].prior_ncc),
+                                    -cands[i].descriptor_score))
             sec["cmc"] = time.perf_counter() - t
         final = top + order[len(top):]
         out = []
         for r, i in enumerate(final, 1):
             cands[i].rank = r
             out.append(cands[i])
+        members = found.members if found.members is not None else np.empty(0, np.int64)
         sec["total"] = time.perf_counter() - t0
-        return RetrievalResult(out, sec, p)
+        return RetrievalResult(out, sec, p, search=found, partition=partition,
+                               state_id=partition_state_id(self.descriptor_version, self.transform_id, partition,
+                                                           members),
+                               n_in_partition=int(members.size),
+                               n_eligible=int(members.size - np.isin(list(excl), members).sum()),
+                               max_id=int(members.max()) if members.size else None,
+                               descriptor_version=self.descriptor_version, transform_id=self.transform_id,
+                               algorithm_version=compare.version)
 
 
-def _finite(x: float) -> float:
-    return float(x) if np.isfinite(x) else -np.inf
+def _finite(x) -> float:
+    return float(x) if x is not None and np.isfinite(x) else -np.inf
