@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from api.models import AuditLog
+from api.db.models import AuditLog
 
 __all__ = ["GENESIS", "append", "serialize", "canonical_json", "row_hash", "verify_chain", "ChainReport"]
 

@@ -34,7 +34,7 @@ from api.jsonable import jsonable
 from ballistic.io.atomic import atomic_write_bytes
 
 __all__ = ["BULLET_ALGORITHM_VERSION", "save_signatures", "load_signatures", "land_positions_count",
-           "compare_bullets", "lands_key", "bullet_figure"]
+           "compare_bullets", "lands_key", "bullet_figure", "land_rows", "signatures_current", "current_lands"]
 
 #: Version of the bullet comparison the service stores with each candidate and with each land's signatures
 #: (land_signatures and land_features with their defaults, land score = ccf, SAM over the phase and the phase
@@ -66,6 +66,36 @@ def load_signatures(path: Path):
             raise ValueError(f"{path.name}: not a {SIGNATURE_FORMAT} file")
         return [Signature(values=np.array(z[f"values_{i}"]), spacing_um=it["spacing_um"], start_um=it["start_um"],
                           meta=dict(it["meta"])) for i, it in enumerate(head["items"])]
+
+
+def land_rows(session, exhibit_id: int) -> list[tuple[int, int, str, str | None, dict | None]]:
+    """A bullet's lands in position order: ``(land id, land_index, sha256, signature_path, signature_info)``."""
+    from sqlalchemy import select
+
+    from api.db.models import LandScan
+
+    return [(x.id, x.land_index, x.original_sha256, x.signature_path, x.signature_info)
+            for x in session.execute(select(LandScan).where(LandScan.exhibit_id == exhibit_id)
+                                     .order_by(LandScan.land_index)).scalars()]
+
+
+def signatures_current(store, path: str | None, info: dict | None, step_um: float) -> bool:
+    """A land's stored signatures are current: extracted at ``step_um`` by this bullet algorithm, still on disk."""
+    return bool(path and info and info.get("step_um") == float(step_um)
+                and info.get("algorithm") == BULLET_ALGORITHM_VERSION and store.resolve(path).is_file())
+
+
+def current_lands(session, store, exhibit_id: int, step_um: float, *, load=None) -> tuple[dict[int, list], dict[int, str]]:
+    """The lands of a bullet that have current signatures: ``{land_index: [Signature]}`` and
+    ``{land_index: sha256}`` (``load(path)`` reads a signatures file; default :func:`load_signatures`)."""
+    load = load or (lambda rel: load_signatures(store.resolve(rel)))
+    sigs: dict[int, list] = {}
+    shas: dict[int, str] = {}
+    for _, idx, sha, path, info in land_rows(session, exhibit_id):
+        if signatures_current(store, path, info, step_um) and not info.get("error"):
+            sigs[idx] = load(path)
+            shas[idx] = sha
+    return sigs, shas
 
 
 def land_positions_count(land_count_a: int | None, lands_a, land_count_b: int | None, lands_b) -> int:

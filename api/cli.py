@@ -167,7 +167,7 @@ def keys_create(scope: str = typer.Option(..., help="examiner, intelligence or a
     from api.db import make_sessionmaker, session_scope
     from pydantic import ValidationError
 
-    from api.routers.keys import issue_key
+    from api.services.keys import issue_key
     from api.schemas import KeyCreate
 
     try:
@@ -196,7 +196,7 @@ def keys_list(data_dir: Optional[Path] = typer.Option(None, help=_DATA_DIR_HELP)
     from sqlalchemy import select
 
     from api.db import make_sessionmaker
-    from api.models import ApiKey
+    from api.db.models import ApiKey
 
     s, engine = _open_db(data_dir, database_url, write=False)
     with make_sessionmaker(engine)() as sess:
@@ -215,8 +215,8 @@ def keys_revoke(key_id: int = typer.Argument(..., help="the key's id (see `balli
                 database_url: Optional[str] = typer.Option(None, help=_DB_URL_HELP)) -> None:
     """Revoke an API key (audited): it is refused at once, browser sessions included."""
     from api.db import make_sessionmaker, session_scope
-    from api.models import ApiKey
-    from api.routers.keys import revoke
+    from api.db.models import ApiKey
+    from api.services.keys import revoke
 
     s, engine = _open_db(data_dir, database_url, write=True)
     with session_scope(make_sessionmaker(engine)) as sess:

@@ -10,7 +10,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import ApiKey
+from api.db.models import ApiKey
 from api.runtime import Runtime
 from api.security import allowed, hash_key
 from api.settings import Settings

@@ -50,7 +50,40 @@ from ballistic.errors import (BallisticError, BulletError, DescriptorError, Firi
                               StateError, UnusableLandError, X3PChecksumError, X3PError)
 
 __all__ = ["HTTP_STATUS", "http_status", "http_exception", "install_error_handlers", "job_retryable",
-           "REASON_TEXT", "user_message", "upload_error", "job_error", "plain"]
+           "REASON_TEXT", "user_message", "upload_error", "job_error", "plain",
+           "ServiceError", "NotFound", "Conflict", "Gone", "Unprocessable"]
+
+
+# --------------------------------------------------------------------------- the services' refusals
+class ServiceError(Exception):
+    """A request the service refuses, raised by :mod:`api.services` (which know no HTTP): the status the
+    route answers with and a ``detail`` for the user (text, or a JSON object such as
+    ``{"reason": ..., "existing_exhibit_id": ...}``). Routes let it pass (:func:`install_error_handlers`);
+    web pages turn it into their error page."""
+
+    status = 400
+
+    def __init__(self, detail, status: int | None = None) -> None:
+        super().__init__(detail if isinstance(detail, str) else str(detail))
+        self.detail = detail
+        if status is not None:
+            self.status = int(status)
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class Gone(ServiceError):
+    status = 410
+
+
+class Unprocessable(ServiceError):
+    status = 422
 
 #: (kind, HTTP status), first match wins: more specific kinds first.
 HTTP_STATUS: tuple[tuple[type[BallisticError], int], ...] = (
@@ -80,7 +113,8 @@ def http_exception(exc: BallisticError) -> HTTPException:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map every library error that leaves a route to its status with a ``{"detail": ...}`` body."""
+    """Map every library error, and every :class:`ServiceError`, that leaves a route to its status with a
+    ``{"detail": ...}`` body."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, BallisticError)
@@ -88,7 +122,12 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": "30"} if code == 503 else None
         return JSONResponse({"detail": _detail(exc)}, status_code=code, headers=headers)
 
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
     app.add_exception_handler(BallisticError, handle)
+    app.add_exception_handler(ServiceError, refused)
 
 
 def job_retryable(exc: BaseException) -> bool:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from api import web
 from api.errors import install_error_handlers
-from api.routers import audit, candidates, exhibits, export, hits, jobs, keys, reviews, series, system
+from api.routes import audit, candidates, exhibits, export, hits, jobs, keys, reviews, series, system
 from api.runtime import Runtime
 from api.settings import Settings
 

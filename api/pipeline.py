@@ -36,7 +36,7 @@ from api import audit
 from api.jsonable import jsonable
 from api.db import session_scope, utcnow
 from api.errors import job_error, job_retryable
-from api.models import Candidate, Exhibit, Job, LandScan
+from api.db.models import Candidate, Exhibit, Job, LandScan
 
 if TYPE_CHECKING:  # pragma: no cover
     from api.runtime import Runtime

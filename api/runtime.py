@@ -21,7 +21,7 @@ from sqlalchemy import or_, select, update
 
 from api import audit
 from api.db import make_engine, make_sessionmaker, session_scope, upgrade, utcnow
-from api.models import ApiKey, Candidate, Exhibit, Job, LandScan, Setting
+from api.db.models import ApiKey, Candidate, Exhibit, Job, LandScan, Setting
 from api.pipeline import PreparedCache, run_correlation_job
 from api.security import hash_key, new_key
 from api.settings import Settings
@@ -76,12 +76,13 @@ class Runtime:
         self.bootstrap_key = self._bootstrap_admin()
         self.startup_report["staging_files_removed"] = self.store.clean_staging()
         self.startup_report["orphan_originals"] = self.reconcile_originals()
-        from api.retrieval import Retrieval
+        from api.index import Retrieval
 
         self.retrieval = Retrieval(self.settings, self.session_factory)
         self.startup_report["index"] = self.retrieval.load_or_rebuild()
         self.bullet_retrieval = Retrieval(self.settings, self.session_factory, space="bullet")
         self.startup_report["bullet_index"] = self.bullet_retrieval.load_or_rebuild()
+        self.spaces = {"breech_face": self.retrieval, "bullet": self.bullet_retrieval}
         self.startup_report["calibration"] = self.load_calibration()
         self.huey.flush()
         self.startup_report["redescribe_jobs"] = self.queue_stale_descriptors()
@@ -99,6 +100,9 @@ class Runtime:
                                         periodic=False, initial_delay=0.05, backoff=1.3, max_delay=0.5,
                                         check_worker_health=False, shutdown_timeout=60)
         self.consumer.start()
+
+    def worker_status(self) -> dict:
+        return {"mode": "thread", "running": self.consumer is not None}
 
     def stop(self) -> None:
         self.stopping.set()

@@ -325,6 +325,8 @@ class StatusPublic(BaseModel):
     exhibits: int
     index: dict[str, Any]
     startup: dict[str, Any]
+    workers: dict[str, Any] = Field(default_factory=dict, description=(
+        "the correlation worker processes: mode, each one's pid, whether it is alive, the job it runs, restarts"))
 
 
 class ErrorPublic(BaseModel):

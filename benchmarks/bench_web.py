@@ -82,7 +82,7 @@ def populate(rt, n: int, per: int, confirmed: int, seed: int = 1) -> dict:
     """Rows straight into the tables (Core executemany; one transaction per table)."""
     from sqlalchemy import insert, update
 
-    from api.models import Candidate, Case, Exhibit, HitEvent, Job, Review
+    from api.db.models import Candidate, Case, Exhibit, HitEvent, Job, Review
 
     rng = random.Random(seed)
     now = dt.datetime.now(dt.timezone.utc)

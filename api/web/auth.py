@@ -37,7 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import Principal
-from api.models import ApiKey, Setting
+from api.db.models import ApiKey, Setting
 from api.security import allowed, hash_key
 
 __all__ = ["SESSION_COOKIE", "CSRF_COOKIE", "SESSION_MAX_AGE_S", "WebSession", "sign", "unsign", "secret_for",

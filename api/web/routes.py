@@ -1,14 +1,13 @@
-"""The examiner workbench: server-rendered pages under ``/web`` on top of the JSON API's own functions.
+"""The examiner workbench: server-rendered pages under ``/web`` on top of the service's functions.
 
-Business logic is not repeated here: candidate lists, reviews (decision, feed event, audit row),
-the hits feed and the series graph are the routers' and :mod:`api.graph`'s functions, called with
-the signed-in key's :class:`~api.deps.Principal`; permissions are :data:`api.security.PERMISSIONS`.
+Business logic is not repeated here: candidate lists, reviews (decision, feed event, audit row), the hits
+feed and the series graph are the functions of :mod:`api.services` that the JSON routes call too, called
+with the signed-in key's :class:`~api.deps.Principal`; permissions are :data:`api.security.PERMISSIONS`.
 What is here is presentation: search and pagination of the exhibit list, pictures, charts.
 """
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import json
 import logging
 import os
@@ -18,16 +17,21 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 
 from api import audit
-from api.graph import confirmed_graph
-from api.models import Candidate, Case, Exhibit, HitEvent, Job
+from api.db.models import Candidate, Case, Exhibit, HitEvent, Job
+from api.errors import NotFound, ServiceError
 from api.schemas import ReviewCreate
+from api.services.candidates import list_candidates
+from api.services.graph import confirmed_graph
+from api.services.hits import hits_feed
+from api.services.reviews import list_reviews, review_candidate
+from api.services.serializers import exhibit_public
 from api.web import auth, charts, images
 
 __all__ = ["router", "TEMPLATES_DIR", "STATIC_DIR", "BENCH_DIR_ENV"]
@@ -138,13 +142,6 @@ def _lr(*objs) -> dict | None:
 
             return {"log10": math.log10(v), "low": None, "high": None, "calibration": None}
     return None
-
-
-def _call(fn, **available):
-    """Call a router function with the keyword arguments it declares (``rt``, ``session``, ``who`` and
-    query values): the pages use the JSON API's functions as they are, whatever dependencies they take."""
-    params = inspect.signature(fn).parameters
-    return fn(**{k: v for k, v in available.items() if k in params})
 
 
 def _audit_read(rt, who, action: str, resource_type: str, resource_id: int, detail: dict) -> None:
@@ -337,18 +334,14 @@ def exhibit_page(request: Request, exhibit_id: int,
     ws, deny = _gate(request, "evidence:read")
     if deny:
         return deny
-    from api.routers.candidates import list_candidates
-    from api.views import exhibit_public
-
     rt = request.app.state.runtime
     with rt.read_factory() as s:
         e = s.get(Exhibit, exhibit_id) if 1 <= exhibit_id <= 2**62 else None
         if e is None:
             return _not_found(request, ws, f"Exhibit {exhibit_id}")
         ex = exhibit_public(s, e)
-        cands = _call(list_candidates, exhibit_id=exhibit_id, rt=rt, session=s, who=ws.principal,
-                      include_explanation=False, review_status=review_status or None, role=role or None,
-                      min_score=min_score, limit=limit)
+        cands = list_candidates(rt, s, exhibit_id, include_explanation=False, review_status=review_status or None,
+                                role=role or None, min_score=min_score, limit=limit)
     lrs = {c.id: _lr(c) for c in cands.items}
     return _page(request, ws, "exhibit.html", {"e": ex, "cands": cands.items, "lrs": lrs,
                                                "filters": {"review_status": review_status or "", "role": role or "",
@@ -381,8 +374,6 @@ def exhibit_relief(request: Request, exhibit_id: int,
 
 # --------------------------------------------------------------------------- comparison
 def _comparison_ctx(rt, s, ws, c: Candidate, from_id: int | None) -> dict:
-    from api.routers.reviews import list_reviews
-
     direction = "backward" if from_id == c.exhibit_b_id else "forward"
     ref, other = (c.exhibit_a, c.exhibit_b) if direction == "forward" else (c.exhibit_b, c.exhibit_a)
     ex = c.explanation or {}
@@ -396,7 +387,7 @@ def _comparison_ctx(rt, s, ws, c: Candidate, from_id: int | None) -> dict:
               "status": "cmc" if x.get("cmc") else ("high" if (x.get("corr") or -1) >= thr else "low")}
              for x in d.get("cells", []) if "y0_px" in x]
     reg = d.get("registration") or (c.registration if direction == "forward" else {})
-    reviews = _call(list_reviews, candidate_id=c.id, rt=rt, session=s, who=ws.principal)
+    reviews = list_reviews(s, c.id)
     a_lbl, b_lbl = (f"{e.case.case_number}/{e.exhibit_ref}" for e in (c.exhibit_a, c.exhibit_b))
     per_dir = [(f"{a_lbl} \u2192 {b_lbl}", ex.get("cmc_forward"), ex.get("cells_forward")),
                (f"{b_lbl} \u2192 {a_lbl}", ex.get("cmc_backward"), ex.get("cells_backward"))]
@@ -476,16 +467,12 @@ def review(request: Request, candidate_id: int,
         return _page(request, ws, "error.html", {"code": 422, "title": "Invalid decision",
                                                  "message": "; ".join(x["msg"] for x in err.errors())},
                      status_code=422)
-    from api.routers.reviews import review_candidate
-
     rt = request.app.state.runtime
     try:
         with rt.session_factory() as s:  # the JSON API's review: decision, feed event, audit row, one commit
-            _call(review_candidate, candidate_id=candidate_id, body=body, rt=rt, session=s, who=ws.principal)
-    except HTTPException as err:
-        if err.status_code == 404:
-            return _not_found(request, ws, f"Candidate {candidate_id}")
-        raise
+            review_candidate(s, ws.principal, candidate_id, body)
+    except NotFound:
+        return _not_found(request, ws, f"Candidate {candidate_id}")
     root = _root(request)
     if _is_htmx(request):
         with rt.read_factory() as s:
@@ -544,7 +531,7 @@ def _bench_runs(folder: Path) -> list[dict]:
 
 
 def _series_view(session) -> tuple[list[dict], list[dict]]:
-    """The series (api.graph.confirmed_graph, as GET /v1/series) as plain list rows and graph panels."""
+    """The series (api.services.graph.confirmed_graph, as GET /v1/series) as plain list rows and graph panels."""
     rows, panels = [], []
     for exhibits, links in confirmed_graph(session).series():
         if len(exhibits) < 2:
@@ -624,14 +611,11 @@ def hits_page(request: Request, after: Annotated[Optional[str], Query(max_length
     ws, deny = _gate(request, "intel:read")
     if deny:
         return deny
-    from api.routers.hits import hits_feed
-
     rt = request.app.state.runtime
     with rt.read_factory() as s:
         try:
-            feed = _call(hits_feed, response=Response(), rt=rt, session=s, who=ws.principal, after=after,
-                         limit=100, if_none_match=None)
-        except HTTPException as err:
-            return _page(request, ws, "error.html", {"code": err.status_code, "title": "Bad cursor",
-                                                     "message": str(err.detail)}, status_code=err.status_code)
+            feed = hits_feed(s, after=after, limit=100).feed
+        except ServiceError as err:
+            return _page(request, ws, "error.html", {"code": err.status, "title": "Bad cursor",
+                                                     "message": str(err.detail)}, status_code=err.status)
     return _page(request, ws, "hits.html", {"feed": feed, "after": after})

@@ -3,7 +3,9 @@
 :func:`aligned_target` puts the target into the reference frame with the pair's
 registration; :func:`explanation_figure` draws, for both directions, the cells coloured by their CMC
 status on one scan, the other registered onto it and their overlay, with a legend, scale bars, a
-height colour bar and (when given) the likelihood ratio, and writes a PNG.
+height colour bar and (when given) the likelihood ratio, and writes a PNG. :func:`firing_pin_figure`
+shows two firing-pin impressions, the target registered onto the reference the way
+:func:`~ballistic.cartridge.firing_pin.compare_firing_pins` registered it.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from ballistic.preprocess.filters import resample
 from ballistic.surface import Surface
 from ballistic.viz.render import save_figure
 
-__all__ = ["aligned_target", "explanation_figure", "CELL_COLOURS"]
+__all__ = ["aligned_target", "explanation_figure", "firing_pin_figure", "CELL_COLOURS"]
 
 
 def aligned_target(reference: Surface, target: Surface, result: PairResult) -> tuple[np.ndarray, np.ndarray]:
@@ -183,3 +185,51 @@ def explanation_figure(reference: Surface, target: Surface, result: PairResult, 
     fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.02, 0.005), ncol=2, fontsize=9.5,
                frameon=False, handlelength=2.2, columnspacing=3.0)
     return save_figure(fig, path, dpi=dpi)  # atomic: the service caches these figures
+
+
+def firing_pin_figure(reference: Surface, target: Surface, registration, path: str | Path, *, score: float,
+                      spacing_um: float = 6.25, labels: tuple[str, str] = ("reference", "target"),
+                      dpi: int = 100) -> Path:
+    """Write a PNG of two firing-pin impressions, shaded, the target registered onto the reference.
+
+    Parameters
+    ----------
+    reference, target : Surface
+        Extracted impressions (:func:`~ballistic.cartridge.firing_pin.extract_firing_pin`).
+    registration : mapping or object
+        ``angle_deg``, ``dy_um``, ``dx_um`` of the comparison (a
+        :class:`~ballistic.cartridge.firing_pin.FiringPinResult`, or its stored dict): the target is warped
+        onto the reference with them (:func:`~ballistic.cartridge.cmc.register.warp_to_reference`), at
+        ``spacing_um`` (the comparison's fine spacing, um).
+    path : str or Path
+    score : float, keyword-only
+        The registered correlation shown in the title.
+    labels : (str, str), keyword-only
+
+    Returns
+    -------
+    Path
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ballistic.viz.render import shade
+
+    get = registration.get if hasattr(registration, "get") else (lambda k, _r=registration: getattr(_r, k, None))
+    ang = float(get("angle_deg") or 0.0)
+    dy, dx = float(get("dy_um") or 0.0), float(get("dx_um") or 0.0)
+    ref = resample(reference, spacing_um=spacing_um)
+    tgt = resample(target, spacing_um=spacing_um).heights
+    warped = Surface(warp_to_reference(tgt, ang, dy / spacing_um, dx / spacing_um, ref.shape), spacing_um)
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
+    for ax, s_, t in ((axes[0], ref, f"{labels[0]} (reference)"),
+                      (axes[1], warped, f"{labels[1]} registered: {ang:.1f} deg, ({dx:.0f}, {dy:.0f}) um")):
+        ax.imshow(shade(s_, z_factor=5.0), cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(t, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(f"firing pin: registered correlation {score:.3f} (mean of both directions; weak evidence, "
+                 "provisional threshold)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=dpi)

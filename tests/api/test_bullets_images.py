@@ -145,7 +145,7 @@ def test_signatures_of_an_older_bullet_algorithm_are_extracted_again_at_start_up
 
     from api.bullets import BULLET_ALGORITHM_VERSION
     from api.db import session_scope
-    from api.models import Candidate, LandScan
+    from api.db.models import Candidate, LandScan
 
     d = shared_data / "bullet" / "hamby252"
     settings = make_settings(tmp_path)

@@ -29,6 +29,7 @@ CASES = [
     (E.ShardUnavailableError("s0", "actor died"), 503, True),
     (E.RerankError("batch lost"), 503, True),
     (E.ScaleOutConfigError("no token"), 500, False),
+    (E.SearchCancelled("service stopping"), 503, True),
 ]
 
 
@@ -89,7 +90,7 @@ def test_handlers_answer_with_the_status_and_the_reason():
                                          (E.DescriptorError("too few valid points"), False)])
 def test_job_retries_infrastructure_errors_and_fails_data_errors_at_once(client, examiner, scans, monkeypatch,
                                                                          exc, retried):
-    from api.retrieval import Retrieval
+    from api.index import Retrieval
 
     calls = {"n": 0}
     real = Retrieval.compute_descriptor

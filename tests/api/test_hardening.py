@@ -182,7 +182,7 @@ def test_upload_errors_speak_to_the_user_not_to_a_library_caller(tmp_path, scans
 def test_job_failures_are_stored_in_words_for_the_user(client, examiner, scans, monkeypatch):
     from api_helpers import ADMIN
 
-    from api.retrieval import Retrieval
+    from api.index import Retrieval
     from ballistic.retrieval.descriptor import breech_face_descriptor
 
     # the library's own DescriptorError ("... raise r_max_um (now 2000.0 um) or lower min_valid ...")

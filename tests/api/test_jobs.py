@@ -83,7 +83,7 @@ def test_figure_is_rendered_cached_and_audited(client, examiner, scans):
 
 
 def test_transient_failure_is_retried_permanent_one_fails(client, examiner, scans, monkeypatch):
-    from api.retrieval import Retrieval
+    from api.index import Retrieval
 
     calls = {"n": 0}
     real = Retrieval.compute_descriptor
@@ -129,7 +129,7 @@ def test_restart_resumes_interrupted_jobs_and_rebuilds_stale_index(tmp_path, sca
         # simulate a crash in the middle of job 4: the DB says 'running'
         from sqlalchemy import update
 
-        from api.models import Job
+        from api.db.models import Job
         with c.app.state.runtime.session_factory() as sess:
             sess.execute(update(Job).where(Job.id == 4).values(status="running", attempts=1))
             sess.commit()

@@ -1,17 +1,17 @@
-"""API keys (admin): create (the secret is returned once), list, revoke."""
+"""API keys: create (the secret is returned once), list, revoke. Called by ``api.routes.keys`` and by
+``ballistic keys ...``."""
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 
 from api import audit
 from api.db import utcnow
-from api.deps import Admin, IdPath, ReadSessionDep, SessionDep
-from api.models import ApiKey
-from api.schemas import ErrorPublic, KeyCreate, KeyCreated, KeyPublic
+from api.db.models import ApiKey
+from api.errors import NotFound
+from api.schemas import KeyCreated, KeyPublic
 from api.security import hash_key, new_key
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"])
+__all__ = ["issue_key", "revoke", "create_key", "list_keys", "revoke_key"]
 
 
 def issue_key(session, *, name: str, scope: str, actor: str, via: str = "api") -> tuple[ApiKey, str]:
@@ -36,26 +36,21 @@ def revoke(session, k: ApiKey, *, actor: str) -> bool:
     return True
 
 
-@router.post("", response_model=KeyCreated, status_code=status.HTTP_201_CREATED, summary="Create an API key",
-             description='Body: `{"name": "Examiner Alice", "scope": "examiner"}` (scope: examiner, intelligence '
-                         "or admin). The response's `key` is the secret, shown once; only its SHA-256 is stored.")
-def create_key(body: KeyCreate, session: SessionDep, who: Admin) -> KeyCreated:
-    k, raw = issue_key(session, name=body.name, scope=body.scope, actor=who.actor)
+def create_key(session, who, *, name: str, scope: str) -> KeyCreated:
+    """A new key (committed); its secret is in the answer, once."""
+    k, raw = issue_key(session, name=name, scope=scope, actor=who.actor)
     session.commit()
     return KeyCreated(**KeyPublic.model_validate(k).model_dump(), key=raw)
 
 
-@router.get("", response_model=list[KeyPublic], summary="List API keys (never their secrets)")
-def list_keys(session: ReadSessionDep, who: Admin) -> list[KeyPublic]:
+def list_keys(session) -> list[KeyPublic]:
     return [KeyPublic.model_validate(k) for k in session.execute(select(ApiKey).order_by(ApiKey.id)).scalars()]
 
 
-@router.post("/{key_id}/revoke", response_model=KeyPublic, responses={404: {"model": ErrorPublic}},
-             summary="Revoke an API key")
-def revoke_key(key_id: IdPath, session: SessionDep, who: Admin) -> KeyPublic:
+def revoke_key(session, who, key_id: int) -> KeyPublic:
     k = session.get(ApiKey, key_id)
     if k is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"key {key_id} not found")
+        raise NotFound(f"key {key_id} not found")
     if revoke(session, k, actor=who.actor):
         session.commit()
     return KeyPublic.model_validate(k)

@@ -1,26 +1,24 @@
 """Examiner review of a candidate. A confirmation links the two exhibits (and so their cases) and
-appends a 'hit' event to the intelligence feed; withdrawing a confirmation appends a 'retraction'."""
+appends a 'hit' event to the intelligence feed; withdrawing a confirmation appends a 'retraction'.
+Called by ``api.routes.reviews`` and the web pages (one decision, feed event and audit row, one commit)."""
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 
 from api import audit
-from api.deps import EvidenceReader, IdPath, ReadSessionDep, Reviewer, SessionDep
-from api.models import Candidate, HitEvent, Review
-from api.schemas import ErrorPublic, ReviewCreate, ReviewPublic
+from api.db.models import Candidate, HitEvent, Review
+from api.errors import NotFound
+from api.schemas import ReviewCreate, ReviewPublic
 
-router = APIRouter(prefix="/v1/candidates", tags=["reviews"])
-_ERR = {"model": ErrorPublic}
+__all__ = ["review_candidate", "list_reviews"]
 
 
-@router.post("/{candidate_id}/review", response_model=ReviewPublic, status_code=status.HTTP_201_CREATED,
-             responses={404: _ERR}, summary="Record an examiner's decision on a candidate")
-def review_candidate(candidate_id: IdPath, body: ReviewCreate, session: SessionDep, who: Reviewer) -> ReviewPublic:
+def review_candidate(session, who, candidate_id: int, body: ReviewCreate) -> ReviewPublic:
+    """Record ``who``'s decision on the candidate (committed)."""
     audit.serialize(session)  # feed events must commit in sequence order (PostgreSQL)
     c = session.get(Candidate, candidate_id)
     if c is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"candidate {candidate_id} not found")
+        raise NotFound(f"candidate {candidate_id} not found")
     prior = c.review_status
     r = Review(candidate_id=c.id, decision=body.decision, comment=body.comment, examiner=who.name, key_id=who.key_id)
     session.add(r)
@@ -49,10 +47,9 @@ def review_candidate(candidate_id: IdPath, body: ReviewCreate, session: SessionD
     return out
 
 
-@router.get("/{candidate_id}/reviews", response_model=list[ReviewPublic], responses={404: _ERR},
-            summary="Review history of a candidate (oldest first)")
-def list_reviews(candidate_id: IdPath, session: ReadSessionDep, who: EvidenceReader) -> list[ReviewPublic]:
+def list_reviews(session, candidate_id: int) -> list[ReviewPublic]:
+    """Review history of a candidate, oldest first."""
     if session.get(Candidate, candidate_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"candidate {candidate_id} not found")
+        raise NotFound(f"candidate {candidate_id} not found")
     rows = session.execute(select(Review).where(Review.candidate_id == candidate_id).order_by(Review.id)).scalars()
     return [ReviewPublic.model_validate(r) for r in rows]

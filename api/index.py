@@ -36,7 +36,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.models import Exhibit
+from api.db.models import Exhibit
 from api.settings import Settings
 from ballistic.io.atomic import atomic_write_bytes
 
@@ -45,7 +45,7 @@ __all__ = ["Retrieval", "region_for_media", "partition_for", "BULLET_REGION", "S
 BULLET_REGION = "bullet_lea"
 SPACES = ("breech_face", "bullet")
 
-log = logging.getLogger("ballistic.api.retrieval")
+log = logging.getLogger("ballistic.api.index")
 
 
 def region_for_media(media_type: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-import api.models  # noqa: F401  (registers the tables)
+import api.db.models  # noqa: F401  (registers the tables)
 from api.db import Base
 
 config = context.config

@@ -8,7 +8,7 @@ from xml.sax.saxutils import escape, quoteattr
 from sqlalchemy import select
 from sqlalchemy.orm import Session, defer
 
-from api.models import Candidate, Exhibit, HitEvent
+from api.db.models import Candidate, Exhibit, HitEvent
 
 
 class UnionFind:

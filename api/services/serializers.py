@@ -4,7 +4,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import Candidate, Exhibit, Job, LandScan
+from api.db.models import Candidate, Exhibit, Job, LandScan
 from api.schemas import CandidatePublic, ExhibitPublic, ExhibitSummary, JobPublic, LandPublic
 
 

@@ -1,19 +1,19 @@
-"""The intelligence feed: confirmed hits in order, cursor-paginated, with ETag / If-None-Match."""
+"""The intelligence feed: confirmed hits in order, cursor-paginated, with an ETag. Called by ``api.routes.hits``
+and the web pages."""
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
-from typing import Annotated, Optional
+from dataclasses import dataclass
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from sqlalchemy import func, select
 
-from api.deps import IntelReader, ReadSessionDep
-from api.models import Candidate, HitEvent
-from api.schemas import CasePublic, ErrorPublic, ExhibitSummary, HitFeed, HitPublic
+from api.db.models import Candidate, HitEvent
+from api.errors import ServiceError
+from api.schemas import CasePublic, ExhibitSummary, HitFeed, HitPublic
 
-router = APIRouter(prefix="/v1/hits", tags=["hits"])
+__all__ = ["encode_cursor", "decode_cursor", "FeedPage", "hits_feed"]
 
 
 def encode_cursor(seq: int) -> str:
@@ -29,7 +29,7 @@ def decode_cursor(cursor: str) -> int:
             raise ValueError
         return seq
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "invalid cursor: pass back a next_cursor value") from None
+        raise ServiceError("invalid cursor: pass back a next_cursor value", 400) from None
 
 
 def _item(ev: HitEvent, lr) -> HitPublic:
@@ -46,20 +46,23 @@ def _item(ev: HitEvent, lr) -> HitPublic:
                      cases=[CasePublic.model_validate(c) for c in cases.values()])
 
 
-@router.get("/feed", response_model=HitFeed, responses={304: {"description": "nothing new (ETag matched)"},
-                                                        400: {"model": ErrorPublic}},
-            summary="Confirmed hits (and retractions) after a cursor, oldest first; 400 for a cursor this "
-                    "server never issued")
-def hits_feed(response: Response, session: ReadSessionDep, who: IntelReader,
-              after: Annotated[Optional[str], Query(max_length=100, description="opaque cursor")] = None,
-              limit: Annotated[int, Query(ge=1, le=500)] = 100,
-              if_none_match: Annotated[Optional[str], Header(max_length=200)] = None):
+@dataclass
+class FeedPage:
+    """One page of the feed and its ETag; ``feed`` is None when the client's ``If-None-Match`` matched."""
+
+    feed: HitFeed | None
+    etag: str
+
+
+def hits_feed(session, *, after: str | None = None, limit: int = 100, if_none_match: str | None = None) -> FeedPage:
+    """Confirmed hits (and retractions) after the cursor ``after``, oldest first; a cursor this server never
+    issued (past the newest event) is refused (400)."""
     after_seq = decode_cursor(after) if after else 0
     head = session.execute(select(func.max(HitEvent.seq))).scalar() or 0
     if after_seq > head:  # never issued: a client holding it would silently never see the hits that follow
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, (
+        raise ServiceError((
             "cursor never issued by this feed: it points past the newest event. Pass back a next_cursor value "
-            "this server returned, or leave 'after' out to read the feed from the start"))
+            "this server returned, or leave 'after' out to read the feed from the start"), 400)
     if head <= after_seq:
         events = []
     else:
@@ -77,9 +80,7 @@ def hits_feed(response: Response, session: ReadSessionDep, who: IntelReader,
     cal_ids = sorted({str(r.calibration_id) for r in lrs.values() if r.calibration_id})
     etag = '"' + hashlib.sha256(f"{after_seq}:{limit}:{last}:{len(events)}:{has_more}:{cal_ids}".encode()
                                 ).hexdigest()[:32] + '"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if if_none_match and etag in [t.strip().removeprefix("W/") for t in if_none_match.split(",")]:
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    response.headers.update(headers)
-    return HitFeed(items=[_item(e, lrs.get(e.candidate_id)) for e in events], next_cursor=encode_cursor(last),
-                   has_more=has_more)
+        return FeedPage(None, etag)
+    return FeedPage(HitFeed(items=[_item(e, lrs.get(e.candidate_id)) for e in events],
+                            next_cursor=encode_cursor(last), has_more=has_more), etag)

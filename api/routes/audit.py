@@ -1,27 +1,24 @@
-"""Audit log: read and verify only. No endpoint creates, edits or deletes audit rows directly."""
+"""``/v1/audit`` (admin): read and verify only. No endpoint creates, edits or deletes audit rows. HTTP only: the
+work is :mod:`api.services.audit_log`."""
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
-from api.audit import verify_chain
 from api.deps import Admin, ReadSessionDep
-from api.models import AuditLog
-from api.schemas import AuditEntryPublic, AuditPage, AuditVerifyPublic
+from api.schemas import AuditPage, AuditVerifyPublic
+from api.services import audit_log as svc
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 
 @router.get("/verify", response_model=AuditVerifyPublic, summary="Recompute the hash chain (admin)")
 def verify(session: ReadSessionDep, who: Admin) -> AuditVerifyPublic:
-    return AuditVerifyPublic(**verify_chain(session).as_dict())
+    return svc.verify(session)
 
 
 @router.get("", response_model=AuditPage, summary="Audit rows after a sequence number (admin)")
 def list_audit(session: ReadSessionDep, who: Admin, after_seq: Annotated[int, Query(ge=0, le=2**62)] = 0,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> AuditPage:
-    rows = session.execute(select(AuditLog).where(AuditLog.seq > after_seq).order_by(AuditLog.seq).limit(limit)
-                           ).scalars()
-    return AuditPage(items=[AuditEntryPublic.model_validate(r) for r in rows])
+    return svc.list_audit(session, after_seq=after_seq, limit=limit)

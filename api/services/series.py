@@ -1,20 +1,14 @@
-"""Series: connected groups of exhibits linked by confirmed hits (union-find), with timeline and places."""
+"""Series: connected groups of exhibits linked by confirmed hits (union-find over
+:func:`api.services.graph.confirmed_graph`), with timeline and places. Called by ``api.routes.series``."""
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
-
-from api.deps import IntelReader, ReadSessionDep
-from api.graph import confirmed_graph
 from api.schemas import CasePublic, ExhibitSummary, PlacePublic, SeriesList, SeriesPublic, TimelineEntry
+from api.services.graph import confirmed_graph
 
-router = APIRouter(prefix="/v1/series", tags=["series"])
+__all__ = ["list_series"]
 
 
-@router.get("", response_model=SeriesList, summary="Connected groups of linked exhibits")
-def list_series(session: ReadSessionDep, who: IntelReader,
-                min_exhibits: Annotated[int, Query(ge=2, le=10**6)] = 2) -> SeriesList:
+def list_series(session, *, min_exhibits: int = 2) -> SeriesList:
     items = []
     for exhibits, links in confirmed_graph(session).series():
         if len(exhibits) < min_exhibits:

@@ -1,37 +1,42 @@
-"""Exhibit submission (write-once originals; bullets as sets of land scans), listing, metadata, original
-download and the shaded-relief view of 3D scans."""
+"""Exhibits: submission (write-once originals; bullets as sets of land scans), listing, metadata, original
+download and the shaded-relief view of 3D scans. Called by the JSON routes (``api.routes.exhibits``) and the
+web pages alike; refusals are :class:`api.errors.ServiceError` (no HTTP here)."""
 from __future__ import annotations
 
 import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal, Optional
+from pathlib import Path
+from typing import BinaryIO, Protocol
 
-from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFile, status
-from fastapi.responses import FileResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from api import audit
-from api.deps import EvidenceReader, ExaminerWrite, IdPath, ReadSessionDep, RuntimeDep, SessionDep
-from api.errors import upload_error
-from api.models import Case, Exhibit, Job, LandScan
-from api.retrieval import BULLET_REGION, partition_for, region_for_media
-from api.schemas import ErrorPublic, ExhibitCreate, ExhibitPage, ExhibitPublic
+from api.db.models import Case, Exhibit, Job, LandScan
+from api.errors import Conflict, Gone, NotFound, ServiceError, Unprocessable, upload_error
+from api.index import BULLET_REGION, partition_for, region_for_media
+from api.schemas import ExhibitCreate, ExhibitPage, ExhibitPublic
+from api.services.serializers import exhibit_public
 from api.storage import StagedFile, UploadTooLarge, sniff_media_type
-from api.views import exhibit_public
 from ballistic.io.atomic import atomic_write_bytes
 
-router = APIRouter(prefix="/v1/exhibits", tags=["exhibits"])
+__all__ = ["create_exhibit", "add_lands", "list_exhibits", "get_exhibit", "original_file", "land_original_file",
+           "render_relief"]
+
 log = logging.getLogger("ballistic.api")
 
-_ERR = {"model": ErrorPublic}
+
+class Upload(Protocol):
+    """An uploaded file as the services see it (FastAPI's ``UploadFile`` is one)."""
+
+    file: BinaryIO
+    filename: str | None
 
 
-def _duplicate(existing_id: int) -> HTTPException:
-    return HTTPException(status.HTTP_409_CONFLICT, {
-        "reason": "this file was already submitted (same SHA-256)", "existing_exhibit_id": existing_id})
+def _duplicate(existing_id: int) -> Conflict:
+    return Conflict({"reason": "this file was already submitted (same SHA-256)", "existing_exhibit_id": existing_id})
 
 
 def _safe_name(name: str | None) -> str:
@@ -62,7 +67,7 @@ def _validate_scan(rt, path, media_type: str, spacing_um: float | None, *, bulle
                           enlarges=not bullet)
     except (ScanRejected, BallisticError, ValueError, OSError) as e:  # status and words by the error's kind
         err = upload_error(rt.settings, e, filename)
-        raise HTTPException(err.status, err.reason) from None
+        raise ServiceError(err.reason, err.status) from None
     return surf
 
 
@@ -86,7 +91,7 @@ class _Upload:
     filename: str
 
 
-def _stage_all(rt, files: list[UploadFile], meta_spacing: float | None, *, bullet: bool) -> list[_Upload]:
+def _stage_all(rt, files: list[Upload], meta_spacing: float | None, *, bullet: bool) -> list[_Upload]:
     """Stream, hash, sniff, de-duplicate and open every uploaded file; nothing is stored unless all pass.
     The caller discards the staged files (``staged.discard()``) whatever happens."""
     out: list[_Upload] = []
@@ -96,23 +101,22 @@ def _stage_all(rt, files: list[UploadFile], meta_spacing: float | None, *, bulle
                 staged = rt.store.stage(f.file, rt.settings.max_upload_bytes)
             except UploadTooLarge as e:
                 err = upload_error(rt.settings, e, f.filename)
-                raise HTTPException(err.status, err.reason) from None
+                raise ServiceError(err.reason, err.status) from None
             up = _Upload(staged, "", _safe_name(f.filename))
             out.append(up)
             if staged.size == 0:
-                raise HTTPException(422, f"the uploaded file {up.filename!r} is empty")
+                raise Unprocessable(f"the uploaded file {up.filename!r} is empty")
             media_type = sniff_media_type(staged.head)
             if media_type is None:
-                raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                                    "unsupported file type: send an x3p (ISO 25178-72 zip), PNG or TIFF")
+                raise ServiceError("unsupported file type: send an x3p (ISO 25178-72 zip), PNG or TIFF", 415)
             up.media_type = media_type
             if sum(1 for o in out if o.staged.sha256 == staged.sha256) > 1:
-                raise HTTPException(422, f"the same file was sent twice in this request ({up.filename!r})")
+                raise Unprocessable(f"the same file was sent twice in this request ({up.filename!r})")
             dup = _existing_exhibit_for(rt, staged.sha256)
             if dup is not None:
                 raise _duplicate(dup)
             if bullet and media_type != "x3p":
-                raise HTTPException(422, "bullet scans must be x3p topographies (one land engraved area per file)")
+                raise Unprocessable("bullet scans must be x3p topographies (one land engraved area per file)")
             _validate_scan(rt, staged.path, media_type, meta_spacing, bullet=bullet, filename=up.filename)
     except BaseException:
         for u in out:
@@ -134,18 +138,18 @@ def _land_positions(meta: ExhibitCreate, n_files: int, taken: set[int]) -> list[
     if meta.land_indexes:
         idx = [int(x) for x in meta.land_indexes.split(",")]
         if len(idx) != n_files:
-            raise HTTPException(422, f"land_indexes lists {len(idx)} position(s) for {n_files} file(s)")
+            raise Unprocessable(f"land_indexes lists {len(idx)} position(s) for {n_files} file(s)")
     else:
         first = meta.land_index if meta.land_index is not None else max(taken, default=0) + 1
         idx = list(range(first, first + n_files))
     if len(set(idx)) != len(idx) or any(not 1 <= i <= 64 for i in idx):
-        raise HTTPException(422, f"land positions must be distinct and within 1..64, got {idx}")
+        raise Unprocessable(f"land positions must be distinct and within 1..64, got {idx}")
     if meta.land_count and max(idx) > meta.land_count:
-        raise HTTPException(422, f"land position {max(idx)} exceeds land_count={meta.land_count}")
+        raise Unprocessable(f"land position {max(idx)} exceeds land_count={meta.land_count}")
     clash = sorted(set(idx) & taken)
     if clash:
-        raise HTTPException(status.HTTP_409_CONFLICT, {
-            "reason": f"land position(s) {clash} of this bullet were already uploaded", "land_indexes": clash})
+        raise Conflict({"reason": f"land position(s) {clash} of this bullet were already uploaded",
+                        "land_indexes": clash})
     return idx
 
 
@@ -203,21 +207,14 @@ def _duplicate_after_race(rt, uploads: list[_Upload]) -> None:
             raise _duplicate(dup) from None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ExhibitPublic,
-             responses={401: _ERR, 403: _ERR, 409: _ERR, 413: _ERR, 415: _ERR, 422: _ERR},
-             summary="Submit a scan (x3p, PNG or TIFF) or a bullet's land scans with metadata; queues a correlation job")
-def create_exhibit(rt: RuntimeDep, session: SessionDep, who: ExaminerWrite,
-                   file: Annotated[list[UploadFile], File(description=(
-                       "x3p topography, or PNG / TIFF image; for a bullet one or more land scans (x3p), one "
-                       "land engraved area per file"))],
-                   meta: Annotated[ExhibitCreate, Form()]) -> ExhibitPublic:
+def create_exhibit(rt, session, who, file: list[Upload], meta: ExhibitCreate) -> ExhibitPublic:
     """A cartridge case is one file. A **bullet** is a set of land scans: send them all at once (several
     ``file`` parts, positions in ``land_indexes`` or consecutive from ``land_index``), or one by one with
     the same agency / case_number / exhibit_ref and each land's ``land_index``: lands are added to the
     bullet already recorded under that reference and its correlation job runs again."""
     bullet = meta.exhibit_type == "bullet"
     if not bullet and len(file) != 1:
-        raise HTTPException(422, f"a cartridge case is one scan; {len(file)} files were sent")
+        raise Unprocessable(f"a cartridge case is one scan; {len(file)} files were sent")
     uploads = _stage_all(rt, file, meta.spacing_um, bullet=bullet)
     try:
         for u in uploads:
@@ -240,7 +237,7 @@ def create_exhibit(rt: RuntimeDep, session: SessionDep, who: ExaminerWrite,
                     new, old = getattr(meta, field), getattr(ex, field)
                     if new is not None and old is not None and new != old and not (field == "role" and
                                                                                      new == "evidence"):
-                        raise HTTPException(status.HTTP_409_CONFLICT, {
+                        raise Conflict({
                             "reason": f"bullet {meta.exhibit_ref!r} of case {meta.case_number!r} is recorded with "
                                       f"{field}={old!r}; this upload says {new!r}", "existing_exhibit_id": ex.id})
                 created = False
@@ -271,27 +268,22 @@ def create_exhibit(rt: RuntimeDep, session: SessionDep, who: ExaminerWrite,
         session.rollback()
         _duplicate_after_race(rt, uploads)
         raise
-    except HTTPException:
+    except ServiceError:
         session.rollback()
         raise
     _enqueue(rt, job, new_job)
     return exhibit_public(session, ex)
 
 
-@router.post("/{exhibit_id}/lands", status_code=status.HTTP_201_CREATED, response_model=ExhibitPublic,
-             responses={401: _ERR, 403: _ERR, 404: _ERR, 409: _ERR, 413: _ERR, 415: _ERR, 422: _ERR},
-             summary="Add land scans to a bullet exhibit; its correlation job runs again")
-def add_lands(exhibit_id: IdPath, rt: RuntimeDep, session: SessionDep, who: ExaminerWrite,
-              file: Annotated[list[UploadFile], File(description="land scans (x3p), one land per file")],
-              land_index: Annotated[Optional[int], Form(ge=1, le=64)] = None,
-              land_indexes: Annotated[Optional[str], Form(max_length=200, pattern=r"^\d{1,2}(\s*,\s*\d{1,2})*$")]
-              = None) -> ExhibitPublic:
+def add_lands(rt, session, who, exhibit_id: int, file: list[Upload], land_index: int | None = None,
+              land_indexes: str | None = None) -> ExhibitPublic:
+    """Add land scans to a bullet exhibit; its correlation job runs again."""
     with rt.read_factory() as rs:
         e = rs.get(Exhibit, exhibit_id)
         if e is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"exhibit {exhibit_id} not found")
+            raise NotFound(f"exhibit {exhibit_id} not found")
         if e.exhibit_type != "bullet":
-            raise HTTPException(422, "lands are added to bullet exhibits only")
+            raise Unprocessable("lands are added to bullet exhibits only")
         meta = ExhibitCreate(case_number=e.case.case_number, exhibit_ref=e.exhibit_ref, agency=e.case.agency,
                              exhibit_type="bullet", land_index=land_index, land_indexes=land_indexes,
                              land_count=e.land_count)
@@ -314,22 +306,16 @@ def add_lands(exhibit_id: IdPath, rt: RuntimeDep, session: SessionDep, who: Exam
         session.rollback()
         _duplicate_after_race(rt, uploads)
         raise
-    except HTTPException:
+    except ServiceError:
         session.rollback()
         raise
     _enqueue(rt, job, new_job)
     return exhibit_public(session, ex)
 
 
-@router.get("", response_model=ExhibitPage, summary="List exhibits")
-def list_exhibits(session: ReadSessionDep, who: EvidenceReader,
-                  case_number: Annotated[Optional[str], Query(max_length=200)] = None,
-                  agency: Annotated[Optional[str], Query(max_length=200)] = None,
-                  calibre: Annotated[Optional[str], Query(max_length=50)] = None,
-                  role: Annotated[Optional[str], Query(pattern="^(evidence|test_fire)$")] = None,
-                  sha256: Annotated[Optional[str], Query(pattern="^[0-9a-f]{64}$")] = None,
-                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                  offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> ExhibitPage:
+def list_exhibits(session, *, case_number: str | None = None, agency: str | None = None, calibre: str | None = None,
+                  role: str | None = None, sha256: str | None = None, limit: int = 100,
+                  offset: int = 0) -> ExhibitPage:
     q = select(Exhibit).join(Case)
     if case_number:
         q = q.where(Case.case_number == case_number)
@@ -346,48 +332,41 @@ def list_exhibits(session: ReadSessionDep, who: EvidenceReader,
     return ExhibitPage(items=[exhibit_public(session, e) for e in rows], total=total)
 
 
-@router.get("/{exhibit_id}", response_model=ExhibitPublic, responses={404: _ERR}, summary="Exhibit metadata")
-def get_exhibit(exhibit_id: IdPath, session: ReadSessionDep, who: EvidenceReader) -> ExhibitPublic:
+def get_exhibit(session, exhibit_id: int) -> ExhibitPublic:
     e = session.get(Exhibit, exhibit_id)
     if e is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"exhibit {exhibit_id} not found")
+        raise NotFound(f"exhibit {exhibit_id} not found")
     return exhibit_public(session, e)
 
 
-@router.get("/{exhibit_id}/original", response_class=FileResponse, responses={404: _ERR, 200: {
-    "content": {"application/octet-stream": {}}, "description": "the original file, byte for byte"}},
-    summary="Download the original scan (audited)")
-def get_original(exhibit_id: IdPath, rt: RuntimeDep, session: SessionDep, who: EvidenceReader) -> FileResponse:
+def original_file(rt, session, who, exhibit_id: int) -> tuple[Path, str, str]:
+    """The original file of an exhibit (a bullet's first land): ``(path, filename, sha256)``; the read is
+    audited (committed here)."""
     e = session.get(Exhibit, exhibit_id)
     if e is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"exhibit {exhibit_id} not found")
+        raise NotFound(f"exhibit {exhibit_id} not found")
     path = rt.store.original_path(e.original_sha256)
     if not path.is_file():
-        raise HTTPException(status.HTTP_410_GONE, "the original file is missing from the evidence store")
+        raise Gone("the original file is missing from the evidence store")
     audit.append(session, actor=who.actor, action="evidence.read_original", resource_type="exhibit",
                  resource_id=e.id, detail={"sha256": e.original_sha256})
     session.commit()
-    return FileResponse(path, media_type="application/octet-stream", filename=e.original_filename,
-                        headers={"X-Content-SHA256": e.original_sha256})
+    return path, e.original_filename, e.original_sha256
 
 
-@router.get("/{exhibit_id}/lands/{land_index}/original", response_class=FileResponse, responses={404: _ERR, 200: {
-    "content": {"application/octet-stream": {}}, "description": "the land scan, byte for byte"}},
-    summary="Download one land scan of a bullet (audited)")
-def get_land_original(exhibit_id: IdPath, land_index: Annotated[int, Path(ge=1, le=64)], rt: RuntimeDep,
-                      session: SessionDep, who: EvidenceReader) -> FileResponse:
+def land_original_file(rt, session, who, exhibit_id: int, land_index: int) -> tuple[Path, str, str]:
+    """One land scan of a bullet: ``(path, filename, sha256)``; audited."""
     land = session.execute(select(LandScan).where(LandScan.exhibit_id == exhibit_id,
                                                   LandScan.land_index == land_index)).scalar_one_or_none()
     if land is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"exhibit {exhibit_id} has no land {land_index}")
+        raise NotFound(f"exhibit {exhibit_id} has no land {land_index}")
     path = rt.store.original_path(land.original_sha256)
     if not path.is_file():
-        raise HTTPException(status.HTTP_410_GONE, "the original file is missing from the evidence store")
+        raise Gone("the original file is missing from the evidence store")
     audit.append(session, actor=who.actor, action="evidence.read_original", resource_type="exhibit",
                  resource_id=exhibit_id, detail={"sha256": land.original_sha256, "land_index": land_index})
     session.commit()
-    return FileResponse(path, media_type="application/octet-stream", filename=land.original_filename,
-                        headers={"X-Content-SHA256": land.original_sha256})
+    return path, land.original_filename, land.original_sha256
 
 
 def _render_png(rt, surface, *, azimuth_deg: float, altitude_deg: float, z_factor: float, max_size: int) -> bytes:
@@ -401,49 +380,36 @@ def _render_png(rt, surface, *, azimuth_deg: float, altitude_deg: float, z_facto
                         missing="white")
 
 
-@router.get("/{exhibit_id}/render.png", response_class=Response, responses={404: _ERR, 409: _ERR, 422: _ERR, 200: {
-    "content": {"image/png": {}}, "description": "8-bit grey PNG, missing points white"}},
-    summary="Shaded relief of a 3D scan (audited as an evidence read)")
-def render_exhibit(exhibit_id: IdPath, rt: RuntimeDep, session: SessionDep, who: EvidenceReader,
-                   view: Annotated[Optional[Literal["preprocessed", "original"]], Query(
-                       description="cartridge cases: the preprocessed breech face (default once processed) or the "
-                                   "original scan; bullets: always the original land scan")] = None,
-                   land_index: Annotated[Optional[int], Query(ge=1, le=64, description="bullets: which land "
-                                                                                       "(default: the first)")] = None,
-                   azimuth_deg: Annotated[float, Query(ge=0, le=360, description="light from, clockwise from up")]
-                   = 315.0,
-                   altitude_deg: Annotated[float, Query(gt=0, le=90)] = 45.0,
-                   z_factor: Annotated[Optional[float], Query(gt=0, le=1000, description=(
-                       "vertical exaggeration; default 5 for preprocessed breech faces, 1 otherwise"))] = None,
-                   max_size: Annotated[int, Query(ge=64, le=8192, description="longest side, pixels")] = 2048
-                   ) -> Response:
-    """Lambertian hillshade (``ballistic.viz.render.shade``) of the exhibit's topography. 2D images have no relief
-    (download the original instead)."""
+def render_relief(rt, session, who, exhibit_id: int, *, view: str | None = None, land_index: int | None = None,
+                  azimuth_deg: float = 315.0, altitude_deg: float = 45.0, z_factor: float | None = None,
+                  max_size: int = 2048) -> bytes:
+    """Lambertian hillshade (``ballistic.viz.render.shade``) of the exhibit's topography as PNG bytes, cached
+    under ``derived/renders``; audited as ``evidence.read_render``. 2D images have no relief."""
     from ballistic.io.x3p import read_x3p
 
     with rt.read_factory() as rs:
         e = rs.get(Exhibit, exhibit_id)
         if e is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"exhibit {exhibit_id} not found")
+            raise NotFound(f"exhibit {exhibit_id} not found")
         if e.media_type != "x3p":
-            raise HTTPException(422, "this exhibit is a 2D image: it has no relief to shade; GET .../original")
+            raise Unprocessable("this exhibit is a 2D image: it has no relief to shade; GET .../original")
         if e.exhibit_type == "bullet":
             if view == "preprocessed":
-                raise HTTPException(422, "bullets are rendered from their original land scans (view=original)")
+                raise Unprocessable("bullets are rendered from their original land scans (view=original)")
             q = select(LandScan).where(LandScan.exhibit_id == e.id)
             q = q.where(LandScan.land_index == land_index) if land_index else q.order_by(LandScan.land_index).limit(1)
             land = rs.execute(q).scalar_one_or_none()
             if land is None:
-                raise HTTPException(status.HTTP_404_NOT_FOUND, f"exhibit {exhibit_id} has no land {land_index}")
+                raise NotFound(f"exhibit {exhibit_id} has no land {land_index}")
             view, src, source_id, land_index = "original", rt.store.original_path(land.original_sha256), \
                 land.original_sha256, land.land_index
         else:
             if land_index is not None:
-                raise HTTPException(422, "land_index is for bullets only")
+                raise Unprocessable("land_index is for bullets only")
             view = view or ("preprocessed" if e.derived_path else "original")
             if view == "preprocessed":
                 if not e.derived_path:
-                    raise HTTPException(status.HTTP_409_CONFLICT, "not preprocessed yet (its job has not finished)")
+                    raise Conflict("not preprocessed yet (its job has not finished)")
                 src, source_id = rt.store.resolve(e.derived_path), e.derived_path
             else:
                 src, source_id = rt.store.original_path(e.original_sha256), e.original_sha256
@@ -456,7 +422,7 @@ def render_exhibit(exhibit_id: IdPath, rt: RuntimeDep, session: SessionDep, who:
         data = path.read_bytes()
     else:
         if not src.is_file():
-            raise HTTPException(status.HTTP_410_GONE, "the scan is missing from the evidence store")
+            raise Gone("the scan is missing from the evidence store")
         data = _render_png(rt, read_x3p(src, max_points=rt.settings.max_pixels), azimuth_deg=azimuth_deg,
                            altitude_deg=altitude_deg, z_factor=z, max_size=max_size)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -464,4 +430,4 @@ def render_exhibit(exhibit_id: IdPath, rt: RuntimeDep, session: SessionDep, who:
     audit.append(session, actor=who.actor, action="evidence.read_render", resource_type="exhibit",
                  resource_id=exhibit_id, detail=params)
     session.commit()
-    return Response(content=data, media_type="image/png")
+    return data
