@@ -1,46 +1,50 @@
-"""The service's vector indexes: descriptors, partitions, snapshots, consistency with the DB.
+"""The service's vector indexes: one :class:`DescriptorSpace` per descriptor space, each the library's
+:class:`~ballistic.retrieval.sharded.ShardedIndex` kept current from the database's descriptor log, searched by
+the library's one search path (:class:`~ballistic.retrieval.search.Retriever`).
 
-Two descriptor spaces, one :class:`Retrieval` each (vectors of different lengths never share an index):
+Two descriptor spaces (vectors of different lengths never share an index):
 
-* ``breech_face``: :func:`ballistic.retrieval.descriptor.breech_face_descriptor` of 3D scans (partition region
-  ``breech_face``) and of 2D images (region ``breech_face_2d``), snapshots in ``index_dir``;
-* ``bullet``: :func:`ballistic.bullet.descriptor.bullet_descriptor` of a bullet's land signatures (region
-  ``bullet_lea``), snapshots in ``index_dir/bullet``.
+* ``breech_face``: the default breech-face descriptor model (:class:`~ballistic.retrieval.descriptor.PolarFFTDescriptor`,
+  or a fitted whitener on top) of 3D scans (partition region ``breech_face``) and of 2D images (region
+  ``breech_face_2d``);
+* ``bullet``: :class:`~ballistic.bullet.descriptor.BulletDescriptor` of a bullet's land signatures (region
+  ``bullet_lea``).
 
-The database is the source of truth: every exhibit's raw descriptor (float32 bytes),
-its descriptor version and partition are stored there. The in-memory
-:class:`ballistic.retrieval.index.VectorIndex` is a cache that is snapshotted and, at start-up,
-loaded and compared with the DB (ids per partition, descriptor version, whitener); if
-the snapshot is missing, stale or inconsistent it is rebuilt from the DB descriptors.
-Each space only sees the exhibits whose stored descriptor version is its own.
+The database is the source of truth. Every descriptor a job computes is stored on its exhibit (float32 bytes,
+with the model's version) and appended, in the same transaction, to the descriptor log (``descriptor_rows``).
+:class:`DescriptorLog` serves that log to the index as the library's row source (rows of one space and one
+descriptor version, whitened on the way): every shard loads its snapshot and replays the rows written after
+it, and every synced search first applies what is new, so any number of processes (the API process, each
+worker process, Ray actors on other nodes) see the same vectors. Snapshots live under
+``INDEX_DIR/<space>/<key>/`` (key: descriptor version, transform, factory, metric, shards); a new
+descriptor version starts an empty index, and the exhibits with older descriptors get jobs at start-up.
 
-:meth:`Retrieval.search_with_state` also names the exact vector set it searched (for the
-job's :class:`ballistic.retrieval.record.SearchRecord`): ``state_id`` is a SHA-256 over the
-descriptor version, transform, partition and the sorted ids present in the partition at
-that moment, ``max_id`` the highest of those ids. A replay rebuilds the partition from the
-DB descriptors of the exhibits of that partition with id <= ``max_id`` and checks that it
-reaches the same ``state_id``; the on-disk snapshot id is reported too but older snapshots
-are pruned.
+At start-up :meth:`DescriptorSpace.open` loads the snapshots, replays the log and compares the index with the
+exhibits table (ids per partition, and no shard ahead of the log); on any difference it rebuilds from the log.
+
+Executors: ``BALLISTIC_BACKEND=local`` (default) keeps the shards in the process and runs the re-ranking
+there, never importing Ray; ``BALLISTIC_BACKEND=ray`` with ``BALLISTIC_RAY_ADDRESS`` puts the shards and the
+re-ranking of the worker processes on a Ray cluster (:mod:`ballistic.retrieval.executor`: token auth, loopback or
+private addresses only, no dashboard). The API process always uses the local executor.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select
 
-from api.db.models import Exhibit
+from api.db.models import DescriptorRow, Exhibit
 from api.settings import Settings
-from ballistic.io.atomic import atomic_write_bytes
 
-__all__ = ["Retrieval", "region_for_media", "partition_for", "BULLET_REGION", "SPACES"]
+__all__ = ["BULLET_REGION", "SPACES", "region_for_media", "partition_for", "space_of", "DescriptorLog",
+           "DescriptorSpace", "make_executor"]
 
 BULLET_REGION = "bullet_lea"
 SPACES = ("breech_face", "bullet")
@@ -61,155 +65,235 @@ def partition_for(calibre: str | None, firing_pin_shape: str | None, region: str
     return partition_key(calibre or None, firing_pin_shape or None, region=region)
 
 
-class Retrieval:
-    """Thread-safe wrapper of one VectorIndex plus the descriptor transform (one descriptor space)."""
+def space_of(exhibit_type: str) -> str:
+    """The descriptor space of an exhibit type."""
+    return "bullet" if exhibit_type == "bullet" else "breech_face"
 
-    def __init__(self, settings: Settings, session_factory: sessionmaker[Session], *, space: str = "breech_face"):
+
+# ------------------------------------------------------------------------------------------- the log
+_ENGINES: dict[str, Any] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine(url: str):
+    """One read engine per database URL and process (row sources run in worker processes and Ray actors)."""
+    with _ENGINES_LOCK:
+        e = _ENGINES.get(url)
+        if e is None:
+            from api.db import make_engine
+            e = _ENGINES[url] = make_engine(url, immediate=False)
+        return e
+
+
+class DescriptorLog:
+    """The descriptor log of one space and descriptor version as the library's
+    :class:`~ballistic.retrieval.sharded.RowSource`: rows ``(seq, exhibit id, partition, vector)`` with
+    ``seq > after_seq`` (and ``<= upto``), ascending; vectors whitened when a whitener is given.
+
+    Holds only the database URL, the names and the whitener, so it pickles to worker processes and Ray
+    actors (which must reach the database).
+    """
+
+    def __init__(self, database_url: str, space: str, version: str, whitener=None) -> None:
+        self.database_url = str(database_url)
+        self.space = space
+        self.version = version
+        self.whitener = whitener
+
+    def __call__(self, after_seq: int, upto: int | None = None):
+        from ballistic.retrieval.sharded import Row
+
+        q = (select(DescriptorRow.seq, DescriptorRow.exhibit_id, DescriptorRow.partition, DescriptorRow.dim,
+                    DescriptorRow.vector)
+             .where(DescriptorRow.space == self.space, DescriptorRow.version == self.version,
+                    DescriptorRow.seq > int(after_seq)).order_by(DescriptorRow.seq))
+        if upto is not None:
+            q = q.where(DescriptorRow.seq <= int(upto))
+        with _engine(self.database_url).connect() as conn:
+            rows = conn.execute(q).all()
+        out = []
+        for seq, eid, part, dim, vec in rows:
+            v = None if vec is None else np.frombuffer(vec, dtype=np.float32, count=dim)
+            if v is not None and self.whitener is not None:
+                v = np.asarray(self.whitener.transform(v[None, :]), dtype=np.float32)[0]
+            out.append(Row(int(seq), int(eid), part, v))
+        return out
+
+    def head(self) -> int:
+        """Highest seq of this space and version (0 when none)."""
+        with _engine(self.database_url).connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(DescriptorRow.seq), 0)).where(
+                DescriptorRow.space == self.space, DescriptorRow.version == self.version)).scalar_one())
+
+    def __repr__(self) -> str:
+        return f"DescriptorLog(space={self.space!r}, version={self.version!r})"
+
+
+def make_executor(settings: Settings, *, backend: str | None = None):
+    """The executor the settings name (``backend`` overrides): local (in this process, no Ray import) or Ray
+    at ``RAY_ADDRESS`` with the token from ``RAY_TOKEN_PATH`` (or ``RAY_AUTH_TOKEN`` in the environment)."""
+    from ballistic.retrieval.executor import LocalExecutor, RayExecutor, RaySettings
+
+    backend = backend or settings.backend
+    if backend == "local":
+        return LocalExecutor(1)
+    return RayExecutor(RaySettings(address=settings.ray_address,
+                                   auth_token_path=str(settings.ray_token_path) if settings.ray_token_path else None,
+                                   namespace=settings.ray_namespace, call_timeout_s=settings.ray_call_timeout_s))
+
+
+# ------------------------------------------------------------------------------------------- one space
+class DescriptorSpace:
+    """One descriptor space: its model, version and transform, the sharded index kept from the log, and the
+    one search path over it (:meth:`retriever`)."""
+
+    def __init__(self, settings: Settings, space: str = "breech_face", *, executor=None) -> None:
         if space not in SPACES:
             raise ValueError(f"unknown descriptor space {space!r}; one of {SPACES}")
+        from ballistic.retrieval.descriptor import descriptor_version
+        from ballistic.retrieval.executor import LocalExecutor
+
         self.settings = settings
-        self.session_factory = session_factory
         self.space = space
-        if space == "bullet":
-            from ballistic.bullet import descriptor as bullet_descriptor
-
-            self.descriptor_version: str = bullet_descriptor.BULLET_DESCRIPTOR_VERSION
-            self.raw_dim: int = int(bullet_descriptor.BULLET_DESCRIPTOR_DIM)
-            self.root = Path(settings.index_dir) / "bullet"
-        else:
-            from ballistic.retrieval import descriptor as bf_descriptor
-
-            self.descriptor_version = bf_descriptor.DESCRIPTOR_VERSION
-            self.raw_dim = int(bf_descriptor.DESCRIPTOR_DIM)
-            self.root = Path(settings.index_dir)
-        self._lock = threading.RLock()
         self.whitener = None
         self.transform_id = "raw"
-        if settings.whitener_path and space == "breech_face":
-            from ballistic.retrieval.descriptor import PCAWhitener
+        if space == "bullet":
+            from ballistic.bullet.descriptor import BulletDescriptor
 
-            wp = Path(settings.whitener_path)
-            self.whitener = PCAWhitener.load(wp)
-            self.transform_id = "pca:" + hashlib.sha256(wp.read_bytes()).hexdigest()[:16]
+            self.model = BulletDescriptor()
+        else:
+            from ballistic.retrieval.descriptor import PolarFFTDescriptor
+
+            self.model = PolarFFTDescriptor()
+            if settings.whitener_path:
+                from ballistic.retrieval.descriptor import PCAWhitener
+
+                wp = Path(settings.whitener_path)
+                self.whitener = PCAWhitener.load(wp)
+                self.transform_id = "pca:" + hashlib.sha256(wp.read_bytes()).hexdigest()[:16]
+        self.descriptor_version: str = descriptor_version(self.model)
+        self.raw_dim = int(self.model.dim)
         self.dim = int(self.whitener.out_dim) if self.whitener is not None else self.raw_dim
-        self.index = self._new_index()
-        self.snapshot_id: str | None = None
+        self.rows = DescriptorLog(settings.database_url, space, self.descriptor_version, self.whitener)
+        key = hashlib.sha256(f"{self.descriptor_version}|{self.transform_id}|{settings.index_factory}|"
+                             f"{settings.index_metric}|{settings.index_shards}".encode()).hexdigest()[:16]
+        self.root = Path(settings.index_dir) / space / key
+        self.executor = executor if executor is not None else LocalExecutor(1)
+        self.index = None
+        self._lock = threading.RLock()
         self._dirty = False
         self._last_save = 0.0
         self.last_load: dict[str, Any] = {}
 
+    # ------------------------------------------------------------------ lifetime
+    def _open_index(self):
+        from ballistic.retrieval.sharded import ShardedIndex
+
+        return ShardedIndex(self.dim, self.rows, self.root, n_shards=self.settings.index_shards,
+                            factory=self.settings.index_factory, metric=self.settings.index_metric,
+                            executor=self.executor, name=self.space)
+
+    def open(self, *, check: bool = True) -> dict:
+        """Load the snapshots and replay the log; with ``check``, compare with the exhibits table and rebuild
+        from the log on any difference. Returns the load report (``action`` loaded / rebuilt, ``reason``)."""
+        t0 = time.perf_counter()
+        with self._lock:
+            self.index = self._open_index()
+            info = self.index.info()
+        loaded = all(v.get("loaded_snapshot") for v in info.values())
+        errors = [f"{n}: {v['snapshot_error']}" for n, v in info.items() if v.get("snapshot_error")]
+        replayed = int(sum(v.get("replayed_on_start", 0) for v in info.values()))
+        reason = None if loaded else ("; ".join(errors) or "no snapshot")
+        if check:
+            c = self.consistency()
+            if not c["consistent"]:
+                reason = (f"snapshot stale: index has {c['index_count']} vectors, DB has {c['db_count']} descriptors"
+                          + (f", a shard is at seq {c['seq']} but the log ends at {c['log_head']}"
+                             if c.get("ahead") else ""))
+                return self.rebuild(reason, t0=t0)
+        else:
+            c = {}
+        if not loaded:
+            self._dirty = True
+            self.save()
+        elif replayed:
+            self._dirty = True       # the snapshot is behind the log: the next save brings it up
+        self.last_load = {"action": "loaded" if loaded else "rebuilt", "reason": reason, "replayed": replayed,
+                          "seconds": round(time.perf_counter() - t0, 3), **c}
+        return self.last_load
+
+    def rebuild(self, reason: str, *, t0: float | None = None) -> dict:
+        """Drop the snapshots and build every shard again from the log."""
+        t0 = time.perf_counter() if t0 is None else t0
+        with self._lock:
+            if self.index is not None:
+                self.index.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.index = self._open_index()
+        self._dirty = True
+        self.save()
+        c = self.consistency()
+        self.last_load = {"action": "rebuilt", "reason": reason, "replayed": c["index_count"],
+                          "seconds": round(time.perf_counter() - t0, 3), **c}
+        log.info("%s vector index rebuilt (%s): %d vectors", self.space, reason, c["index_count"])
+        return self.last_load
+
+    def close(self) -> None:
+        with self._lock:
+            if self.index is not None:
+                self.index.close()
+                self.index = None
+
     # ------------------------------------------------------------------ vectors
-    def _new_index(self):
-        from ballistic.retrieval.index import VectorIndex
+    def describe(self, x) -> np.ndarray:
+        """The raw descriptor of a preprocessed surface (breech face) or of a bullet's signatures, float32."""
+        from ballistic.errors import DescriptorError
 
-        return VectorIndex(self.dim, factory=self.settings.index_factory, metric=self.settings.index_metric)
-
-    @staticmethod
-    def compute_descriptor(surface) -> np.ndarray:
-        from ballistic.retrieval.descriptor import breech_face_descriptor
-
-        v = np.asarray(breech_face_descriptor(surface), dtype=np.float32).ravel()
+        v = np.asarray(self.model(x), dtype=np.float32).ravel()
         if not np.all(np.isfinite(v)):
-            raise ValueError("descriptor has non-finite values")
+            raise DescriptorError("descriptor has non-finite values")
         return v
 
     def transform(self, raw: np.ndarray) -> np.ndarray:
+        """The vector as indexed (whitened when a whitener is set), shape (dim,)."""
         x = np.asarray(raw, dtype=np.float32).reshape(1, -1)
         if self.whitener is not None:
             x = np.asarray(self.whitener.transform(x), dtype=np.float32)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return np.ascontiguousarray(x, dtype=np.float32)[0]
 
-    # ------------------------------------------------------------------ index operations
-    def add(self, exhibit_id: int, partition: str, raw: np.ndarray) -> None:
-        vec = self.transform(raw)
-        ids = np.asarray([exhibit_id], dtype=np.int64)
-        with self._lock:
-            if exhibit_id in self.index:
-                self.index.remove(ids)
-            self.index.add(ids, vec, partition=partition)
-            self._dirty = True
+    def log_row(self, exhibit_id: int, partition: str, raw: np.ndarray) -> DescriptorRow:
+        """The descriptor log row of a new descriptor (the caller adds it in the transaction that stores it)."""
+        raw = np.ascontiguousarray(raw, dtype=np.float32)
+        self._dirty = True
+        return DescriptorRow(exhibit_id=exhibit_id, space=self.space, version=self.descriptor_version,
+                             partition=partition, dim=int(raw.size), vector=raw.tobytes())
 
-    def remove(self, exhibit_id: int) -> None:
-        with self._lock:
-            if exhibit_id in self.index:
-                self.index.remove(np.asarray([exhibit_id], dtype=np.int64))
-                self._dirty = True
+    def retriever(self, fetch, *, params, compare=None):
+        """The library's one search path over this space's index, on this space's executor."""
+        from ballistic.retrieval.search import Retriever
 
-    def search(self, raw: np.ndarray, k: int, partition: str, *, exclude: int | None = None) -> list[tuple[int, float]]:
-        return self.search_with_state(raw, k, partition, exclude=exclude)[0]
-
-    def search_with_state(self, raw: np.ndarray, k: int, partition: str, *,
-                          exclude: int | None = None) -> tuple[list[tuple[int, float]], dict]:
-        """Top ``k`` of ``partition`` (``exclude`` left out) and the state searched (module notes)."""
-        q = self.transform(raw)
-        with self._lock:
-            members = self.index.ids(partition)
-            n = int(members.size)
-            if n:
-                scores, ids = self.index.search(q, min(k + 1, n), partition=partition)
-            snapshot = self.snapshot_id
-        h = hashlib.sha256(f"{self.descriptor_version}|{self.transform_id}|{partition}|".encode())
-        h.update(np.ascontiguousarray(np.sort(members), dtype="<i8").tobytes())
-        excluded = exclude is not None and bool(np.isin(exclude, members))
-        state = {"state_id": "ids:" + h.hexdigest()[:40], "n_in_partition": n, "n_eligible": n - int(excluded),
-                 "max_id": int(members.max()) if n else None, "disk_snapshot": snapshot}
-        if not n:
-            return [], state
-        out = [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) != exclude]
-        return out[:k], state
-
-    def count(self, partition: str) -> int:
-        with self._lock:
-            return self.index.count(partition)
-
-    def __contains__(self, exhibit_id: int) -> bool:
-        with self._lock:
-            return exhibit_id in self.index
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self.index)
+        return Retriever(self.index, fetch, descriptor=self.model, whitener=self.whitener, params=params,
+                         executor=self.executor, compare=compare, transform_id=self.transform_id)
 
     # ------------------------------------------------------------------ persistence
-    @property
-    def _vectors_dir(self) -> Path:
-        return self.root / "vectors"
-
-    @property
-    def _manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    def _manifest_expect(self) -> dict:
-        return {"descriptor_version": self.descriptor_version, "transform": self.transform_id, "dim": self.dim,
-                "factory": self.settings.index_factory, "metric": self.settings.index_metric}
-
-    def save(self, *, force: bool = False) -> str | None:
+    def save(self, *, force: bool = False) -> dict | None:
+        """Snapshot every shard (atomic) at the log position it reached."""
         with self._lock:
-            if not (self._dirty or force):
-                return self.snapshot_id
-            self.root.mkdir(parents=True, exist_ok=True)
-            snap = self.index.save(self._vectors_dir)
-            manifest = {**self._manifest_expect(), "snapshot_id": snap, "count": len(self.index),
-                        "saved_at": time.time()}
-            atomic_write_bytes(self._manifest, json.dumps(manifest).encode())
-            self.snapshot_id, self._dirty, self._last_save = snap, False, time.monotonic()
-            return snap
+            if self.index is None or not (self._dirty or force):
+                return None
+            self.index.sync()
+            out = self.index.save()
+            self._dirty, self._last_save = False, time.monotonic()
+            return out
 
     def maybe_save(self) -> None:
         if self._dirty and time.monotonic() - self._last_save >= self.settings.index_save_interval_s:
             try:
                 self.save()
-            except Exception:  # a failed snapshot is rebuilt from the DB at the next start
-                log.exception("index snapshot failed")
+            except Exception:  # a failed snapshot is replayed from the log at the next start
+                log.exception("%s index snapshot failed", self.space)
 
-    def _db_items(self, session: Session) -> list[tuple[int, str, bytes]]:
-        rows = session.execute(
-            select(Exhibit.id, Exhibit.partition, Exhibit.descriptor)
-            .where(Exhibit.descriptor.is_not(None), Exhibit.descriptor_version == self.descriptor_version)
-            .order_by(Exhibit.id)).all()
-        return [(int(i), p, d) for i, p, d in rows]
-
-    def _db_membership(self, session: Session) -> dict[str, set[int]]:
+    def _db_membership(self, session) -> dict[str, set[int]]:
         rows = session.execute(
             select(Exhibit.id, Exhibit.partition)
             .where(Exhibit.descriptor.is_not(None), Exhibit.descriptor_version == self.descriptor_version)).all()
@@ -218,66 +302,32 @@ class Retrieval:
             out.setdefault(p, set()).add(int(i))
         return out
 
-    def consistency(self, session: Session) -> dict:
-        """Compare the in-memory index with the DB: counts per partition and id membership."""
+    def consistency(self, session=None) -> dict:
+        """Bring the index to the log's head and compare it with the exhibits table: ids per partition, and no
+        shard ahead of the log (a snapshot of another, or a restored, database)."""
+        from api.db import make_sessionmaker
+
+        if session is None:
+            with make_sessionmaker(_engine(self.settings.database_url))() as s:
+                return self.consistency(s)
         db = self._db_membership(session)
+        head = self.rows.head()
         with self._lock:
-            idx_parts = {p: self.index.count(p) for p in self.index.partitions()}
-            missing = [i for ids in db.values() for i in ids if i not in self.index]
-            n = len(self.index)
-        db_n = sum(len(v) for v in db.values())
-        counts_ok = all(idx_parts.get(p, 0) == len(v) for p, v in db.items()) and \
-            all(c == len(db.get(p, ())) for p, c in idx_parts.items() if c)
-        return {"space": self.space, "consistent": not missing and n == db_n and counts_ok, "index_count": n,
-                "db_count": db_n,
-                "missing_from_index": missing[:20], "partitions": {p: len(v) for p, v in db.items()},
-                "snapshot_id": self.snapshot_id, "descriptor_version": self.descriptor_version,
-                "transform": self.transform_id, "dim": self.dim}
-
-    def load_or_rebuild(self) -> dict:
-        """Start-up: load the snapshot if it matches the DB, otherwise rebuild it from DB descriptors."""
-        reason = None
-        loaded = None
-        try:
-            manifest = json.loads(self._manifest.read_text()) if self._manifest.is_file() else None
-        except (OSError, ValueError):
-            manifest = None
-        if manifest is None:
-            reason = "no snapshot"
-        elif any(manifest.get(k) != v for k, v in self._manifest_expect().items()):
-            reason = "snapshot built with another descriptor/transform/factory"
-        else:
-            try:
-                from ballistic.retrieval.index import VectorIndex
-
-                loaded = VectorIndex.load(self._vectors_dir)
-            except Exception as e:  # corrupt or half-written snapshot
-                reason = f"snapshot unreadable: {type(e).__name__}: {e}"
-        with self.session_factory() as s:
-            if loaded is not None:
-                with self._lock:
-                    self.index, self.snapshot_id = loaded, getattr(loaded, "snapshot_id", None)
-                c = self.consistency(s)
-                if c["consistent"]:
-                    self.last_load = {"action": "loaded", **c}
-                    return self.last_load
-                reason = (f"snapshot stale: index has {c['index_count']} vectors, DB has {c['db_count']} "
-                          f"descriptors")
-            items = self._db_items(s)
-        from ballistic.retrieval.index import VectorIndex
-
-        def gen():
-            for i, p, d in items:
-                yield i, p, self.transform(np.frombuffer(d, dtype=np.float32))[0]
-
-        t0 = time.perf_counter()
-        idx = VectorIndex.rebuild(self.dim, gen(), factory=self.settings.index_factory,
-                                  metric=self.settings.index_metric)
-        with self._lock:
-            self.index, self._dirty = idx, True
-        self.save(force=True)
-        with self.session_factory() as s:
-            c = self.consistency(s)
-        self.last_load = {"action": "rebuilt", "reason": reason, "seconds": round(time.perf_counter() - t0, 3), **c}
-        log.info("%s vector index rebuilt (%s): %d vectors", self.space, reason, c["index_count"])
-        return self.last_load
+            self.index.sync()
+            state = self.index.state()
+            counts = self.index.counts()
+            held = set(int(i) for i in self.index.ids(None))
+        seq = max((int(s["seq"]) for s in state.values()), default=0)
+        db_ids = set().union(*db.values()) if db else set()
+        missing = sorted(db_ids - held)
+        extra = sorted(held - db_ids)
+        counts_ok = all(counts.get(p, 0) == len(v) for p, v in db.items()) and \
+            all(c == len(db.get(p, ())) for p, c in counts.items() if c)
+        ahead = seq > head
+        return {"space": self.space, "consistent": not missing and not extra and counts_ok and not ahead,
+                "index_count": len(held), "db_count": len(db_ids), "missing_from_index": missing[:20],
+                "not_in_db": extra[:20], "partitions": {p: len(v) for p, v in db.items()}, "seq": seq,
+                "log_head": head, "ahead": ahead,
+                "snapshot_id": {n: s["snapshot"] for n, s in state.items()},
+                "descriptor_version": self.descriptor_version, "transform": self.transform_id, "dim": self.dim,
+                "shards": len(state), "backend": self.executor.backend}

@@ -1,11 +1,14 @@
-"""Heavy, process-wide resources of the service, created once in the lifespan.
+"""The API process's resources, created once in the lifespan: :class:`Runtime`.
 
-``Runtime.start()`` migrates the DB, bootstraps the admin key, loads (or rebuilds)
-the vector index, clears huey's queue, re-enqueues every DB job left 'queued' or
-'running' by a crash (the start-up sweep) and starts the in-process huey consumer
-(``workers`` threads). The DB is the only durable record of jobs; huey's SQLite
-queue is a transport rebuilt from it at each start, so one server process owns
-the queue (run one ``ballistic serve`` per database).
+``Runtime.start()`` migrates the DB, bootstraps the admin key, clears staging files and quarantines orphan
+originals, opens each descriptor space's index (snapshots + the descriptor log, checked against the
+database, rebuilt on any difference) and snapshots it, brings the stored likelihood ratios in line with the
+calibration, clears the job queue, queues a job for every exhibit whose descriptor (or bullet algorithm)
+is of another version, re-enqueues every DB job left 'queued' or 'running' by a crash (the start-up sweep)
+and starts the worker processes (:class:`api.jobs.supervisor.WorkerPool`). The API process itself only
+serves requests: it enqueues job ids, and its indexes (always in-process, never Ray) answer the status
+page's consistency check. The DB is the only durable record of jobs; the queue is a transport rebuilt from
+it at each start, so one server process owns it (run one ``ballistic serve`` per database).
 """
 from __future__ import annotations
 
@@ -15,14 +18,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from huey import SqliteHuey
-from huey.consumer import Consumer
 from sqlalchemy import or_, select, update
 
 from api import audit
 from api.db import make_engine, make_sessionmaker, session_scope, upgrade, utcnow
 from api.db.models import ApiKey, Candidate, Exhibit, Job, LandScan, Setting
-from api.pipeline import PreparedCache, run_correlation_job
+from api.index import DescriptorSpace
+from api.jobs.queue import JobQueue
 from api.security import hash_key, new_key
 from api.settings import Settings
 from api.storage import EvidenceStore
@@ -30,13 +32,6 @@ from api.storage import EvidenceStore
 __all__ = ["Runtime"]
 
 log = logging.getLogger("ballistic.api")
-
-
-class _ThreadConsumer(Consumer):
-    """huey consumer inside the server process: the server owns the signals."""
-
-    def _set_signal_handlers(self):
-        pass
 
 
 class Runtime:
@@ -49,25 +44,16 @@ class Runtime:
         self.read_engine = make_engine(settings.database_url, immediate=False) if settings.is_sqlite else self.engine
         self.read_factory = make_sessionmaker(self.read_engine)
         self.store = EvidenceStore(settings.evidence_dir)
-        self.prepared = PreparedCache(settings.prepared_cache_size)
         self.stopping = threading.Event()
         # uploads opened and checked at once (each may hold a grid of up to api.limits.max_scan_points)
         self.scan_check_slots = threading.BoundedSemaphore(settings.max_concurrent_scan_checks)
-        self.retrieval = None
-        self.bullet_retrieval = None
+        self.spaces: dict[str, DescriptorSpace] = {}
         self.calibration = None
-        self.consumer: Consumer | None = None
+        self.pool = None
+        self._jobs = None
         self.startup_report: dict[str, Any] = {}
         self.bootstrap_key: str | None = None
-        self.huey = SqliteHuey(name="ballistic", filename=str(settings.queue_path), results=False,
-                               journal_mode="wal", timeout=30)
-        rt = self
-
-        @self.huey.task(name="correlate", context=False)
-        def correlate(job_id: int) -> None:
-            run_correlation_job(rt, int(job_id))
-
-        self._task = correlate
+        self.queue = JobQueue(settings)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> "Runtime":
@@ -76,50 +62,46 @@ class Runtime:
         self.bootstrap_key = self._bootstrap_admin()
         self.startup_report["staging_files_removed"] = self.store.clean_staging()
         self.startup_report["orphan_originals"] = self.reconcile_originals()
-        from api.index import Retrieval
-
-        self.retrieval = Retrieval(self.settings, self.session_factory)
-        self.startup_report["index"] = self.retrieval.load_or_rebuild()
-        self.bullet_retrieval = Retrieval(self.settings, self.session_factory, space="bullet")
-        self.startup_report["bullet_index"] = self.bullet_retrieval.load_or_rebuild()
-        self.spaces = {"breech_face": self.retrieval, "bullet": self.bullet_retrieval}
+        for name, key in (("breech_face", "index"), ("bullet", "bullet_index")):
+            self.spaces[name] = DescriptorSpace(self.settings, name)     # in this process (never Ray)
+            self.startup_report[key] = self.spaces[name].open()
         self.startup_report["calibration"] = self.load_calibration()
-        self.huey.flush()
+        self.queue.flush()
         self.startup_report["redescribe_jobs"] = self.queue_stale_descriptors()
         self.startup_report["requeued_jobs"] = self.sweep()
         if self.settings.run_worker:
-            self.start_worker()
+            self.start_workers()
         return self
 
-    def start_worker(self, workers: int | None = None) -> None:
-        if self.consumer is not None:
+    def start_workers(self) -> None:
+        """The worker processes and the sweeper that re-delivers jobs whose message was lost."""
+        if self.pool is not None:
             return
+        from api.jobs.supervisor import WorkerPool
+
         self._sweeper = threading.Thread(target=self._sweep_loop, name="ballistic-job-sweeper", daemon=True)
         self._sweeper.start()
-        self.consumer = _ThreadConsumer(self.huey, workers=workers or self.settings.workers, worker_type="thread",
-                                        periodic=False, initial_delay=0.05, backoff=1.3, max_delay=0.5,
-                                        check_worker_health=False, shutdown_timeout=60)
-        self.consumer.start()
+        self.pool = WorkerPool(self.settings, self.session_factory, self.enqueue).start()
 
     def worker_status(self) -> dict:
-        return {"mode": "thread", "running": self.consumer is not None}
+        if self.pool is None:
+            return {"mode": "none" if not self.settings.run_worker else "starting", "workers": []}
+        return self.pool.status()
 
     def stop(self) -> None:
         self.stopping.set()
-        if self.consumer is not None:
-            self.consumer.stop(graceful=True)
-            self.consumer = None
-        for r in (self.retrieval, self.bullet_retrieval):
-            if r is None:
-                continue
+        if self.pool is not None:
+            self.pool.stop()
+            self.pool = None
+        if self._jobs is not None:
+            self._jobs.close()
+        for sp in self.spaces.values():
             try:
-                r.save()
-            except Exception:  # rebuilt from the DB at the next start
-                log.exception("final %s index snapshot failed", r.space)
-        try:
-            self.huey.storage.close()
-        except Exception:  # pragma: no cover
-            pass
+                sp.save()
+            except Exception:  # replayed from the log at the next start
+                log.exception("final %s index snapshot failed", sp.space)
+            sp.close()
+        self.queue.close()
         self.engine.dispose()
         self.read_engine.dispose()
 
@@ -167,10 +149,7 @@ class Runtime:
 
     # ------------------------------------------------------------------ jobs
     def enqueue(self, job_id: int, *, delay: float = 0.0) -> None:
-        if delay > 0:
-            self._task.schedule(args=(int(job_id),), delay=delay)
-        else:
-            self._task(int(job_id))
+        self.queue.enqueue(job_id, delay=delay)
 
     def _sweep_loop(self) -> None:
         """Re-deliver jobs that sit 'queued' without a message (e.g. the enqueue after a commit failed).
@@ -207,8 +186,8 @@ class Runtime:
         from api.bullets import BULLET_ALGORITHM_VERSION
 
         n = 0
-        for kind, version in (("cartridge_case", self.retrieval.descriptor_version),
-                              ("bullet", self.bullet_retrieval.descriptor_version)):
+        for kind, version in (("cartridge_case", self.spaces["breech_face"].descriptor_version),
+                              ("bullet", self.spaces["bullet"].descriptor_version)):
             with session_scope(self.session_factory) as s:
                 pending = select(Job.exhibit_id).where(Job.status.in_(("queued", "running")))
                 stale = list(s.execute(select(Exhibit.id).where(
@@ -263,8 +242,25 @@ class Runtime:
         return {"id": cal.id if cal else None, "path": cal.path if cal else None,
                 "region": cal.region if cal else None, "candidates_updated": updated}
 
+    def job_context(self):
+        """A :class:`~api.jobs.context.JobContext` in this process on the runtime's own resources (its
+        in-process indexes; with ``BACKEND=ray`` the spaces of a context of its own on the cluster)."""
+        if self._jobs is None:
+            from api.jobs.context import JobContext
+
+            if self.settings.backend == "local":
+                self._jobs = JobContext(settings=self.settings, session_factory=self.session_factory,
+                                        read_factory=self.read_factory, store=self.store, spaces=self.spaces,
+                                        calibration=self.calibration, enqueue=self.enqueue, stop=self.stopping)
+            else:
+                self._jobs = JobContext.open(self.settings, enqueue=self.enqueue)
+        return self._jobs
+
     def run_pending_inline(self) -> int:
-        """Run every queued job in the calling thread (tests and tools without a worker)."""
+        """Run every queued job in the calling thread (tests and tools without worker processes)."""
+        from api.jobs.correlate import run_correlation_job
+
+        ctx = self.job_context()
         n = 0
         while True:
             with self.session_factory() as s:
@@ -272,7 +268,7 @@ class Runtime:
             if not ids:
                 return n
             for i in ids:
-                run_correlation_job(self, i)
+                run_correlation_job(ctx, i)
                 n += 1
 
     # ------------------------------------------------------------------ admin key

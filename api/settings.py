@@ -40,6 +40,18 @@ class Settings(BaseSettings):
         "best rerank_k go to the CMC comparison; <= rerank_k switches the screen off"))
     preprocess_kind: str = Field("auto", pattern="^(auto|raw|processed)$")
     index_save_interval_s: float = Field(0.0, ge=0, description="snapshot the index at most this often")
+    index_shards: int = Field(1, ge=1, le=256, description=(
+        "shards of each descriptor space's index (by a stable hash of the exhibit id); on Ray, one actor each"))
+
+    # where the search runs (ballistic.retrieval.executor)
+    backend: str = Field("local", pattern="^(local|ray)$", description=(
+        "local: index shards and re-ranking inside each worker process (no Ray import); ray: on the Ray cluster "
+        "at ray_address (token auth, loopback or private address, no dashboard)"))
+    ray_address: str | None = Field(None, description="host:port of the Ray cluster (GCS) for backend=ray")
+    ray_token_path: Path | None = Field(None, description=(
+        "file holding the cluster's auth token (else RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH in the environment)"))
+    ray_namespace: str = "ballistic"
+    ray_call_timeout_s: float = Field(60.0, gt=0, description="one shard call on Ray before it is retried")
     prepared_cache_size: int = Field(256, ge=0, description="prepared surfaces kept in memory for re-ranking")
     firing_pin: bool = Field(True, description="find and compare firing-pin impressions on raw cartridge scans")
     bullet_step_um: float = Field(50.0, gt=0, le=1000, description="land signatures every this many um")
@@ -49,9 +61,15 @@ class Settings(BaseSettings):
     calibration_path: str | None = Field(str(DEFAULT_CALIBRATION),
                                          description="breech-face score-to-LR calibration (JSON)")
 
-    # jobs
-    run_worker: bool = Field(True, description="start the in-process huey consumer in the lifespan")
-    workers: int = Field(1, ge=1, le=64, description="huey worker threads")
+    # jobs: worker processes started and watched by the API process (api.jobs.supervisor)
+    run_worker: bool = Field(True, description="start the correlation worker processes with the service")
+    workers: int = Field(1, ge=1, le=64, description="correlation worker processes (one job at a time each)")
+    worker_nice: int = Field(10, ge=0, le=19, description="CPU priority of the worker processes (nice increment)")
+    worker_memory_limit_mb: int = Field(0, ge=0, description=(
+        "memory one worker may use while it runs a job, above what it holds idle; 0: job_memory_budget_mb. A job "
+        "over it fails with a reason (MemoryError under the address-space limit, or the worker is stopped by "
+        "the supervisor's watchdog), the API stays up"))
+    worker_restart_delay_s: float = Field(1.0, ge=0, description="pause before a dead worker is started again")
     job_max_attempts: int = Field(3, ge=1, le=100)
     job_retry_delay_s: float = Field(2.0, ge=0)
     sweep_interval_s: float = Field(60.0, gt=0, description="re-deliver jobs left 'queued' this long")
@@ -83,7 +101,18 @@ class Settings(BaseSettings):
         self.queue_path = Path(self.queue_path or self.data_dir / "queue.db").expanduser().resolve()
         if self.calibration_path is not None and self.calibration_path.strip().lower() in ("", "none", "off"):
             self.calibration_path = None
+        if self.backend == "ray" and not self.ray_address:
+            raise ValueError("backend=ray needs ray_address (BALLISTIC_RAY_ADDRESS=host:port of the cluster)")
         return self
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the worker processes say which job they run (``<data_dir>/run``)."""
+        return self.data_dir / "run"
+
+    @property
+    def memory_limit_bytes(self) -> int:
+        return int(self.worker_memory_limit_mb or self.job_memory_budget_mb) * 2**20
 
     @property
     def is_sqlite(self) -> bool:

@@ -177,6 +177,17 @@ class EvidenceStore:
         return h.hexdigest() == sha256
 
     # ------------------------------------------------------------------ derived
+    def read_original(self, sha256: str, media_type: str, spacing_um: float | None, *, max_points: int):
+        """The stored original as a Surface, through the typed readers (x3p, or PNG/TIFF with ``spacing_um``),
+        refusing more than ``max_points`` points (:func:`api.limits.max_scan_points`)."""
+        from ballistic.io.image import read_image
+        from ballistic.io.x3p import read_x3p
+
+        path = self.original_path(sha256)
+        if media_type == "x3p":
+            return read_x3p(path, max_points=max_points)
+        return read_image(path, max_pixels=max_points, spacing_um=spacing_um)
+
     def derived_relpath(self, exhibit_id: int, sha256: str, what: str = "preprocessed") -> str:
         return f"derived/{sha256[:2]}/{exhibit_id}-{sha256[:16]}-{what}.x3p"
 

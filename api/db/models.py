@@ -1,5 +1,5 @@
 """ORM models (SQLAlchemy 2 typed declarative). The schema itself is created by Alembic
-(``api/migrations``); these classes are its single source of truth for autogenerate."""
+(``api/db/migrations``); these classes are its single source of truth for autogenerate."""
 from __future__ import annotations
 
 import datetime as dt
@@ -204,6 +204,27 @@ class HitEvent(Base):
 
     exhibit_a: Mapped[Exhibit] = relationship(foreign_keys=[exhibit_a_id], lazy="joined")
     exhibit_b: Mapped[Exhibit] = relationship(foreign_keys=[exhibit_b_id], lazy="joined")
+
+
+class DescriptorRow(Base):
+    """The descriptor log: one row each time a job stores an exhibit's descriptor (``vector`` float32 bytes,
+    raw, before any whitening), in commit order. The vector index of every service process (and every shard
+    on a Ray cluster) is derived state kept current from this log (:class:`api.index.DescriptorLog`, the
+    library's row source): it loads a snapshot and applies the rows after the ``seq`` it holds. A later row
+    of the same exhibit, space and version replaces the earlier one."""
+
+    __tablename__ = "descriptor_rows"
+    __table_args__ = (Index("ix_descriptor_rows_space_version_seq", "space", "version", "seq"),
+                      {"sqlite_autoincrement": True})  # a seq is never reused
+
+    seq: Mapped[int] = mapped_column(BigID, primary_key=True)
+    exhibit_id: Mapped[int] = mapped_column(ForeignKey("exhibits.id"))
+    space: Mapped[str] = mapped_column(String(20))
+    version: Mapped[str] = mapped_column(String(100))
+    partition: Mapped[str] = mapped_column(String(200))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ApiKey(Base):

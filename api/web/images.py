@@ -101,10 +101,11 @@ def relief_png(rt, exhibit, view: str) -> Path | None:
             surf = _read(rt, rt.store.resolve(exhibit.derived_path))
             values = shade_view(surf, is_image=is_image)
         else:
-            from api.pipeline import load_original_surface
+            from api.limits import max_scan_points
             from ballistic.preprocess.filters import remove_trend, resample
 
-            surf = load_original_surface(rt, exhibit.original_sha256, exhibit.media_type, exhibit.spacing_um)
+            surf = rt.store.read_original(exhibit.original_sha256, exhibit.media_type, exhibit.spacing_um,
+                                          max_points=max_scan_points(rt.settings))
             side = max(surf.shape)
             if side > MAX_SIDE:
                 surf = resample(surf, spacing_um=surf.spacing_um * side / MAX_SIDE)

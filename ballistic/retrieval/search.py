@@ -348,7 +348,8 @@ class CMCComparison:
     """:func:`~ballistic.cartridge.cmc.pair.compare_pair` as the re-rank stage.
 
     The ranking score is the comparison's own: ``PairResult.score`` when it has one, else its CMC
-    ``similarity`` (count + mean correlation of the congruent cells). With ``details`` the outcome also
+    ``similarity`` (count + mean correlation of the congruent cells); the outcome carries the exact
+    ``similarity``, ``cmc_count`` and ``identification`` besides the rounded summary. With ``details`` it also
     carries the full result (``"detail"``: ``PairResult.to_dict()``, every cell of both directions) and the
     registration, for a caller that stores and explains them.
     """
@@ -366,7 +367,9 @@ class CMCComparison:
 
     def __call__(self, query, candidate) -> dict:
         r = compare_pair(query, candidate, self.params)
-        out = {"score": float(getattr(r, "score", r.similarity)), "summary": r.summary()}
+        out = {"score": float(getattr(r, "score", r.similarity)), "summary": r.summary(),
+               "similarity": float(r.similarity), "cmc_count": int(r.cmc_count),
+               "identification": bool(r.identification)}
         if self.details:
             reg = r.registration
             out["detail"] = r.to_dict()

@@ -90,18 +90,18 @@ def test_handlers_answer_with_the_status_and_the_reason():
                                          (E.DescriptorError("too few valid points"), False)])
 def test_job_retries_infrastructure_errors_and_fails_data_errors_at_once(client, examiner, scans, monkeypatch,
                                                                          exc, retried):
-    from api.index import Retrieval
+    from api.index import DescriptorSpace
 
     calls = {"n": 0}
-    real = Retrieval.compute_descriptor
+    real = DescriptorSpace.describe
 
-    def once(surface):
+    def once(self, surface):
         calls["n"] += 1
         if calls["n"] == 1:
             raise exc
-        return real(surface)
+        return real(self, surface)
 
-    monkeypatch.setattr(Retrieval, "compute_descriptor", staticmethod(once))
+    monkeypatch.setattr(DescriptorSpace, "describe", once)
     assert upload(client, examiner, scans["a1"], name="a1.x3p").status_code == 201
     run_jobs(client)
     j = client.get("/v1/jobs/1", headers=examiner).json()

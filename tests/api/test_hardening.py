@@ -182,12 +182,12 @@ def test_upload_errors_speak_to_the_user_not_to_a_library_caller(tmp_path, scans
 def test_job_failures_are_stored_in_words_for_the_user(client, examiner, scans, monkeypatch):
     from api_helpers import ADMIN
 
-    from api.index import Retrieval
+    from api.index import DescriptorSpace
     from ballistic.retrieval.descriptor import breech_face_descriptor
 
     # the library's own DescriptorError ("... raise r_max_um (now 2000.0 um) or lower min_valid ...")
-    monkeypatch.setattr(Retrieval, "compute_descriptor",
-                        staticmethod(lambda surface: breech_face_descriptor(surface, min_valid=1.1)))
+    monkeypatch.setattr(DescriptorSpace, "describe",
+                        lambda self, surface: breech_face_descriptor(surface, min_valid=1.1))
     r = upload(client, examiner, scans["a1"], name="a1.x3p")
     run_jobs(client)
     job = client.get(f"/v1/jobs/{r.json()['job']['id']}", headers=examiner).json()

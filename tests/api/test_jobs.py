@@ -83,27 +83,27 @@ def test_figure_is_rendered_cached_and_audited(client, examiner, scans):
 
 
 def test_transient_failure_is_retried_permanent_one_fails(client, examiner, scans, monkeypatch):
-    from api.index import Retrieval
+    from api.index import DescriptorSpace
 
     calls = {"n": 0}
-    real = Retrieval.compute_descriptor
+    real = DescriptorSpace.describe
 
-    def flaky(surface):
+    def flaky(self, surface):
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError("disk hiccup")
-        return real(surface)
+        return real(self, surface)
 
-    monkeypatch.setattr(Retrieval, "compute_descriptor", staticmethod(flaky))
+    monkeypatch.setattr(DescriptorSpace, "describe", flaky)
     _ingest(client, examiner, scans, ["a1"])
     run_jobs(client)
     j = client.get("/v1/jobs/1", headers=examiner).json()
     assert j["status"] == "done" and j["attempts"] == 2 and j["error"] is None
 
-    def broken(surface):
+    def broken(self, surface):
         raise ValueError("descriptor cannot be computed")
 
-    monkeypatch.setattr(Retrieval, "compute_descriptor", staticmethod(broken))
+    monkeypatch.setattr(DescriptorSpace, "describe", broken)
     _ingest(client, examiner, scans, ["b1"])
     run_jobs(client)
     j = client.get("/v1/jobs/2", headers=examiner).json()
@@ -111,7 +111,7 @@ def test_transient_failure_is_retried_permanent_one_fails(client, examiner, scan
     actions = [e["action"] for e in client.get("/v1/audit", headers=ADMIN).json()["items"]]
     assert "job.retry" in actions and "job.failed" in actions
     # a failed job can be run again on request; a pending one cannot be duplicated
-    monkeypatch.setattr(Retrieval, "compute_descriptor", staticmethod(real))
+    monkeypatch.setattr(DescriptorSpace, "describe", real)
     r = client.post("/v1/jobs", headers=examiner, json={"exhibit_id": 2})
     assert r.status_code == 201
     assert client.post("/v1/jobs", headers=examiner, json={"exhibit_id": 2}).status_code == 409
@@ -158,19 +158,37 @@ def test_restart_resumes_interrupted_jobs_and_rebuilds_stale_index(tmp_path, sca
         assert c.app.state.runtime.startup_report["requeued_jobs"] == 0
 
 
-def test_snapshot_missing_an_exhibit_is_detected_as_stale(tmp_path, scans):
+def test_snapshot_behind_the_log_replays_and_one_ahead_of_it_is_rebuilt(tmp_path, scans):
+    """The index is derived from the descriptor log: a snapshot taken before the last jobs is loaded and the
+    newer rows replayed; a snapshot holding more than the database (another, or a restored, database) is
+    rebuilt from the log."""
+    import shutil
+
     s = make_settings(tmp_path, index_save_interval_s=3600)  # job-time snapshots effectively off
     with TestClient(create_app(s)) as c:
         ex = new_key(c, "examiner")
         _ingest(c, ex, scans, ["a1"])
         c.app.state.runtime.run_pending_inline()
-        c.app.state.runtime.retrieval.save(force=True)
+        c.app.state.runtime.spaces["breech_face"].save(force=True)
+        shutil.copytree(s.index_dir, tmp_path / "index-with-a1")
         _ingest(c, ex, scans, ["b1"])
         c.app.state.runtime.run_pending_inline()
-        c.app.state.runtime.retrieval._dirty = False  # pretend the process died before the next snapshot
+        c.app.state.runtime.spaces["breech_face"]._dirty = False  # pretend the process died before the next snapshot
+    shutil.rmtree(s.index_dir)
+    shutil.copytree(tmp_path / "index-with-a1", s.index_dir)
     with TestClient(create_app(make_settings(tmp_path))) as c:
         rep = c.app.state.runtime.startup_report["index"]
-        assert rep["action"] == "rebuilt" and "stale" in rep["reason"] and rep["index_count"] == 2
+        assert rep["action"] == "loaded" and rep["replayed"] == 1 and rep["consistent"] and rep["index_count"] == 2
+    # (that start's snapshot holds both) the database loses b1's descriptor row (say, restored from an older backup): the snapshot is ahead
+    from sqlalchemy import create_engine, text
+    eng = create_engine(s.database_url)
+    with eng.begin() as conn:
+        conn.execute(text("DELETE FROM descriptor_rows WHERE exhibit_id = 2"))
+        conn.execute(text("UPDATE exhibits SET descriptor = NULL WHERE id = 2"))
+    eng.dispose()
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        rep = c.app.state.runtime.startup_report["index"]
+        assert rep["action"] == "rebuilt" and "stale" in rep["reason"] and rep["index_count"] == 1 and rep["consistent"]
 
 
 @pytest.mark.parametrize("bad", ["status=nope", "limit=0", "exhibit_id=-1"])

@@ -1,0 +1,167 @@
+"""``ballistic worker``: one correlation worker process.
+
+Started by the API process's :class:`~api.jobs.supervisor.WorkerPool` (``ballistic serve`` starts
+``WORKERS`` of them; one job at a time each), or by hand. It
+
+* lowers its CPU priority (``nice``, ``WORKER_NICE``) so that the API answers while jobs run;
+* caps its address space with ``RLIMIT_AS`` at what it holds idle plus the memory one job may use
+  (``WORKER_MEMORY_LIMIT_MB``, default ``JOB_MEMORY_BUDGET_MB``; local backend): a job that needs more
+  gets a ``MemoryError`` and fails with a reason, the process goes on (the supervisor's watchdog on the
+  resident size is the backstop, and the only limit with the Ray backend, whose object store maps memory);
+* opens its :class:`~api.jobs.context.JobContext` (its own engines, the descriptor spaces on the configured
+  executor: in this process, or the Ray cluster), consumes job ids from the queue with one thread and runs
+  :func:`~api.jobs.correlate.run_correlation_job`;
+* says which job it runs in ``<data_dir>/run/worker-<slot>.json`` (the supervisor fails or requeues that
+  job if the process dies), and stops when its parent does (``PR_SET_PDEATHSIG``, and a parent check);
+* on SIGTERM finishes nothing half: the running job goes back to 'queued' at its next stop check.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["main", "run_worker", "status_path", "read_status", "SETTINGS_ENV", "THREAD_ENV"]
+
+log = logging.getLogger("ballistic.api.worker")
+
+#: the settings a worker runs with, as JSON (set by the supervisor; ``ballistic worker`` reads BALLISTIC_* otherwise)
+SETTINGS_ENV = "BALLISTIC_WORKER_SETTINGS"
+#: one job at a time per process: no thread pools competing for the cores inside it
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "NUMEXPR_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+
+
+def status_path(run_dir: Path, slot: int) -> Path:
+    return Path(run_dir) / f"worker-{int(slot)}.json"
+
+
+def read_status(run_dir: Path, slot: int) -> dict:
+    try:
+        return json.loads(status_path(run_dir, slot).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_status(run_dir: Path, values: dict) -> None:
+    from ballistic.io.atomic import atomic_write_bytes
+
+    atomic_write_bytes(status_path(run_dir, values["slot"]), json.dumps(values).encode())
+
+
+def _memory(field: str) -> int:
+    """VmSize / VmRSS of this process in bytes (Linux), 0 elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the process that started it dies (a kill -9 of the server)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: the parent check below stops it
+        pass
+
+
+def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int:
+    """Run jobs until SIGTERM (or the parent's death); returns the exit status."""
+    from huey.consumer import Consumer
+
+    from api.jobs.context import JobContext
+    from api.jobs.correlate import run_correlation_job
+    from api.jobs.queue import JobQueue
+
+    if parent_pid:
+        _die_with_parent()
+        if os.getppid() != parent_pid:
+            return 1
+    if settings.worker_nice:
+        os.nice(int(settings.worker_nice))
+    run_dir = settings.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    queue = JobQueue(settings)
+    ctx = JobContext.open(settings, enqueue=queue.enqueue, saves_snapshots=slot == 0)
+    ctx.stop = stop
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    limit = None
+    if settings.backend == "local" and settings.memory_limit_bytes:
+        import resource
+
+        limit = _memory("VmSize") + settings.memory_limit_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    base = {"slot": slot, "pid": os.getpid(), "rss_idle": _memory("VmRSS"), "address_space_limit": limit,
+            "nice": os.nice(0), "backend": settings.backend}
+    _write_status(run_dir, {**base, "job_id": None})
+
+    def handle(job_id: int) -> None:
+        _write_status(run_dir, {**base, "job_id": int(job_id), "since": time.time()})
+        try:
+            run_correlation_job(ctx, int(job_id))
+        finally:
+            _write_status(run_dir, {**base, "job_id": None})
+
+    queue.handler = handle
+
+    class _Consumer(Consumer):
+        def _set_signal_handlers(self):  # this process's own handlers stay
+            pass
+
+    consumer = _Consumer(queue.huey, workers=1, worker_type="thread", periodic=False, initial_delay=0.05,
+                         backoff=1.3, max_delay=0.5, check_worker_health=False, shutdown_timeout=120)
+    consumer.start()
+    log.info("worker %s (pid %s) running jobs; nice %s, address-space limit %s", slot, os.getpid(), base["nice"],
+             limit)
+    try:
+        while not stop.wait(0.5):
+            if parent_pid and os.getppid() != parent_pid:   # the server is gone
+                stop.set()
+    finally:
+        consumer.stop(graceful=True)
+        ctx.close()
+        queue.close()
+        try:
+            status_path(run_dir, slot).unlink()
+        except OSError:
+            pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from api.settings import Settings
+
+    ap = argparse.ArgumentParser(prog="python -m api.jobs.worker", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--slot", type=int, default=0)
+    ap.add_argument("--parent", type=int, default=None, help="stop when this process is gone")
+    a = ap.parse_args(argv)
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = Settings(**json.loads(raw)) if raw else Settings()
+    logging.basicConfig(level=os.environ.get("BALLISTIC_LOG_LEVEL", "WARNING").upper(),
+                        format=f"%(asctime)s %(levelname)s worker-{a.slot} %(name)s: %(message)s")
+    return run_worker(settings, slot=a.slot, parent_pid=a.parent)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
