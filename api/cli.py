@@ -1,4 +1,5 @@
-"""The full ``ballistic`` command: the library's commands plus ``serve``, ``ingest`` and ``audit verify``.
+"""The full ``ballistic`` command: the library's commands plus ``serve``, ``worker``, ``ingest``, ``keys``
+and ``audit``.
 
 The console script points here (``ballistic = "api.cli:main"``) so that the pure library
 (``ballistic.cli``) never imports the service: this module imports ``ballistic.cli.app``
@@ -71,12 +72,14 @@ def _cli_actor() -> str:
 @app.command()
 def serve(host: str = typer.Option("127.0.0.1", help="bind address"),
           port: int = typer.Option(8000, help="TCP port"),
-          workers: Optional[int] = typer.Option(None, help="correlation worker threads (BALLISTIC_WORKERS)"),
-          no_worker: bool = typer.Option(False, "--no-worker", help="serve the API only; jobs wait in the queue"),
+          workers: Optional[int] = typer.Option(None, help="correlation worker processes (BALLISTIC_WORKERS)"),
+          no_worker: bool = typer.Option(False, "--no-worker", help="serve the API only; jobs wait in the queue "
+                                                                     "(run `ballistic worker` yourself)"),
           data_dir: Optional[Path] = typer.Option(None, help="embedded default root (BALLISTIC_DATA_DIR)"),
           database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL (BALLISTIC_DATABASE_URL)"),
           log_level: str = typer.Option("info")) -> None:
-    """Run the correlation service (HTTP API + in-process job worker); docs at /docs."""
+    """Run the correlation service: the HTTP API in this process, the correlation jobs in WORKERS worker
+    processes it starts and watches (`ballistic worker`); docs at /docs."""
     import logging
 
     import uvicorn
@@ -92,6 +95,23 @@ def serve(host: str = typer.Option("127.0.0.1", help="bind address"),
     typer.echo(f"ballistic: data in {s.data_dir} (database {s.database_url.split('@')[-1]}); "
                f"http://{host}:{port}/docs", err=True)
     uvicorn.run(create_app(s), host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=30)
+
+
+@app.command()
+def worker(slot: int = typer.Option(0, help="worker number (its status file is <data>/run/worker-SLOT.json)"),
+           data_dir: Optional[Path] = typer.Option(None, help="embedded default root (BALLISTIC_DATA_DIR)"),
+           database_url: Optional[str] = typer.Option(None, help="SQLAlchemy URL (BALLISTIC_DATABASE_URL)"),
+           log_level: str = typer.Option("warning")) -> None:
+    """Run one correlation worker process: jobs from the service's queue, one at a time, at lower CPU priority
+    and with a memory limit. `ballistic serve` starts WORKERS of them itself (and restarts them); run this
+    by hand only beside `ballistic serve --no-worker`."""
+    import logging
+
+    from api.jobs.worker import run_worker
+
+    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s %(levelname)s worker-{slot} %(name)s: "
+                                                          "%(message)s")
+    raise typer.Exit(run_worker(_settings(data_dir, database_url), slot=slot))
 
 
 @app.command()

@@ -50,6 +50,9 @@ def test_import_contracts_hold():
     ("ballistic/cartridge/cmc/params.py", "from ballistic.cartridge.cmc.cells import compare_cells", "cmc-steps"),
     ("ballistic/cartridge/breech_face.py", "from ballistic.cartridge.firing_pin import find_firing_pin", "cartridge"),
     ("ballistic/bullet/profile.py", "from ballistic.bullet.sam import bullet_score", "bullet-steps"),
+    ("api/jobs/correlate.py", "from api.services.jobs import create_job", "api-layers"),
+    ("api/routes/jobs.py", "from api.jobs.correlate import run_correlation_job", "routes-no-jobs"),
+    ("api/index.py", "from api.jobs.context import JobContext", "api-acyclic"),
 ], ids=lambda v: v if isinstance(v, str) and v in CONTRACTS else None)
 def test_a_bad_import_breaks_its_contract(tmp_path, where, line, contract):
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "static", "templates", "*.nbi", "*.nbc")

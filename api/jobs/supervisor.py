@@ -143,7 +143,10 @@ class WorkerPool:
 
         with self.session_factory() as sess:
             j = sess.execute(select(Job).where(Job.id == job_id)).scalar_one_or_none()
-            if j is None or j.status != "running":
+            if j is None or j.status not in ("queued", "running"):
+                return
+            if j.status == "queued":     # died after taking the message, before claiming the job: deliver again
+                self.enqueue(job_id)
                 return
             attempts, max_attempts, exhibit_id = j.attempts, j.max_attempts, j.exhibit_id
         if memory:
