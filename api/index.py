@@ -244,6 +244,17 @@ class DescriptorSpace:
                 self.index.close()
                 self.index = None
 
+    def reopen(self) -> None:
+        """Start the shards again (from their snapshots + the log): after a shard was lost for good on a
+        cluster, so that the job's retry finds a whole index."""
+        with self._lock:
+            if self.index is not None:
+                try:
+                    self.index.close()
+                except Exception:  # noqa: BLE001 - its actors may be gone already
+                    pass
+            self.index = self._open_index()
+
     # ------------------------------------------------------------------ vectors
     def describe(self, x) -> np.ndarray:
         """The raw descriptor of a preprocessed surface (breech face) or of a bullet's signatures, float32."""

@@ -100,7 +100,11 @@ def run_correlation_job(ctx: JobContext, job_id: int) -> str:
                       .values(status="queued", updated_at=utcnow(), error="interrupted by shutdown; will resume"))
         return "queued"
     except Exception as e:  # noqa: BLE001 - every failure is recorded on the job
+        from ballistic.errors import ScaleOutConfigError, ShardUnavailableError
+
         retry = job_retryable(e) and attempts < max_attempts  # by the error's kind: api/errors.py
+        if isinstance(e, ShardUnavailableError) and not isinstance(e, ScaleOutConfigError):
+            _reopen_spaces(ctx)          # a shard lost for good: the retry starts them again
         log.warning("job %s attempt %s failed: %s: %s\n%s", job_id, attempts, type(e).__name__, e,
                     traceback.format_exc())
         status = fail_job(ctx.session_factory, job_id, e, retry=retry, attempt=attempts, exhibit_id=ex.id)
@@ -110,6 +114,14 @@ def run_correlation_job(ctx: JobContext, job_id: int) -> str:
     if ctx.saves_snapshots:
         ctx.spaces["bullet" if ex.exhibit_type == "bullet" else "breech_face"].maybe_save()
     return "done" if n >= 0 else "failed"
+
+
+def _reopen_spaces(ctx: JobContext) -> None:
+    for sp in ctx.spaces.values():
+        try:
+            sp.reopen()
+        except Exception:  # noqa: BLE001 - the retry fails again, with its own error, if this did not help
+            log.exception("reopening the %s index failed", sp.space)
 
 
 def fail_job(session_factory, job_id: int, e: BaseException | str, *, retry: bool, attempt: int,
