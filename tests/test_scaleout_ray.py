@@ -20,21 +20,16 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'ballistic[scale]')")
 
-from ray.cluster_utils import Cluster  # noqa: E402
-
 from ballistic.errors import ShardUnavailableError  # noqa: E402
-from ballistic.retrieval.executor import RaySettings, loopback_node_args, secure_ray_env  # noqa: E402
+from ballistic.retrieval.executor import RaySettings  # noqa: E402
 from ballistic.retrieval.search import RetrievalParams, Retriever  # noqa: E402
 from ballistic.retrieval.sharded import SQLiteRowSource, ShardedIndex  # noqa: E402
 
+from ray_helpers import add_worker_node, local_cluster  # noqa: E402
 from test_scaleout import DIM, StubDescriptor, _fetch, _materialise, _surface, _unit  # noqa: E402
 
 # "slow" is a registered marker (pyproject.toml); select these tests with -k ray or by this file's path
 pytestmark = pytest.mark.slow
-
-
-_ENV_KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED",
-             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 
 
 def _settings(**kw) -> RaySettings:
@@ -44,31 +39,16 @@ def _settings(**kw) -> RaySettings:
 
 @pytest.fixture(scope="module")
 def cluster():
-    saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-    secure_ray_env()                                         # token auth + loopback, before any node starts
-    # fast failure detection: a removed node is declared dead within ~1 s
-    c = Cluster(initialize_head=True, head_node_args=loopback_node_args(
-        num_cpus=0, object_store_memory=80 * 2**20,
-        _system_config={"health_check_period_ms": 500, "health_check_failure_threshold": 2}))
-    workers = [c.add_node(**loopback_node_args(num_cpus=1, object_store_memory=80 * 2**20,
-                                               resources={"shard_host": 4})) for _ in range(2)]
-    c.wait_for_nodes()
-    c.workers_started = workers
-    # the actors and tasks run functions and classes of these test modules: ship them by value
-    import test_scaleout
-    ray.cloudpickle.register_pickle_by_value(test_scaleout)
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:
-        yield c
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        c.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with local_cluster(2, resources={"shard_host": 4}) as c:
+        # the actors and tasks run functions and classes of these test modules: ship them by value
+        import test_scaleout
+        ray.cloudpickle.register_pickle_by_value(test_scaleout)
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        try:
+            yield c
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
 
 
 @pytest.fixture()
@@ -271,8 +251,7 @@ def test_node_removed_mid_query_restarts_shard_or_raises_never_partial(cluster, 
         fragile.close()
         if removed:                                   # leave the cluster with two worker nodes again
             cluster.workers_started = [n for n in cluster.workers_started if n is not victim] + [
-                cluster.add_node(**loopback_node_args(num_cpus=1, object_store_memory=80 * 2**20,
-                                                      resources={"shard_host": 4}))]
+                add_worker_node(cluster, {"shard_host": 4})]
 
 
 _EMBEDDED = """

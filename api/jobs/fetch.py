@@ -90,61 +90,56 @@ def _mtime(path: Path) -> int | None:
 
 
 @dataclass(frozen=True)
-class StoredSurfaces:
+class _StoredFile:
+    """``fetch(id)`` of a file an exhibit's job stored (its path in the exhibits table), read once per process
+    and version of the file; None while there is none."""
+
+    database_url: str
+    evidence_dir: str
+    max_points: int
+    cache_size: int = 256
+    _column = 1          # which path of _exhibit()'s row
+
+    def _read(self, path: Path, label: str):
+        raise NotImplementedError
+
+    def __call__(self, exhibit_id: int):
+        row = _exhibit(self.database_url, exhibit_id)
+        if row is None or row[self._column] is None:
+            return None
+        rel = row[self._column]
+        path = _resolve(self.evidence_dir, rel)
+        stamp = _mtime(path)
+        if stamp is None:
+            return None
+        return _cache(type(self).__name__, self.evidence_dir, self.cache_size).get(
+            (int(exhibit_id), rel, stamp), lambda: self._read(path, row[0]))
+
+
+class StoredSurfaces(_StoredFile):
     """``fetch(id)``: the exhibit's preprocessed breech face, prepared for the CMC comparison
     (:class:`~ballistic.cartridge.cmc.params.PreparedSurface`), or None when not processed yet."""
 
-    database_url: str
-    evidence_dir: str
-    max_points: int
-    cache_size: int = 256
+    _column = 1
 
-    def __call__(self, exhibit_id: int):
-        row = _exhibit(self.database_url, exhibit_id)
-        if row is None or row[1] is None:
-            return None
-        label, rel = row[0], row[1]
-        path = _resolve(self.evidence_dir, rel)
-        stamp = _mtime(path)
-        if stamp is None:
-            return None
+    def _read(self, path: Path, label: str):
+        from ballistic.cartridge.cmc.params import CMCParams, prepare
+        from ballistic.io.x3p import read_x3p
 
-        def make():
-            from ballistic.cartridge.cmc.params import CMCParams, prepare
-            from ballistic.io.x3p import read_x3p
-
-            return prepare(read_x3p(path, max_points=self.max_points), CMCParams(), name=label)
-
-        return _cache("prepared", self.evidence_dir, self.cache_size).get((int(exhibit_id), rel, stamp), make)
+        return prepare(read_x3p(path, max_points=self.max_points), CMCParams(), name=label)
 
 
-@dataclass(frozen=True)
-class StoredFiringPins:
+class StoredFiringPins(_StoredFile):
     """``fetch(id)``: the exhibit's extracted firing-pin impression, or None when it has none."""
 
-    database_url: str
-    evidence_dir: str
-    max_points: int
-    cache_size: int = 256
+    _column = 2
 
-    def __call__(self, exhibit_id: int):
-        row = _exhibit(self.database_url, exhibit_id)
-        if row is None or row[2] is None:
-            return None
-        rel = row[2]
-        path = _resolve(self.evidence_dir, rel)
-        stamp = _mtime(path)
-        if stamp is None:
-            return None
+    def _read(self, path: Path, label: str):
+        from ballistic.cartridge.firing_pin import _EXTRACT_TAG
+        from ballistic.io.x3p import read_x3p
 
-        def make():
-            from ballistic.cartridge.firing_pin import _EXTRACT_TAG
-            from ballistic.io.x3p import read_x3p
-
-            s = read_x3p(path, max_points=self.max_points)   # tagged so that it is not extracted again
-            return s.with_heights(s.heights, preprocess=_EXTRACT_TAG + "stored")
-
-        return _cache("firing_pin", self.evidence_dir, self.cache_size).get((int(exhibit_id), rel, stamp), make)
+        s = read_x3p(path, max_points=self.max_points)   # tagged so that it is not extracted again
+        return s.with_heights(s.heights, preprocess=_EXTRACT_TAG + "stored")
 
 
 @dataclass

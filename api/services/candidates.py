@@ -44,13 +44,15 @@ def _latest_record(session, exhibit_id: int) -> tuple[dict | None, bool | None]:
         return d, False
 
 
-def _comparable(session, ex: Exhibit) -> int:
-    """Exhibits the query can be compared with now: the others of its partition with a current descriptor (what
-    its descriptor space indexes)."""
-    n = session.execute(select(func.count(Exhibit.id)).where(
+def _comparable(rt, session, ex: Exhibit) -> int:
+    """Exhibits the query can be compared with now: the others of its partition with a descriptor of the current
+    version (what its descriptor space indexes)."""
+    from api.index import space_of
+
+    version = rt.spaces[space_of(ex.exhibit_type)].descriptor_version
+    return int(session.execute(select(func.count(Exhibit.id)).where(
         Exhibit.partition == ex.partition, Exhibit.descriptor.is_not(None), Exhibit.id != ex.id,
-        Exhibit.descriptor_version == ex.descriptor_version)).scalar_one() if ex.descriptor_version else 0
-    return int(n)
+        Exhibit.descriptor_version == version)).scalar_one())
 
 
 def list_candidates(rt, session, exhibit_id: int, *, region: str | None = None, calibre: str | None = None,
@@ -106,7 +108,7 @@ def list_candidates(rt, session, exhibit_id: int, *, region: str | None = None, 
     cal = rt.calibration
     depth = calib = None
     if cal is not None and region == cal.region and region == ex.region:
-        d = cal.review_depth(_comparable(session, ex), rt.settings.rerank_k)
+        d = cal.review_depth(_comparable(rt, session, ex), rt.settings.rerank_k)
         depth = ReviewDepth(**d) if d else None
         calib = cal.describe()
     record, verified = _latest_record(session, exhibit_id)

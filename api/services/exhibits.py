@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -125,6 +126,34 @@ def _stage_all(rt, files: list[Upload], meta_spacing: float | None, *, bullet: b
     return out
 
 
+def _store_originals(rt, files: list[Upload], meta_spacing: float | None, *, bullet: bool) -> list[_Upload]:
+    """Stage and check every file (:func:`_stage_all`), then store each original: durable and read-only
+    before the database says it exists. The staging files are gone afterwards."""
+    uploads = _stage_all(rt, files, meta_spacing, bullet=bullet)
+    try:
+        for u in uploads:
+            rt.store.commit_original(u.staged)
+    finally:
+        for u in uploads:
+            u.staged.discard()
+    return uploads
+
+
+@contextmanager
+def _upload_transaction(rt, session, uploads: list[_Upload]):
+    """The database rows of an upload: rolled back on a refusal; a unique-key clash is the same file sent at
+    the same moment by someone else (409 naming its exhibit)."""
+    try:
+        yield
+    except IntegrityError:
+        session.rollback()
+        _duplicate_after_race(rt, uploads)
+        raise
+    except ServiceError:
+        session.rollback()
+        raise
+
+
 def _existing_exhibit_for(rt, sha256: str) -> int | None:
     with rt.read_factory() as rs:
         dup = rs.execute(select(Exhibit.id).where(Exhibit.original_sha256 == sha256)).scalar()
@@ -215,18 +244,12 @@ def create_exhibit(rt, session, who, file: list[Upload], meta: ExhibitCreate) ->
     bullet = meta.exhibit_type == "bullet"
     if not bullet and len(file) != 1:
         raise Unprocessable(f"a cartridge case is one scan; {len(file)} files were sent")
-    uploads = _stage_all(rt, file, meta.spacing_um, bullet=bullet)
-    try:
-        for u in uploads:
-            rt.store.commit_original(u.staged)  # durable and read-only before the DB says it exists
-    finally:
-        for u in uploads:
-            u.staged.discard()
+    uploads = _store_originals(rt, file, meta.spacing_um, bullet=bullet)
 
     first = uploads[0]
     region = BULLET_REGION if bullet else region_for_media(first.media_type)
     created = True
-    try:
+    with _upload_transaction(rt, session, uploads):
         case = _get_or_create_case(session, meta.agency, meta.case_number)
         ex = None
         if bullet:
@@ -264,13 +287,6 @@ def create_exhibit(rt, session, who, file: list[Upload], meta: ExhibitCreate) ->
         audit.append(session, actor=who.actor, action="exhibit.create" if created else "exhibit.add_lands",
                      resource_type="exhibit", resource_id=ex.id, detail=detail)
         session.commit()
-    except IntegrityError:
-        session.rollback()
-        _duplicate_after_race(rt, uploads)
-        raise
-    except ServiceError:
-        session.rollback()
-        raise
     _enqueue(rt, job, new_job)
     return exhibit_public(session, ex)
 
@@ -287,14 +303,8 @@ def add_lands(rt, session, who, exhibit_id: int, file: list[Upload], land_index:
         meta = ExhibitCreate(case_number=e.case.case_number, exhibit_ref=e.exhibit_ref, agency=e.case.agency,
                              exhibit_type="bullet", land_index=land_index, land_indexes=land_indexes,
                              land_count=e.land_count)
-    uploads = _stage_all(rt, file, None, bullet=True)
-    try:
-        for u in uploads:
-            rt.store.commit_original(u.staged)
-    finally:
-        for u in uploads:
-            u.staged.discard()
-    try:
+    uploads = _store_originals(rt, file, None, bullet=True)
+    with _upload_transaction(rt, session, uploads):
         audit.serialize(session)
         ex = session.get(Exhibit, exhibit_id)
         lands = _add_lands(session, who, ex, uploads, meta)
@@ -302,13 +312,6 @@ def add_lands(rt, session, who, exhibit_id: int, file: list[Upload], land_index:
         audit.append(session, actor=who.actor, action="exhibit.add_lands", resource_type="exhibit", resource_id=ex.id,
                      detail={"job_id": job.id, "lands": _lands_detail(lands)})
         session.commit()
-    except IntegrityError:
-        session.rollback()
-        _duplicate_after_race(rt, uploads)
-        raise
-    except ServiceError:
-        session.rollback()
-        raise
     _enqueue(rt, job, new_job)
     return exhibit_public(session, ex)
 

@@ -98,6 +98,19 @@ def upload(client, headers, data: bytes, *, name: str = "scan.x3p", **meta):
                        files={"file": (name, data, "application/octet-stream")})
 
 
+def wait_job(client, job_id: int, timeout: float = 300) -> dict:
+    """Poll ``GET /v1/jobs/{id}`` (a client with a key that reads jobs) until the job is done or failed."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        j = client.get(f"/v1/jobs/{job_id}").json()
+        if j["status"] in ("done", "failed"):
+            return j
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {j['status']} after {timeout} s")
+
+
 def run_jobs(client) -> int:
     """Process every queued job in this thread (the tests' app runs without the worker thread)."""
     return client.app.state.runtime.run_pending_inline()

@@ -6,7 +6,6 @@ retried job (the shard actor restarts elsewhere, lost tasks run again) or a clea
 candidate list."""
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -15,51 +14,20 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'ballistic[scale]')")
 
-from ray.cluster_utils import Cluster  # noqa: E402
-
-from ballistic.retrieval.executor import loopback_node_args, secure_ray_env  # noqa: E402
+from api_helpers import wait_job  # noqa: E402
+from ray_helpers import add_worker_node, local_cluster  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 ADMIN = "bk_ray-service-admin-key"
 SCANS = ["Fadul 1-1", "Fadul 1-2", "Fadul 2-1", "Fadul 2-2", "Fadul 3-1"]
 LAST = "Fadul F"                      # slide 1, like 1-1 and 1-2; correlated while a node is removed
-_ENV_KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED",
-             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-
-
-def _worker_node(c: Cluster):
-    return c.add_node(**loopback_node_args(num_cpus=1, object_store_memory=80 * 2**20))
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-    secure_ray_env()                          # token auth + loopback, before any node starts
-    c = Cluster(initialize_head=True, head_node_args=loopback_node_args(
-        num_cpus=0, object_store_memory=80 * 2**20,
-        _system_config={"health_check_period_ms": 500, "health_check_failure_threshold": 2}))
-    c.workers_started = [_worker_node(c) for _ in range(2)]
-    c.wait_for_nodes()
-    try:
+    with local_cluster(2) as c:
         yield c
-    finally:
-        c.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _wait(c: httpx.Client, job_id: int, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        j = c.get(f"/v1/jobs/{job_id}").json()
-        if j["status"] in ("done", "failed"):
-            return j
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {j['status']} after {timeout} s")
 
 
 def _upload(c: httpx.Client, key: str, path) -> int:
@@ -97,7 +65,7 @@ def _run(tmp_path, files, env, *, during_last=None) -> tuple[dict, dict]:
                     while c.get(f"/v1/jobs/{job}").json()["status"] == "queued":
                         time.sleep(0.05)
                     during_last(c)
-                last = _wait(c, job)
+                last = wait_job(c, job)
                 if last["status"] == "done":        # where the job's search ran (its search record says)
                     backends.add(c.get(f"/v1/jobs/{job}").json()["search_record"]["descriptor"]["backend"])
                 if i < len(files) - 1:
@@ -137,7 +105,7 @@ def test_http_api_on_a_ray_cluster_gives_the_embedded_candidates_and_survives_a_
     finally:
         if "node" in removed:                    # leave the cluster as it was for the next test
             cluster.workers_started = [n for n in cluster.workers_started if n is not removed["node"]] + \
-                [_worker_node(cluster)]
+                [add_worker_node(cluster)]
     print(f"lost-node job: {last['status']} after {last['attempts']} attempt(s); error {last['error']!r}; "
           f"node removed at {removed.get('at')} s into the job")
     assert last["backends"] == {"ray"} and last["workers"]["backend"] == "ray"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import synthetic_breech_face, x3p_bytes
+from api_helpers import synthetic_breech_face, wait_job, x3p_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -33,16 +33,6 @@ def _upload(c: httpx.Client, key: str, data: bytes, name: str, **meta) -> dict:
     return r.json()
 
 
-def _wait(c: httpx.Client, job_id: int, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        j = c.get(f"/v1/jobs/{job_id}").json()
-        if j["status"] in ("done", "failed"):
-            return j
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {j['status']} after {timeout} s")
-
-
 def _workers(c: httpx.Client) -> list[dict]:
     return c.get("/v1/status").json()["workers"]["workers"]
 
@@ -57,7 +47,7 @@ def test_jobs_run_in_niced_worker_processes_and_a_dead_worker_gives_its_job_back
             exam = c.post("/v1/keys", json={"name": "w", "scope": "examiner"}).json()["key"]
             jobs = [_upload(c, exam, x3p_bytes(synthetic_breech_face(1, angle=a)), f"a{i}.x3p")["job"]["id"]
                     for i, a in enumerate((0.0, 40.0))]
-            assert [_wait(c, j)["status"] for j in jobs] == ["done", "done"]
+            assert [wait_job(c, j)["status"] for j in jobs] == ["done", "done"]
             (w,) = _workers(c)
             assert w["alive"] and w["ready"] and w["pid"] != srv.proc.pid and w["restarts"] == 0
             # the worker runs at nice 10, the API process at its own priority; neither loaded Ray (embedded default)
@@ -77,7 +67,7 @@ def test_jobs_run_in_niced_worker_processes_and_a_dead_worker_gives_its_job_back
                 time.sleep(0.02)
             else:
                 pytest.fail("the job was never seen running")
-            j = _wait(c, job)
+            j = wait_job(c, job)
             assert j["status"] == "done" and j["attempts"] == 2, j
             (w2,) = _workers(c)
             assert w2["restarts"] == 1 and w2["pid"] != w["pid"] and w2["alive"]
@@ -110,7 +100,7 @@ def test_a_job_over_the_memory_limit_fails_with_a_reason_and_the_api_stays_up(sh
             assert "more memory than this service allows for one job" in j["error"], j["error"]
             # the service goes on: a scan within the limit is correlated
             small = _upload(c, exam, x3p_bytes(synthetic_breech_face(5)), "small.x3p")["job"]["id"]
-            assert _wait(c, small)["status"] == "done"
+            assert wait_job(c, small)["status"] == "done"
             assert c.get("/v1/status").json()["workers"]["memory_limit_mb"] == 120
     finally:
         srv.stop()
