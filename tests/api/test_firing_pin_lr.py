@@ -35,7 +35,8 @@ def test_search_record_lr_and_review_depth(client, examiner, scans):
     SearchRecord.from_dict(dict(rec))  # verifies the hash: the stored record is intact
     assert rec["partition"] == "breech_face|9mm|any" and rec["k"] == 10
     assert rec["n_eligible"] == 2 and rec["n_scored"] == 2 and rec["index_seq"] == ids["a2"]
-    assert rec["index_snapshot_id"].startswith("ids:") and rec["algorithm_version"] == "cmc-coarse2fine/1"
+    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
+    assert rec["index_snapshot_id"].startswith("ids:") and rec["algorithm_version"] == ALGORITHM_VERSION
     assert rec["prefilter"] == {"region": "breech_face", "calibre": "9mm", "firing_pin_shape": None,
                                 "exclude_ids": [ids["a2"]]}
     assert {r["exhibit_id"] for r in rec["results"]} == {ids["a1"], ids["b1"]}
