@@ -106,3 +106,12 @@ def test_parallel_loading_and_comparison_match_serial(tmp_path):
     for r1, r2 in zip(one, two):
         assert r1["cmc_count"] == r2["cmc_count"] and r1["registration_ncc"] == r2["registration_ncc"]
     assert two[1]["cmc_count"] > two[2]["cmc_count"]      # a ~ b (shared texture), a vs c mostly noise
+
+
+def test_time_vs_area_recovers_a_power_law():
+    from ballistic.bench.cartridge import time_vs_area
+    a = np.linspace(5.0, 40.0, 30)
+    r = time_vs_area(0.01 * a ** 1.3, a)
+    assert r["exponent"] == pytest.approx(1.3, abs=1e-9) and r["pairs"] == 30
+    assert r["seconds_per_pair_large_quarter"] > r["seconds_per_pair_small_quarter"]
+    assert time_vs_area([1.0, 1.0], [2.0, 2.0])["exponent"] is None

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ballistic.cartridge.score import model as M
+from ballistic.errors import PairModelError
 
 
 def _features(rng, same, n):
@@ -39,9 +40,9 @@ def test_fit_logistic_separates_and_standardises():
     np.testing.assert_allclose(mean, X.mean(axis=0))
     s = b + ((X - mean) / scale) @ coef
     assert ((s > 0) == y).mean() > 0.95
-    with pytest.raises(ValueError):
+    with pytest.raises(PairModelError):
         M.fit_logistic(X, np.zeros(400, bool))
-    with pytest.raises(ValueError):
+    with pytest.raises(PairModelError):
         M.fit_logistic(X[:10], y)
 
 
@@ -52,11 +53,11 @@ def test_design_matrix_transforms_and_errors():
     assert X[0, 0] == pytest.approx(np.arctanh(0.99))            # clipped before the transform
     assert X[0, 1] == 0.2 and X[0, 2] == pytest.approx(np.log(2.0))
     assert M.design_matrix([{"a": 0.1, "b": 0, "c": 0}] * 4, spec).shape == (4, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(PairModelError):
         M.design_matrix({"a": 0.5}, spec)
-    with pytest.raises(ValueError):
+    with pytest.raises(PairModelError):
         M.design_matrix([{"a": np.nan, "b": 0.0, "c": 0.0}], spec)
-    with pytest.raises(ValueError):
+    with pytest.raises(PairModelError):
         M.design_matrix({"a": 0.5}, [("a", "bogus")])
     assert {name for name, _ in M.MODEL_FEATURES} <= {"ncc", "cluster_frac_mean", "cluster_offset_max_um"}
 
@@ -135,7 +136,7 @@ def test_pair_model_fit_score_roundtrip(tmp_path):
     back = M.PairModel.load(p)
     np.testing.assert_allclose(back.score(feats), s)
     assert json.loads(p.read_text())["format"] == M.MODEL_FORMAT
-    with pytest.raises(ValueError):
+    with pytest.raises(PairModelError):
         M.PairModel.from_dict({"format": "other"})
 
 

@@ -30,7 +30,8 @@ from ballistic.stats.metrics import equal_error_rate, error_counts, roc_auc
 from ballistic.viz.plots import cartridge_bench_plots
 
 __all__ = ["LabelledScan", "read_labels", "prepare_scan", "load_scans", "load_scans_parallel", "compare_all_pairs",
-           "run_cartridge_bench", "summarise"]
+           "run_cartridge_bench", "summarise", "measured_area_mm2", "time_vs_area", "run_end_to_end_bench",
+           "format_end_to_end"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,96 @@ def compare_all_pairs(prepared: list[PreparedSurface], pairs: list[tuple[int, in
     return [out[p] for p in pairs], time.perf_counter() - t0
 
 
+def measured_area_mm2(prepared: PreparedSurface) -> float:
+    """Measured area of a prepared surface (its valid points at the comparison spacing), mm^2."""
+    return float(np.isfinite(prepared.fine).sum()) * prepared.spacing_um ** 2 / 1e6
+
+
+def time_vs_area(seconds, area_mm2) -> dict:
+    """Least-squares power law ``seconds ~ area^k`` (log-log fit) of per-pair times against the summed
+    measured area of the two scans; k = 1 is linear."""
+    t, a = np.asarray(seconds, dtype=float), np.asarray(area_mm2, dtype=float)
+    ok = (t > 0) & (a > 0)
+    if ok.sum() < 3 or np.ptp(np.log(a[ok])) == 0:
+        return {"exponent": None, "pairs": int(ok.sum())}
+    k, _ = np.polyfit(np.log(a[ok]), np.log(t[ok]), 1)
+    q = np.quantile(a[ok], [0.25, 0.75])
+    lo, hi = a[ok] <= q[0], a[ok] >= q[1]
+    return {"exponent": float(k), "pairs": int(ok.sum()),
+            "area_mm2_quartiles": [float(q[0]), float(q[1])],
+            "seconds_per_pair_small_quarter": float(np.median(t[ok][lo])),
+            "seconds_per_pair_large_quarter": float(np.median(t[ok][hi])),
+            "note": "log(seconds per pair, one worker) fitted on log(sum of the two scans' measured areas); "
+                    "1 = linear"}
+
+
+def run_end_to_end_bench(data_root: str | Path, *, sets: tuple[str, ...] = ("fadul", "dfsc"), workers: int = 2,
+                         json_out: str | Path, out_dir: str | Path = "out/e2e", log=print) -> dict:
+    """:func:`run_cartridge_bench` on each labelled set under ``data_root/cartridge`` (random rotations,
+    seed 0): end-to-end and comparison-only pairs/s, stage timings, and time per pair against the
+    measured area over all pairs of all sets. Prints a table, writes ``json_out``."""
+    res: dict = {"workers": workers, "load_average_at_start": list(os.getloadavg()), "sets": {}}
+    t_all, area_all = [], []
+    for name in sets:
+        d = Path(data_root) / "cartridge" / name
+        if not (d / "labels.csv").is_file():
+            log(f"skip {name}: no labels at {d}")
+            continue
+        t0 = time.perf_counter()
+        first = not res["sets"]
+        s = run_cartridge_bench(d, d / "labels.csv", json_out=Path(out_dir) / f"{name}.json", rotate_random=True,
+                                seed=0, workers=workers, progress=False)
+        with open(s["pairs_csv"], newline="", encoding="utf-8") as fh:
+            rows = [{k: r[k] for k in ("reference", "target")}
+                    | {k: float(r[k]) for k in ("seconds", "reference_area_mm2", "target_area_mm2")}
+                    for r in csv.DictReader(fh)]
+        t = np.array([r["seconds"] for r in rows])
+        ar = np.array([r["reference_area_mm2"] + r["target_area_mm2"] for r in rows])
+        t_all.append(t)
+        area_all.append(ar)
+        areas = {r["reference"]: r["reference_area_mm2"] for r in rows} | {r["target"]: r["target_area_mm2"]
+                                                                            for r in rows}
+        res["sets"][name] = {
+            "scans": len(areas), "pairs": s["pairs"], "auc_cmc": s["auc_cmc_count"], "errors_at_6": s["errors_at_6"],
+            "pair_model": s.get("pair_model"), "pairs_per_second_end_to_end": s["pairs_per_second_end_to_end"],
+            "pairs_per_second_compare_only": s["pairs_per_second"],
+            "end_to_end_over_compare_only": s["pairs_per_second_end_to_end"] / s["pairs_per_second"],
+            # the process age at the call counts interpreter start-up and imports only for the first set
+            "stage_seconds": {**s["stage_seconds"], **({} if first else {"startup_before_call": None})},
+            "preprocess_seconds_per_scan_per_worker": s["preprocess_seconds_per_scan_per_worker"],
+            "mean_area_mm2": float(np.mean(list(areas.values()))),
+            "compare_seconds_per_pair_one_worker_median": float(np.median(t)),
+            "time_vs_area": time_vs_area(t, ar),
+            "wall_seconds": time.perf_counter() - t0,
+        }
+    if t_all:
+        res["time_vs_area"] = time_vs_area(np.concatenate(t_all), np.concatenate(area_all))
+    res["load_average_at_end"] = list(os.getloadavg())
+    log(format_end_to_end(res))
+    json_out = Path(json_out)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(res, indent=1))
+    log(f"wrote {json_out}")
+    return res
+
+
+def format_end_to_end(res: dict) -> str:
+    """The table of :func:`run_end_to_end_bench`."""
+    lines = [f"{'set':<8}{'scans':>6}{'pairs':>7}{'area mm2':>9}{'e2e p/s':>9}{'cmp p/s':>9}{'e2e/cmp':>8}"
+             f"{'s/pair 1w':>10}{'preproc s/scan':>15}"]
+    for name, r in res["sets"].items():
+        lines.append(f"{name:<8}{r['scans']:>6}{r['pairs']:>7}{r['mean_area_mm2']:>9.2f}"
+                     f"{r['pairs_per_second_end_to_end']:>9.2f}{r['pairs_per_second_compare_only']:>9.2f}"
+                     f"{r['end_to_end_over_compare_only']:>8.2f}{r['compare_seconds_per_pair_one_worker_median']:>10.3f}"
+                     f"{r['preprocess_seconds_per_scan_per_worker']:>15.3f}")
+        lines.append("        stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_seconds"].items()
+                                                       if v is not None))
+    k = (res.get("time_vs_area") or {}).get("exponent")
+    if k is not None:
+        lines.append(f"time per pair ~ area^{k:.2f}")
+    return "\n".join(lines)
+
+
 def summarise(rows: list[dict], *, reference_counts: dict | None = None, threshold: int = 6) -> dict:
     """Accuracy summary of per-pair rows (keys ``same_source``, ``cmc_count``, ``similarity``)."""
     y = np.array([r["same_source"] for r in rows], dtype=bool)
@@ -281,6 +372,8 @@ def run_cartridge_bench(directory: str | Path, labels_csv: str | Path, *, json_o
     for (i, j), s in zip(pairs, results):
         s["same_source"] = scans[i].source == scans[j].source
         s["reference_rotation_deg"] = round(angles[i], 3)
+        s["reference_area_mm2"] = round(measured_area_mm2(prepared[i]), 4)
+        s["target_area_mm2"] = round(measured_area_mm2(prepared[j]), 4)
         s["target_rotation_deg"] = round(angles[j], 3)
         rows.append(s)
     t2 = time.perf_counter()

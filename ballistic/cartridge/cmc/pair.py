@@ -23,7 +23,8 @@ from ballistic.surface import Surface
 
 __all__ = ["PairResult", "compare_pair", "ALGORITHM_VERSION"]
 
-ALGORITHM_VERSION = "cmc-coarse2fine/2"   # /2: normalised preprocessing, mirror search, pair features
+#: /2: normalised preprocessing, mirror search, pair features; /3: rotation prior every 2 degrees, 150-1000 um
+ALGORITHM_VERSION = "cmc-coarse2fine/3"
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 Coarse to fine, so that the full 360 degrees of rotation is searched:
 
-1. rotation prior - :func:`search_rotation` over the full circle (4 degree steps)
-   at a coarse 50 um spacing: whole-surface masked normalized cross-correlation
+1. rotation prior - :func:`search_rotation` over the full circle (2 degree steps)
+   at a coarse 50 um spacing on the 150-1000 um band: whole-surface masked normalized cross-correlation
    (:func:`masked_ncc`), translation by FFT, all angles in one batched transform
    (real exhibits arrive in any orientation);
 2. :func:`register_global` - the best prior peaks are refined at 25 um, the
@@ -39,6 +39,10 @@ __all__ = [
     "invert_registration",
     "warp_to_reference",
 ]
+
+
+#: a rotation-prior value counts as another pose (``Registration.runner_up_ncc``) this far from the best
+_RUNNER_UP_SEPARATION_DEG = 8.0
 
 
 @dataclass(frozen=True)
@@ -260,11 +264,13 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     def distinct(a, fa, b, fb, sep):
         return fa != fb or abs((a - b + 180.0) % 360.0 - 180.0) > sep
 
+    # one peak's refinement covers +- coarse_halfwidth_deg: closer peaks of the same parity are the same pose
+    sep = 2.0 * p.coarse_halfwidth_deg
     peaks: list[tuple[float, bool]] = []
     for v, a, _, _, f in prior:
         if v == -np.inf:
             break
-        if all(distinct(a, f, q, fq, p.prior_step_deg * 1.5) for q, fq in peaks):
+        if all(distinct(a, f, q, fq, sep) for q, fq in peaks):
             peaks.append((a, f))
         if len(peaks) >= p.prior_candidates:
             break
@@ -276,14 +282,16 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
             for v, a, _, _, f in prior:
                 if have >= p.prior_candidates_per_parity or v == -np.inf:
                     break
-                if f == parity and all(distinct(a, f, q, fq, p.prior_step_deg * 1.5) for q, fq in peaks):
+                if f == parity and all(distinct(a, f, q, fq, sep) for q, fq in peaks):
                     peaks.append((a, f))
                     have += 1
     if not peaks:
         peaks = [(0.0, False)]
     best_prior = prior[0][0] if prior else -np.inf
-    runner = next((v for v, a, _, _, f in prior[1:]
-                   if distinct(a, f, prior[0][1], prior[0][4], 2.0 * p.prior_step_deg)), -np.inf) if prior else -np.inf
+    runner = -np.inf
+    if prior:
+        runner = next((v for v, a, _, _, f in prior[1:]
+                       if distinct(a, f, prior[0][1], prior[0][4], _RUNNER_UP_SEPARATION_DEG)), -np.inf)
     # refine: angles around each peak, translation by a local direct search (numba kernel)
     ratio = p.prior_spacing_um / p.coarse_spacing_um
     hw, st = p.coarse_halfwidth_deg, p.coarse_step_deg

@@ -27,6 +27,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ballistic.errors import PairModelError
+
 __all__ = ["MODEL_FORMAT", "MODEL_FEATURES", "DEFAULT_L2", "PairModel", "design_matrix", "fit_logistic",
            "firearm_cv_scores", "default_model", "DEFAULT_MODEL_PATH"]
 
@@ -58,7 +60,7 @@ def _transform(v: np.ndarray, how: str) -> np.ndarray:
         return v
     if how == "log_um":          # distances in um: log(1 + d / 25 um), 25 um = the CMC translation tolerance
         return np.log1p(np.clip(v, 0.0, None) / 25.0)
-    raise ValueError(f"unknown feature transform {how!r}")
+    raise PairModelError(f"unknown feature transform {how!r}")
 
 
 def design_matrix(features: Sequence[Mapping[str, float]] | Mapping[str, float],
@@ -68,11 +70,12 @@ def design_matrix(features: Sequence[Mapping[str, float]] | Mapping[str, float],
     try:
         X = np.array([[float(r[name]) for name, _ in spec] for r in rows], dtype=float).reshape(len(rows), len(spec))
     except KeyError as e:
-        raise ValueError(f"feature {e.args[0]!r} missing; compute features with ballistic.cartridge.score.features") from None
+        raise PairModelError(f"feature {e.args[0]!r} missing; compute the features with "
+                             "ballistic.cartridge.score.features.pair_features") from None
     for j, (_, how) in enumerate(spec):
         X[:, j] = _transform(X[:, j], how)
     if not np.isfinite(X).all():
-        raise ValueError("features contain NaN or inf")
+        raise PairModelError("features contain NaN or inf")
     return X
 
 
@@ -105,9 +108,10 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, *, l2: float = DEFAULT_L2, balanc
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=bool)
     if X.ndim != 2 or X.shape[0] != y.size:
-        raise ValueError(f"X {X.shape} and y {y.shape} do not match")
+        raise PairModelError(f"X {X.shape} and y {y.shape} do not match")
     if y.sum() < 2 or (~y).sum() < 2:
-        raise ValueError(f"need at least 2 pairs of each class, got {int(y.sum())} same / {int((~y).sum())} different")
+        raise PairModelError(f"need at least 2 pairs of each class, got {int(y.sum())} same / "
+                             f"{int((~y).sum())} different")
     mean = X.mean(axis=0)
     scale = X.std(axis=0)
     scale[scale <= 1e-12] = 1.0
@@ -196,7 +200,7 @@ class PairModel:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PairModel":
         if d.get("format") != MODEL_FORMAT:
-            raise ValueError(f"not a {MODEL_FORMAT} model (format {d.get('format')!r})")
+            raise PairModelError(f"not a {MODEL_FORMAT} model (format {d.get('format')!r})")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
