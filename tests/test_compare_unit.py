@@ -380,5 +380,5 @@ def test_rotation_prior_resolves_its_peak_between_grid_angles():
     s = _textured_annulus()
     assert _half_step_ratio(s, CMCParams(), 31.0) > 0.85
     from dataclasses import replace
-    old = replace(CMCParams(), prior_step_deg=4.0, prior_lowpass_um=None)
+    old = replace(CMCParams(), prior_step_deg=4.0)
     assert _half_step_ratio(s, old, 30.0) < 0.75

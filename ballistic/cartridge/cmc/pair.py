@@ -23,7 +23,7 @@ from ballistic.surface import Surface
 
 __all__ = ["PairResult", "compare_pair", "ALGORITHM_VERSION"]
 
-#: /2: normalised preprocessing, mirror search, pair features; /3: rotation prior every 2 degrees, 150-1000 um
+#: /2: normalised preprocessing, mirror search, pair features; /3: rotation prior every 2 degrees
 ALGORITHM_VERSION = "cmc-coarse2fine/3"
 
 

@@ -28,11 +28,9 @@ class CMCParams:
     # face (~2.5 mm) half a step of 4 degrees moves the surface by ~90 um, more than the prior's shortest
     # wavelengths (~100 um at 50 um spacing), so a true pose between two grid angles lost its peak to
     # noise and registration failed or not depending on the scans' orientation (DFSC: 6 to 12 of 18
-    # orientations of a same-gun pair). At 2 degrees half a step is ~45 um, a third of the 150 um
-    # low-pass the prior now also gets.
+    # orientations of a same-gun pair). At 2 degrees half a step is ~45 um, under one prior pixel.
     prior_step_deg: float = 2.0
-    prior_highpass_um: float | None = 1000.0   # the rotation prior sees the marks, not the residual form ...
-    prior_lowpass_um: float | None = 150.0     # ... nor wavelengths that half an angle step decorrelates
+    prior_highpass_um: float | None = 1000.0   # the rotation prior sees the marks, not the residual form
     grid: int = 8                       # cells per side
     min_cell_valid: float = 0.15        # a cell needs this fraction of measured points
     prior_candidates: int = 3           # rotation-prior peaks refined
@@ -99,8 +97,6 @@ def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = ""
         raise ValueError(f"prepare: only {np.isfinite(fine).sum()} valid points at {p.spacing_um} um; "
                          "the scan is too small or too sparse to compare")
     prior_s = resample(surface, spacing_um=p.prior_spacing_um)
-    if p.prior_lowpass_um:
-        prior_s = gaussian_lowpass(prior_s, cutoff_um=p.prior_lowpass_um, min_weight=1e-3)
     if p.prior_highpass_um:
         # Wavelengths above ~1 mm are mostly the near-symmetric residual shape of the primer and the
         # annulus' radial profile; they correlate with a scan and with its mirror image at many angles

@@ -3,7 +3,7 @@
 Coarse to fine, so that the full 360 degrees of rotation is searched:
 
 1. rotation prior - :func:`search_rotation` over the full circle (2 degree steps)
-   at a coarse 50 um spacing on the 150-1000 um band: whole-surface masked normalized cross-correlation
+   at a coarse 50 um spacing on the 100-1000 um band: whole-surface masked normalized cross-correlation
    (:func:`masked_ncc`), translation by FFT, all angles in one batched transform
    (real exhibits arrive in any orientation);
 2. :func:`register_global` - the best prior peaks are refined at 25 um, the
