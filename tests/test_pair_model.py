@@ -147,3 +147,15 @@ def test_default_model_absent_and_present(tmp_path):
     m = M.PairModel.fit(_features(rng, y, y.size), y)
     m.save(tmp_path / "m.json")
     assert isinstance(M.default_model(tmp_path / "m.json"), M.PairModel)
+
+
+def test_shipped_model_matches_this_code():
+    """The model shipped as package data was fitted on features of this comparison: refit it
+    (``ballistic bench generalization --fit``) whenever the algorithm or the features change."""
+    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
+    from ballistic.cartridge.score.features import FEATURE_VERSION
+    m = M.default_model()
+    assert m is not None, f"{M.DEFAULT_MODEL_PATH} missing from the package"
+    assert m.algorithm_version == ALGORITHM_VERSION and m.feature_version == FEATURE_VERSION
+    assert m.calibrator and m.population.get("pairs", 0) > 0
+

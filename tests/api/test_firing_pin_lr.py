@@ -167,3 +167,11 @@ def test_raw_scans_firing_pin_and_fused_ranking(shared_data, tmp_path):
         rec = c.get(f"/v1/jobs/{c.get(f'/v1/exhibits/{r21}').json()['job']['id']}").json()["search_record"]
         assert rec["retrieval_params"]["firing_pin"] == {"enabled": True, "algorithm": "firing-pin-rotation-sym/1",
                                                          "query_found": True, "compared": 2}
+
+
+def test_shipped_calibration_matches_this_code():
+    """The shipped breech-face LR calibration scores PairResult.similarity of this algorithm: refit it
+    (``benchmarks/fit_calibration.py``) whenever the algorithm changes."""
+    from api.settings import DEFAULT_CALIBRATION
+    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
+    assert json.loads(DEFAULT_CALIBRATION.read_text())["algorithm_version"] == ALGORITHM_VERSION
