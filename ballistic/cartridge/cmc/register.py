@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 
+#: memory the rotation search's transforms may take at once (bytes); more angles are done in chunks
+_SEARCH_CHUNK_BYTES = 48 * 2**20
+
 #: a rotation-prior value counts as another pose (``Registration.runner_up_ncc``) this far from the best
 _RUNNER_UP_SEPARATION_DEG = 8.0
 
@@ -176,6 +179,10 @@ def search_rotation(fixed: np.ndarray, moving: np.ndarray, angles, *, min_overla
     mirroring the image rotated by ``-a``, and correlating a mirrored moving image with
     ``fixed`` is correlating the moving image with ``fixed`` mirrored: the rotated stack and
     its Fourier transforms are shared, only the inverse transforms double.
+
+    The angles are correlated in chunks whose transforms stay within about
+    ``_SEARCH_CHUNK_BYTES`` (each angle's result is the same in any chunk): the service caps a
+    job's memory, and a whole circle of angles at once grows with the number of angles.
     """
     angles = [float(a) % 360.0 for a in angles]
     stack, (d, _) = _rotated_stack(moving, angles)
@@ -189,8 +196,14 @@ def search_rotation(fixed: np.ndarray, moving: np.ndarray, angles, *, min_overla
         lo_y, hi_y = min(lo_y, H - d - hi_y), max(hi_y, H - d - lo_y)
     win = (max(-(d - 1), lo_y), min(H - 1, hi_y), max(-(d - 1), ox - m), min(W - 1, ox + m))
     fx = np.stack([fixed, fixed[::-1]])[:, None] if mirror else fixed
-    ncc, _ = masked_ncc(fx, stack, min_overlap=min_overlap, shifts=win, dtype=np.float32)
-    ncc = ncc.reshape(-1, len(angles), *ncc.shape[-2:])
+    parities = 2 if mirror else 1
+    # ~14 arrays of the transform size per angle and parity (6 spectra, 6 inverse transforms, masks)
+    per_angle = 14 * 4 * parities * (H + 2 * d) * (W + 2 * d)
+    step = max(1, int(_SEARCH_CHUNK_BYTES // per_angle))
+    ncc = np.concatenate([masked_ncc(fx, stack[k:k + step], min_overlap=min_overlap, shifts=win,
+                                     dtype=np.float32)[0].reshape(parities, -1, win[1] - win[0] + 1,
+                                                                  win[3] - win[2] + 1)
+                          for k in range(0, len(angles), step)], axis=1)
     out = []
     for parity in range(ncc.shape[0]):
         flat = np.where(np.isfinite(ncc[parity]), ncc[parity], -np.inf).reshape(len(angles), -1)
