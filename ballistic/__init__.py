@@ -12,13 +12,18 @@ evidence (cartridge cases: breech face, firing pin, 2D images; bullets)::
                        atomic.py (the one atomic writer) csv.py (the one CSV writer, formula-safe);
                        read_surface in io/__init__.py
       preprocess/      filters.py: remove_trend, gaussian_lowpass, bandpass_filter, resample, rotate,
-                       crop_to_mask (+ kernel _warp_rotate)
+                       crop_to_mask (+ kernel _warp_rotate); form.py: fit_form, remove_form
+                       (least-squares B-spline projection)
       cartridge/
-        breech_face.py find_breech_face, looks_processed, preprocess_cartridge
+        breech_face.py find_breech_face, looks_processed, preprocess_cartridge (one normalisation
+                       for raw and processed scans)
+        normalise.py   NormalisationParams, drop_islands, roll_off_bands, NORMALISATION_VERSION
         cmc/           params.py (CMCParams, prepare, centre_heights) register.py (masked_ncc,
                        search_rotation, local_search, register_global, warp_to_reference)
                        cells.py (cell_division, compare_cells) decision.py (cmc_count, high_cmc_count,
                        decide) pair.py (compare_pair, PairResult, ALGORITHM_VERSION)
+        score/         features.py (pair_features, dbscan) model.py (PairModel, default_model,
+                       firearm_cv_scores) data/pair_model.json (the shipped model)
         firing_pin.py  image2d.py  synth.py
       bullet/          profile.py (Crosscut, Grooves, Signature, shared 1-D helpers) orient.py crosscut.py
                        (+ kernel _band_profiles) grooves.py signature.py align.py features.py sam.py
@@ -30,7 +35,7 @@ evidence (cartridge cases: breech face, firing pin, 2D images; bullets)::
       stats/           correlation.py (pairwise-complete correlation: the one accumulator; kernels
                        _pairwise_complete_corr, _cell_corr_at_offsets, _ccf_at_lags) metrics.py calibrate.py
       viz/             explain.py (explanation figure) render.py (shading, PNG) plots.py (benchmark plots)
-      bench/           cartridge.py bullet.py retrieval.py (``ballistic bench ...``)
+      bench/           cartridge.py bullet.py retrieval.py generalization.py (``ballistic bench ...``)
       cli.py           the ``ballistic`` command's library commands
 
 Layers (checked by import-linter, ``pyproject.toml``; a package may import only from layers below):

@@ -48,14 +48,37 @@ def bench_cartridge(directory: Path, labels: Path = typer.Option(..., help="labe
     s = run_cartridge_bench(directory, labels, json_out=json_out, reference_csv=reference,
                             rotate_random=rotate_random, seed=seed, workers=workers, limit=limit)
     keys = ["pairs", "auc", "eer", "errors_at_6", "km_cmc_min", "km_cmc_median", "knm_cmc_max",
-            "spearman_vs_reference", "spearman_vs_reference_same_source", "pairs_per_second", "workers"]
+            "spearman_vs_reference", "spearman_vs_reference_same_source", "pairs_per_second",
+            "pairs_per_second_end_to_end", "workers"]
     for k in keys:
         if k in s:
             typer.echo(f"{k:>24}: {s[k]}")
+    for k, v in (s.get("stage_seconds") or {}).items():
+        typer.echo(f"{'seconds ' + k:>24}: {v if v is None else round(v, 2)}")
+    m = s.get("pair_model") or {}
+    if m.get("available"):
+        for k in ("auc", "eer", "errors_at_0", "false_positives_at_0", "false_negatives_at_0"):
+            typer.echo(f"{'model ' + k:>24}: {m[k]}")
     lr = s.get("likelihood_ratio", {})
     for k in ("cllr", "log10_lr_min", "log10_lr_max", "same_source_lr_gt_1", "different_source_lr_lt_1"):
         if k in lr:
             typer.echo(f"{'LR ' + k:>24}: {lr[k]}")
+
+
+@bench_app.command("generalization")
+def bench_generalization(data: Path = typer.Option(Path("../shared/data"), help="data root holding cartridge/fadul, "
+                                                   "cartridge/dfsc, cartridge/baldwin"),
+                         json_out: Path = typer.Option(Path("benchmarks/results/generalization.json"), "--json",
+                                                       help="summary JSON"),
+                         cache: Path = typer.Option(Path("out/generalization"), help="per-pair cache folder"),
+                         workers: int = 2, seed: int = 0,
+                         fit: bool = typer.Option(False, "--fit", help="also fit and write the shipped pair model"),
+                         model_out: Optional[Path] = typer.Option(None, help="where --fit writes the model "
+                                                                  "(default: ballistic/cartridge/score/data/pair_model.json)")) -> None:
+    """Train on some labelled cartridge sets, test on others: pair model and CMC rule side by side."""
+    from ballistic.bench.generalization import run_generalization_bench
+    run_generalization_bench(data, json_out=json_out, cache_dir=cache, workers=workers, seed=seed, fit=fit,
+                             model_out=model_out, log=typer.echo)
 
 
 @bench_app.command("bullet")

@@ -57,6 +57,7 @@ __all__ = [
     "ImageFormatError",
     "ImageLimitError",
     "SearchRecordError",
+    "PairModelError",
     # processing
     "PreprocessError",
     "FiringPinError",
@@ -188,6 +189,11 @@ class ImageFormatError(InputError):
 
 class SearchRecordError(InputError):
     """A record that cannot be read: wrong format, missing fields, or content not matching its hash."""
+
+
+class PairModelError(InputError):
+    """A pair model or the features handed to it cannot be used: not a pair-model file, a feature
+    missing or not finite, an unknown feature transform, or too few pairs of a class to fit."""
 
 
 # --------------------------------------------------------------------------- processing

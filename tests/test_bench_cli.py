@@ -68,3 +68,50 @@ def test_bench_rejects_labels_without_source_column(tmp_path):
                               str(tmp_path / "o.json")])
     assert res.exit_code != 0
     assert "slide" in str(res.exception) or "slide" in res.output
+
+
+def test_parallel_loading_and_comparison_match_serial(tmp_path):
+    """Scans preprocessed on worker processes and pairs compared on forked workers give the
+    serial results, in the order asked for."""
+    import scipy.ndimage as ndi
+
+    from ballistic.bench.cartridge import compare_all_pairs, load_scans_parallel
+    from ballistic.cartridge.cmc.params import CMCParams
+    from ballistic.io.x3p import write_x3p
+    from ballistic.surface import Surface
+
+    rng = np.random.default_rng(0)
+    n = 160
+    yy, xx = np.mgrid[0:n, 0:n]
+    r = np.hypot(yy - (n - 1) / 2, xx - (n - 1) / 2)
+    paths = []
+    base = ndi.gaussian_filter(rng.normal(size=(n, n)), 2.0)
+    for k in range(3):
+        z = base + (0.3 if k < 2 else 3.0) * ndi.gaussian_filter(rng.normal(size=(n, n)), 2.0)
+        z[(r > 75) | (r < 25)] = np.nan
+        p = tmp_path / f"s{k}.x3p"
+        write_x3p(Surface(z, 12.5), p)
+        paths.append(p)
+    p = CMCParams()
+    names = ["a", "b", "c"]
+    ser, _ = load_scans_parallel(paths, names, [0.0, 30.0, 0.0], p, workers=1)
+    par, _ = load_scans_parallel(paths, names, [0.0, 30.0, 0.0], p, workers=2)
+    for s1, s2 in zip(ser, par):
+        np.testing.assert_array_equal(s1.fine, s2.fine)
+        assert s1.name == s2.name
+    pairs = [(1, 2), (0, 1), (0, 2)]
+    one, _ = compare_all_pairs(ser, pairs, p, workers=1, model=None)
+    two, _ = compare_all_pairs(par, pairs, p, workers=2, model=None, prefetch=("json",))
+    assert [(r["reference"], r["target"]) for r in two] == [("b", "c"), ("a", "b"), ("a", "c")]
+    for r1, r2 in zip(one, two):
+        assert r1["cmc_count"] == r2["cmc_count"] and r1["registration_ncc"] == r2["registration_ncc"]
+    assert two[1]["cmc_count"] > two[2]["cmc_count"]      # a ~ b (shared texture), a vs c mostly noise
+
+
+def test_time_vs_area_recovers_a_power_law():
+    from ballistic.bench.cartridge import time_vs_area
+    a = np.linspace(5.0, 40.0, 30)
+    r = time_vs_area(0.01 * a ** 1.3, a)
+    assert r["exponent"] == pytest.approx(1.3, abs=1e-9) and r["pairs"] == 30
+    assert r["seconds_per_pair_large_quarter"] > r["seconds_per_pair_small_quarter"]
+    assert time_vs_area([1.0, 1.0], [2.0, 2.0])["exponent"] is None

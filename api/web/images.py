@@ -161,8 +161,9 @@ def pair_pngs(rt, candidate, direction: str) -> tuple[Path, Path] | None:
         # only .params.spacing_um and .registration are read: the stored registration, at the display grid
         stored = SimpleNamespace(params=SimpleNamespace(spacing_um=ds),
                                  registration=SimpleNamespace(angle_deg=float(reg["angle_deg"]),
-                                                              dy_um=float(reg["dy_um"]), dx_um=float(reg["dx_um"])))
-        ref, tgt = aligned_target(ref_s, tgt_s, stored)
+                                                              dy_um=float(reg["dy_um"]), dx_um=float(reg["dx_um"]),
+                                                              mirrored=bool(reg.get("mirrored", False))))
+        ref, tgt = aligned_target(ref_s, tgt_s, stored, direction=direction)
         is_image = ref_ex.media_type != "x3p"
         from ballistic.surface import Surface
 

@@ -7,5 +7,7 @@ module          benchmark
 ``cartridge``   all pairs of a labelled breech-face set (CMC counts, AUC, EER, LRs)
 ``bullet``      land pairs and bullet pairs of labelled bullet sets (ccf, SAM)
 ``retrieval``   real scans hidden among synthetic distractors (recall@k, latency)
+``generalization``  train on some labelled cartridge sets, test on others (firearm CV, transfer,
+                leave-one-kit-out): pair model and CMC rule side by side
 ==============  ======================================================================
 """

@@ -117,7 +117,7 @@ def read_x3p(
         ``meta`` : ``kind`` ("topography3d"), ``source`` (file name, if a path),
         ``units_in_file`` ("m" or "um"), ``instrument``, ``manufacturer``, ``model``,
         ``creator``, ``comment``, ``date``, ``dtype_in_file`` (e.g. "float64"),
-        ``spacing_x_um``, ``spacing_y_um``, ``has_mask_png``, ``md5_verified``.
+        ``spacing_x_um``, ``spacing_y_um``, ``has_mask_png``, ``md5_verified``, ``origin``.
 
     Raises
     ------
@@ -262,6 +262,10 @@ def _read_x3p_fileobj(
         "spacing_y_um": spacing_y,
         "has_mask_png": has_mask_png,
         "md5_verified": md5_verified,
+        # Record1/Axes/Origin as written (x3ptools writes "NW"); None when absent. It does not tell
+        # whether the rows run top-down or bottom-up: the DFSC sets hold files with and without it
+        # in both orientations, so the comparison searches mirror images (CMCParams.mirror).
+        "origin": hdr["origin"],
     }
     return Surface(heights=heights, spacing_um=spacing_x, meta=meta)
 
@@ -459,6 +463,7 @@ def _parse_header(root: ET.Element, label: str) -> dict[str, Any]:
         "creator": _text(root, "Record2/Creator") or "",
         "comment": _text(root, "Record2/Comment") or "",
         "date": _text(root, "Record2/Date") or "",
+        "origin": _text(root, "Record1/Axes/Origin"),
     }
 
 

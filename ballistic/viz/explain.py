@@ -22,20 +22,37 @@ from ballistic.viz.render import save_figure
 __all__ = ["aligned_target", "explanation_figure", "firing_pin_figure", "CELL_COLOURS"]
 
 
-def aligned_target(reference: Surface, target: Surface, result: PairResult) -> tuple[np.ndarray, np.ndarray]:
+def aligned_target(reference: Surface, target: Surface, result: PairResult, *,
+                   direction: str = "forward") -> tuple[np.ndarray, np.ndarray]:
     """Reference and target heights at the comparison spacing, target warped onto the reference.
 
     Returns
     -------
     ref, tgt : ndarray, shape (ny, nx)
         Same grid (the reference's, at ``result.params.spacing_um``); NaN = missing.
+        A registration with ``mirrored`` ran on the target flipped top-bottom: with ``direction``
+        "forward" (``result.registration`` maps the target onto the reference) the target is shown
+        flipped; with "backward" (it maps the pair's reference, passed here as ``target``, onto the
+        flipped pair target, passed as ``reference``) the fixed side is.
     """
-    return _aligned(reference, target, result.registration, result.params.spacing_um)
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    reg = result.registration
+    m = bool(getattr(reg, "mirrored", False))
+    return _aligned(reference, target, reg, result.params.spacing_um, flip=m and direction == "forward",
+                    flip_reference=m and direction == "backward")
 
 
-def _aligned(reference: Surface, target: Surface, reg, spacing_um: float) -> tuple[np.ndarray, np.ndarray]:
+def _aligned(reference: Surface, target: Surface, reg, spacing_um: float, *, flip: bool = False,
+             flip_reference: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``flip`` / ``flip_reference``: take the target / the reference with its rows reversed (the
+    mirrored scan of a registration with ``mirrored``: the target forward, the fixed side backward)."""
     ref = resample(reference, spacing_um=spacing_um).heights
     tgt = resample(target, spacing_um=spacing_um).heights
+    if flip_reference:
+        ref = ref[::-1]
+    if flip:
+        tgt = tgt[::-1]
     return ref, warp_to_reference(tgt, reg.angle_deg, reg.dy_um / spacing_um, reg.dx_um / spacing_um, ref.shape)
 
 
@@ -99,8 +116,10 @@ def explanation_figure(reference: Surface, target: Surface, result: PairResult, 
     rows = [("forward", reference, target, result.reference, result.target, result.forward, result.high[0]),
             ("backward", target, reference, result.target, result.reference, result.backward, result.high[1])]
     views = []
+    mirror = bool(getattr(result.registration, "mirrored", False))   # cells ran on the target mirrored
     for name, a_s, b_s, a_name, b_name, d, hc in rows:
-        a, b = _aligned(a_s, b_s, d.registration, sp)
+        a, b = _aligned(a_s, b_s, d.registration, sp, flip=mirror and name == "forward",
+                        flip_reference=mirror and name == "backward")
         views.append((name, a, b, a_name, b_name, d, hc))
     finite = np.concatenate([v[i][np.isfinite(v[i])] for v in views for i in (1, 2)])
     lim = float(np.percentile(np.abs(finite), 99)) if finite.size else 1.0
@@ -144,7 +163,8 @@ def explanation_figure(reference: Surface, target: Surface, result: PairResult, 
                                        alpha=0.85))
         axes[0].set_title(f"{name}: cells of {a_name}\n{hc.count} congruent of {len(d.cells)} cells ({hc.rule})",
                           fontsize=10.5)
-        axes[1].set_title(f"{b_name} registered onto it\nrotated {reg.angle_deg:.1f} deg, shift (y, x) = "
+        axes[1].set_title(f"{b_name} registered onto it\n{'mirrored, ' if mirror else ''}"
+                          f"rotated {reg.angle_deg:.1f} deg, shift (y, x) = "
                           f"({reg.dy_um:.0f}, {reg.dx_um:.0f}) µm", fontsize=10.5)
         both = np.isfinite(a) & np.isfinite(b)
         an = np.clip((a + lim) / (2 * lim), 0, 1)

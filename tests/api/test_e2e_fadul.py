@@ -63,11 +63,16 @@ def test_fadul_subset_end_to_end(shared_data, tmp_path):
                                                                          i["cmc_count"]) for i in items[:3]])
             assert top["identification"], (name, top["cmc_count"])
             confirm.add(top["id"])
-            # likelihood ratios (Fadul calibration): mates support same source, non-mates different source
+            # likelihood ratios (Fadul calibration): within its population mates support same source;
+            # non-mates support different source everywhere. A Baldwin (Ruger SR9, TopMatch) pair is
+            # outside it: its identification (C >= 6) is asserted above, not the Fadul LR's direction
+            # (Fadul mates all score >= 13, so the Fadul LR crosses 1 near 9; K013sA1/A2 score 7-9)
             for i in items:
                 mate = truth[i["candidate"]["id"]][1] == source
                 lo, hi = i["log10_lr_interval"]
-                assert lo <= i["log10_lr"] <= hi and (i["log10_lr"] > 0) == mate, (name, i["score"], i["log10_lr"])
+                assert lo <= i["log10_lr"] <= hi, (name, i["score"], i["log10_lr"])
+                if not mate or source.startswith("fadul"):
+                    assert (i["log10_lr"] > 0) == mate, (name, i["score"], i["log10_lr"])
                 if mate and source.startswith("fadul"):
                     lrs[i["id"]] = i["log10_lr"]
             d = cl["review_depth"]

@@ -19,6 +19,7 @@ CASES = [
     (E.ImageFormatError("cannot decode"), 422, False),
     (E.ImageLimitError("too many pixels"), 413, False),
     (E.SearchRecordError("hash mismatch"), 422, False),
+    (E.PairModelError("not a pair model"), 422, False),
     (E.PreprocessError("no breech face"), 422, False),
     (E.FiringPinError("no crater"), 422, False),
     (E.BulletError("no grooves"), 422, False),

@@ -35,7 +35,8 @@ def test_search_record_lr_and_review_depth(client, examiner, scans):
     SearchRecord.from_dict(dict(rec))  # verifies the hash: the stored record is intact
     assert rec["partition"] == "breech_face|9mm|any" and rec["k"] == 10
     assert rec["n_eligible"] == 2 and rec["n_scored"] == 2 and rec["index_seq"] == ids["a2"]
-    assert rec["index_snapshot_id"].startswith("ids:") and rec["algorithm_version"] == "cmc-coarse2fine/1"
+    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
+    assert rec["index_snapshot_id"].startswith("ids:") and rec["algorithm_version"] == ALGORITHM_VERSION
     assert rec["prefilter"] == {"region": "breech_face", "calibre": "9mm", "firing_pin_shape": None,
                                 "exclude_ids": [ids["a2"]]}
     assert {r["exhibit_id"] for r in rec["results"]} == {ids["a1"], ids["b1"]}
@@ -166,3 +167,11 @@ def test_raw_scans_firing_pin_and_fused_ranking(shared_data, tmp_path):
         rec = c.get(f"/v1/jobs/{c.get(f'/v1/exhibits/{r21}').json()['job']['id']}").json()["search_record"]
         assert rec["retrieval_params"]["firing_pin"] == {"enabled": True, "algorithm": "firing-pin-rotation-sym/1",
                                                          "query_found": True, "compared": 2}
+
+
+def test_shipped_calibration_matches_this_code():
+    """The shipped breech-face LR calibration scores PairResult.similarity of this algorithm: refit it
+    (``benchmarks/fit_calibration.py``) whenever the algorithm changes."""
+    from api.settings import DEFAULT_CALIBRATION
+    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
+    assert json.loads(DEFAULT_CALIBRATION.read_text())["algorithm_version"] == ALGORITHM_VERSION

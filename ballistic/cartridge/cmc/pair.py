@@ -9,19 +9,22 @@ cells (in [0, 1)) so that ties are broken continuously.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ballistic.cartridge.cmc.cells import DirectionResult, compare_cells
 from ballistic.cartridge.cmc.decision import CMCOutcome, cmc_count, decide, high_cmc_count
-from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, prepare
+from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, mirrored, prepare
 from ballistic.cartridge.cmc.register import invert_registration, register_global
+from ballistic.cartridge.score.features import pair_features
+from ballistic.cartridge.score.model import PairModel, default_model
 from ballistic.surface import Surface
 
 __all__ = ["PairResult", "compare_pair", "ALGORITHM_VERSION"]
 
-ALGORITHM_VERSION = "cmc-coarse2fine/1"
+#: /2: normalised preprocessing, mirror search, pair features; /3: rotation prior every 2 degrees
+ALGORITHM_VERSION = "cmc-coarse2fine/3"
 
 
 @dataclass
@@ -37,6 +40,10 @@ class PairResult:
     identification: bool
     seconds: float
     params: CMCParams
+    features: dict = field(default_factory=dict)     # ballistic.cartridge.score.features.pair_features
+    model_score: float | None = None                 # log-odds of the shipped pair model (None: no model)
+    model_log10_lr: float | None = None              # its calibrated, bounded log10 LR
+    model_version: str = ""
 
     @property
     def registration(self):
@@ -54,8 +61,13 @@ class PairResult:
             "rule_forward": self.high[0].rule, "rule_backward": self.high[1].rule,
             "cells_forward": len(self.forward.cells), "cells_backward": len(self.backward.cells),
             "angle_deg": round(r.angle_deg, 3), "dy_um": round(r.dy_um, 2), "dx_um": round(r.dx_um, 2),
-            "registration_ncc": round(r.ncc, 4), "seconds": round(self.seconds, 4),
+            "registration_ncc": round(r.ncc, 4), "mirrored": bool(r.mirrored),
+            "model_score": None if self.model_score is None else round(self.model_score, 4),
+            "model_log10_lr": None if self.model_log10_lr is None else round(self.model_log10_lr, 4),
+            "model": self.model_version,
+            "seconds": round(self.seconds, 4),
             "algorithm": ALGORITHM_VERSION,
+            **{f"f_{k}": round(v, 6) for k, v in self.features.items()},
         }
 
     def to_dict(self) -> dict:
@@ -88,7 +100,7 @@ def _prepared(x: Surface | PreparedSurface, p: CMCParams) -> PreparedSurface:
 
 
 def compare_pair(reference: Surface | PreparedSurface, target: Surface | PreparedSurface,
-                 params: CMCParams | None = None) -> PairResult:
+                 params: CMCParams | None = None, *, model: "PairModel | None | str" = "default") -> PairResult:
     """Compare two preprocessed breech faces with Congruent Matching Cells, both ways.
 
     Parameters
@@ -97,21 +109,36 @@ def compare_pair(reference: Surface | PreparedSurface, target: Surface | Prepare
         Preprocessed breech faces (:func:`ballistic.cartridge.breech_face.preprocess_cartridge`),
         any relative rotation.
     params : CMCParams, optional
+    model : PairModel, None or "default", keyword-only
+        Scores the pair features (:mod:`ballistic.cartridge.score.model`); ``"default"`` is the model
+        shipped with the package (skipped if absent), None skips the model score.
 
     Returns
     -------
     PairResult
+        CMC counts and decision (C >= 6), the pair features and, with a model, its score
+        (log-odds at equal priors, > 0 = the model's identification) and calibrated log10 LR.
     """
     p = params or CMCParams()
     t0 = time.perf_counter()
     a, b = _prepared(reference, p), _prepared(target, p)
     reg = register_global(a, b, p)
-    fwd = compare_cells(a, b, reg, p)
-    bwd = compare_cells(b, a, invert_registration(reg), p)
+    bb = mirrored(b) if reg.mirrored else b     # cells run on the target as registered
+    fwd = compare_cells(a, bb, reg, p)
+    bwd = compare_cells(bb, a, invert_registration(reg), p)
     orig = (cmc_count(fwd, p), cmc_count(bwd, p))
     high = (high_cmc_count(fwd, p), high_cmc_count(bwd, p))
     k = 0 if high[0].count <= high[1].count else 1
     count = high[k].count
     sim = count + (high[k].mean_cmc_corr if count else 0.0)
-    return PairResult(a.name, b.name, fwd, bwd, orig, high, count, float(sim), decide(count, p),
-                      time.perf_counter() - t0, p)
+    res = PairResult(a.name, b.name, fwd, bwd, orig, high, count, float(sim), decide(count, p),
+                     0.0, p)
+    res.features = pair_features(res)
+    mdl = default_model() if isinstance(model, str) and model == "default" else model
+    if mdl is not None:
+        res.model_score = float(mdl.score(res.features))
+        lr = mdl.log10_lr(res.features)
+        res.model_log10_lr = None if lr is None else float(lr)
+        res.model_version = f"{mdl.format}:{mdl.population.get('id', '')}"
+    res.seconds = time.perf_counter() - t0
+    return res

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ballistic.preprocess.filters import resample
+from ballistic.preprocess.filters import gaussian_lowpass, resample
 from ballistic.surface import Surface
 
-__all__ = ["CMCParams", "PreparedSurface", "prepare", "centre_heights"]
+__all__ = ["CMCParams", "PreparedSurface", "prepare", "mirrored", "centre_heights"]
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,17 @@ class CMCParams:
     spacing_um: float = 12.5            # comparison spacing (cells, fine registration)
     coarse_spacing_um: float = 25.0     # coarse registration
     prior_spacing_um: float = 50.0      # full-circle rotation prior
-    prior_step_deg: float = 4.0
+    # The prior's angle step must resolve its own correlation peak: at the outer radius of a breech
+    # face (~2.5 mm) half a step of 4 degrees moves the surface by ~90 um, more than the prior's shortest
+    # wavelengths (~100 um at 50 um spacing), so a true pose between two grid angles lost its peak to
+    # noise and registration failed or not depending on the scans' orientation (DFSC: 6 to 12 of 18
+    # orientations of a same-gun pair). At 2 degrees half a step is ~45 um, under one prior pixel.
+    prior_step_deg: float = 2.0
+    prior_highpass_um: float | None = 1000.0   # the rotation prior sees the marks, not the residual form
     grid: int = 8                       # cells per side
     min_cell_valid: float = 0.15        # a cell needs this fraction of measured points
     prior_candidates: int = 3           # rotation-prior peaks refined
+    prior_candidates_per_parity: int = 2  # with mirror: at least this many peaks of each parity refined too
     coarse_halfwidth_deg: float = 3.0   # refine each prior peak over +- this ...
     coarse_step_deg: float = 1.5        # ... in these steps (coarse spacing)
     fine_step_deg: float = 0.75         # then over +- half a coarse step at comparison spacing
@@ -41,6 +48,7 @@ class CMCParams:
     angle_threshold_deg: float = 6.0
     high_cmc_tau: int = 1
     decision_threshold: int = 6         # C >= 6 -> identification (Song 2013)
+    mirror: bool = True                 # also try the target mirrored (top-bottom): exporters disagree on the y axis
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +96,21 @@ def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = ""
     if np.isfinite(fine).sum() < 4 * p.grid * p.grid:
         raise ValueError(f"prepare: only {np.isfinite(fine).sum()} valid points at {p.spacing_um} um; "
                          "the scan is too small or too sparse to compare")
-    prior = centre_heights(resample(surface, spacing_um=p.prior_spacing_um).heights)
+    prior_s = resample(surface, spacing_um=p.prior_spacing_um)
+    if p.prior_highpass_um:
+        # Wavelengths above ~1 mm are mostly the near-symmetric residual shape of the primer and the
+        # annulus' radial profile; they correlate with a scan and with its mirror image at many angles
+        # and can out-peak a weak true pose. The prior sees 100-1000 um only; the coarse, fine and
+        # cell stages keep the whole normalised band.
+        form = gaussian_lowpass(prior_s, cutoff_um=p.prior_highpass_um, min_weight=1e-3).heights
+        prior_s = prior_s.with_heights(prior_s.heights - form)
+    prior = centre_heights(prior_s.heights)
     return PreparedSurface(fine, coarse, prior, p.spacing_um, p.coarse_spacing_um,
                            name or str(surface.meta.get("source", "")))
+
+
+def mirrored(prepared: PreparedSurface) -> PreparedSurface:
+    """The same surface flipped top-bottom (rows reversed), every cached view."""
+    return PreparedSurface(np.ascontiguousarray(prepared.fine[::-1]), np.ascontiguousarray(prepared.coarse[::-1]),
+                           np.ascontiguousarray(prepared.prior[::-1]), prepared.spacing_um,
+                           prepared.coarse_spacing_um, prepared.name)

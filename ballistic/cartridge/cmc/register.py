@@ -2,8 +2,8 @@
 
 Coarse to fine, so that the full 360 degrees of rotation is searched:
 
-1. rotation prior - :func:`search_rotation` over the full circle (4 degree steps)
-   at a coarse 50 um spacing: whole-surface masked normalized cross-correlation
+1. rotation prior - :func:`search_rotation` over the full circle (2 degree steps)
+   at a coarse 50 um spacing on the 100-1000 um band: whole-surface masked normalized cross-correlation
    (:func:`masked_ncc`), translation by FFT, all angles in one batched transform
    (real exhibits arrive in any orientation);
 2. :func:`register_global` - the best prior peaks are refined at 25 um, the
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 
-from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface
+from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, mirrored
 from ballistic.preprocess.filters import _warp_rotate
 from ballistic.stats.correlation import _cell_corr_at_offsets
 
@@ -41,13 +41,28 @@ __all__ = [
 ]
 
 
+#: memory the rotation search's transforms may take at once (bytes); more angles are done in chunks
+_SEARCH_CHUNK_BYTES = 48 * 2**20
+
+#: a rotation-prior value counts as another pose (``Registration.runner_up_ncc``) this far from the best
+_RUNNER_UP_SEPARATION_DEG = 8.0
+
+
 @dataclass(frozen=True)
 class Registration:
+    """Pose of the target on the reference. With ``mirrored`` the target is first flipped
+    top-bottom (its rows reversed), then rotated and shifted as described in the module
+    docstring. ``prior_ncc`` / ``runner_up_ncc``: best rotation-prior correlation and the best
+    one of a clearly different pose (another angle or the other parity) at the prior spacing."""
+
     angle_deg: float
     dy_um: float
     dx_um: float
     ncc: float
     prior_deg: tuple[float, ...] = ()
+    mirrored: bool = False
+    prior_ncc: float = float("nan")
+    runner_up_ncc: float = float("nan")
 
 
 def masked_ncc(fixed: np.ndarray, moving: np.ndarray, *, min_overlap: int = 16,
@@ -140,18 +155,34 @@ def warp_to_reference(target: np.ndarray, angle_deg: float, dy_px: float, dx_px:
 
 
 def _rotated_stack(h: np.ndarray, angles) -> tuple[np.ndarray, tuple[int, int]]:
-    """``h`` rotated by each angle about its centre, on one common canvas (its diagonal)."""
+    """``h`` rotated by each angle about its centre, on one common square canvas just large
+    enough for its measured points (an annulus needs its diameter, not the box's diagonal)."""
     ny, nx = h.shape
-    d = int(math.ceil(math.hypot(ny, nx))) | 1
+    iy, ix = np.nonzero(np.isfinite(h))
+    if iy.size:
+        r = float(np.sqrt(((iy - (ny - 1) / 2.0) ** 2 + (ix - (nx - 1) / 2.0) ** 2).max()))
+        d = min(int(math.ceil(math.hypot(ny, nx))), 2 * int(math.ceil(r)) + 3) | 1
+    else:
+        d = int(math.ceil(math.hypot(ny, nx))) | 1
     return np.stack([warp_to_reference(h, a, 0.0, 0.0, (d, d)) for a in angles]), (d, d)
 
 
 def search_rotation(fixed: np.ndarray, moving: np.ndarray, angles, *, min_overlap: int,
-                    max_shift_px: int | None = None) -> list[tuple[float, float, float, float]]:
+                    max_shift_px: int | None = None, mirror: bool = False) -> list[tuple]:
     """Best translation for each rotation of ``moving`` onto ``fixed`` (masked NCC by FFT).
 
     Returns, per angle, ``(ncc, angle_deg, dy_px, dx_px)``: the moving centre sits at
     the fixed centre plus (dy, dx) px; ncc is -inf where no shift overlaps enough.
+
+    With ``mirror`` the result has a fifth element, ``mirrored``, and covers the mirror image
+    of ``moving`` (rows reversed) too, at every angle. Rotating a mirror image by ``a`` is
+    mirroring the image rotated by ``-a``, and correlating a mirrored moving image with
+    ``fixed`` is correlating the moving image with ``fixed`` mirrored: the rotated stack and
+    its Fourier transforms are shared, only the inverse transforms double.
+
+    The angles are correlated in chunks whose transforms stay within about
+    ``_SEARCH_CHUNK_BYTES`` (each angle's result is the same in any chunk): the service caps a
+    job's memory, and a whole circle of angles at once grows with the number of angles.
     """
     angles = [float(a) % 360.0 for a in angles]
     stack, (d, _) = _rotated_stack(moving, angles)
@@ -159,16 +190,35 @@ def search_rotation(fixed: np.ndarray, moving: np.ndarray, angles, *, min_overla
     # a shift d puts the moving centre at the fixed centre + d + (d_canvas - 1)/2 - (H - 1)/2
     oy, ox = (H - 1) // 2 - (d - 1) // 2, (W - 1) // 2 - (d - 1) // 2
     m = max(H, W, d) if max_shift_px is None else int(max_shift_px)
-    win = (max(-(d - 1), oy - m), min(H - 1, oy + m), max(-(d - 1), ox - m), min(W - 1, ox + m))
-    ncc, _ = masked_ncc(fixed, stack, min_overlap=min_overlap, shifts=win, dtype=np.float32)
-    flat = np.where(np.isfinite(ncc), ncc, -np.inf).reshape(len(angles), -1)
-    k = flat.argmax(axis=1)
+    lo_y, hi_y = oy - m, oy + m
+    if mirror:
+        # the mirrored fixed's shift dy' = H - d - dy: take the union so one window serves both
+        lo_y, hi_y = min(lo_y, H - d - hi_y), max(hi_y, H - d - lo_y)
+    win = (max(-(d - 1), lo_y), min(H - 1, hi_y), max(-(d - 1), ox - m), min(W - 1, ox + m))
+    fx = np.stack([fixed, fixed[::-1]])[:, None] if mirror else fixed
+    parities = 2 if mirror else 1
+    # ~14 arrays of the transform size per angle and parity (6 spectra, 6 inverse transforms, masks)
+    per_angle = 14 * 4 * parities * (H + 2 * d) * (W + 2 * d)
+    step = max(1, int(_SEARCH_CHUNK_BYTES // per_angle))
+    ncc = np.concatenate([masked_ncc(fx, stack[k:k + step], min_overlap=min_overlap, shifts=win,
+                                     dtype=np.float32)[0].reshape(parities, -1, win[1] - win[0] + 1,
+                                                                  win[3] - win[2] + 1)
+                          for k in range(0, len(angles), step)], axis=1)
     out = []
-    for a, kk, row in zip(angles, k, flat):
-        i, j = np.unravel_index(int(kk), ncc.shape[-2:])
-        cy = i + win[0] + (d - 1) / 2.0 - (H - 1) / 2.0
-        cx = j + win[2] + (d - 1) / 2.0 - (W - 1) / 2.0
-        out.append((float(row[kk]), a, float(cy), float(cx)))
+    for parity in range(ncc.shape[0]):
+        flat = np.where(np.isfinite(ncc[parity]), ncc[parity], -np.inf).reshape(len(angles), -1)
+        k = flat.argmax(axis=1)
+        for a, kk, row in zip(angles, k, flat):
+            i, j = np.unravel_index(int(kk), ncc.shape[-2:])
+            dy = i + win[0]
+            if parity:
+                dy = H - d - dy                  # back from the mirrored fixed to the mirrored moving
+            cy = dy + (d - 1) / 2.0 - (H - 1) / 2.0
+            cx = j + win[2] + (d - 1) / 2.0 - (W - 1) / 2.0
+            if mirror:
+                out.append((float(row[kk]), (-a) % 360.0 if parity else a, float(cy), float(cx), bool(parity)))
+            else:
+                out.append((float(row[kk]), a, float(cy), float(cx)))
     return out
 
 
@@ -201,6 +251,11 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     translations where the two surfaces share at least ``min_overlap`` of the
     smaller measured area count, so thin edge overlaps cannot win.
 
+    With ``params.mirror`` the target's mirror image (rows reversed) is searched too and
+    the better pose wins (``Registration.mirrored``): x3p exporters disagree on whether
+    the first row is the top or the bottom of the scan (ISO 5436-2 vs. 25178-72), and
+    nothing in the header says which; a rotation cannot undo a mirror.
+
     Returns the rotation (degrees) and the translation (um) of the target centre
     relative to the reference centre, with the masked NCC at the comparison spacing.
     """
@@ -210,45 +265,78 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
         return max(16, int(p.min_overlap * min(np.isfinite(a).sum(), np.isfinite(b).sum())))
 
     grid = np.arange(0.0, 360.0, p.prior_step_deg)
-    prior = search_rotation(reference.prior, target.prior, grid, min_overlap=min_ov(reference.prior, target.prior),
-                            max_shift_px=int(p.max_shift_fraction * max(reference.prior.shape)))
+    shift = int(p.max_shift_fraction * max(reference.prior.shape))
+    mo_p = min_ov(reference.prior, target.prior)
+    views = {False: target, True: mirrored(target)} if p.mirror else {False: target}
+    prior = search_rotation(reference.prior, target.prior, grid, min_overlap=mo_p, max_shift_px=shift,
+                            mirror=p.mirror)
+    if not p.mirror:
+        prior = [(*t, False) for t in prior]
     prior.sort(key=lambda t: -t[0])
-    peaks: list[float] = []
-    for v, a, _, _ in prior:
+
+    def distinct(a, fa, b, fb, sep):
+        return fa != fb or abs((a - b + 180.0) % 360.0 - 180.0) > sep
+
+    # one peak's refinement covers +- coarse_halfwidth_deg: closer peaks of the same parity are the same pose
+    sep = 2.0 * p.coarse_halfwidth_deg
+    peaks: list[tuple[float, bool]] = []
+    for v, a, _, _, f in prior:
         if v == -np.inf:
             break
-        if all(abs((a - q + 180.0) % 360.0 - 180.0) > p.prior_step_deg * 1.5 for q in peaks):
-            peaks.append(a)
+        if all(distinct(a, f, q, fq, sep) for q, fq in peaks):
+            peaks.append((a, f))
         if len(peaks) >= p.prior_candidates:
             break
+    if p.mirror:
+        # a weak true peak of one parity must not be crowded out by the other parity's noise:
+        # the 25 um refinement, which tells them apart far better, sees the best of each
+        for parity in (False, True):
+            have = sum(1 for _, fq in peaks if fq == parity)
+            for v, a, _, _, f in prior:
+                if have >= p.prior_candidates_per_parity or v == -np.inf:
+                    break
+                if f == parity and all(distinct(a, f, q, fq, sep) for q, fq in peaks):
+                    peaks.append((a, f))
+                    have += 1
     if not peaks:
-        peaks = [0.0]
+        peaks = [(0.0, False)]
+    best_prior = prior[0][0] if prior else -np.inf
+    runner = -np.inf
+    if prior:
+        runner = next((v for v, a, _, _, f in prior[1:]
+                       if distinct(a, f, prior[0][1], prior[0][4], _RUNNER_UP_SEPARATION_DEG)), -np.inf)
     # refine: angles around each peak, translation by a local direct search (numba kernel)
     ratio = p.prior_spacing_um / p.coarse_spacing_um
     hw, st = p.coarse_halfwidth_deg, p.coarse_step_deg
     offs = np.arange(-hw, hw + 1e-9, st)
-    peak_pose = {a: (cy, cx) for v, a, cy, cx in prior}
+    peak_pose = {(a, f): (cy, cx) for v, a, cy, cx, f in prior}
     mo_c = min_ov(reference.coarse, target.coarse)
     coarse = []
-    for a0 in peaks:
-        cy, cx = peak_pose[a0]
+    for a0, f in peaks:
+        cy, cx = peak_pose[(a0, f)]
         for o in offs:
-            coarse.append(local_search(reference.coarse, target.coarse, a0 + o, cy * ratio, cx * ratio,
-                                       radius_px=int(math.ceil(2 * ratio)), min_count=mo_c))
-    v, ang, cy, cx = max(coarse, key=lambda t: t[0])
+            coarse.append((*local_search(reference.coarse, views[f].coarse, a0 + o, cy * ratio, cx * ratio,
+                                         radius_px=int(math.ceil(2 * ratio)), min_count=mo_c), f))
+    v, ang, cy, cx, flip = max(coarse, key=lambda t: t[0])
     ratio = p.coarse_spacing_um / p.spacing_um
     mo_f = min_ov(reference.fine, target.fine)
     fs = p.fine_step_deg
-    fine = [local_search(reference.fine, target.fine, ang + o, cy * ratio, cx * ratio,
+    fine = [local_search(reference.fine, views[flip].fine, ang + o, cy * ratio, cx * ratio,
                          radius_px=int(math.ceil(ratio)) + 1, min_count=mo_f)
             for o in np.arange(-st / 2, st / 2 + 1e-9, fs)]
     v, ang, cy, cx = max(fine, key=lambda t: t[0])
     s = reference.spacing_um
-    return Registration(angle_deg=float(ang), dy_um=cy * s, dx_um=cx * s, ncc=float(v), prior_deg=tuple(peaks))
+    return Registration(angle_deg=float(ang), dy_um=cy * s, dx_um=cx * s, ncc=float(v),
+                        prior_deg=tuple(a for a, _ in peaks), mirrored=bool(flip), prior_ncc=float(best_prior),
+                        runner_up_ncc=float(runner))
 
 
 def invert_registration(reg: Registration) -> Registration:
-    """The registration of reference onto target implied by ``reg`` (target onto reference)."""
+    """The registration of reference onto target implied by ``reg`` (target onto reference).
+
+    For a mirrored ``reg`` the result maps the reference onto the *mirrored* target, which
+    is how :func:`ballistic.cartridge.cmc.pair.compare_pair` runs the backward direction.
+    """
     a = math.radians(reg.angle_deg)
     # p_ref = R(a) (p_t - c_t) + c_r + t  =>  p_t = R(-a) (p_ref - c_r) + c_t - R(-a) t, with
     # R(a) (dy, dx) = (cos a dy - sin a dx, sin a dy + cos a dx) (counter-clockwise as displayed)
@@ -256,4 +344,4 @@ def invert_registration(reg: Registration) -> Registration:
     ty, tx = reg.dy_um, reg.dx_um
     iy = -(c * ty + s_ * tx)
     ix = -(-s_ * ty + c * tx)
-    return Registration((-reg.angle_deg) % 360.0, iy, ix, reg.ncc, ())
+    return Registration((-reg.angle_deg) % 360.0, iy, ix, reg.ncc, (), reg.mirrored, reg.prior_ncc, reg.runner_up_ncc)

@@ -1,0 +1,116 @@
+"""The generalisation benchmark: set discovery, protocols on synthetic rows, and the CLI on real data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ballistic.bench import generalization as G
+
+
+def _touch(p):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"x")
+
+
+def test_discover_sets_labels_families_and_cartridges(tmp_path):
+    c = tmp_path / "cartridge"
+    (c / "fadul").mkdir(parents=True)
+    (c / "fadul" / "labels.csv").write_text("path,scan,slide\ncartridge/fadul/F 1-1.x3p,F 1-1,1\n"
+                                            "cartridge/fadul/F 1-2.x3p,F 1-2,1\n")
+    (c / "dfsc").mkdir()
+    (c / "dfsc" / "labels.csv").write_text("path,scan,slide,kit\ncartridge/dfsc/K013sA1_processed.x3p,"
+                                           "K013sA1_processed,A,K013\ncartridge/dfsc/K004fA3.x3p,K004fA3,A,K004\n")
+    for n in ("baldwin/K013sA1.x3p", "baldwin/K227iG3.x3p", "baldwin/notes.x3p"):
+        _touch(c / n)
+    scans = G.discover_sets(tmp_path)
+    by = {s.name: s for s in scans}
+    assert by["F 1-1"].firearm == "fadul:1" and by["F 1-1"].dataset == "fadul"
+    assert by["K004fA3"].firearm == by["K013sA1"].firearm == "srx9:A"
+    assert by["K227iG3"].firearm == "srx9:G" and by["K227iG3"].kit == "K227"
+    assert "notes" not in by                                   # not a DFSC/Baldwin name: not labelled
+    assert by["K013sA1"].cartridge == by["K013sA1_processed"].cartridge
+    pairs = G._pairs(scans)
+    names = {frozenset((scans[i].name, scans[j].name)) for i, j in pairs}
+    assert frozenset(("K013sA1", "K013sA1_processed")) not in names   # one cartridge, two pipelines
+    assert frozenset(("F 1-1", "K004fA3")) not in names               # no cross-family pairs
+    assert frozenset(("K004fA3", "K013sA1")) in names
+
+
+def test_discover_sets_checks_labels_against_names(tmp_path):
+    d = tmp_path / "cartridge" / "dfsc"
+    d.mkdir(parents=True)
+    (d / "labels.csv").write_text("path,scan,slide\ncartridge/dfsc/K004fA3.x3p,K004fA3,B\n")
+    with pytest.raises(ValueError, match="firearm"):
+        G.discover_sets(tmp_path)
+
+
+def _rows(seed=0):
+    """Synthetic per-pair rows: two families, firearms per family, features that separate."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fam, n_fire, per, gap in (("fadul", 6, 3, 0.5), ("srx9", 5, 3, 0.3)):
+        src = [f"{fam}:{i}" for i in range(n_fire) for _ in range(per)]
+        kits = [f"K00{i % 3}" for i in range(len(src))]
+        for i in range(len(src)):
+            for j in range(i + 1, len(src)):
+                same = src[i] == src[j]
+                base = 0.2 + (gap if same else 0.0)
+                rows.append({"same_source": same, "firearm_a": src[i], "firearm_b": src[j], "family": fam,
+                             "dataset_a": "fadul" if fam == "fadul" else "dfsc",
+                             "dataset_b": "fadul" if fam == "fadul" else "dfsc",
+                             "kit_a": kits[i] if fam == "srx9" else "fadul", "kit_b": kits[j] if fam == "srx9" else "fadul",
+                             "cmc_count": float(12 if same else rng.integers(0, 3)), "similarity": 0.0,
+                             "f_ncc": base + rng.normal(0, 0.05), "f_cluster_frac_mean": base + rng.normal(0, 0.05),
+                             "f_cluster_offset_max_um": (5.0 if same else 150.0) + abs(rng.normal(0, 10)),
+                             **{f"f_{k}": base + rng.normal(0, 0.05) for k in
+                                ("cluster_frac_min", "cluster_corr_mean", "corr_frac_above", "prior_margin")}})
+    for r in rows:
+        r["similarity"] = r["cmc_count"] + 0.5
+    return rows
+
+
+def test_evaluate_runs_every_protocol_and_table():
+    res = G.evaluate(_rows())
+    p = res["protocols"]
+    assert set(p) >= {"pooled_cv", "fadul_to_dfsc", "dfsc_to_fadul", "leave_one_kit_out"}
+    pooled = p["pooled_cv"]["pooled"]
+    assert pooled["model"]["auc"] > 0.95 and pooled["cmc"]["auc"] > 0.95
+    assert pooled["model"]["pairs"] == len(_rows())
+    assert "cllr" in pooled["model"] and "false_negatives" in pooled["cmc"]
+    assert np.isfinite(res["cv_scores"]).all()
+    table = G.format_table(res)
+    assert "pooled_cv" in table and "leave_one_kit_out" in table and "AUC" in table.splitlines()[0]
+
+
+def test_metrics_without_a_threshold_and_with_one_class():
+    s = np.array([0.1, 0.9, 0.2, 0.8])
+    y = np.array([False, True, False, True])
+    m = G._metrics(s, y, None, None)
+    assert m["auc"] == 1.0 and "false_positives" not in m
+    one = G._metrics(s, np.ones(4, bool), 0.5, None)
+    assert "auc" not in one and one["same"] == 4
+
+
+@pytest.mark.realdata
+def test_generalization_cli_from_a_cache(shared_data, tmp_path, monkeypatch):
+    """The CLI evaluates cached rows without recomputing them (rows from _rows, cache keyed to the scans)."""
+    from typer.testing import CliRunner
+
+    from ballistic.cli import app
+    scans = G.discover_sets(shared_data)
+    assert {s.dataset for s in scans} >= {"fadul", "dfsc", "baldwin"}
+    key = G._cache_key(scans, 0)
+    rows = _rows()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    from ballistic.io.csv import write_rows_csv
+    write_rows_csv(rows, cache / f"pairs_{key}.csv")
+    out = tmp_path / "gen.json"
+    res = CliRunner().invoke(app, ["bench", "generalization", "--data", str(shared_data), "--json", str(out),
+                                   "--cache", str(cache)])
+    assert res.exit_code == 0, res.output
+    s = json.loads(out.read_text())
+    assert s["pairs_info"]["cached"] is True and s["population"]["sets"]["fadul"]["scans"] == 40
+    assert "pooled_cv" in s["protocols"] and "first_feature_set" in s
