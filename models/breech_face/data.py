@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 
 from ballistic.retrieval.descriptor import annulus_centre
+from ballistic.io.atomic import atomic_write
 from ballistic.preprocess.filters import resample
 from ballistic.surface import Surface
 from models.breech_face.polar import PolarGrid, normalise_heights, polar_centre
@@ -121,10 +121,7 @@ def load_real_scans(root: str | Path, *, spacing_um: float = 25.0, cache_dir: st
             h = resample(s, spacing_um=spacing_um).heights.astype(np.float32)
             if f is not None:
                 f.parent.mkdir(parents=True, exist_ok=True)
-                tmp = f.with_suffix(f".{os.getpid()}.tmp")
-                with open(tmp, "wb") as fh:
-                    np.save(fh, h)
-                os.replace(tmp, f)
+                atomic_write(f, lambda fh: np.save(fh, h))
         out.append(RealScan(p.stem, study, firearm, case, Surface(h.astype(np.float64), spacing_um,
                                                                    {"source": p.name})))
     return out
@@ -194,10 +191,7 @@ def synthetic_pool(n_firearms: int, n_firings: int, *, seed0: int = SYNTH_TRAIN_
         P[i, :, o:o + a.shape[-2], o:o + a.shape[-1]] = a
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, P)
-        os.replace(tmp, f)
+        atomic_write(f, lambda fh: np.save(fh, P))
     return P
 
 

@@ -23,7 +23,7 @@ from ballistic.surface import Surface
 from models.breech_face.data import RealScan
 
 __all__ = ["firearm_folds", "rotated_studies", "rotated_copies", "ranking_metrics", "fold_metrics", "summarise_folds",
-           "separability", "projected_recall", "compare_checkpoints"]
+           "projected_recall", "compare_checkpoints"]
 
 _DFSC_GUNS = ("A", "B", "C", "D", "G", "J")
 
@@ -178,48 +178,3 @@ def projected_recall(rows: list[dict], scales=((10 ** 5, 100), (10 ** 6, 1000)))
                 vals.append(float(poisson.cdf(k - 1, max(n * p, 1e-12))))
         out[f"recall@{k}_among_{n:.0e}"] = round(float(np.mean(vals)), 4) if vals else None
     return out
-
-
-def separability(E_real: np.ndarray, E_synth: np.ndarray, *, seed: int = 0) -> dict:
-    """How easily real and synthetic embeddings are told apart.
-
-    * ``linear_auc``: 5-fold cross-validated AUC of a logistic regression real-vs-synthetic (0.5 = not at all);
-    * ``nn_synth_fraction``: for each real embedding, the fraction of synthetic ones among its 10 nearest
-      non-identical neighbours in a pool with as many synthetic as real (0.5 = well mixed, 0 = apart);
-    * ``max_cos_real_nonmate`` vs ``max_cos_synth``: median over real queries of the best cosine to a real
-      scan of another firearm, and to the synthetic sample.
-    """
-    from ballistic.stats.metrics import roc_auc
-
-    rng = np.random.default_rng(seed)
-    X = np.concatenate([E_real, E_synth]).astype(np.float64)
-    y = np.r_[np.ones(len(E_real)), np.zeros(len(E_synth))]
-    perm = rng.permutation(len(X))
-    folds = np.array_split(perm, 5)
-    scores = np.empty(len(X))
-    for f in folds:
-        tr = np.setdiff1d(perm, f)
-        w = _logreg(X[tr], y[tr])
-        scores[f] = X[f] @ w[:-1] + w[-1]
-    auc = float(roc_auc(scores, y == 1))
-    m = min(len(E_real), len(E_synth))
-    P = np.concatenate([E_real, E_synth[rng.choice(len(E_synth), m, replace=False)]])
-    S = E_real @ P.T
-    np.fill_diagonal(S[:, :len(E_real)], -np.inf)
-    nn = np.argsort(-S, axis=1)[:, :10]
-    return {"linear_auc": round(auc, 4), "nn_synth_fraction": round(float((nn >= len(E_real)).mean()), 4)}
-
-
-def _logreg(X: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iters: int = 200) -> np.ndarray:
-    """L2-regularised logistic regression by Newton's method; returns weights with the bias last."""
-    A = np.c_[X, np.ones(len(X))]
-    w = np.zeros(A.shape[1])
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(A @ w, -30, 30)))
-        g = A.T @ (p - y) + l2 * np.r_[w[:-1], 0.0]
-        H = (A * (p * (1 - p))[:, None]).T @ A + l2 * np.eye(len(w))
-        step = np.linalg.solve(H, g)
-        w -= step
-        if np.abs(step).max() < 1e-6:
-            break
-    return w

@@ -229,7 +229,7 @@ def _evaluate_saved_folds(a, real: Sequence[RealScan]) -> None:
     t = time.perf_counter()
     res = compare_checkpoints(paths, real, rotated_studies(a.data, real, seed=a.seed))
     res.update(seed=a.seed, wall_s=round(time.perf_counter() - t, 1), loadavg=os.getloadavg(),
-               env={"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()})
+               env={"python": platform.python_version(), "torch": str(torch.__version__), "cpus": os.cpu_count()})
     for f in res["folds"]:
         print(f"fold {f['fold']} held out {', '.join(f['held_out'])}: recall@10 learned {f['learned_recall@10']} "
               f"polar {f['polar_recall@10']}", flush=True)
@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     folds = firearm_folds(real)
     fold_ids = [int(k) for k in a.cv_folds.split(",")] if a.cv_folds else list(range(len(folds)))
     folds = [folds[k] for k in fold_ids]
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+    env = {"python": platform.python_version(), "torch": str(torch.__version__), "cpus": os.cpu_count(),
            "threads": a.threads, "platform": platform.platform()}
     if a.folds or variants:
         from models.breech_face.evaluate import rotated_studies

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import scipy.ndimage as ndi
 
-from ballistic.retrieval.descriptor import annulus_centre
+from ballistic.retrieval.descriptor import annulus_centre, fit_circle
 from ballistic.preprocess.filters import resample
 from ballistic.surface import Surface
 
@@ -92,26 +92,6 @@ class PolarGrid:
         return zp, mp
 
 
-def _circle_fit(pts: np.ndarray, iterations: int = 10) -> tuple[float, float, float]:
-    """Robust (iteratively trimmed at 3 MAD) algebraic circle fit to (x, y) points: (cy, cx, r)."""
-    keep = np.ones(len(pts), dtype=bool)
-    cy = cx = r = 0.0
-    for _ in range(iterations):
-        x, y = pts[keep, 0], pts[keep, 1]
-        if len(x) < 3:
-            break
-        A = np.stack([x, y, np.ones_like(x)], axis=1)
-        sol, *_ = np.linalg.lstsq(A, x * x + y * y, rcond=None)
-        cx, cy = sol[0] / 2.0, sol[1] / 2.0
-        r = math.sqrt(max(sol[2] + cx * cx + cy * cy, 0.0))
-        res = np.abs(np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) - r)
-        new = res <= max(3.0 * 1.4826 * float(np.median(res[keep])), 1.0)
-        if np.array_equal(new, keep):
-            break
-        keep = new
-    return float(cy), float(cx), float(r)
-
-
 def aperture_centre(surface: Surface, *, min_radius_um: float = 300.0) -> tuple[float, float, float] | None:
     """Centre (row, col) and radius, in pixels, of the firing-pin aperture of a processed breech face.
 
@@ -140,7 +120,7 @@ def aperture_centre(surface: Surface, *, min_radius_um: float = 300.0) -> tuple[
     rim = np.argwhere(comp & ndi.binary_dilation(m))[:, ::-1].astype(np.float64)
     if len(rim) < 8:
         return None
-    cy, cx, r = _circle_fit(rim)
+    cy, cx, r = fit_circle(rim)
     if not (r * surface.spacing_um >= min_radius_um and 0 <= cy < m.shape[0] and 0 <= cx < m.shape[1]):
         return None
     return cy, cx, r
