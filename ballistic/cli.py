@@ -171,7 +171,7 @@ def _descriptor_of(idx):
     from ballistic.retrieval.registry import available_descriptors, load_descriptor
 
     stored = idx.meta.get("descriptor")
-    for name in available_descriptors():
+    for name in sorted(available_descriptors(), key=lambda n: n != "polar"):     # polar first: no torch to load
         try:
             d = load_descriptor(name)
         except DescriptorError:
