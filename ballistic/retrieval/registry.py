@@ -12,10 +12,11 @@ that fails to load (torch not installed, weights missing or unreadable) falls ba
 descriptor with a logged warning that says why; an unknown name is an error (a typo must not silently
 change what an index holds).
 
-:data:`DEFAULT_DESCRIPTOR` is ``"polar"``: the learned embedding shipped with ``models/`` ("bf-learned/1")
-was not measured at least as good as polar on held-out Fadul *and* DFSC firearms
-(``models/breech_face/MODEL_CARD.md``), so it is selectable (``BALLISTIC_DESCRIPTOR=learned``) but not the
-default.
+:data:`DEFAULT_DESCRIPTOR` is ``"learned"``: the embedding shipped with ``models/`` ("bf-learned/1") was
+measured at least as good as polar on held-out firearms of both Fadul and DFSC (recall@10 of the mates; FAISS
+stage among synthetic distractors; ``models/breech_face/MODEL_CARD.md``). Where it cannot load (torch not
+installed, weights missing) the polar-FFT descriptor is used and the reason logged; ``BALLISTIC_DESCRIPTOR=polar``
+chooses polar.
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ __all__ = ["DESCRIPTOR_GROUP", "DESCRIPTOR_ENV", "DEFAULT_DESCRIPTOR", "availabl
 DESCRIPTOR_GROUP = "ballistic.descriptors"
 #: Environment variable naming the default descriptor (``polar``, ``learned``, ...).
 DESCRIPTOR_ENV = "BALLISTIC_DESCRIPTOR"
-#: The descriptor used when :data:`DESCRIPTOR_ENV` is not set.
-DEFAULT_DESCRIPTOR = "polar"
+#: The descriptor used when :data:`DESCRIPTOR_ENV` is not set (see the module notes for why).
+DEFAULT_DESCRIPTOR = "learned"
 
 _log = logging.getLogger(__name__)
 _loaded: dict[str, DescriptorModel] = {}
@@ -103,8 +104,8 @@ def default_descriptor(name: str | None = None) -> DescriptorModel:
     """The descriptor the service, the CLI and the benchmarks use.
 
     ``name`` when given (the service passes its ``descriptor`` setting), else ``$BALLISTIC_DESCRIPTOR`` when
-    set, else :data:`DEFAULT_DESCRIPTOR`. A registered descriptor that fails to load falls back to the
-    polar-FFT one, with a warning logged that gives the reason.
+    set, else :data:`DEFAULT_DESCRIPTOR` (the learned embedding). A registered descriptor that fails to load
+    falls back to the polar-FFT one, with a warning logged that gives the reason.
 
     Raises
     ------

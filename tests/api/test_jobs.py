@@ -232,7 +232,7 @@ def _stored_pairs(c) -> dict:
 def test_descriptor_upgrade_polar_to_learned_reindexes_and_keeps_every_comparison(tmp_path, scans):
     """A database built with the polar-FFT descriptor, opened by a service set to the learned one
     (BALLISTIC_DESCRIPTOR=learned): every exhibit is described again and re-indexed; stored comparisons and
-    candidate lists are kept, not redone. Back to the default descriptor: the same again."""
+    candidate lists are kept, not redone. Back to polar: the same again."""
     pytest.importorskip("torch", reason="torch is a runtime dependency of models/")
     with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:
         ex = new_key(c, "examiner")
@@ -260,5 +260,7 @@ def test_descriptor_upgrade_polar_to_learned_reindexes_and_keeps_every_compariso
         assert _stored_pairs(c) == before       # same rows (ids, scores, versions): kept, not redone or doubled
     with TestClient(create_app(make_settings(tmp_path, descriptor="learned"))) as c:
         assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
-    with TestClient(create_app(make_settings(tmp_path))) as c:     # back to the default descriptor (polar)
+    with TestClient(create_app(make_settings(tmp_path))) as c:     # the default descriptor is the learned one
+        assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
+    with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:     # back to polar: again
         assert c.app.state.runtime.startup_report["redescribe_jobs"] == 3
