@@ -13,8 +13,8 @@ descriptor with a logged warning that says why; an unknown name is an error (a t
 change what an index holds).
 
 :data:`DEFAULT_DESCRIPTOR` is ``"learned"``: the embedding shipped with ``models/`` ("bf-learned/1") was
-measured at least as good as polar on held-out firearms of both Fadul and DFSC (recall@10 of the mates; FAISS
-stage among synthetic distractors; ``models/breech_face/MODEL_CARD.md``). Where it cannot load (torch not
+measured at least as good as polar on held-out firearms of both Fadul and DFSC (recall@10 of the mates; its
+Fadul top-1 is lower: ``models/breech_face/MODEL_CARD.md``). Where it cannot load (torch not
 installed, weights missing) the polar-FFT descriptor is used and the reason logged; ``BALLISTIC_DESCRIPTOR=polar``
 chooses polar.
 """
