@@ -1,5 +1,5 @@
-"""The full ``ballistic`` command: the library's commands plus ``serve``, ``worker``, ``ingest``, ``keys``
-and ``audit``.
+"""The full ``ballistic`` command: the library's commands plus ``serve``, ``worker``, ``ingest``, ``keys``,
+``audit`` and ``train`` (the learned models of ``models/``).
 
 The console script points here (``ballistic = "api.cli:main"``) so that the pure library
 (``ballistic.cli``) never imports the service: this module imports ``ballistic.cli.app``
@@ -21,9 +21,20 @@ app.add_typer(audit_app, name="audit")
 keys_app = typer.Typer(help="API keys of the correlation service (on its database, as `serve` finds it).",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+train_app = typer.Typer(help="Train the learned models (models/: torch, CPU only).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 _DATA_DIR_HELP = "data folder of `ballistic serve` (BALLISTIC_DATA_DIR; default ./ballistic-data)"
 _DB_URL_HELP = "SQLAlchemy URL (BALLISTIC_DATABASE_URL; default the SQLite file in the data folder)"
+
+
+@train_app.command("descriptor", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_descriptor(ctx: typer.Context) -> None:
+    """Train the learned breech-face descriptor; options as `python -m models.train` (e.g. --seed 0,
+    --folds out/folds, --no-final, --cv-folds 0,1, --ablation no-real)."""
+    from models.breech_face.experiment import main as train_main
+
+    train_main(list(ctx.args))
 
 
 def _settings(data_dir: Optional[Path], database_url: Optional[str]):

@@ -4,8 +4,10 @@ the library's one search path (:class:`~ballistic.retrieval.search.Retriever`).
 
 Two descriptor spaces (vectors of different lengths never share an index):
 
-* ``breech_face``: the default breech-face descriptor model (:class:`~ballistic.retrieval.descriptor.PolarFFTDescriptor`,
-  or a fitted whitener on top) of 3D scans (partition region ``breech_face``) and of 2D images (region
+* ``breech_face``: the breech-face descriptor model of ``Settings.descriptor``
+  (:func:`ballistic.retrieval.registry.default_descriptor`: the learned embedding unless ``BALLISTIC_DESCRIPTOR=polar``
+  or it cannot load;
+  its version, e.g. ``bf-learned/1?weights=<sha256>``, is what a change is detected by), or a fitted whitener on top, of 3D scans (partition region ``breech_face``) and of 2D images (region
   ``breech_face_2d``);
 * ``bullet``: :class:`~ballistic.bullet.descriptor.BulletDescriptor` of a bullet's land signatures (region
   ``bullet_lea``).
@@ -162,14 +164,19 @@ class DescriptorSpace:
 
             self.model = BulletDescriptor()
         else:
-            from ballistic.retrieval.descriptor import PolarFFTDescriptor
+            from ballistic.retrieval.registry import default_descriptor
 
-            self.model = PolarFFTDescriptor()
+            self.model = default_descriptor(settings.descriptor)
             if settings.whitener_path:
                 from ballistic.retrieval.descriptor import PCAWhitener
 
                 wp = Path(settings.whitener_path)
                 self.whitener = PCAWhitener.load(wp)
+                fitted_on = getattr(self.whitener, "descriptor", None)
+                if self.whitener.in_dim != int(self.model.dim) or (fitted_on and fitted_on != self.model.name):
+                    raise ValueError(f"whitener {wp} was fitted on {fitted_on or 'unnamed'} descriptors of length "
+                                     f"{self.whitener.in_dim}; the service describes with {self.model.name} "
+                                     f"({self.model.dim}): refit it or unset BALLISTIC_WHITENER_PATH")
                 self.transform_id = "pca:" + hashlib.sha256(wp.read_bytes()).hexdigest()[:16]
         self.descriptor_version: str = descriptor_version(self.model)
         self.raw_dim = int(self.model.dim)

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     auto_migrate: bool = Field(True, description="run 'alembic upgrade head' at start-up")
 
     # retrieval / comparison
+    descriptor: str | None = Field(None, description=(
+        "breech-face descriptor by registry name ('learned', 'polar'); unset: ballistic.default_descriptor() "
+        "(learned). One that cannot load (torch, weights) falls back to polar with a logged warning. A change "
+        "(or new weights) re-describes and re-indexes every exhibit at start-up, keeping stored comparisons"))
     index_factory: str = "Flat"
     index_metric: str = "ip"
     whitener_path: Path | None = Field(None, description="fitted PCAWhitener (.npz); raw descriptor when unset")

@@ -28,7 +28,8 @@ evidence (cartridge cases: breech face, firing pin, 2D images; bullets)::
       bullet/          profile.py (Crosscut, Grooves, Signature, shared 1-D helpers) orient.py crosscut.py
                        (+ kernel _band_profiles) grooves.py signature.py align.py features.py sam.py
                        descriptor.py
-      retrieval/       descriptor.py (breech-face descriptor, DescriptorModel, PCAWhitener) index.py
+      retrieval/       descriptor.py (breech-face descriptor, DescriptorModel, PCAWhitener) registry.py
+                       (default_descriptor, load_descriptor: built-in "polar" + entry points) index.py
                        (VectorIndex, IndexSearch, merge_topk) search.py (Retriever.query: the one search
                        path) sharded.py (ShardedIndex) executor.py (LocalExecutor | RayExecutor) record.py
                        (SearchRecord)
@@ -49,6 +50,8 @@ Public API (``import ballistic`` loads only numpy; each name below imports its m
 * :func:`preprocess_cartridge`, :class:`CMCParams`, :func:`compare_pair`, :class:`PairResult`,
   :func:`explanation_figure`
 * :func:`land_signatures`, :func:`bullet_score`
+* :func:`default_descriptor` (the breech-face descriptor every tool uses), :func:`load_descriptor`,
+  :func:`available_descriptors`
 * :class:`BallisticError`, :class:`InputError`, :class:`LimitError`, :class:`ProcessingError`,
   :class:`StateError`
 """
@@ -75,6 +78,9 @@ _LAZY = {
     "explanation_figure": "ballistic.viz.explain",
     "land_signatures": "ballistic.bullet.signature",
     "bullet_score": "ballistic.bullet.sam",
+    "default_descriptor": "ballistic.retrieval.registry",
+    "load_descriptor": "ballistic.retrieval.registry",
+    "available_descriptors": "ballistic.retrieval.registry",
 }
 
 __all__ = ["Surface", "BallisticError", "InputError", "LimitError", "ProcessingError", "StateError",
@@ -89,6 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ballistic.io import read_surface
     from ballistic.io.image import read_image
     from ballistic.io.x3p import read_x3p, write_x3p
+    from ballistic.retrieval.registry import available_descriptors, default_descriptor, load_descriptor
     from ballistic.viz.explain import explanation_figure
 
 

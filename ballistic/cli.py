@@ -108,8 +108,19 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                     k_sweep: str = typer.Option("100,250,500,1000", help="K values rerun at the largest N"),
                     factory: str = typer.Option("HNSW32", help="FAISS index factory string"),
                     whiten_dim: int = 128, workers: int = 2, seed: int = 0,
-                    cache: Optional[Path] = typer.Option(None, help="distractor descriptor cache folder")) -> None:
-    """Hide the real scans among synthetic distractors; recall of the mates and query latency."""
+                    cache: Optional[Path] = typer.Option(None, help="distractor descriptor cache folder"),
+                    descriptor: str = typer.Option("learned,polar", help="descriptors benchmarked side by side "
+                                                   "(comma-separated registry names: learned, polar)"),
+                    fold_models: Optional[Path] = typer.Option(
+                        None, help="folder of the learned descriptor's cross-validation weights (python -m "
+                        "models.train --folds DIR): each query is described by the model that never saw its "
+                        "firearm, and only held-out scans query (every arm); without it the shipped model "
+                        "answers every query (not held out)"),
+                    e2e: bool = typer.Option(True, "--e2e/--faiss-only",
+                                             help="also run the re-ranking stages (recall after CMC, latency)"),
+                    faiss_ks: str = typer.Option("10,25,50,100,200,500,1000", help="K of the FAISS-stage recall")
+                    ) -> None:
+    """Hide the real scans among synthetic distractors; recall of the mates and query latency per descriptor."""
     from ballistic.bench.retrieval import run_retrieval_bench
 
     def ints(x: str) -> tuple[int, ...]:
@@ -118,7 +129,8 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
     run_retrieval_bench(directory, labels, json_out=json_out, distractors=ints(distractors), k=k, cmc_k=cmc_k,
                         screen_k=screen_k,
                         k_sweep=ints(k_sweep), factory=factory, whiten_dim=whiten_dim, workers=workers, seed=seed,
-                        cache_dir=cache)
+                        cache_dir=cache, descriptors=tuple(v.strip() for v in descriptor.split(",") if v.strip()),
+                        fold_models=fold_models, e2e=e2e, faiss_ks=ints(faiss_ks))
 
 
 index_app = typer.Typer(help="Descriptor index of breech-face scans (build, inspect, search).", no_args_is_help=True)
@@ -130,18 +142,21 @@ def index_build(directory: Path, out: Path = typer.Option(..., help="index folde
                 factory: str = typer.Option("Flat", help="FAISS index factory string"),
                 calibre: Optional[str] = None, firing_pin_shape: Optional[str] = None,
                 whiten_dim: int = typer.Option(0, help="PCA-whiten to this many dimensions (0 = raw descriptors)"),
-                kind: str = typer.Option("auto", help="auto | raw | processed")) -> None:
+                kind: str = typer.Option("auto", help="auto | raw | processed"),
+                descriptor: Optional[str] = typer.Option(None, help="registry name (polar, learned); default "
+                                                         "the default descriptor ($BALLISTIC_DESCRIPTOR)")) -> None:
     """Describe every x3p scan in DIRECTORY and save an index (ids = order of the sorted file names)."""
     import numpy as np
 
     from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.io.x3p import read_x3p
-    from ballistic.retrieval.descriptor import PCAWhitener, PolarFFTDescriptor
+    from ballistic.retrieval.descriptor import PCAWhitener
     from ballistic.retrieval.index import VectorIndex, partition_key
+    from ballistic.retrieval.registry import default_descriptor, load_descriptor
     paths = sorted(directory.glob("*.x3p"))
     if not paths:
         raise typer.BadParameter(f"no .x3p files in {directory}")
-    desc = PolarFFTDescriptor()
+    desc = load_descriptor(descriptor) if descriptor else default_descriptor()
     X = np.stack([desc(preprocess_cartridge(read_x3p(p), kind=kind)) for p in paths])
     w = PCAWhitener.fit(X, dim=whiten_dim, descriptor=desc.name) if whiten_dim else None
     V = w.transform(X) if w else X
@@ -171,6 +186,23 @@ def _load_index(folder: Path):
         with np.load(io.BytesIO(idx.attachments["whitener.npz"])) as z:
             w = PCAWhitener(z["mean"], z["components"], z["eigenvalues"], float(z["eps"]))
     return idx, w
+
+
+def _descriptor_of(idx):
+    """The registered descriptor an index was built with (by its stored name)."""
+    from ballistic.errors import DescriptorError
+    from ballistic.retrieval.registry import available_descriptors, load_descriptor
+
+    stored = idx.meta.get("descriptor")
+    for name in sorted(available_descriptors(), key=lambda n: n != "polar"):     # polar first: no torch to load
+        try:
+            d = load_descriptor(name)
+        except DescriptorError:
+            continue
+        if d.name == stored:
+            return d
+    raise typer.BadParameter(f"the index was built with descriptor {stored!r}, which is not available here "
+                             f"(available: {', '.join(available_descriptors())}); rebuild it")
 
 
 @index_app.command("info")
@@ -206,7 +238,8 @@ def index_search(folder: Path, query: Path, k: int = typer.Option(10, help="cand
     paths = idx.meta.get("paths") or []
     q = preprocess_cartridge(read_x3p(query), kind=kind)
     params = RetrievalParams(k=k, cmc_k=cmc_k if paths else 0, prior=bool(paths) and cmc_k > 0, workers=workers)
-    with Retriever(idx, _PathFetch(paths, idx.meta.get("kind", "auto")), whitener=w, params=params) as r:
+    with Retriever(idx, _PathFetch(paths, idx.meta.get("kind", "auto")), descriptor=_descriptor_of(idx), whitener=w,
+                   params=params) as r:
         res = r.query(q, partition=partition)
     for c in res.candidates:
         name = Path(paths[c.id]).stem if c.id < len(paths) else str(c.id)

@@ -115,3 +115,25 @@ def test_time_vs_area_recovers_a_power_law():
     assert r["exponent"] == pytest.approx(1.3, abs=1e-9) and r["pairs"] == 30
     assert r["seconds_per_pair_large_quarter"] > r["seconds_per_pair_small_quarter"]
     assert time_vs_area([1.0, 1.0], [2.0, 2.0])["exponent"] is None
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_bench_retrieval_runs_the_descriptors_side_by_side(shared_data, tmp_path):
+    """FAISS stage only, 40 Fadul queries among 30 distractors, both descriptors in one run."""
+    pytest.importorskip("torch", reason="torch is a runtime dependency of models/")
+    from ballistic.bench.retrieval import run_retrieval_bench
+
+    d = shared_data / "cartridge" / "fadul"
+    s = run_retrieval_bench(d, d / "labels.csv", json_out=tmp_path / "r.json", distractors=(30,), factory="Flat",
+                            descriptors=("learned", "polar"), e2e=False, workers=1, whiten_dim=16,
+                            faiss_ks=(10, 50), cache_dir=tmp_path / "cache")
+    assert json.loads((tmp_path / "r.json").read_text())["arms"].keys() == {"learned", "polar"}
+    learned, polar = s["arms"]["learned"], s["arms"]["polar"]
+    assert learned["descriptor"].startswith("bf-learned/1") and polar["descriptor"].startswith("bf-polar-fft/2")
+    assert learned["queries_held_out"] is False            # the shipped model saw every Fadul slide
+    for arm in (learned, polar):
+        r = arm["per_n"]["30"]
+        assert 0.0 <= r["faiss_recall"]["@10"] <= r["faiss_recall"]["@50"] <= 1.0
+        assert set(arm["real_synthetic_separability"]) >= {"linear_auc", "nn_synthetic_fraction"}
+        assert 0.0 <= r["distractors_vs_real_nonmates"]["fraction_above_median_real_nonmate"] <= 1.0

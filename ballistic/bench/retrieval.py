@@ -1,24 +1,36 @@
-"""Retrieval benchmark: the real Fadul scans hidden among synthetic distractors.
+"""Retrieval benchmark: the real Fadul scans hidden among synthetic distractors, descriptors side by side.
 
-``ballistic bench retrieval DIR --labels CSV --json OUT`` calls :func:`run_retrieval_bench`:
+``ballistic bench retrieval DIR --labels CSV --descriptor learned,polar --json OUT`` calls
+:func:`run_retrieval_bench`:
 
 * the 40 real Fadul breech faces (preprocessed, each rotated by a seeded random
   angle) get ids 0..39; ``N`` synthetic distractors
   (:class:`ballistic.cartridge.synth.SyntheticCatalogue`, two firings per synthetic
   firearm) get ids from 1 000 000; their descriptors are computed at 25 um
-  (the synthetic fast path) in a process pool and cached on disk;
-* a :class:`~ballistic.retrieval.descriptor.PCAWhitener` is fitted on distractor descriptors
-  only (never on the Fadul queries), the index is built with the chosen FAISS
-  factory;
+  (the synthetic fast path) in a process pool, every descriptor from the same generated
+  surface, and cached on disk;
+* each descriptor is one "arm" of the benchmark, run on the same queries and distractors:
+
+  - ``polar``: :class:`~ballistic.retrieval.descriptor.PolarFFTDescriptor`, PCA-whitened
+    (:class:`~ballistic.retrieval.descriptor.PCAWhitener` fitted on distractor descriptors only);
+  - ``learned`` (registered by ``models/``): raw embeddings. With ``fold_models`` (a folder of
+    cross-validation checkpoints, ``python -m models.train --folds DIR``) every query is described
+    and searched with the fold model that never saw its firearm (each fold its own index of the 40
+    scans and N distractors, all described by that model): the figures are held out. Without it the
+    shipped model (trained on every real scan) answers every query and the summary says so
+    (``queries_held_out: false``);
+
 * every Fadul scan queries the index (its own entry excluded) through
   :class:`~ballistic.retrieval.search.Retriever`; its mates are the other scans of the
   same slide (2 to 4 each). Distractors needed by stages 2-3 are regenerated from their id.
 
-Reported per ``N``: recall@1/10/100 of the mates after re-ranking, the FAISS
+Reported per arm and ``N``: recall@1/10/100 of the mates after re-ranking, the FAISS
 stage's own recall at several K, stage 2's recall at ``cmc_k``, query latency
 p50/p95 (from the preprocessed query: descriptor, search, fetching candidates,
-both re-ranking stages). At the largest ``N`` the whole pipeline is rerun for
-each K of ``k_sweep`` to show how recall and latency depend on K.
+both re-ranking stages); how realistic the distractors are for that descriptor (real-vs-synthetic
+separability, how often a distractor outscores the real non-mates); the FAISS-stage recall
+projected to ``10 N`` distractors from the exact counts of distractors above each mate. At the
+largest ``N`` the whole pipeline is rerun for each K of ``k_sweep``.
 """
 from __future__ import annotations
 
@@ -33,17 +45,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ballistic.cartridge.synth import SYNTH_VERSION as _SYNTH_VERSION
 from ballistic.cartridge.synth import SyntheticCatalogue
 from ballistic.io.atomic import atomic_write, atomic_write_bytes
-from ballistic.retrieval.descriptor import PCAWhitener, PolarFFTDescriptor
+from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener
 from ballistic.retrieval.index import VectorIndex
+from ballistic.retrieval.registry import load_descriptor
 from ballistic.retrieval.search import RetrievalParams, Retriever
 from ballistic.surface import Surface
 
-__all__ = ["BenchFetch", "distractor_descriptors", "distractor_thumbnails", "run_retrieval_bench"]
+__all__ = ["BenchFetch", "distractor_descriptors", "distractor_thumbnails", "run_retrieval_bench",
+           "real_synthetic_separability", "load_rotated_scans"]
 
 DISTRACTOR_ID0 = 1_000_000
-_SYNTH_VERSION = "synth/1"
 
 
 class BenchFetch:
@@ -103,55 +117,108 @@ def distractor_thumbnails(n: int, *, catalogue: SyntheticCatalogue, spacing_um: 
     return T
 
 
-def _describe_range(args) -> np.ndarray:
-    catalogue, descriptor, lo, hi = args
-    return np.stack([descriptor(catalogue(i, spacing_um=25.0)) for i in range(lo, hi)])
+_WD: dict = {}
 
 
-def distractor_descriptors(n: int, *, catalogue: SyntheticCatalogue, descriptor: PolarFFTDescriptor,
-                           workers: int = 2, batch: int = 1000, cache_dir: str | Path | None = None,
-                           progress: bool = True) -> np.ndarray:
+def _worker_descriptor(spec: tuple[str, tuple]) -> DescriptorModel:
+    """Descriptor of a (name, options) spec, loaded once per process."""
+    if spec not in _WD:
+        _WD[spec] = load_descriptor(spec[0], **dict(spec[1]))
+    return _WD[spec]
+
+
+def _describe_range(args) -> list[np.ndarray]:
+    catalogue, specs, lo, hi = args
+    surfaces = [catalogue(i, spacing_um=25.0) for i in range(lo, hi)]
+    return _describe_all([_worker_descriptor(s) for s in specs], surfaces)
+
+
+def _describe_all(descs, surfaces) -> list[np.ndarray]:
+    """Every descriptor of every surface; descriptors sharing an ``input_key`` (same network input, other
+    weights) compute their inputs once and embed them with ``embed_inputs``."""
+    out, inputs = [], {}
+    for d in descs:
+        key = getattr(d, "input_key", None)
+        if key is not None:
+            if key not in inputs:
+                inputs[key] = np.stack([d.inputs(s) for s in surfaces])
+            out.append(np.asarray(d.embed_inputs(inputs[key]), dtype=np.float32))
+        else:
+            many = getattr(d, "describe_many", None)
+            out.append(np.asarray(many(surfaces) if many else np.stack([d(s) for s in surfaces]), dtype=np.float32))
+    return out
+
+
+def _spec(descriptor) -> tuple[str, tuple]:
+    """(registry name, options) that rebuild ``descriptor`` in a worker process."""
+    if isinstance(descriptor, tuple):
+        return descriptor
+    if descriptor.name.startswith("bf-polar-fft/"):
+        return ("polar", tuple(sorted(getattr(descriptor, "kwargs", {}).items())))
+    w = getattr(descriptor, "weights_path", None)
+    return ("learned", (("threads", 1),) + ((("weights", str(w)),) if w else ()))
+
+
+def distractor_descriptors(n: int, *, catalogue: SyntheticCatalogue, descriptor=None, descriptors=None,
+                           workers: int = 2, batch: int = 500, cache_dir: str | Path | None = None,
+                           progress: bool = True):
     """Descriptors (float32, shape (n, dim)) of distractors ``catalogue.id_offset + 0..n-1`` at 25 um.
 
-    Computed in batches in a process pool; cached as ``.npy`` in ``cache_dir`` (a
-    larger cached set serves any smaller ``n``).
+    ``descriptor``: one descriptor, returns one array; ``descriptors``: several (each generated surface
+    is described by all of them), returns a list. Computed in batches in a process pool (each worker loads
+    the descriptors by registry name); cached per descriptor as ``.npy`` in ``cache_dir`` (a larger cached
+    set serves any smaller ``n``).
     """
-    key = hashlib.sha256(f"{descriptor.name}|{catalogue!r}|{_SYNTH_VERSION}".encode()).hexdigest()[:16]
-    cached = None
+    single = descriptors is None
+    descs = [descriptor] if single else list(descriptors)
+    keys = [hashlib.sha256(f"{d.name}|{catalogue!r}|{_SYNTH_VERSION}".encode()).hexdigest()[:16] for d in descs]
+    results: list[np.ndarray | None] = [None] * len(descs)
+    cached: list[np.ndarray | None] = [None] * len(descs)
     if cache_dir is not None:
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        best = None
-        for f in cache_dir.glob(f"distractors-{key}-*.npy"):
-            m = int(f.stem.rsplit("-", 1)[1])
-            if best is None or m > best[0]:
-                best = (m, f)
-        if best is not None:
-            cached = np.load(best[1], mmap_mode="r")
-            if best[0] >= n:
-                return np.ascontiguousarray(cached[:n])
-    have = 0 if cached is None else cached.shape[0]
-    lo0 = catalogue.id_offset + have
-    ranges = [(catalogue, descriptor, lo, min(lo + batch, catalogue.id_offset + n))
-              for lo in range(lo0, catalogue.id_offset + n, batch)]
-    parts = [np.asarray(cached)] if cached is not None else []
-    t0 = time.perf_counter()
-    if workers > 1 and len(ranges) > 1:
-        with ProcessPoolExecutor(workers) as ex:
-            for j, arr in enumerate(ex.map(_describe_range, ranges)):
-                parts.append(arr)
-                if progress and (j + 1) % 10 == 0:
-                    print(f"  distractor descriptors: {have + (j + 1) * batch}/{n} "
-                          f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    else:
-        parts += [_describe_range(r) for r in ranges]
-    X = np.concatenate(parts).astype(np.float32)
-    if cache_dir is not None:
-        atomic_write(cache_dir / f"distractors-{key}-{n}.npy", lambda fh: np.save(fh, X))
-    return X
+        for j, key in enumerate(keys):
+            best = None
+            for f in cache_dir.glob(f"distractors-{key}-*.npy"):
+                m = int(f.stem.rsplit("-", 1)[1])
+                if best is None or m > best[0]:
+                    best = (m, f)
+            if best is not None:
+                cached[j] = np.load(best[1], mmap_mode="r")
+                if best[0] >= n:
+                    results[j] = np.ascontiguousarray(cached[j][:n])
+    todo = [j for j in range(len(descs)) if results[j] is None]
+    if todo:
+        have = min(0 if cached[j] is None else cached[j].shape[0] for j in todo)
+        lo0 = catalogue.id_offset + have
+        specs = tuple(_spec(descs[j]) for j in todo)
+        ranges = [(catalogue, specs, lo, min(lo + batch, catalogue.id_offset + n))
+                  for lo in range(lo0, catalogue.id_offset + n, batch)]
+        parts: list[list[np.ndarray]] = [[np.asarray(cached[j][:have])] if have else [] for j in todo]
+        t0 = time.perf_counter()
+        if workers > 1 and len(ranges) > 1:
+            with ProcessPoolExecutor(workers) as ex:
+                for k, arrs in enumerate(ex.map(_describe_range, ranges)):
+                    for p, a in zip(parts, arrs):
+                        p.append(a)
+                    if progress and (k + 1) % 10 == 0:
+                        print(f"  distractor descriptors: {have + (k + 1) * batch}/{n} "
+                              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        else:
+            for r in ranges:
+                for p, a in zip(parts, _describe_range(r)):
+                    p.append(a)
+        for j, p in zip(todo, parts):
+            X = np.concatenate(p).astype(np.float32)
+            results[j] = X
+            if cache_dir is not None:
+                atomic_write(cache_dir / f"distractors-{keys[j]}-{n}.npy", lambda fh, X=X: np.save(fh, X))
+    return results[0] if single else results
 
 
-def _load_fadul(directory, labels, *, seed: int) -> tuple[list[str], np.ndarray, dict[int, Surface]]:
+def load_rotated_scans(directory, labels, *, seed: int) -> tuple[list[str], np.ndarray, dict[int, Surface]]:
+    """Names, sources and preprocessed surfaces (ids 0..n-1, in the labels' order) of a labelled folder,
+    each rotated by a seeded random angle over the full circle (at the preprocessed spacing) and cropped."""
     from ballistic.bench.cartridge import read_labels
     from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.io.x3p import read_x3p
@@ -174,146 +241,310 @@ def _pct(x, q) -> float:
     return float(np.percentile(np.asarray(x, dtype=np.float64), q)) if len(x) else float("nan")
 
 
-def _run_queries(retriever: Retriever, real: dict[int, Surface], src: np.ndarray, vectors: np.ndarray,
-                 params: RetrievalParams) -> dict:
-    rec = {1: [], 10: [], 100: []}
-    top1, prior_rec, screen_rec, lat, stage = [], [], [], [], {}
-    for i in range(len(src)):
+def _query_rows(retriever: Retriever, real: dict[int, Surface], src: np.ndarray, params: RetrievalParams,
+                queries, vectors: dict[int, np.ndarray]) -> list[dict]:
+    """End-to-end search of each query (its own entry excluded): recalls, stage recalls, latency."""
+    rows = []
+    for i in queries:
         mates = np.flatnonzero((src == src[i]) & (np.arange(len(src)) != i))
-        res = retriever.query(real[i], exclude=[i], params=params)
+        res = retriever.query(real[i], exclude=[i], params=params, vector=None)
         ids = res.ids()
-        for k in rec:
-            rec[k].append(_recall(ids, mates, k))
-        top1.append(bool(ids.size and ids[0] in mates))
+        row = {f"recall@{kk}": _recall(ids, mates, kk) for kk in (1, 10, 100)}
+        row["top1"] = bool(ids.size and ids[0] in mates)
         if params.prior and params.cmc_k:
             sc = {c.id: c.prior_ncc for c in res.candidates if np.isfinite(c.prior_ncc)}
-            prior_rec.append(_recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.cmc_k))
+            row["stage2"] = _recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.cmc_k)
         if params.screen_k and params.screen_k < len(ids):
             sc = {c.id: c.screen_ncc for c in res.candidates if np.isfinite(c.screen_ncc)}
-            screen_rec.append(_recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.screen_k))
-        lat.append(res.seconds["total"])
-        for key, v in res.seconds.items():
-            stage.setdefault(key, []).append(v)
-    out = {f"recall@{k}": round(float(np.mean(v)), 4) for k, v in rec.items()}
-    out["top1_is_mate"] = round(float(np.mean(top1)), 4)
-    out["queries_all_mates_in_top10"] = int(sum(r == 1.0 for r in rec[10]))
-    if prior_rec:
-        out[f"stage2_recall@{params.cmc_k}"] = round(float(np.mean(prior_rec)), 4)
-    if screen_rec:
-        out[f"screen_recall@{params.screen_k}"] = round(float(np.mean(screen_rec)), 4)
+            row["screen"] = _recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.screen_k)
+        row["seconds"] = dict(res.seconds)
+        rows.append(row)
+    return rows
+
+
+def _aggregate(rows: list[dict], params: RetrievalParams) -> dict:
+    out = {f"recall@{k}": round(float(np.mean([r[f"recall@{k}"] for r in rows])), 4) for k in (1, 10, 100)}
+    out["top1_is_mate"] = round(float(np.mean([r["top1"] for r in rows])), 4)
+    out["queries_all_mates_in_top10"] = int(sum(r["recall@10"] == 1.0 for r in rows))
+    if any("stage2" in r for r in rows):
+        out[f"stage2_recall@{params.cmc_k}"] = round(float(np.mean([r["stage2"] for r in rows if "stage2" in r])), 4)
+    if any("screen" in r for r in rows):
+        out[f"screen_recall@{params.screen_k}"] = round(float(np.mean([r["screen"] for r in rows if "screen" in r])),
+                                                        4)
+    lat = [r["seconds"]["total"] for r in rows]
     out["latency_p50_s"] = round(_pct(lat, 50), 3)
     out["latency_p95_s"] = round(_pct(lat, 95), 3)
-    out["latency_mean_by_stage_s"] = {k: round(float(np.mean(v)), 4) for k, v in stage.items()}
+    keys = sorted({k for r in rows for k in r["seconds"]})
+    out["latency_mean_by_stage_s"] = {k: round(float(np.mean([r["seconds"].get(k, 0.0) for r in rows])), 4)
+                                      for k in keys}
     return out
+
+
+def _logreg(X: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iters: int = 100) -> np.ndarray:
+    """L2-regularised logistic regression (Newton); weights with the bias last."""
+    A = np.c_[X, np.ones(len(X))]
+    w = np.zeros(A.shape[1])
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(A @ w, -30, 30)))
+        g = A.T @ (p - y) + l2 * np.r_[w[:-1], 0.0]
+        H = (A * (p * (1 - p))[:, None]).T @ A + l2 * np.eye(len(w))
+        step = np.linalg.solve(H, g)
+        w -= step
+        if np.abs(step).max() < 1e-7:
+            break
+    return w
+
+
+def real_synthetic_separability(E_real: np.ndarray, E_synth: np.ndarray, *, seed: int = 0) -> dict:
+    """How easily real and synthetic descriptors are told apart (a check that distractors are not trivial).
+
+    * ``linear_auc``: 5-fold cross-validated AUC of a logistic regression real-vs-synthetic on the
+      vectors (0.5: indistinguishable; 1.0: a hyperplane separates them);
+    * ``nn_synthetic_fraction``: among each real vector's 10 nearest neighbours in a pool of all the real
+      ones and as many synthetic ones, the fraction that is synthetic (about 0.5 when well mixed, 0 apart).
+    """
+    from ballistic.stats.metrics import roc_auc
+
+    rng = np.random.default_rng(seed)
+    Er, Es = np.asarray(E_real, np.float64), np.asarray(E_synth, np.float64)
+    X = np.concatenate([Er, Es])
+    y = np.r_[np.ones(len(Er)), np.zeros(len(Es))]
+    perm = rng.permutation(len(X))
+    scores = np.empty(len(X))
+    for f in np.array_split(perm, 5):
+        tr = np.setdiff1d(perm, f)
+        w = _logreg(X[tr], y[tr])
+        scores[f] = X[f] @ w[:-1] + w[-1]
+    m = min(len(Er), len(Es))
+    P = np.concatenate([Er, Es[rng.choice(len(Es), m, replace=False)]])
+    S = Er @ P.T
+    S[np.arange(len(Er)), np.arange(len(Er))] = -np.inf
+    nn = np.argsort(-S, axis=1)[:, :10]
+    return {"linear_auc": round(float(roc_auc(scores, y == 1)), 4),
+            "nn_synthetic_fraction": round(float((nn >= len(Er)).mean()), 4), "real": len(Er), "synthetic": len(Es)}
+
+
+def _arms(names, fold_models, src: np.ndarray, study: str) -> list[dict]:
+    """One arm per descriptor name: its models and which queries each answers.
+
+    With ``fold_models`` the learned arm answers each query with the one fold model that held out its
+    firearm; when the folds hold out only some firearms, every arm (polar too) is queried with those
+    scans only, so the arms stay comparable and no query was seen in training.
+    """
+    all_q = list(range(len(src)))
+    folds = []
+    if fold_models and "learned" in names:
+        for f in sorted(Path(fold_models).glob("*.pt")):
+            d = load_descriptor("learned", weights=str(f))
+            held = set(getattr(d, "meta", {}).get("held_out", []))
+            q = [i for i in all_q if f"{study}:{src[i]}" in held]
+            if q:
+                folds.append({"descriptor": d, "queries": q, "whiten": False, "weights": f.name})
+        covered = sorted(i for m in folds for i in m["queries"])
+        if not covered:
+            raise ValueError(f"no fold model in {fold_models} holds out a firearm of {study!r}")
+        if len(set(covered)) != len(covered):
+            raise ValueError(f"fold models in {fold_models} hold out a firearm of {study!r} more than once")
+        all_q = covered
+    arms = []
+    for name in names:
+        if name == "learned" and folds:
+            arms.append({"name": name, "models": folds, "queries_held_out": True})
+        else:
+            d = load_descriptor(name)
+            arms.append({"name": name, "models": [{"descriptor": d, "queries": all_q,
+                                                   "whiten": name == "polar", "weights": None}],
+                         "queries_held_out": name == "polar"})
+    return arms
 
 
 def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_000, 100_000), k: int = 1000,
                         cmc_k: int = 10, screen_k: int = 50, k_sweep=(100, 250, 500, 1000), factory: str = "HNSW32",
                         whiten_dim: int = 128, whiten_sample: int = 20_000, workers: int = 2, seed: int = 0,
                         cache_dir=None, ef_search: int = 128, nprobe: int = 32, k_factor: int = 8,
-                        faiss_ks=(10, 25, 50, 100, 200, 500, 1000)) -> dict:
-    """Run the benchmark, print a table, write JSON to ``json_out``; returns the summary dict."""
+                        faiss_ks=(10, 25, 50, 100, 200, 500, 1000), descriptors=("polar",), fold_models=None,
+                        study: str | None = None, e2e: bool = True) -> dict:
+    """Run the benchmark for each descriptor (side by side), print tables, write JSON; returns the summary.
+
+    ``descriptors``: registry names (``"polar"``, ``"learned"``); ``fold_models``: folder of the learned
+    descriptor's cross-validation checkpoints (module notes); ``study``: prefix of the firearm ids in
+    those checkpoints (default the folder name of ``directory``, e.g. ``fadul``); ``e2e=False`` runs the
+    FAISS stage only.
+    """
     t_start = time.time()
     json_out = Path(json_out)
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = PolarFFTDescriptor()
+    cache_dir = cache_dir or json_out.parent / "cache"
     catalogue = SyntheticCatalogue(id_offset=DISTRACTOR_ID0, firings_per_firearm=2, firearm_offset=0,
                                    spacing_um=12.5)
-    names, src, real = _load_fadul(directory, labels, seed=seed)
+    names, src, real = load_rotated_scans(directory, labels, seed=seed)
+    study = study or Path(directory).name
+    arms = _arms(descriptors, fold_models, src, study)
     n_max = max(distractors)
+    models = [m for a in arms for m in a["models"]]
     t = time.perf_counter()
-    D = distractor_descriptors(n_max, catalogue=catalogue, descriptor=descriptor, workers=workers,
-                               cache_dir=cache_dir or json_out.parent / "cache")
+    Ds = distractor_descriptors(n_max, catalogue=catalogue, descriptors=[m["descriptor"] for m in models],
+                                workers=workers, cache_dir=cache_dir)
     t_desc = time.perf_counter() - t
     t = time.perf_counter()
     thumbs = distractor_thumbnails(n_max, catalogue=catalogue, workers=workers,
-                                   cache_dir=cache_dir or json_out.parent / "cache") if screen_k else None
+                                   cache_dir=cache_dir) if (screen_k and e2e) else None
     t_thumb = time.perf_counter() - t
-    Q = np.stack([descriptor(real[i]) for i in range(len(names))])
-    w = PCAWhitener.fit(D[:min(whiten_sample, len(D))], dim=whiten_dim, descriptor=descriptor.name)
-    Wd, Wq = w.transform(D), w.transform(Q)
     fetch = BenchFetch(real, catalogue, thumbs=thumbs)
     base = RetrievalParams(k=k, cmc_k=cmc_k, screen_k=screen_k, workers=workers)
     summary: dict = {
-        "benchmark": "retrieval", "queries": len(names),
+        "benchmark": "retrieval", "queries": len(arms[0]["models"][0]["queries"]) if len(arms[0]["models"]) == 1
+        else sum(len(m["queries"]) for m in arms[0]["models"]), "scans": len(names),
+        "synthetic_distractors": _SYNTH_VERSION,
         "mates_per_query_mean": round(float(np.mean([(src == v).sum() - 1 for v in src])), 3),
-        "descriptor": descriptor.name, "whitener_dim": w.out_dim, "whitener_fit_on": "synthetic distractors only",
         "factory": factory, "index_settings": {"ef_search": ef_search, "nprobe": nprobe, "k_factor": k_factor},
         "params": {kk: v for kk, v in asdict(base).items() if kk != "cmc"},
         "distractor_descriptor_seconds": round(t_desc, 1), "distractor_thumbnail_seconds": round(t_thumb, 1),
-        "machine": {"cpus": os.cpu_count(),
-                                                                       "platform": platform.platform()},
-        "per_n": {}, "k_sweep": {},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "arms": {},
     }
-    print(f"descriptors: {n_max} distractors in {t_desc:.0f} s, thumbnails in {t_thumb:.0f} s; whitened "
-          f"{descriptor.dim} -> {w.out_dim}", flush=True)
-    retr = None
-    for n in sorted(distractors):
-        t = time.perf_counter()
-        idx = VectorIndex(w.out_dim, factory=factory, ef_search=ef_search, nprobe=nprobe, k_factor=k_factor)
-        idx.add(np.arange(len(names)), Wq)
-        for lo in range(0, n, 50_000):
-            hi = min(n, lo + 50_000)
-            idx.add(DISTRACTOR_ID0 + np.arange(lo, hi), Wd[lo:hi])
-        if idx.needs_training and not idx.is_trained:
-            idx.train()
-        t_build = time.perf_counter() - t
-        # FAISS stage alone
-        kmax = max(faiss_ks)
-        _, I = idx.search(Wq, kmax + 1)
-        fr = {kk: [] for kk in faiss_ks}
-        best_rank, synth_top10 = [], []
-        for i in range(len(names)):
-            ids = I[i][(I[i] != i) & (I[i] >= 0)]
-            mates = np.flatnonzero((src == src[i]) & (np.arange(len(src)) != i))
-            for kk in faiss_ks:
-                fr[kk].append(_recall(ids, mates, kk))
-            pos = np.flatnonzero(np.isin(ids, mates))
-            best_rank.append(int(pos[0]) + 1 if pos.size else kmax + 1)
-            synth_top10.append(int((ids[:10] >= DISTRACTOR_ID0).sum()))
-        if retr is not None:
-            retr.close()
-        retr = Retriever(idx, fetch, descriptor=descriptor, whitener=w, params=base)
-        res = _run_queries(retr, real, src, Wq, base)
-        res.update({"distractors": n, "index_build_s": round(t_build, 2), "k": k, "screen_k": screen_k,
-                    "faiss_recall": {f"@{kk}": round(float(np.mean(v)), 4) for kk, v in fr.items()},
-                    "faiss_best_mate_rank_median": float(np.median(best_rank)),
-                    "faiss_synthetic_in_top10_mean": round(float(np.mean(synth_top10)), 2)})
-        res["loadavg_1min"] = round(os.getloadavg()[0], 2)      # other work on the machine inflates latency
-        summary["per_n"][str(n)] = res
-        print(f"N={n:>7}: recall@1 {res['recall@1']:.3f} @10 {res['recall@10']:.3f} @100 {res['recall@100']:.3f} | "
-              f"FAISS @{k} {res['faiss_recall'].get('@' + str(k), float('nan')):.3f} | p50 {res['latency_p50_s']:.2f} s "
-              f"p95 {res['latency_p95_s']:.2f} s", flush=True)
-        if n == n_max:
-            for kk in k_sweep:
-                if kk == k:
-                    r2 = res
-                else:
-                    r2 = _run_queries(retr, real, src, Wq, replace(base, k=kk, screen_k=min(screen_k, kk)))
-                summary["k_sweep"][str(kk)] = {key: r2[key] for key in
-                                               ("recall@1", "recall@10", "recall@100", "top1_is_mate",
-                                                "latency_p50_s", "latency_p95_s")}
-                print(f"   K={kk:>4}: recall@10 {r2['recall@10']:.3f}  p50 {r2['latency_p50_s']:.2f} s", flush=True)
-    if retr is not None:
-        retr.close()
+    print(f"descriptors of {n_max} distractors ({len(models)} models) in {t_desc:.0f} s, thumbnails in "
+          f"{t_thumb:.0f} s", flush=True)
+    for arm in arms:
+        summary["arms"][arm["name"]] = _run_arm(arm, [Ds[models.index(m)] for m in arm["models"]], real, src,
+                                                fetch, base, distractors=distractors, factory=factory,
+                                                whiten_dim=whiten_dim, whiten_sample=whiten_sample,
+                                                ef_search=ef_search, nprobe=nprobe, k_factor=k_factor,
+                                                faiss_ks=faiss_ks, k_sweep=k_sweep, e2e=e2e, seed=seed)
     summary["wall_seconds"] = round(time.time() - t_start, 1)
-    _print_table(summary, k)
+    for name, a in summary["arms"].items():
+        _print_table(name, a, k)
     atomic_write_bytes(json_out, json.dumps(summary, indent=2).encode())
     return summary
 
 
-def _print_table(s: dict, k: int) -> None:
+def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.ndarray, fetch: BenchFetch,
+             base: RetrievalParams, *, distractors, factory, whiten_dim, whiten_sample, ef_search, nprobe, k_factor,
+             faiss_ks, k_sweep, e2e: bool, seed: int) -> dict:
+    n_q = len(src)
+    n_max = max(distractors)
+    prepared = []
+    Qs = _describe_all([m["descriptor"] for m in arm["models"]], [real[i] for i in range(n_q)])
+    for m, D, Q in zip(arm["models"], Ds, Qs):
+        d = m["descriptor"]
+        w = PCAWhitener.fit(D[:min(whiten_sample, len(D))], dim=whiten_dim, descriptor=d.name) if m["whiten"]             else None
+        Wd, Wq = (w.transform(D), w.transform(Q)) if w is not None else (D, Q)
+        prepared.append((m, w, Wd, Wq))
+    first = arm["models"][0]["descriptor"]
+    out: dict = {"descriptor": first.name if len(arm["models"]) == 1 else
+                 sorted({m["descriptor"].name for m in arm["models"]}),
+                 "models": [{"name": m["descriptor"].name, "weights": m["weights"], "queries": len(m["queries"])}
+                            for m in arm["models"]],
+                 "queries_held_out": arm["queries_held_out"],
+                 "whitener_dim": prepared[0][1].out_dim if prepared[0][1] is not None else None,
+                 "whitener_fit_on": "synthetic distractors only" if prepared[0][1] is not None else None,
+                 "per_n": {}, "k_sweep": {}}
+    for n in sorted(distractors):
+        t = time.perf_counter()
+        fr = {kk: [] for kk in faiss_ks}
+        best_rank, synth_top10, rows, proj, realism = [], [], [], [], []
+        retrs = []
+        for m, w, Wd, Wq in prepared:
+            idx = VectorIndex(Wq.shape[1], factory=factory, ef_search=ef_search, nprobe=nprobe, k_factor=k_factor)
+            idx.add(np.arange(n_q), Wq)
+            for lo in range(0, n, 50_000):
+                hi = min(n, lo + 50_000)
+                idx.add(DISTRACTOR_ID0 + np.arange(lo, hi), Wd[lo:hi])
+            if idx.needs_training and not idx.is_trained:
+                idx.train()
+            kmax = max(faiss_ks)
+            qs = m["queries"]
+            _, I = idx.search(Wq[qs], kmax + 1)
+            for row, i in zip(I, qs):
+                ids = row[(row != i) & (row >= 0)]
+                mates = np.flatnonzero((src == src[i]) & (np.arange(n_q) != i))
+                for kk in faiss_ks:
+                    fr[kk].append(_recall(ids, mates, kk))
+                pos = np.flatnonzero(np.isin(ids, mates))
+                best_rank.append(int(pos[0]) + 1 if pos.size else kmax + 1)
+                synth_top10.append(int((ids[:10] >= DISTRACTOR_ID0).sum()))
+                # exact scores: distractors above each mate (projection to 10 n), and how the distractors
+                # compare with the real non-mates
+                sd = Wd[:n] @ Wq[i]
+                sr = Wq @ Wq[i]
+                nonm = np.flatnonzero((src != src[i]))
+                for mt in mates:
+                    above_d = int((sd > sr[mt]).sum())
+                    above_r = int((sr[np.r_[nonm, mates[mates != mt]]] > sr[mt]).sum())
+                    proj.append((above_d, above_r))
+                med_nm = float(np.median(sr[nonm]))
+                realism.append((float((sd > med_nm).mean()), float((sd > sr[nonm].max()).mean())))
+            retrs.append(Retriever(idx, fetch, descriptor=m["descriptor"], whitener=w, params=base) if e2e else None)
+        t_build = time.perf_counter() - t
+        res: dict = {"distractors": n, "index_build_and_faiss_s": round(t_build, 2),
+                     "faiss_recall": {f"@{kk}": round(float(np.mean(v)), 4) for kk, v in fr.items()},
+                     "faiss_best_mate_rank_median": float(np.median(best_rank)),
+                     "faiss_synthetic_in_top10_mean": round(float(np.mean(synth_top10)), 2)}
+        P = np.array(proj, dtype=np.float64)
+        for mult in (10,):
+            res[f"faiss_recall_projected_{mult}x"] = {
+                f"@{kk}": round(float(np.mean(_poisson_cdf_below(mult * P[:, 0], kk - P[:, 1]))), 4)
+                for kk in faiss_ks}
+        R = np.array(realism)
+        res["distractors_vs_real_nonmates"] = {
+            "fraction_above_median_real_nonmate": round(float(R[:, 0].mean()), 5),
+            "fraction_above_best_real_nonmate": round(float(R[:, 1].mean()), 7)}
+        if e2e:
+            for (m, *_), r in zip(prepared, retrs):
+                rows += _query_rows(r, real, src, base, m["queries"], {})
+            res.update(_aggregate(rows, base))
+        res["loadavg_1min"] = round(os.getloadavg()[0], 2)      # other work on the machine inflates latency
+        out["per_n"][str(n)] = res
+        msg = f"{arm['name']:>8} N={n:>7}: FAISS @10 {res['faiss_recall']['@10']:.3f} @100 " \
+              f"{res['faiss_recall'].get('@100', float('nan')):.3f} @1000 {res['faiss_recall'].get('@1000', float('nan')):.3f}"
+        if e2e:
+            msg += f" | recall@10 {res['recall@10']:.3f} p50 {res['latency_p50_s']:.2f} s"
+        print(msg, flush=True)
+        if n == n_max:
+            E_real = np.concatenate([Wq for *_, Wq in prepared[:1]])
+            E_syn = prepared[0][2][np.random.default_rng(seed).choice(n, min(n, 2000), replace=False)]
+            out["real_synthetic_separability"] = real_synthetic_separability(E_real, E_syn, seed=seed)
+            if e2e:
+                for kk in k_sweep:
+                    p2 = replace(base, k=kk, screen_k=min(base.screen_k, kk))
+                    r2 = res if kk == base.k else _aggregate(
+                        [row for (m, *_), r in zip(prepared, retrs) for row in
+                         _query_rows(r, real, src, p2, m["queries"], {})], p2)
+                    out["k_sweep"][str(kk)] = {key: r2[key] for key in
+                                               ("recall@1", "recall@10", "recall@100", "top1_is_mate",
+                                                "latency_p50_s", "latency_p95_s")}
+                    print(f"   K={kk:>4}: recall@10 {r2['recall@10']:.3f}  p50 {r2['latency_p50_s']:.2f} s", flush=True)
+        for r in retrs:
+            if r is not None:
+                r.close()
+    return out
+
+
+def _poisson_cdf_below(lam: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """P(X < limit) for X ~ Poisson(lam), elementwise (limit <= 0 gives 0)."""
+    from scipy.stats import poisson
+
+    lim = np.ceil(np.asarray(limit, dtype=np.float64)) - 1          # X <= lim
+    return np.where(lim < 0, 0.0, poisson.cdf(np.maximum(lim, 0), np.maximum(lam, 1e-12)))
+
+
+def _print_table(name: str, s: dict, k: int) -> None:
     print()
+    print(f"[{name}] {s['descriptor'] if isinstance(s['descriptor'], str) else ', '.join(s['descriptor'])}"
+          f"  (queries held out from training: {s['queries_held_out']})")
     print(f"{'distractors':>11} | {'R@1':>5} {'R@10':>5} {'R@100':>5} | {'FAISS@10':>8} {'@100':>6} "
           f"{'@' + str(k):>6} | {'screen':>6} {'stage2':>6} | {'p50 s':>6} {'p95 s':>6}")
+    nan = float("nan")
     for n, r in s["per_n"].items():
         fr = r["faiss_recall"]
-        st2 = next((v for key, v in r.items() if key.startswith("stage2_recall")), float("nan"))
-        scr = next((v for key, v in r.items() if key.startswith("screen_recall")), float("nan"))
-        print(f"{n:>11} | {r['recall@1']:5.3f} {r['recall@10']:5.3f} {r['recall@100']:5.3f} | "
-              f"{fr.get('@10', float('nan')):8.3f} {fr.get('@100', float('nan')):6.3f} "
-              f"{fr.get('@' + str(k), float('nan')):6.3f} | {scr:6.3f} {st2:6.3f} | "
-              f"{r['latency_p50_s']:6.2f} {r['latency_p95_s']:6.2f}")
+        st2 = next((v for key, v in r.items() if key.startswith("stage2_recall")), nan)
+        scr = next((v for key, v in r.items() if key.startswith("screen_recall")), nan)
+        print(f"{n:>11} | {r.get('recall@1', nan):5.3f} {r.get('recall@10', nan):5.3f} {r.get('recall@100', nan):5.3f} | "
+              f"{fr.get('@10', nan):8.3f} {fr.get('@100', nan):6.3f} "
+              f"{fr.get('@' + str(k), nan):6.3f} | {scr:6.3f} {st2:6.3f} | "
+              f"{r.get('latency_p50_s', nan):6.2f} {r.get('latency_p95_s', nan):6.2f}")
     if s["k_sweep"]:
         print("K sweep (largest N):", ", ".join(f"K={kk}: R@10 {v['recall@10']:.3f} p50 {v['latency_p50_s']:.2f}s"
                                                  for kk, v in s["k_sweep"].items()))
+    last = s["per_n"][max(s["per_n"], key=int)]
+    print(f"distractor realism: separability {s.get('real_synthetic_separability')}; "
+          f"{last['distractors_vs_real_nonmates']}; FAISS projected to 10x: {last['faiss_recall_projected_10x']}")

@@ -49,6 +49,7 @@ __all__ = [
     "DESCRIPTOR_VERSION",
     "DESCRIPTOR_DIM",
     "annulus_centre",
+    "fit_circle",
     "breech_face_descriptor",
     "DescriptorModel",
     "PolarFFTDescriptor",
@@ -95,6 +96,26 @@ def annulus_centre(surface: Surface, *, iterations: int = 10) -> tuple[float, fl
     samples = [hull[i] + (nxt[i] - hull[i]) * t[:, None]
                for i in range(len(hull)) for t in (np.arange(max(1, int(seg[i]))) / max(1, int(seg[i])),)]
     b = np.concatenate(samples, axis=0)
+    return fit_circle(b, iterations=iterations)
+
+
+def fit_circle(points: np.ndarray, *, iterations: int = 10) -> tuple[float, float, float]:
+    """Robust circle through 2-D points: algebraic least-squares fit, points farther than 3 MAD (at least
+    1 unit) from the circle dropped and the fit repeated until nothing changes (at most ``iterations`` fits).
+
+    Parameters
+    ----------
+    points : ndarray, shape (n, 2)
+        (x, y) = (column, row) coordinates, e.g. pixels.
+    iterations : int, keyword-only
+        Most fits.
+
+    Returns
+    -------
+    (cy, cx, radius) : tuple of float
+        Same units as ``points``; zeros for fewer than 3 points.
+    """
+    b = np.asarray(points, dtype=np.float64)
     keep = np.ones(len(b), dtype=bool)
     cx = cy = r = 0.0
     for _ in range(max(1, iterations)):

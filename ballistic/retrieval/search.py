@@ -61,7 +61,8 @@ from ballistic.cartridge.cmc.pair import compare_pair
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, centre_heights, prepare
 from ballistic.cartridge.cmc.register import warp_to_reference
 from ballistic.preprocess.filters import resample
-from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener, PolarFFTDescriptor, descriptor_version
+from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener, descriptor_version
+from ballistic.retrieval.registry import default_descriptor
 from ballistic.retrieval.executor import Executor, LocalExecutor
 from ballistic.retrieval.index import IndexSearch
 from ballistic.retrieval.record import partition_state_id, whitener_id
@@ -438,7 +439,7 @@ class Retriever:
         ``fetch(id) -> Surface | PreparedSurface | None`` of a candidate (see module docs); ``None`` means not
         available yet (listed, never compared). Runs in the executor's tasks: picklable unless in-process.
     descriptor : DescriptorModel, keyword-only
-        Must be the one the index was built with (default :class:`PolarFFTDescriptor`); its version is
+        Must be the one the index was built with (default :func:`~ballistic.retrieval.registry.default_descriptor`); its version is
         recorded (:func:`~ballistic.retrieval.descriptor.descriptor_version`).
     whitener : PCAWhitener, optional, keyword-only
         Applied to the query descriptor when the index holds whitened vectors.
@@ -461,7 +462,7 @@ class Retriever:
                  transform_id: str | None = None) -> None:
         self.index = index
         self.fetch = fetch
-        self.descriptor = descriptor or PolarFFTDescriptor()
+        self.descriptor = descriptor or default_descriptor()
         self.whitener = whitener
         self.params = params or RetrievalParams()
         self.compare = compare

@@ -221,26 +221,48 @@ def test_sweeper_delivers_a_job_whose_enqueue_was_lost(tmp_path, scans, monkeypa
         assert c.get("/v1/jobs/1", headers=ex).json()["status"] == "done"
 
 
-def test_descriptor_upgrade_requeues_and_reindexes(tmp_path, scans, monkeypatch):
-    s = make_settings(tmp_path)
-    with TestClient(create_app(s)) as c:
+def _stored_pairs(c) -> dict:
+    from sqlalchemy import select
+
+    from api.db.models import Candidate
+
+    with c.app.state.runtime.session_factory() as s:
+        return {(r.pair_lo, r.pair_hi, r.region): (r.id, r.similarity, r.cmc_count, r.descriptor_version)
+                for r in s.execute(select(Candidate)).scalars()}
+
+
+def test_descriptor_upgrade_polar_to_learned_reindexes_and_keeps_every_comparison(tmp_path, scans):
+    """A database built with the polar-FFT descriptor, opened by a service set to the learned one
+    (BALLISTIC_DESCRIPTOR=learned): every exhibit is described again and re-indexed; stored comparisons and
+    candidate lists are kept, not redone. Back to polar: the same again."""
+    pytest.importorskip("torch", reason="torch is a runtime dependency of models/")
+    with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:
         ex = new_key(c, "examiner")
         _ingest(c, ex, scans, ["a1", "a2", "b1"])
         c.app.state.runtime.run_pending_inline()
-        n_cands = len(c.get("/v1/exhibits/1/candidates", headers=ex).json()["items"])
-    import ballistic.retrieval.descriptor
-
-    monkeypatch.setattr(ballistic.retrieval.descriptor, "DESCRIPTOR_VERSION", "test-upgraded/9")
-    with TestClient(create_app(make_settings(tmp_path))) as c:
+        assert c.get("/v1/exhibits/1", headers=ex).json()["descriptor_version"].startswith("bf-polar-fft/2")
+        before = _stored_pairs(c)
+        lists = {i: [x["candidate"]["id"] for x in c.get(f"/v1/exhibits/{i}/candidates", headers=ex).json()["items"]]
+                 for i in (1, 2, 3)}
+    assert before and all(lists.values())
+    with TestClient(create_app(make_settings(tmp_path, descriptor="learned"))) as c:
         rt = c.app.state.runtime
+        learned = rt.spaces["breech_face"].descriptor_version
+        assert learned.startswith("bf-learned/1?weights=") and rt.spaces["breech_face"].raw_dim == 128
         assert rt.startup_report["redescribe_jobs"] == 3
         assert rt.startup_report["index"]["index_count"] == 0  # old-version vectors are not served
         rt.run_pending_inline()
         st = c.get("/v1/status", headers=ADMIN).json()
         assert st["index"]["consistent"] and st["index"]["index_count"] == 3
-        assert st["index"]["descriptor_version"] == "test-upgraded/9"
-        e = c.get("/v1/exhibits/1", headers=ADMIN).json()
-        assert e["descriptor_version"] == "test-upgraded/9"
-        assert len(c.get("/v1/exhibits/1/candidates", headers=ADMIN).json()["items"]) == n_cands  # kept, not doubled
-    with TestClient(create_app(make_settings(tmp_path))) as c:
+        assert st["index"]["descriptor_version"] == learned
+        for i in (1, 2, 3):
+            assert c.get(f"/v1/exhibits/{i}", headers=ADMIN).json()["descriptor_version"] == learned
+            items = c.get(f"/v1/exhibits/{i}/candidates", headers=ADMIN).json()["items"]
+            assert [x["candidate"]["id"] for x in items] == lists[i]
+        assert _stored_pairs(c) == before       # same rows (ids, scores, versions): kept, not redone or doubled
+    with TestClient(create_app(make_settings(tmp_path, descriptor="learned"))) as c:
         assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
+    with TestClient(create_app(make_settings(tmp_path))) as c:     # the default descriptor is the learned one
+        assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
+    with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:     # back to polar: again
+        assert c.app.state.runtime.startup_report["redescribe_jobs"] == 3

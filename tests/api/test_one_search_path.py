@@ -87,7 +87,7 @@ def test_the_retrieval_benchmark_calls_the_same_function(tmp_path, spy):
                             cmc_k=2, screen_k=0, k_sweep=(8,), factory="Flat", whiten_dim=4, whiten_sample=6,
                             workers=1, cache_dir=tmp_path / "cache")
     assert len(spy) == 4                     # one search per labelled scan, through Retriever.query
-    assert s["per_n"]["6"]["recall@10"] == 1.0
+    assert s["arms"]["polar"]["per_n"]["6"]["recall@10"] == 1.0
 
 
 _NO_RAY = """

@@ -1,0 +1,125 @@
+"""Which breech-face descriptor every tool uses: a registry of :class:`DescriptorModel` factories by name.
+
+* ``"polar"`` is built in (:class:`~ballistic.retrieval.descriptor.PolarFFTDescriptor`, "bf-polar-fft/2");
+* other packages register more through the entry-point group :data:`DESCRIPTOR_GROUP`
+  (``name = "module:factory"``; the factory, called without arguments, returns a descriptor). The learned
+  embedding of ``models/`` registers ``learned`` there, so this library never imports ``models`` or torch:
+  the entry point is looked up, and its module imported, only when that name is asked for.
+
+:func:`default_descriptor` is the one answer to "which descriptor?" for the service, the CLI and the
+benchmarks: ``$BALLISTIC_DESCRIPTOR`` when set, else :data:`DEFAULT_DESCRIPTOR`. A registered descriptor
+that fails to load (torch not installed, weights missing or unreadable) falls back to the polar-FFT
+descriptor with a logged warning that says why; an unknown name is an error (a typo must not silently
+change what an index holds).
+
+:data:`DEFAULT_DESCRIPTOR` is ``"learned"``: the embedding shipped with ``models/`` ("bf-learned/1") was
+measured at least as good as polar on held-out firearms of both Fadul and DFSC (recall@10 of the mates; its
+Fadul top-1 is lower: ``models/breech_face/MODEL_CARD.md``). Where it cannot load (torch not
+installed, weights missing) the polar-FFT descriptor is used and the reason logged; ``BALLISTIC_DESCRIPTOR=polar``
+chooses polar.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from ballistic.errors import DescriptorError
+from ballistic.retrieval.descriptor import DescriptorModel, PolarFFTDescriptor
+
+__all__ = ["DESCRIPTOR_GROUP", "DESCRIPTOR_ENV", "DEFAULT_DESCRIPTOR", "available_descriptors", "load_descriptor",
+           "default_descriptor"]
+
+#: Entry-point group through which other packages register descriptors.
+DESCRIPTOR_GROUP = "ballistic.descriptors"
+#: Environment variable naming the default descriptor (``polar``, ``learned``, ...).
+DESCRIPTOR_ENV = "BALLISTIC_DESCRIPTOR"
+#: The descriptor used when :data:`DESCRIPTOR_ENV` is not set (see the module notes for why).
+DEFAULT_DESCRIPTOR = "learned"
+
+_log = logging.getLogger(__name__)
+_loaded: dict[str, DescriptorModel] = {}
+_lock = threading.Lock()
+
+
+def _entry_points() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=DESCRIPTOR_GROUP)}
+
+
+def available_descriptors() -> list[str]:
+    """Names :func:`load_descriptor` accepts: ``"polar"`` (built in) and every registered entry point.
+
+    Registered is not loadable: ``"learned"`` is listed when ``models/`` is installed, even if torch or the
+    weights are missing (:func:`load_descriptor` then says why).
+    """
+    return sorted({"polar", *_entry_points()})
+
+
+def load_descriptor(name: str, **options) -> DescriptorModel:
+    """A descriptor by name (built once per process and shared; a new one when ``options`` are given).
+
+    Parameters
+    ----------
+    name : str
+        ``"polar"`` or a name registered in :data:`DESCRIPTOR_GROUP` (e.g. ``"learned"``).
+    **options
+        Passed to the registered factory (e.g. ``weights=`` of the learned descriptor) or to
+        :class:`~ballistic.retrieval.descriptor.PolarFFTDescriptor`.
+
+    Raises
+    ------
+    DescriptorError
+        Unknown name, or the registered descriptor failed to load (its module, torch or its weights); the
+        message names the entry point and the cause.
+    """
+    name = str(name).strip()
+    with _lock:
+        if name in _loaded and not options:
+            return _loaded[name]
+    if name == "polar":
+        d: DescriptorModel = PolarFFTDescriptor(**options)
+    else:
+        eps = _entry_points()
+        if name not in eps:
+            raise DescriptorError(f"unknown descriptor {name!r}; available: {', '.join(available_descriptors())} "
+                                  f"(set {DESCRIPTOR_ENV} to one of them)")
+        try:
+            obj = eps[name].load()
+            d = obj(**options) if callable(obj) and not isinstance(obj, DescriptorModel) else obj
+        except Exception as e:  # an optional dependency or a weights file may be missing or broken
+            raise DescriptorError(f"descriptor {name!r} ({eps[name].value}) failed to load: "
+                                  f"{type(e).__name__}: {e}") from e
+        if not isinstance(d, DescriptorModel):
+            raise DescriptorError(f"descriptor {name!r} ({eps[name].value}) is not a DescriptorModel "
+                                  "(it needs name, dim and __call__(surface) -> vector)")
+    if options:
+        return d
+    with _lock:
+        return _loaded.setdefault(name, d)
+
+
+def default_descriptor(name: str | None = None) -> DescriptorModel:
+    """The descriptor the service, the CLI and the benchmarks use.
+
+    ``name`` when given (the service passes its ``descriptor`` setting), else ``$BALLISTIC_DESCRIPTOR`` when
+    set, else :data:`DEFAULT_DESCRIPTOR` (the learned embedding). A registered descriptor that fails to load
+    falls back to the polar-FFT one, with a warning logged that gives the reason.
+
+    Raises
+    ------
+    DescriptorError
+        The name asked for is neither ``"polar"`` nor registered.
+    """
+    want = (name or "").strip() or os.environ.get(DESCRIPTOR_ENV, "").strip() or DEFAULT_DESCRIPTOR
+    if want == "polar":
+        return load_descriptor("polar")
+    if want not in _entry_points():
+        raise DescriptorError(f"descriptor {want!r} (argument or {DESCRIPTOR_ENV}) is unknown; available: "
+                              f"{', '.join(available_descriptors())}")
+    try:
+        return load_descriptor(want)
+    except DescriptorError as e:
+        _log.warning("falling back to the polar-FFT descriptor: %s", e)
+        return load_descriptor("polar")
