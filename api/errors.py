@@ -195,6 +195,10 @@ def plain(message: str, filename: str | None = None) -> str:
     return "; ".join(parts).strip().rstrip(";,") or "the scan could not be read"
 
 
+MEMORY_TEXT = "the scan needs more memory than this service allows for one job; ask the administrator"
+"""What a job that ran out of its memory limit says to the user (the worker that ran it restarts)."""
+
+
 def user_message(exc: BaseException, *, filename: str | None = None) -> str:
     """What a library error means for the person using the service, from its type and attributes.
 
@@ -211,7 +215,7 @@ def user_message(exc: BaseException, *, filename: str | None = None) -> str:
         return REASON_TEXT[reason]
     detail = plain(str(exc), filename)
     if isinstance(exc, MemoryError):
-        return "the scan needs more memory than this service allows for one job; ask the administrator"
+        return MEMORY_TEXT
     if isinstance(exc, ScaleOutConfigError):
         return "the service's search settings cannot work; the administrator finds the details in the log"
     if isinstance(exc, LimitError):

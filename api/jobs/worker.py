@@ -4,9 +4,10 @@ Started by the API process's :class:`~api.jobs.supervisor.WorkerPool` (``ballist
 ``WORKERS`` of them; one job at a time each), or by hand. It
 
 * lowers its CPU priority (``nice``, ``WORKER_NICE``) so that the API answers while jobs run;
-* caps its address space with ``RLIMIT_AS`` at what it holds idle plus the memory one job may use
-  (``WORKER_MEMORY_LIMIT_MB``, default ``JOB_MEMORY_BUDGET_MB``; local backend): a job that needs more
-  gets a ``MemoryError`` and fails with a reason, the process goes on (the supervisor's watchdog on the
+* loads the comparison code and its compiled kernels first (``_warm_up``), then caps its address space
+  with ``RLIMIT_AS`` at what it holds idle plus the memory one job may use (``WORKER_MEMORY_LIMIT_MB``,
+  default ``JOB_MEMORY_BUDGET_MB``; local backend): a job that needs more gets a ``MemoryError`` and fails
+  with a reason, and the worker ends after it so the pool starts a clean one (the supervisor's watchdog on the
   resident size is the backstop, and the only limit with the Ray backend, whose object store maps memory);
 * opens its :class:`~api.jobs.context.JobContext` (its own engines, the descriptor spaces on the configured
   executor: in this process, or the Ray cluster), consumes job ids from the queue with one thread and runs
@@ -75,6 +76,35 @@ def _die_with_parent() -> None:
         pass
 
 
+def _warm_up() -> None:
+    """Load the comparison code and its compiled kernels before the address-space limit is taken: importing
+    numba/llvmlite and loading (or, with a cold or rewritten cache, compiling) the kernels maps memory that
+    belongs to the worker, not to a job. Without this the first small job could fail the job limit."""
+    import numpy as np
+
+    from ballistic.cartridge.cmc.pair import compare_pair
+    from ballistic.surface import Surface
+
+    n = 160
+    yy, xx = np.mgrid[0:n, 0:n]
+    r = np.hypot(yy - n / 2, xx - n / 2)
+    z = np.random.default_rng(0).normal(size=(n, n))
+    z[(r > 75) | (r < 20)] = np.nan
+    try:
+        compare_pair(Surface(z, 12.5), Surface(np.ascontiguousarray(np.rot90(z)), 12.5))
+    except Exception as e:  # noqa: BLE001 - a warm-up only; a real job reports its own errors
+        log.info("worker warm-up comparison raised %s: %s", type(e).__name__, e)
+
+
+def _failed_for_memory(ctx, job_id: int) -> bool:
+    from api.db.models import Job
+    from api.errors import MEMORY_TEXT
+
+    with ctx.read_factory() as s:
+        j = s.get(Job, job_id)
+        return j is not None and j.status == "failed" and MEMORY_TEXT in (j.error or "")
+
+
 def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int:
     """Run jobs until SIGTERM (or the parent's death); returns the exit status."""
     from huey.consumer import Consumer
@@ -104,6 +134,7 @@ def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int
     import faiss
 
     faiss.omp_set_num_threads(1)
+    _warm_up()
     limit = None
     if settings.backend == "local" and settings.memory_limit_bytes:
         import resource
@@ -120,6 +151,11 @@ def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int
             run_correlation_job(ctx, int(job_id))
         finally:
             _write_status(run_dir, {**base, "job_id": None})
+        if limit is not None and _failed_for_memory(ctx, int(job_id)):
+            # a process that ran into its address-space limit may hold half-made state (a thread that could not
+            # start, a library lock): it ends here and the pool starts a fresh one for the next job
+            log.warning("worker %s: job %s ran into the memory limit; this worker restarts", slot, job_id)
+            stop.set()
 
     queue.handler = handle
 

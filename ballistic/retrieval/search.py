@@ -58,7 +58,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from ballistic.cartridge.cmc.pair import compare_pair
-from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, centre_heights, prepare
+from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, prepare, prior_heights
 from ballistic.cartridge.cmc.register import warp_to_reference
 from ballistic.preprocess.filters import resample
 from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener, descriptor_version
@@ -296,18 +296,22 @@ class RotationPrior:
         return np.stack([np.where(np.isfinite(best), np.minimum(best, 1.0), -np.inf), ang], axis=1)
 
 
+_PRIOR_HIGHPASS_UM = CMCParams().prior_highpass_um
+
+
 def _heights_at(x: Surface | PreparedSurface, spacing_um: float) -> np.ndarray:
     if isinstance(x, PreparedSurface):
         # the prior view is at CMCParams.prior_spacing_um (not stored): infer it from the view sizes
         prior_sp = x.spacing_um * x.fine.shape[0] / max(1, x.prior.shape[0])
         if abs(prior_sp - spacing_um) / spacing_um < 0.05:
             return x.prior
-        return centre_heights(resample(Surface(x.fine, x.spacing_um), spacing_um=spacing_um).heights)
+        return prior_heights(Surface(x.fine, x.spacing_um), spacing_um=spacing_um, highpass_um=_PRIOR_HIGHPASS_UM)
     if isinstance(x, Surface):
         if x.spacing_um > spacing_um * 1.0001:
             raise ValueError(f"candidate surface is at {x.spacing_um} um, coarser than the {spacing_um} um the "
                              "rotation prior needs; fetch a finer version")
-        return centre_heights(resample(x, spacing_um=spacing_um).heights)
+        # the band a PreparedSurface's prior view has, so that a Surface and a PreparedSurface score alike
+        return prior_heights(x, spacing_um=spacing_um, highpass_um=_PRIOR_HIGHPASS_UM)
     raise TypeError(f"expected a Surface or PreparedSurface, got {type(x).__name__}")
 
 

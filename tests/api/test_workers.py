@@ -101,6 +101,9 @@ def test_a_job_over_the_memory_limit_fails_with_a_reason_and_the_api_stays_up(sh
             # the service goes on: a scan within the limit is correlated
             small = _upload(c, exam, x3p_bytes(synthetic_breech_face(5)), "small.x3p")["job"]["id"]
             assert wait_job(c, small)["status"] == "done"
-            assert c.get("/v1/status").json()["workers"]["memory_limit_mb"] == 120
+            workers = c.get("/v1/status").json()["workers"]
+            assert workers["memory_limit_mb"] == 120
+            # the worker that hit its limit ended after that job and a fresh one ran the next
+            assert workers["workers"][0]["restarts"] == 1, workers
     finally:
         srv.stop()

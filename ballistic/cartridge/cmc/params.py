@@ -14,7 +14,7 @@ import numpy as np
 from ballistic.preprocess.filters import gaussian_lowpass, resample
 from ballistic.surface import Surface
 
-__all__ = ["CMCParams", "PreparedSurface", "prepare", "mirrored", "centre_heights"]
+__all__ = ["CMCParams", "PreparedSurface", "prepare", "prior_heights", "mirrored", "centre_heights"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,27 @@ def centre_heights(h: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def prior_heights(surface: Surface, *, spacing_um: float, highpass_um: float | None) -> np.ndarray:
+    """The view the full-circle rotation prior correlates: heights (um) at ``spacing_um``, without wavelengths
+    above ``highpass_um`` (None: the whole band), centred.
+
+    Wavelengths above ~1 mm are mostly the near-symmetric residual shape of the primer and the annulus'
+    radial profile; they correlate with a scan and with its mirror image at many angles and can out-peak a
+    weak true pose, so the prior sees ~100-1000 um only; the coarse, fine and cell stages keep the whole
+    normalised band. Used by :func:`prepare` and by the retrieval screen
+    (:class:`ballistic.retrieval.search.RotationPrior`), so both correlate the same band.
+
+    Returns
+    -------
+    ndarray of float64, shape (ny, nx) at ``spacing_um``; NaN where not measured.
+    """
+    s = resample(surface, spacing_um=spacing_um)
+    if highpass_um:
+        form = gaussian_lowpass(s, cutoff_um=highpass_um, min_weight=1e-3).heights
+        s = s.with_heights(s.heights - form)
+    return centre_heights(s.heights)
+
+
 def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = "") -> PreparedSurface:
     """Resample a preprocessed breech-face surface for comparison and cache its views.
 
@@ -96,15 +117,7 @@ def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = ""
     if np.isfinite(fine).sum() < 4 * p.grid * p.grid:
         raise ValueError(f"prepare: only {np.isfinite(fine).sum()} valid points at {p.spacing_um} um; "
                          "the scan is too small or too sparse to compare")
-    prior_s = resample(surface, spacing_um=p.prior_spacing_um)
-    if p.prior_highpass_um:
-        # Wavelengths above ~1 mm are mostly the near-symmetric residual shape of the primer and the
-        # annulus' radial profile; they correlate with a scan and with its mirror image at many angles
-        # and can out-peak a weak true pose. The prior sees 100-1000 um only; the coarse, fine and
-        # cell stages keep the whole normalised band.
-        form = gaussian_lowpass(prior_s, cutoff_um=p.prior_highpass_um, min_weight=1e-3).heights
-        prior_s = prior_s.with_heights(prior_s.heights - form)
-    prior = centre_heights(prior_s.heights)
+    prior = prior_heights(surface, spacing_um=p.prior_spacing_um, highpass_um=p.prior_highpass_um)
     return PreparedSurface(fine, coarse, prior, p.spacing_um, p.coarse_spacing_um,
                            name or str(surface.meta.get("source", "")))
 
