@@ -134,11 +134,11 @@ def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int
     import faiss
 
     faiss.omp_set_num_threads(1)
-    _warm_up()
     limit = None
     if settings.backend == "local" and settings.memory_limit_bytes:
         import resource
 
+        _warm_up()                    # only what a limit would count against a job needs loading first
         limit = _memory("VmSize") + settings.memory_limit_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     base = {"slot": slot, "pid": os.getpid(), "rss_idle": _memory("VmRSS"), "address_space_limit": limit,
