@@ -23,8 +23,9 @@ from ballistic.surface import Surface
 
 __all__ = ["PairResult", "compare_pair", "ALGORITHM_VERSION"]
 
-#: /2: normalised preprocessing, mirror search, pair features; /3: rotation prior every 2 degrees
-ALGORITHM_VERSION = "cmc-coarse2fine/3"
+#: /2: normalised preprocessing, mirror search, pair features; /3: rotation prior every 2 degrees;
+#: /4: prior peaks screened at the coarse spacing before refinement
+ALGORITHM_VERSION = "cmc-coarse2fine/4"
 
 
 @dataclass

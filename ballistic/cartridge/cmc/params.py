@@ -33,8 +33,12 @@ class CMCParams:
     prior_highpass_um: float | None = 1000.0   # the rotation prior sees the marks, not the residual form
     grid: int = 8                       # cells per side
     min_cell_valid: float = 0.15        # a cell needs this fraction of measured points
-    prior_candidates: int = 3           # rotation-prior peaks refined
-    prior_candidates_per_parity: int = 2  # with mirror: at least this many peaks of each parity refined too
+    # The prior at 50 um ranks a weak true pose below noise peaks on some scan pairs (other kits, other
+    # pipelines): the best prior_screen_per_parity distinct peaks of each parity are re-scored at the coarse
+    # spacing (one angle, translation +- one prior pixel), which tells true from false far better, and only the
+    # best prior_candidates of that screen are refined.
+    prior_screen_per_parity: int = 8    # rotation-prior peaks of each parity screened at the coarse spacing
+    prior_candidates: int = 3           # screened peaks refined
     coarse_halfwidth_deg: float = 3.0   # refine each prior peak over +- this ...
     coarse_step_deg: float = 1.5        # ... in these steps (coarse spacing)
     fine_step_deg: float = 0.75         # then over +- half a coarse step at comparison spacing
@@ -64,6 +68,8 @@ class PreparedSurface:
     spacing_um: float
     coarse_spacing_um: float
     name: str = ""
+    prior_spacing_um: float = 50.0            # what ``prior`` is: heights at this spacing ...
+    prior_highpass_um: float | None = 1000.0  # ... without wavelengths above this (None: whole band)
 
 
 def centre_heights(h: np.ndarray) -> np.ndarray:
@@ -119,11 +125,12 @@ def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = ""
                          "the scan is too small or too sparse to compare")
     prior = prior_heights(surface, spacing_um=p.prior_spacing_um, highpass_um=p.prior_highpass_um)
     return PreparedSurface(fine, coarse, prior, p.spacing_um, p.coarse_spacing_um,
-                           name or str(surface.meta.get("source", "")))
+                           name or str(surface.meta.get("source", "")), p.prior_spacing_um, p.prior_highpass_um)
 
 
 def mirrored(prepared: PreparedSurface) -> PreparedSurface:
     """The same surface flipped top-bottom (rows reversed), every cached view."""
     return PreparedSurface(np.ascontiguousarray(prepared.fine[::-1]), np.ascontiguousarray(prepared.coarse[::-1]),
                            np.ascontiguousarray(prepared.prior[::-1]), prepared.spacing_um,
-                           prepared.coarse_spacing_um, prepared.name)
+                           prepared.coarse_spacing_um, prepared.name, prepared.prior_spacing_um,
+                           prepared.prior_highpass_um)

@@ -6,9 +6,10 @@ Coarse to fine, so that the full 360 degrees of rotation is searched:
    at a coarse 50 um spacing on the 100-1000 um band: whole-surface masked normalized cross-correlation
    (:func:`masked_ncc`), translation by FFT, all angles in one batched transform
    (real exhibits arrive in any orientation);
-2. :func:`register_global` - the best prior peaks are refined at 25 um, the
-   best of those at the comparison spacing, each by a direct pairwise-complete
-   correlation search (:func:`local_search`, numba kernel
+2. :func:`register_global` - the best prior peaks of each parity are screened at 25 um
+   (their own angle, translation within one prior pixel), the best of the screen refined
+   at 25 um over a few angles, the best of those at the comparison spacing, each by a
+   direct pairwise-complete correlation search (:func:`local_search`, numba kernel
    :func:`ballistic.stats.correlation._cell_corr_at_offsets`).
 
 The cells (step 2) are in :mod:`ballistic.cartridge.cmc.cells`, the counts and the
@@ -246,8 +247,10 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     """Whole-surface registration of target onto reference over the full circle.
 
     Coarse to fine: every ``prior_step_deg`` of the circle at ``prior_spacing_um``
-    (the rotation prior), the best ``prior_candidates`` refined at
-    ``coarse_spacing_um``, the best one at the comparison spacing. Only
+    (the rotation prior); its best ``prior_screen_per_parity`` distinct peaks of each
+    parity re-scored at ``coarse_spacing_um`` (the prior alone ranks a weak true pose below
+    noise on some pairs from other kits and pipelines); the best ``prior_candidates`` of
+    that screen refined at ``coarse_spacing_um``, the best one at the comparison spacing. Only
     translations where the two surfaces share at least ``min_overlap`` of the
     smaller measured area count, so thin edge overlaps cannot win.
 
@@ -279,43 +282,39 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
 
     # one peak's refinement covers +- coarse_halfwidth_deg: closer peaks of the same parity are the same pose
     sep = 2.0 * p.coarse_halfwidth_deg
-    peaks: list[tuple[float, bool]] = []
-    for v, a, _, _, f in prior:
-        if v == -np.inf:
-            break
-        if all(distinct(a, f, q, fq, sep) for q, fq in peaks):
-            peaks.append((a, f))
-        if len(peaks) >= p.prior_candidates:
-            break
-    if p.mirror:
-        # a weak true peak of one parity must not be crowded out by the other parity's noise:
-        # the 25 um refinement, which tells them apart far better, sees the best of each
-        for parity in (False, True):
-            have = sum(1 for _, fq in peaks if fq == parity)
-            for v, a, _, _, f in prior:
-                if have >= p.prior_candidates_per_parity or v == -np.inf:
-                    break
-                if f == parity and all(distinct(a, f, q, fq, sep) for q, fq in peaks):
-                    peaks.append((a, f))
-                    have += 1
-    if not peaks:
-        peaks = [(0.0, False)]
+    screened: list[tuple[float, float, float, float, bool]] = []
+    for parity in ((False, True) if p.mirror else (False,)):
+        kept: list[float] = []
+        for v, a, cy, cx, f in prior:
+            if len(kept) >= p.prior_screen_per_parity or v == -np.inf:
+                break
+            if f == parity and all(distinct(a, f, q, f, sep) for q in kept):
+                kept.append(a)
+                screened.append((v, a, cy, cx, f))
     best_prior = prior[0][0] if prior else -np.inf
     runner = -np.inf
     if prior:
         runner = next((v for v, a, _, _, f in prior[1:]
                        if distinct(a, f, prior[0][1], prior[0][4], _RUNNER_UP_SEPARATION_DEG)), -np.inf)
-    # refine: angles around each peak, translation by a local direct search (numba kernel)
     ratio = p.prior_spacing_um / p.coarse_spacing_um
+    mo_c = min_ov(reference.coarse, target.coarse)
+    if not screened:
+        screened = [(-np.inf, 0.0, 0.0, 0.0, False)]
+    # screen: each peak at its own angle, translation within +- one prior pixel, at the coarse spacing
+    scored = []
+    for _, a0, cy, cx, f in screened:
+        c, _, sy, sx = local_search(reference.coarse, views[f].coarse, a0, cy * ratio, cx * ratio,
+                                    radius_px=int(math.ceil(ratio)), min_count=mo_c)
+        scored.append((c, a0, sy, sx, f))
+    scored.sort(key=lambda t: -t[0])
+    peaks = scored[:max(1, p.prior_candidates)]
+    # refine: angles around each screened peak, translation by a local direct search (numba kernel)
     hw, st = p.coarse_halfwidth_deg, p.coarse_step_deg
     offs = np.arange(-hw, hw + 1e-9, st)
-    peak_pose = {(a, f): (cy, cx) for v, a, cy, cx, f in prior}
-    mo_c = min_ov(reference.coarse, target.coarse)
     coarse = []
-    for a0, f in peaks:
-        cy, cx = peak_pose[(a0, f)]
+    for _, a0, cy, cx, f in peaks:
         for o in offs:
-            coarse.append((*local_search(reference.coarse, views[f].coarse, a0 + o, cy * ratio, cx * ratio,
+            coarse.append((*local_search(reference.coarse, views[f].coarse, a0 + o, cy, cx,
                                          radius_px=int(math.ceil(2 * ratio)), min_count=mo_c), f))
     v, ang, cy, cx, flip = max(coarse, key=lambda t: t[0])
     ratio = p.coarse_spacing_um / p.spacing_um
@@ -327,7 +326,7 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     v, ang, cy, cx = max(fine, key=lambda t: t[0])
     s = reference.spacing_um
     return Registration(angle_deg=float(ang), dy_um=cy * s, dx_um=cx * s, ncc=float(v),
-                        prior_deg=tuple(a for a, _ in peaks), mirrored=bool(flip), prior_ncc=float(best_prior),
+                        prior_deg=tuple(a for _, a, _, _, _ in peaks), mirrored=bool(flip), prior_ncc=float(best_prior),
                         runner_up_ncc=float(runner))
 
 
