@@ -118,7 +118,11 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                         "answers every query (not held out)"),
                     e2e: bool = typer.Option(True, "--e2e/--faiss-only",
                                              help="also run the re-ranking stages (recall after CMC, latency)"),
-                    faiss_ks: str = typer.Option("10,25,50,100,200,500,1000", help="K of the FAISS-stage recall")
+                    faiss_ks: str = typer.Option("10,25,50,100,200,500,1000", help="K of the FAISS-stage recall"),
+                    screen_step: Optional[float] = typer.Option(None, help="rotation step of the screen (degrees; "
+                                                                "default RetrievalParams')"),
+                    prior_step: Optional[float] = typer.Option(None, help="rotation step of the stage-2 prior "
+                                                               "(degrees; default RetrievalParams')"),
                     ) -> None:
     """Hide the real scans among synthetic distractors; recall of the mates and query latency per descriptor."""
     from ballistic.bench.retrieval import run_retrieval_bench
@@ -130,7 +134,8 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                         screen_k=screen_k,
                         k_sweep=ints(k_sweep), factory=factory, whiten_dim=whiten_dim, workers=workers, seed=seed,
                         cache_dir=cache, descriptors=tuple(v.strip() for v in descriptor.split(",") if v.strip()),
-                        fold_models=fold_models, e2e=e2e, faiss_ks=ints(faiss_ks))
+                        fold_models=fold_models, e2e=e2e, faiss_ks=ints(faiss_ks), screen_step_deg=screen_step,
+                        prior_step_deg=prior_step)
 
 
 index_app = typer.Typer(help="Descriptor index of breech-face scans (build, inspect, search).", no_args_is_help=True)

@@ -43,6 +43,21 @@ def test_rotation_prior_ranks_mate_first(db):
     assert abs(rp.score(cands[14])[0] - s[14, 0]) < 0.05
 
 
+def test_rotation_prior_finds_a_mirrored_mate_only_when_searching_the_mirror(db):
+    """Exporters disagree on the y axis: a mate stored mirrored (rows reversed) must still rank first."""
+    cat = db[0]
+    q = _query(7)
+    cands = [cat(i, spacing_um=50.0) for i in range(100, 120)]
+    cands[14] = cands[14].with_heights(cands[14].heights[::-1].copy())
+    with_mirror = rotation_prior_scores(q, cands)
+    assert np.argmax(with_mirror[:, 0]) == 14
+    without = rotation_prior_scores(q, cands, mirror=False)
+    assert np.argmax(without[:, 0]) == 15                           # the other firing; the mirrored one is lost
+    assert without[14, 0] < with_mirror[14, 0] - 0.1
+    # the score of an unmirrored candidate does not depend on the option
+    assert abs(with_mirror[15, 0] - without[15, 0]) < 1e-6
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_retriever_three_stages(db, workers):
     cat, desc, w, idx = db

@@ -381,7 +381,8 @@ def _correlate_cartridge(ctx: JobContext, job_id: int, ex: _ExhibitView) -> int:
     screen = {"used": "prior" in res.seconds, "shortlist": len(res.candidates)}
     if screen["used"]:
         screen.update(screened=len(screened), kept=sum(1 for c in top if np.isfinite(c.prior_ncc)),
-                      spacing_um=params.prior_spacing_um, step_deg=params.prior_step_deg)
+                      spacing_um=params.prior_spacing_um, step_deg=params.prior_step_deg,
+                      mirror=bool(params.cmc.mirror))
     record = _search_record(
         ctx, space, ex, res, algorithm=ALGORITHM_VERSION, params=cmc.as_dict(), started_at=started,
         results=results,

@@ -243,6 +243,15 @@ def evaluate(rows: list[dict], *, l2: float | None = None, spec=None) -> dict:
             "dfsc": ds == "dfsc",
             "baldwin (with dfsc)": (ds == "baldwin") | (ds == "baldwin+dfsc") | (ds == "dfsc+baldwin")}
     out["protocols"]["pooled_cv"] = {name: block(cv, lr_model, lr_cmc, m) for name, m in sets.items() if m.any()}
+    # every pair either score gets wrong at its operating threshold (model: log-odds 0, CMC: C >= 6), by name,
+    # so that an examiner can look at the scans
+    wrong_model = np.isfinite(cv) & ((cv >= 0.0) != y)
+    wrong_cmc = (cmc >= 6.0) != y
+    out["errors"] = [{"reference": rows[k]["reference"], "target": rows[k]["target"], "same_source": bool(y[k]),
+                      "set": str(ds[k]), "cmc_count": int(cmc[k]), "model_cv_score": round(float(cv[k]), 4),
+                      "registration_ncc": float(rows[k].get("registration_ncc", np.nan)),
+                      "wrong": [n for n, w in (("model", wrong_model[k]), ("cmc", wrong_cmc[k])) if w]}
+                     for k in np.flatnonzero(wrong_model | wrong_cmc)]
     # transfers
     for name, train_fam, test_fam in (("fadul_to_dfsc", "fadul", "srx9"), ("dfsc_to_fadul", "srx9", "fadul")):
         tr, te = fam == train_fam, fam == test_fam
@@ -343,7 +352,7 @@ def run_generalization_bench(data_root: str | Path, *, json_out: str | Path,
     cv = res.pop("cv_scores")
     res.pop("cv_log10_lr")
     first = evaluate(rows, l2=0.01, spec=FIRST_FEATURE_SET)
-    first.pop("cv_scores"), first.pop("cv_log10_lr")
+    first.pop("cv_scores"), first.pop("cv_log10_lr"), first.pop("errors")
     summary = {"algorithm": ALGORITHM_VERSION, "features": FEATURE_VERSION,
                "model_features": [list(f) for f in MODEL_FEATURES], "l2": l2, "seed": seed,
                "population": _population(rows, scans), "pairs_info": info,
@@ -354,6 +363,9 @@ def run_generalization_bench(data_root: str | Path, *, json_out: str | Path,
                                                    if k in ("pooled_cv", "fadul_to_dfsc", "dfsc_to_fadul")}}}
     table = format_table(res)
     log(table)
+    for e in res["errors"]:
+        log(f"wrong ({'/'.join(e['wrong'])}): {e['reference']} vs {e['target']} [{e['set']}] same source "
+            f"{e['same_source']}, CMC {e['cmc_count']}, model {e['model_cv_score']:+.2f}")
     if fit:
         feats = [{k[2:]: float(v) for k, v in r.items() if k.startswith("f_")} for r in rows]
         y = np.array([bool(r["same_source"]) for r in rows])

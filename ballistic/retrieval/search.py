@@ -20,7 +20,7 @@ A query is searched in stages:
 1. **descriptor** - the query's descriptor (optionally PCA-whitened) searched in the index: top ``k``
    candidates (cheap, millions of entries per second);
 1b. **screen** (``screen_k > 0``) - the same registration as stage 2 at 100 um
-   every 8 degrees (~1.5 ms a candidate, on stored coarse thumbnails) keeps the
+   every 4 degrees, the mirror image too (on stored coarse thumbnails), keeps the
    best ``screen_k`` of the ``k``;
 2. **rotation prior** - each of those candidates is registered to the
    query at a coarse spacing (default 50 um) over the full circle (every
@@ -79,9 +79,15 @@ class RetrievalParams:
     """Settings of the three stages. Lengths in um, angles in degrees.
 
     k : FAISS candidates per query (stage 1); the result lists this many.
-    screen_k : when > 0, a cheaper rotation prior (``screen_spacing_um``, every ``screen_step_deg``;
-        ~1.5 ms a candidate at 100 um / 8 degrees) ranks all ``k`` first and only its best
-        ``screen_k`` go on to stage 2 (stage "1b").
+    screen_k : when > 0, a cheaper rotation prior (``screen_spacing_um``, every ``screen_step_deg``)
+        ranks all ``k`` first and only its best ``screen_k`` go on to stage 2 (stage "1b").
+    screen_step_deg, prior_step_deg : a rotation step must keep half a step's movement at the rim of a
+        breech face (~2.5 mm) within about one pixel of its stage, or a true pose between two grid
+        angles loses its peak to noise: 2 x spacing / radius = 4.6 degrees at 100 um, 2.3 at 50 um
+        (the comparison's own prior uses 2 degrees at 50 um). 8 degrees at 100 um lost mates among
+        synthetic distractors.
+    Both rotation stages search the mirror image too when ``cmc.mirror`` (as the comparison does), and
+    correlate the comparison's prior band (``cmc.prior_highpass_um``).
     cmc_k : candidates compared with CMC (stage 3); 0 skips it. ``cmc_k >= k`` compares all.
     prior : run stage 2; when False, stage 3 takes the top ``cmc_k`` by descriptor score.
     prior_spacing_um, prior_step_deg : stage-2 grid (the full circle every step).
@@ -97,10 +103,10 @@ class RetrievalParams:
     cmc_k: int = 10
     screen_k: int = 50
     screen_spacing_um: float = 100.0
-    screen_step_deg: float = 8.0
+    screen_step_deg: float = 4.0
     prior: bool = True
     prior_spacing_um: float = 50.0
-    prior_step_deg: float = 4.0
+    prior_step_deg: float = 2.0
     max_shift_fraction: float = 0.3
     min_overlap: float = 0.4
     workers: int = 2
@@ -197,8 +203,16 @@ class RetrievalResult:
 
 # ----------------------------------------------------------------------------------------- stage 2
 
+#: the comparison's default prior band (CMCParams.prior_highpass_um)
+_PRIOR_HIGHPASS_UM = CMCParams().prior_highpass_um
+
+
 class RotationPrior:
     """The query side of the stage-2 registration: its rotated stack, Fourier-transformed once.
+
+    The view correlated is the comparison's prior view (:func:`~ballistic.cartridge.cmc.params.prior_heights`:
+    ``spacing_um``, wavelengths above ``highpass_um`` removed), so a candidate ranks here as its comparison's
+    rotation prior would see it.
 
     Parameters
     ----------
@@ -213,13 +227,21 @@ class RotationPrior:
     canvas_um : float, optional, keyword-only
         Side of the square canvas candidates are centred on; default just holds the
         query (candidates' outer rims beyond it are cut).
+    mirror : bool, keyword-only
+        Also try the query's mirror image (rows reversed); the score is the better parity's, the angle
+        that of the (mirrored) query.
+    highpass_um : float or None, keyword-only
+        Longest wavelength kept (um; None: the whole band); pass the comparison's ``prior_highpass_um``.
     """
 
-    def __init__(self, query: Surface | PreparedSurface, *, spacing_um: float = 50.0, step_deg: float = 4.0,
-                 max_shift_fraction: float = 0.3, min_overlap: float = 0.4, canvas_um: float | None = None) -> None:
-        h = _heights_at(query, spacing_um)
+    def __init__(self, query: Surface | PreparedSurface, *, spacing_um: float = 50.0, step_deg: float = 2.0,
+                 max_shift_fraction: float = 0.3, min_overlap: float = 0.4, canvas_um: float | None = None,
+                 mirror: bool = True, highpass_um: float | None = _PRIOR_HIGHPASS_UM) -> None:
+        self.highpass_um = highpass_um
+        h = _heights_at(query, spacing_um, highpass_um)
         self.spacing_um = float(spacing_um)
         self.angles = np.arange(0.0, 360.0, float(step_deg))
+        self.mirror = bool(mirror)
         ny, nx = h.shape
         # canvas: the disc holding every measured point of the query (breech faces are annuli, so a
         # rotation about the centre stays inside it), at least the query's box and canvas_um
@@ -229,7 +251,10 @@ class RotationPrior:
         self.max_shift = max(1, int(max_shift_fraction * max(ny, nx)))
         self.min_overlap = float(min_overlap)
         self.L = sfft.next_fast_len(self.N + self.max_shift, real=True)
-        st = np.stack([warp_to_reference(h, a, 0.0, 0.0, (self.N, self.N)) for a in self.angles])
+        # with mirror, the query's mirror image (rows reversed) at every angle too: exporters disagree on
+        # the y axis, and a rotation cannot undo a mirror (as in the comparison's registration)
+        views = (h, h[::-1]) if self.mirror else (h,)
+        st = np.stack([warp_to_reference(v, a, 0.0, 0.0, (self.N, self.N)) for v in views for a in self.angles])
         m = np.isfinite(st)
         g = np.where(m, st, 0.0).astype(np.float32)
         s = (self.L, self.L)
@@ -251,7 +276,8 @@ class RotationPrior:
     def score_many(self, candidates, *, batch: int = 1) -> np.ndarray:
         """:meth:`score` for many candidates (``batch`` per transform; larger batches were slower at
         50 um, memory-bound). Returns (n, 2): ncc, angle."""
-        hs = [c if isinstance(c, np.ndarray) else _heights_at(c, self.spacing_um) for c in candidates]
+        hs = [c if isinstance(c, np.ndarray) else _heights_at(c, self.spacing_um, self.highpass_um)
+              for c in candidates]
         out = np.empty((len(hs), 2))
         for lo in range(0, len(hs), batch):
             out[lo:lo + batch] = self._score_batch(hs[lo:lo + batch])
@@ -289,35 +315,31 @@ class RotationPrior:
             den = np.sqrt(np.maximum(sff - sf * sf / nn, 0.0) * np.maximum(sgg - sg * sg / nn, 0.0))
             c = np.where((n >= mo) & (den > 1e-6 * np.maximum(np.sqrt(np.abs(sff * sgg)), 1e-30)), cov / den,
                          -np.inf)
-        per_angle = c.reshape(len(hs), len(self.angles), -1).max(axis=2)
+        per_angle = c.reshape(len(hs), self._Gm.shape[0], -1).max(axis=2)
         k = per_angle.argmax(axis=1)
         best = per_angle[np.arange(len(hs)), k]
-        ang = np.where(np.isfinite(best), self.angles[k], np.nan)
+        ang = np.where(np.isfinite(best), self.angles[k % len(self.angles)], np.nan)
         return np.stack([np.where(np.isfinite(best), np.minimum(best, 1.0), -np.inf), ang], axis=1)
 
 
-_PRIOR_HIGHPASS_UM = CMCParams().prior_highpass_um
-
-
-def _heights_at(x: Surface | PreparedSurface, spacing_um: float) -> np.ndarray:
+def _heights_at(x: Surface | PreparedSurface, spacing_um: float, highpass_um: float | None) -> np.ndarray:
     if isinstance(x, PreparedSurface):
-        # the prior view is at CMCParams.prior_spacing_um (not stored): infer it from the view sizes
-        prior_sp = x.spacing_um * x.fine.shape[0] / max(1, x.prior.shape[0])
-        if abs(prior_sp - spacing_um) / spacing_um < 0.05:
+        if abs(x.prior_spacing_um - spacing_um) < 1e-9 and x.prior_highpass_um == highpass_um:
             return x.prior
-        return prior_heights(Surface(x.fine, x.spacing_um), spacing_um=spacing_um, highpass_um=_PRIOR_HIGHPASS_UM)
+        return prior_heights(Surface(x.fine, x.spacing_um), spacing_um=spacing_um, highpass_um=highpass_um)
     if isinstance(x, Surface):
         if x.spacing_um > spacing_um * 1.0001:
             raise ValueError(f"candidate surface is at {x.spacing_um} um, coarser than the {spacing_um} um the "
                              "rotation prior needs; fetch a finer version")
         # the band a PreparedSurface's prior view has, so that a Surface and a PreparedSurface score alike
-        return prior_heights(x, spacing_um=spacing_um, highpass_um=_PRIOR_HIGHPASS_UM)
+        return prior_heights(x, spacing_um=spacing_um, highpass_um=highpass_um)
     raise TypeError(f"expected a Surface or PreparedSurface, got {type(x).__name__}")
 
 
 def rotation_prior_scores(query: Surface | PreparedSurface, candidates: Iterable[Surface | PreparedSurface], *,
-                          spacing_um: float = 50.0, step_deg: float = 4.0, max_shift_fraction: float = 0.3,
-                          min_overlap: float = 0.4) -> np.ndarray:
+                          spacing_um: float = 50.0, step_deg: float = 2.0, max_shift_fraction: float = 0.3,
+                          min_overlap: float = 0.4, mirror: bool = True,
+                          highpass_um: float | None = _PRIOR_HIGHPASS_UM) -> np.ndarray:
     """Stage-2 score of each candidate against ``query``: best masked NCC over the full circle.
 
     Returns
@@ -326,7 +348,7 @@ def rotation_prior_scores(query: Surface | PreparedSurface, candidates: Iterable
         ``(ncc, angle_deg)`` per candidate (``-inf, nan`` where nothing overlaps enough).
     """
     rp = RotationPrior(query, spacing_um=spacing_um, step_deg=step_deg, max_shift_fraction=max_shift_fraction,
-                       min_overlap=min_overlap)
+                       min_overlap=min_overlap, mirror=mirror, highpass_um=highpass_um)
     out = [rp.score(c) for c in candidates]
     return np.array(out, dtype=np.float64).reshape(-1, 2)
 
@@ -498,7 +520,7 @@ class Retriever:
     def _rotation_stage(self, surface, ids, spacing_um, step_deg, p, token, stop):
         """Score ``ids`` with a RotationPrior at (spacing_um, step_deg) on the executor."""
         rp_kwargs = dict(spacing_um=spacing_um, step_deg=step_deg, max_shift_fraction=p.max_shift_fraction,
-                         min_overlap=p.min_overlap)
+                         min_overlap=p.min_overlap, mirror=p.cmc.mirror, highpass_um=p.cmc.prior_highpass_um)
         # send the query at the stage's spacing: workers rebuild its rotated stack from a few KB
         q = resample(surface, spacing_um=spacing_um) \
             if isinstance(surface, Surface) and surface.spacing_um < spacing_um else surface
