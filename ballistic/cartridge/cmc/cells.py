@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface
-from ballistic.cartridge.cmc.register import Registration, masked_ncc, warp_to_reference
+from ballistic.cartridge.cmc.register import (Registration, _ncc_from_spectra, _ncc_spectra, _ncc_window,
+                                              warp_to_reference)
 from ballistic.stats.correlation import _pairwise_complete_corr
 
 __all__ = ["CellResult", "DirectionResult", "cell_division", "compare_cells"]
@@ -102,14 +103,16 @@ def compare_cells(reference: PreparedSurface, target: PreparedSurface, registrat
     half = int(round((p.region_scale - 1.0) * size / 2.0))
     R = size + 2 * half
     cell_stack = np.stack([_pad_to(ref, y0, x0, size, size) for (_, _, y0, x0, _, _) in cells])
+    # masked NCC (register.masked_ncc) of region (fixed) and cell (moving): cell pixel q lies on region pixel
+    # q + d, d = half means no shift; only shifts that keep the cell inside the region (d = 0 .. 2 half).
+    # The cells' spectra serve every angle.
+    window, shape = _ncc_window((R, R), (size, size), (0, 2 * half, 0, 2 * half))
+    cell_spectra = _ncc_spectra(cell_stack, shape, np.float32, conj=True)
     for da in p.cell_angles_deg:
         ang = registration.angle_deg + da
         warped = warp_to_reference(target.fine, ang, dy0, dx0, ref.shape)
         regions = np.stack([_pad_to(warped, y0 - half, x0 - half, R, R) for (_, _, y0, x0, _, _) in cells])
-        # fixed = region, moving = cell: cell pixel q lies on region pixel q + d; d = half means no shift
-        # only shifts that keep the cell inside the region (d = 0 .. 2 half)
-        sub, nsub = masked_ncc(regions, cell_stack, min_overlap=1, shifts=(0, 2 * half, 0, 2 * half),
-                               dtype=np.float32)
+        sub, nsub = _ncc_from_spectra(_ncc_spectra(regions, shape, np.float32), cell_spectra, shape, window, 1)
         for k, (_, _, y0, x0, _, frac) in enumerate(cells):
             need = max(16, int(p.cell_min_overlap * frac * size * size))
             v = np.where(nsub[k] >= need, sub[k], np.nan)

@@ -94,12 +94,16 @@ def masked_ncc(fixed: np.ndarray, moving: np.ndarray, *, min_overlap: int = 16,
     overlap : ndarray of int, same shape
         Number of shared valid points.
     """
-    fm = np.isfinite(fixed)
-    mm = np.isfinite(moving)
-    f = np.where(fm, fixed, 0.0).astype(dtype)
-    g = np.where(mm, moving, 0.0).astype(dtype)
-    Hm, Wm = moving.shape[-2:]
-    Hf, Wf = fixed.shape[-2:]
+    shifts, shape = _ncc_window(fixed.shape[-2:], moving.shape[-2:], shifts)
+    fs = _ncc_spectra(fixed, shape, dtype)
+    ms = _ncc_spectra(moving, shape, dtype, conj=True)
+    return _ncc_from_spectra(fs, ms, shape, shifts, min_overlap)
+
+
+def _ncc_window(fixed_shape, moving_shape, shifts) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """Checked shift window and the transform size that computes it without wrap-around."""
+    Hf, Wf = (int(v) for v in fixed_shape)
+    Hm, Wm = (int(v) for v in moving_shape)
     if shifts is None:
         shifts = (-(Hm - 1), Hf - 1, -(Wm - 1), Wf - 1)
     y0, y1, x0, x1 = (int(v) for v in shifts)
@@ -110,13 +114,24 @@ def masked_ncc(fixed: np.ndarray, moving: np.ndarray, *, min_overlap: int = 16,
     # range of overlapping shifts [-(Hm - 1), Hf - 1]; a narrow window needs far smaller transforms.
     shape = (sfft.next_fast_len(max(Hf, Hm, Hf - y0, y1 + Hm), real=True),
              sfft.next_fast_len(max(Wf, Wm, Wf - x0, x1 + Wm), real=True))
+    return (y0, y1, x0, x1), shape
+
+
+def _ncc_spectra(x: np.ndarray, shape, dtype, *, conj: bool = False) -> tuple[np.ndarray, ...]:
+    """Transforms of (values, squared values, mask) of ``x`` (NaN = missing) at ``shape``; conjugated for
+    the moving side. One side's spectra serve every partner of the same transform size."""
+    m = np.isfinite(x)
+    v = np.where(m, x, 0.0).astype(dtype)
+    out = tuple(sfft.rfft2(a, s=shape, axes=(-2, -1)) for a in (v, v * v, m.astype(dtype)))
+    return tuple(np.conj(a) for a in out) if conj else out
+
+
+def _ncc_from_spectra(fs, ms, shape, shifts, min_overlap) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`masked_ncc` from the fixed side's spectra ``fs`` and the moving side's conjugated ``ms``."""
+    Ff, Ff2, Fm = fs
+    Gg, Gg2, Gm = ms
+    y0, y1, x0, x1 = shifts
     ax = (-2, -1)
-
-    def F(x):
-        return sfft.rfft2(x, s=shape, axes=ax)
-
-    Ff, Ff2, Fm = F(f), F(f * f), F(fm.astype(dtype))
-    Gg, Gg2, Gm = np.conj(F(g)), np.conj(F(g * g)), np.conj(F(mm.astype(dtype)))
 
     def I(x):
         return sfft.irfft2(x, s=shape, axes=ax)
@@ -128,9 +143,12 @@ def masked_ncc(fixed: np.ndarray, moving: np.ndarray, *, min_overlap: int = 16,
     sgg = I(Fm * Gg2)
     sfg = I(Ff * Gg)
     # circular index k holds shift d = k (k < Hf) or k - N (negative shifts)
-    ry = np.arange(y0, y1 + 1) % shape[0]
-    rx = np.arange(x0, x1 + 1) % shape[1]
-    sel = (..., ry[:, None], rx[None, :])
+    if y0 >= 0 and x0 >= 0:
+        sel = (..., slice(y0, y1 + 1), slice(x0, x1 + 1))
+    else:
+        ry = np.arange(y0, y1 + 1) % shape[0]
+        rx = np.arange(x0, x1 + 1) % shape[1]
+        sel = (..., ry[:, None], rx[None, :])
     n, sf, sg, sff, sgg, sfg = (a[sel].astype(np.float64) for a in (n, sf, sg, sff, sgg, sfg))
     n = np.rint(n)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -201,9 +219,11 @@ def search_rotation(fixed: np.ndarray, moving: np.ndarray, angles, *, min_overla
     # ~14 arrays of the transform size per angle and parity (6 spectra, 6 inverse transforms, masks)
     per_angle = 14 * 4 * parities * (H + 2 * d) * (W + 2 * d)
     step = max(1, int(_SEARCH_CHUNK_BYTES // per_angle))
-    ncc = np.concatenate([masked_ncc(fx, stack[k:k + step], min_overlap=min_overlap, shifts=win,
-                                     dtype=np.float32)[0].reshape(parities, -1, win[1] - win[0] + 1,
-                                                                  win[3] - win[2] + 1)
+    win, shape = _ncc_window(fx.shape[-2:], stack.shape[-2:], win)
+    fixed_spectra = _ncc_spectra(fx, shape, np.float32)      # once for every chunk of angles
+    ncc = np.concatenate([_ncc_from_spectra(fixed_spectra, _ncc_spectra(stack[k:k + step], shape, np.float32,
+                                                                        conj=True), shape, win, min_overlap)[0]
+                          .reshape(parities, -1, win[1] - win[0] + 1, win[3] - win[2] + 1)
                           for k in range(0, len(angles), step)], axis=1)
     out = []
     for parity in range(ncc.shape[0]):
@@ -314,8 +334,10 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     coarse = []
     for _, a0, cy, cx, f in peaks:
         for o in offs:
+            # the screen placed the translation at the coarse spacing: +- one prior pixel covers what
+            # a few degrees of rotation about the target centre move it
             coarse.append((*local_search(reference.coarse, views[f].coarse, a0 + o, cy, cx,
-                                         radius_px=int(math.ceil(2 * ratio)), min_count=mo_c), f))
+                                         radius_px=int(math.ceil(ratio)), min_count=mo_c), f))
     v, ang, cy, cx, flip = max(coarse, key=lambda t: t[0])
     ratio = p.coarse_spacing_um / p.spacing_um
     mo_f = min_ov(reference.fine, target.fine)
