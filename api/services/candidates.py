@@ -17,6 +17,7 @@ from api import audit
 from api.db.models import Candidate, Case, Exhibit, Job
 from api.errors import Conflict, NotFound
 from api.schemas import CandidateList, CandidatePublic, ReviewDepth
+from api.services.exhibits import exhibit_row
 from api.services.serializers import candidate_public
 
 __all__ = ["REGIONS", "FIGURE_VERSION", "list_candidates", "get_candidate", "candidate_figure"]
@@ -63,9 +64,7 @@ def list_candidates(rt, session, exhibit_id: int, *, region: str | None = None, 
                     limit: int = 50) -> CandidateList:
     """An exhibit's candidates, highest score first, with ``review_depth`` (calibrated breech-face lists) and the
     search record of the exhibit's latest job. Light unless ``include_explanation``."""
-    ex = session.get(Exhibit, exhibit_id)
-    if ex is None:
-        raise NotFound(f"exhibit {exhibit_id} not found")
+    ex = exhibit_row(session, exhibit_id)
     region = region or ex.region
     fused = region == "fused"
     base_region = ex.region if fused else region

@@ -36,6 +36,15 @@ class Upload(Protocol):
     filename: str | None
 
 
+def exhibit_row(session, exhibit_id: int) -> Exhibit:
+    """The stored exhibit ``exhibit_id``, or :class:`~api.errors.NotFound` (the one lookup every service and
+    web page uses; ids outside the database's integer range are simply not found)."""
+    e = session.get(Exhibit, int(exhibit_id)) if 1 <= int(exhibit_id) <= 2**62 else None
+    if e is None:
+        raise NotFound(f"exhibit {exhibit_id} not found")
+    return e
+
+
 def _duplicate(existing_id: int) -> Conflict:
     return Conflict({"reason": "this file was already submitted (same SHA-256)", "existing_exhibit_id": existing_id})
 
@@ -295,9 +304,7 @@ def add_lands(rt, session, who, exhibit_id: int, file: list[Upload], land_index:
               land_indexes: str | None = None) -> ExhibitPublic:
     """Add land scans to a bullet exhibit; its correlation job runs again."""
     with rt.read_factory() as rs:
-        e = rs.get(Exhibit, exhibit_id)
-        if e is None:
-            raise NotFound(f"exhibit {exhibit_id} not found")
+        e = exhibit_row(rs, exhibit_id)
         if e.exhibit_type != "bullet":
             raise Unprocessable("lands are added to bullet exhibits only")
         meta = ExhibitCreate(case_number=e.case.case_number, exhibit_ref=e.exhibit_ref, agency=e.case.agency,
@@ -336,18 +343,13 @@ def list_exhibits(session, *, case_number: str | None = None, agency: str | None
 
 
 def get_exhibit(session, exhibit_id: int) -> ExhibitPublic:
-    e = session.get(Exhibit, exhibit_id)
-    if e is None:
-        raise NotFound(f"exhibit {exhibit_id} not found")
-    return exhibit_public(session, e)
+    return exhibit_public(session, exhibit_row(session, exhibit_id))
 
 
 def original_file(rt, session, who, exhibit_id: int) -> tuple[Path, str, str]:
     """The original file of an exhibit (a bullet's first land): ``(path, filename, sha256)``; the read is
     audited (committed here)."""
-    e = session.get(Exhibit, exhibit_id)
-    if e is None:
-        raise NotFound(f"exhibit {exhibit_id} not found")
+    e = exhibit_row(session, exhibit_id)
     path = rt.store.original_path(e.original_sha256)
     if not path.is_file():
         raise Gone("the original file is missing from the evidence store")
@@ -391,9 +393,7 @@ def render_relief(rt, session, who, exhibit_id: int, *, view: str | None = None,
     from ballistic.io.x3p import read_x3p
 
     with rt.read_factory() as rs:
-        e = rs.get(Exhibit, exhibit_id)
-        if e is None:
-            raise NotFound(f"exhibit {exhibit_id} not found")
+        e = exhibit_row(rs, exhibit_id)
         if e.media_type != "x3p":
             raise Unprocessable("this exhibit is a 2D image: it has no relief to shade; GET .../original")
         if e.exhibit_type == "bullet":

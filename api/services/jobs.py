@@ -7,9 +7,10 @@ import json
 from sqlalchemy import select
 
 from api import audit
-from api.db.models import Exhibit, Job
+from api.db.models import Job
 from api.errors import Conflict, NotFound, Unprocessable
 from api.schemas import JobCreate, JobPublic
+from api.services.exhibits import exhibit_row
 
 __all__ = ["get_job", "list_jobs", "create_job"]
 
@@ -35,9 +36,7 @@ def list_jobs(session, *, status: str | None = None, exhibit_id: int | None = No
 
 def create_job(rt, session, who, body: JobCreate) -> JobPublic:
     """Queue the correlation of an exhibit again (409 when one is pending)."""
-    e = session.get(Exhibit, body.exhibit_id)
-    if e is None:
-        raise NotFound(f"exhibit {body.exhibit_id} not found")
+    e = exhibit_row(session, body.exhibit_id)
     if e.exhibit_type not in ("cartridge_case", "bullet"):
         raise Unprocessable(f"exhibits of type {e.exhibit_type!r} are not correlated")
     busy = session.execute(select(Job.id).where(Job.exhibit_id == e.id, Job.status.in_(("queued", "running")))

@@ -28,6 +28,7 @@ from api.db.models import Candidate, Case, Exhibit, HitEvent, Job
 from api.errors import NotFound, ServiceError
 from api.schemas import ReviewCreate
 from api.services.candidates import list_candidates
+from api.services.exhibits import exhibit_row
 from api.services.graph import confirmed_graph
 from api.services.hits import hits_feed
 from api.services.reviews import list_reviews, review_candidate
@@ -336,8 +337,9 @@ def exhibit_page(request: Request, exhibit_id: int,
         return deny
     rt = request.app.state.runtime
     with rt.read_factory() as s:
-        e = s.get(Exhibit, exhibit_id) if 1 <= exhibit_id <= 2**62 else None
-        if e is None:
+        try:
+            e = exhibit_row(s, exhibit_id)
+        except NotFound:
             return _not_found(request, ws, f"Exhibit {exhibit_id}")
         ex = exhibit_public(s, e)
         cands = list_candidates(rt, s, exhibit_id, include_explanation=False, review_status=review_status or None,
@@ -356,8 +358,9 @@ def exhibit_relief(request: Request, exhibit_id: int,
         return deny
     rt = request.app.state.runtime
     with rt.read_factory() as s:
-        e = s.get(Exhibit, exhibit_id) if 1 <= exhibit_id <= 2**62 else None
-        if e is None:
+        try:
+            e = exhibit_row(s, exhibit_id)
+        except NotFound:
             return _not_found(request, ws, f"Exhibit {exhibit_id}")
         s.expunge(e)
     try:
