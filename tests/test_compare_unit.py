@@ -217,6 +217,30 @@ def test_prepare_centres_heights(annulus):
     assert p.name == "synthetic"
 
 
+def test_prepare_puts_an_upstream_filtered_scan_and_its_raw_scan_on_one_band(annulus):
+    """A scan band-passed upstream (cmcR's 500 um long cut-off) and the same scan with 1-1.5 mm waviness left
+    (a raw scan after a 2 mm form removal) must give the comparison the same views; without the comparison
+    band they differ."""
+    import dataclasses
+
+    from ballistic.preprocess.filters import gaussian_lowpass
+
+    h = annulus.heights / np.nanstd(annulus.heights)                 # texture of unit RMS (um)
+    yy, xx = np.mgrid[0:h.shape[0], 0:h.shape[1]] * annulus.spacing_um
+    raw = annulus.with_heights(h + np.sin(2 * np.pi * xx / 1500.0) + np.cos(2 * np.pi * yy / 1000.0))
+    filtered = raw.with_heights(raw.heights - gaussian_lowpass(raw, cutoff_um=500.0, min_weight=1e-3).heights)
+
+    def corr(x, y):
+        m = np.isfinite(x) & np.isfinite(y)
+        return np.corrcoef(x[m], y[m])[0, 1]
+
+    assert PARAMS.highpass_um == 500.0
+    a, b = prepare(raw, PARAMS), prepare(filtered, PARAMS)
+    assert corr(a.fine, b.fine) > 0.98 and corr(a.coarse, b.coarse) > 0.98
+    whole = dataclasses.replace(PARAMS, highpass_um=None)
+    assert corr(prepare(raw, whole).fine, prepare(filtered, whole).fine) < 0.8
+
+
 # --------------------------------------------------------------------------- cell_division
 
 @pytest.mark.parametrize("grid,min_valid", [(8, 0.15), (4, 0.5), (3, 0.0), (5, 1.0)])

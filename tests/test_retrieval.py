@@ -41,6 +41,11 @@ def test_rotation_prior_ranks_mate_first(db):
     from ballistic.cartridge.cmc.params import prepare
     rp = RotationPrior(prepare(q))
     assert abs(rp.score(cands[14])[0] - s[14, 0]) < 0.05
+    # at the screen's coarser spacing a PreparedSurface candidate scores as its Surface does (same band)
+    screen = RotationPrior(q, spacing_um=100.0, step_deg=4.0)
+    full = [cat(i, spacing_um=12.5) for i in (114, 115, 102)]
+    for c in full:
+        assert abs(screen.score(prepare(c))[0] - screen.score(c)[0]) < 0.03
 
 
 def test_rotation_prior_finds_a_mirrored_mate_only_when_searching_the_mirror(db):

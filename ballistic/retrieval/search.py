@@ -324,8 +324,13 @@ class RotationPrior:
 
 def _heights_at(x: Surface | PreparedSurface, spacing_um: float, highpass_um: float | None) -> np.ndarray:
     if isinstance(x, PreparedSurface):
-        if abs(x.prior_spacing_um - spacing_um) < 1e-9 and x.prior_highpass_um == highpass_um:
-            return x.prior
+        if x.prior_highpass_um == highpass_um:
+            if abs(x.prior_spacing_um - spacing_um) < 1e-9:
+                return x.prior
+            if spacing_um > x.prior_spacing_um:       # a coarser stage: from the prior view, same band
+                return prior_heights(Surface(x.prior, x.prior_spacing_um), spacing_um=spacing_um,
+                                     highpass_um=highpass_um)
+        # else from the comparison view (its band ends at x.highpass_um)
         return prior_heights(Surface(x.fine, x.spacing_um), spacing_um=spacing_um, highpass_um=highpass_um)
     if isinstance(x, Surface):
         if x.spacing_um > spacing_um * 1.0001:

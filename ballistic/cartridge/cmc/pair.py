@@ -24,8 +24,8 @@ from ballistic.surface import Surface
 __all__ = ["PairResult", "compare_pair", "ALGORITHM_VERSION"]
 
 #: /2: normalised preprocessing, mirror search, pair features; /3: rotation prior every 2 degrees;
-#: /4: prior peaks screened at the coarse spacing before refinement
-ALGORITHM_VERSION = "cmc-coarse2fine/4"
+#: /4: prior peaks screened at the coarse spacing before refinement; /5: comparison band 500 um (cmcR's)
+ALGORITHM_VERSION = "cmc-coarse2fine/5"
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 from ballistic.preprocess.filters import gaussian_lowpass, resample
 from ballistic.surface import Surface
 
-__all__ = ["CMCParams", "PreparedSurface", "prepare", "prior_heights", "mirrored", "centre_heights"]
+__all__ = ["CMCParams", "PreparedSurface", "prepare", "band_heights", "prior_heights", "mirrored", "centre_heights"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class CMCParams:
     # orientations of a same-gun pair). At 2 degrees half a step is ~45 um, under one prior pixel.
     prior_step_deg: float = 2.0
     prior_highpass_um: float | None = 1000.0   # the rotation prior sees the marks, not the residual form
+    # The coarse, fine and cell views keep wavelengths up to highpass_um: 500 um is the long cut-off of the
+    # field's standard band-pass (cmcR's 16-500 um Gaussian), so a scan filtered that way upstream and a raw
+    # one (normalised with a 2 mm form cut-off) compare on the same band; None keeps the whole normalised band.
+    highpass_um: float | None = 500.0
     grid: int = 8                       # cells per side
     min_cell_valid: float = 0.15        # a cell needs this fraction of measured points
     # The prior at 50 um ranks a weak true pose below noise peaks on some scan pairs (other kits, other
@@ -70,6 +74,7 @@ class PreparedSurface:
     name: str = ""
     prior_spacing_um: float = 50.0            # what ``prior`` is: heights at this spacing ...
     prior_highpass_um: float | None = 1000.0  # ... without wavelengths above this (None: whole band)
+    highpass_um: float | None = 500.0         # ``fine`` and ``coarse``: without wavelengths above this
 
 
 def centre_heights(h: np.ndarray) -> np.ndarray:
@@ -79,6 +84,18 @@ def centre_heights(h: np.ndarray) -> np.ndarray:
     if m.any():
         out[m] -= out[m].mean()
     return np.ascontiguousarray(out)
+
+
+def band_heights(surface: Surface, *, spacing_um: float, highpass_um: float | None) -> np.ndarray:
+    """Heights (um) at ``spacing_um`` without wavelengths above ``highpass_um`` (ISO 16610-21 Gaussian,
+    NaN-aware; None: the whole band), centred. NaN where not measured.
+
+    Used for every view a comparison correlates (:func:`prepare`, :func:`prior_heights`)."""
+    s = resample(surface, spacing_um=spacing_um)
+    if highpass_um:
+        form = gaussian_lowpass(s, cutoff_um=highpass_um, min_weight=1e-3).heights
+        s = s.with_heights(s.heights - form)
+    return centre_heights(s.heights)
 
 
 def prior_heights(surface: Surface, *, spacing_um: float, highpass_um: float | None) -> np.ndarray:
@@ -95,11 +112,7 @@ def prior_heights(surface: Surface, *, spacing_um: float, highpass_um: float | N
     -------
     ndarray of float64, shape (ny, nx) at ``spacing_um``; NaN where not measured.
     """
-    s = resample(surface, spacing_um=spacing_um)
-    if highpass_um:
-        form = gaussian_lowpass(s, cutoff_um=highpass_um, min_weight=1e-3).heights
-        s = s.with_heights(s.heights - form)
-    return centre_heights(s.heights)
+    return band_heights(surface, spacing_um=spacing_um, highpass_um=highpass_um)
 
 
 def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = "") -> PreparedSurface:
@@ -118,14 +131,15 @@ def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = ""
     p = params or CMCParams()
     if surface.valid_fraction == 0:
         raise ValueError("prepare: the surface has no valid points; preprocess it first")
-    fine = centre_heights(resample(surface, spacing_um=p.spacing_um).heights)
-    coarse = centre_heights(resample(surface, spacing_um=p.coarse_spacing_um).heights)
+    fine = band_heights(surface, spacing_um=p.spacing_um, highpass_um=p.highpass_um)
+    coarse = band_heights(surface, spacing_um=p.coarse_spacing_um, highpass_um=p.highpass_um)
     if np.isfinite(fine).sum() < 4 * p.grid * p.grid:
         raise ValueError(f"prepare: only {np.isfinite(fine).sum()} valid points at {p.spacing_um} um; "
                          "the scan is too small or too sparse to compare")
     prior = prior_heights(surface, spacing_um=p.prior_spacing_um, highpass_um=p.prior_highpass_um)
     return PreparedSurface(fine, coarse, prior, p.spacing_um, p.coarse_spacing_um,
-                           name or str(surface.meta.get("source", "")), p.prior_spacing_um, p.prior_highpass_um)
+                           name or str(surface.meta.get("source", "")), p.prior_spacing_um, p.prior_highpass_um,
+                           p.highpass_um)
 
 
 def mirrored(prepared: PreparedSurface) -> PreparedSurface:
@@ -133,4 +147,4 @@ def mirrored(prepared: PreparedSurface) -> PreparedSurface:
     return PreparedSurface(np.ascontiguousarray(prepared.fine[::-1]), np.ascontiguousarray(prepared.coarse[::-1]),
                            np.ascontiguousarray(prepared.prior[::-1]), prepared.spacing_um,
                            prepared.coarse_spacing_um, prepared.name, prepared.prior_spacing_um,
-                           prepared.prior_highpass_um)
+                           prepared.prior_highpass_um, prepared.highpass_um)
