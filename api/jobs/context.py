@@ -37,6 +37,9 @@ class JobContext:
     stop: threading.Event = field(default_factory=threading.Event)
     #: the worker that writes index snapshots (one per service: concurrent writers would prune each other)
     saves_snapshots: bool = True
+    #: called when a job ran out of memory, before its failure is recorded (a worker under an address-space
+    #: limit lifts it there: the process ends after the job, and recording the failure needs memory)
+    on_memory_error: Callable[[], None] = lambda: None
     _owned: list = field(default_factory=list, repr=False)
 
     def check_stop(self) -> None:

@@ -22,6 +22,7 @@ logged again), candidate pairs already stored are kept (unique pair + region), s
 """
 from __future__ import annotations
 
+import gc
 import logging
 import traceback
 from dataclasses import dataclass
@@ -102,11 +103,21 @@ def run_correlation_job(ctx: JobContext, job_id: int) -> str:
     except Exception as e:  # noqa: BLE001 - every failure is recorded on the job
         from ballistic.errors import ScaleOutConfigError, ShardUnavailableError
 
+        if isinstance(e, MemoryError):
+            # the job's arrays live on in its traceback's frames, and the address space the allocator keeps
+            # may stay at the limit after they are freed: release both before anything else allocates (a
+            # MemoryError while recording the failure aborted the worker and the job was retried)
+            traceback.clear_frames(e.__traceback__)
+            e.__traceback__ = None
+            gc.collect()
+            ctx.on_memory_error()
+            trace = ""
+        else:
+            trace = traceback.format_exc()
         retry = job_retryable(e) and attempts < max_attempts  # by the error's kind: api/errors.py
         if isinstance(e, ShardUnavailableError) and not isinstance(e, ScaleOutConfigError):
             _reopen_spaces(ctx)          # a shard lost for good: the retry starts them again
-        log.warning("job %s attempt %s failed: %s: %s\n%s", job_id, attempts, type(e).__name__, e,
-                    traceback.format_exc())
+        log.warning("job %s attempt %s failed: %s: %s\n%s", job_id, attempts, type(e).__name__, e, trace)
         status = fail_job(ctx.session_factory, job_id, e, retry=retry, attempt=attempts, exhibit_id=ex.id)
         if retry:
             ctx.enqueue(job_id, delay=ctx.settings.job_retry_delay_s * attempts)

@@ -135,12 +135,19 @@ def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int
 
     faiss.omp_set_num_threads(1)
     limit = None
+    lifted = threading.Event()          # the limit was lifted after a job ran out of memory
     if settings.backend == "local" and settings.memory_limit_bytes:
         import resource
 
         _warm_up()                    # only what a limit would count against a job needs loading first
         limit = _memory("VmSize") + settings.memory_limit_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+        def lift_limit() -> None:     # this worker ends after the job; the resident-size watchdog still guards
+            resource.setrlimit(resource.RLIMIT_AS, (resource.getrlimit(resource.RLIMIT_AS)[1],) * 2)
+            lifted.set()
+
+        ctx.on_memory_error = lift_limit
     base = {"slot": slot, "pid": os.getpid(), "rss_idle": _memory("VmRSS"), "address_space_limit": limit,
             "nice": os.nice(0), "backend": settings.backend}
     _write_status(run_dir, {**base, "job_id": None})
@@ -151,7 +158,7 @@ def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int
             run_correlation_job(ctx, int(job_id))
         finally:
             _write_status(run_dir, {**base, "job_id": None})
-        if limit is not None and _failed_for_memory(ctx, int(job_id)):
+        if limit is not None and (lifted.is_set() or _failed_for_memory(ctx, int(job_id))):
             # a process that ran into its address-space limit may hold half-made state (a thread that could not
             # start, a library lock): it ends here and the pool starts a fresh one for the next job
             log.warning("worker %s: job %s ran into the memory limit; this worker restarts", slot, job_id)

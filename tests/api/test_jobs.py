@@ -121,6 +121,43 @@ def test_transient_failure_is_retried_permanent_one_fails(client, examiner, scan
     assert client.get(f"/v1/jobs/{r.json()['id']}", headers=examiner).json()["status"] == "done"
 
 
+def test_a_job_out_of_memory_frees_its_arrays_and_calls_the_hook_before_its_failure_is_recorded(
+        client, examiner, scans, monkeypatch):
+    """Under a worker's address-space limit, recording the failure of a job that ran out of memory needs memory:
+    the job's arrays (alive in its traceback's frames) are released and the worker's hook (which lifts the
+    limit) runs first; before, a MemoryError while recording aborted the worker and the job was retried."""
+    import weakref
+
+    import numpy as np
+
+    import api.jobs.correlate as correlate
+    from api.index import DescriptorSpace
+
+    held = {}
+
+    def exhausting(self, surface):
+        big = np.ones(2_000_000)                     # what a job holds when its next allocation fails
+        held["ref"] = weakref.ref(big)
+        raise MemoryError("Unable to allocate")
+
+    seen = []
+    ctx = client.app.state.runtime.job_context()
+    monkeypatch.setattr(ctx, "on_memory_error", lambda: seen.append(("hook", held["ref"]() is None)))
+    real_fail = correlate.fail_job
+
+    def recording(*args, **kwargs):
+        seen.append(("fail_job", held["ref"]() is None))
+        return real_fail(*args, **kwargs)
+
+    monkeypatch.setattr(correlate, "fail_job", recording)
+    monkeypatch.setattr(DescriptorSpace, "describe", exhausting)
+    _ingest(client, examiner, scans, ["a1"])
+    run_jobs(client)
+    assert seen == [("hook", True), ("fail_job", True)], seen
+    j = client.get("/v1/jobs/1", headers=examiner).json()
+    assert j["status"] == "failed" and j["attempts"] == 1 and "more memory" in j["error"], j
+
+
 def test_restart_resumes_interrupted_jobs_and_rebuilds_stale_index(tmp_path, scans):
     s = make_settings(tmp_path)
     with TestClient(create_app(s)) as c:
