@@ -50,9 +50,11 @@ def test_provenance_records_what_the_reader_and_the_normalisation_did(shared_dat
     assert prov["converged"] is True
 
 
+# Registration NCC of one scan through two pipelines: before the comparison views shared cmcR's 500 um band
+# (cmc-coarse2fine/4) 0.611 and 0.842, with it 0.731 and 0.922
 @pytest.mark.parametrize("raw, processed, min_ncc", [
-    ("baldwin/K013sA1.x3p", "dfsc/K013sA1_processed.x3p", 0.6),      # TopMatch: raw vs one DFSC pipeline
-    ("fadul-raw/fadul1.2_raw.x3p", "fadul/Fadul 1-2.x3p", 0.7),        # NanoFocus: raw vs cmcR
+    ("baldwin/K013sA1.x3p", "dfsc/K013sA1_processed.x3p", 0.7),      # TopMatch: raw vs one DFSC pipeline
+    ("fadul-raw/fadul1.2_raw.x3p", "fadul/Fadul 1-2.x3p", 0.85),       # NanoFocus: raw vs cmcR
 ])
 def test_one_cartridge_through_two_pipelines_comes_out_on_equal_terms(shared_data, raw, processed, min_ncc):
     a = preprocess_cartridge(read_x3p(shared_data / "cartridge" / raw))
