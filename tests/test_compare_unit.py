@@ -241,6 +241,16 @@ def test_prepare_puts_an_upstream_filtered_scan_and_its_raw_scan_on_one_band(ann
     assert corr(prepare(raw, whole).fine, prepare(filtered, whole).fine) < 0.8
 
 
+def test_compare_pair_refuses_a_surface_prepared_on_another_band(annulus):
+    import dataclasses
+
+    from ballistic.cartridge.cmc.pair import compare_pair
+
+    other = dataclasses.replace(PARAMS, highpass_um=None)
+    with pytest.raises(ValueError, match="another band"):
+        compare_pair(prepare(annulus, other), prepare(annulus, PARAMS), PARAMS, model=None)
+
+
 # --------------------------------------------------------------------------- cell_division
 
 @pytest.mark.parametrize("grid,min_valid", [(8, 0.15), (4, 0.5), (3, 0.0), (5, 1.0)])

@@ -94,6 +94,12 @@ def _prepared(x: Surface | PreparedSurface, p: CMCParams) -> PreparedSurface:
     if isinstance(x, PreparedSurface):
         if abs(x.spacing_um - p.spacing_um) > 1e-9:
             raise ValueError(f"prepared at {x.spacing_um} um but params ask for {p.spacing_um} um; prepare again")
+        if (x.highpass_um, x.prior_highpass_um) != (p.highpass_um, p.prior_highpass_um) \
+                or abs(x.prior_spacing_um - p.prior_spacing_um) > 1e-9:
+            raise ValueError(f"prepared on another band (views up to {x.highpass_um} um, prior at "
+                             f"{x.prior_spacing_um} um up to {x.prior_highpass_um} um) than params ask for "
+                             f"({p.highpass_um} um; {p.prior_spacing_um} um up to {p.prior_highpass_um} um); "
+                             "prepare again with these params")
         return x
     if isinstance(x, Surface):
         return prepare(x, p)
