@@ -4,7 +4,8 @@ Started by the API process's :class:`~api.jobs.supervisor.WorkerPool` (``ballist
 ``WORKERS`` of them; one job at a time each), or by hand. It
 
 * lowers its CPU priority (``nice``, ``WORKER_NICE``) so that the API answers while jobs run;
-* loads the comparison code and its compiled kernels first (``_warm_up``), then caps its address space
+* loads the comparison code, its compiled kernels and the descriptor first (``_warm_up``; OpenCV on one
+  thread), then caps its address space
   with ``RLIMIT_AS`` at what it holds idle plus the memory one job may use (``WORKER_MEMORY_LIMIT_MB``,
   default ``JOB_MEMORY_BUDGET_MB``; local backend): a job that needs more gets a ``MemoryError`` and fails
   with a reason, and the worker ends after it so the pool starts a clean one (the supervisor's watchdog on the
@@ -76,10 +77,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def _warm_up() -> None:
-    """Load the comparison code and its compiled kernels before the address-space limit is taken: importing
-    numba/llvmlite and loading (or, with a cold or rewritten cache, compiling) the kernels maps memory that
-    belongs to the worker, not to a job. Without this the first small job could fail the job limit."""
+def _warm_up(ctx) -> None:
+    """Load the comparison code and its compiled kernels, and run the breech-face descriptor once, before the
+    address-space limit is taken: importing numba/llvmlite, loading (or, with a cold or rewritten cache,
+    compiling) the kernels, and torch's first inference (its thread pool and oneDNN primitives) map memory
+    that belongs to the worker, not to a job. Without this a small job could fail the job limit ("could not
+    create a primitive" from the learned descriptor in a freshly restarted worker)."""
     import numpy as np
 
     from ballistic.cartridge.cmc.pair import compare_pair
@@ -94,6 +97,10 @@ def _warm_up() -> None:
         compare_pair(Surface(z, 12.5), Surface(np.ascontiguousarray(np.rot90(z)), 12.5))
     except Exception as e:  # noqa: BLE001 - a warm-up only; a real job reports its own errors
         log.info("worker warm-up comparison raised %s: %s", type(e).__name__, e)
+    try:
+        ctx.spaces["breech_face"].describe(Surface(z, 12.5))
+    except Exception as e:  # noqa: BLE001 - as above
+        log.info("worker warm-up descriptor raised %s: %s", type(e).__name__, e)
 
 
 def _failed_for_memory(ctx, job_id: int) -> bool:
@@ -134,12 +141,15 @@ def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int
     import faiss
 
     faiss.omp_set_num_threads(1)
+    import cv2
+
+    cv2.setNumThreads(1)              # OpenCV's own pool ignores OMP_NUM_THREADS; under a limit it cannot spawn
     limit = None
     lifted = threading.Event()          # the limit was lifted after a job ran out of memory
     if settings.backend == "local" and settings.memory_limit_bytes:
         import resource
 
-        _warm_up()                    # only what a limit would count against a job needs loading first
+        _warm_up(ctx)                 # only what a limit would count against a job needs loading first
         limit = _memory("VmSize") + settings.memory_limit_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
