@@ -59,7 +59,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from ballistic.cartridge.cmc.pair import compare_pair
-from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, prepare, prior_heights
+from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, band_heights, prepare
 from ballistic.cartridge.cmc.register import warp_to_reference
 from ballistic.preprocess.filters import resample
 from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener, descriptor_version
@@ -212,7 +212,7 @@ _PRIOR_HIGHPASS_UM = CMCParams().prior_highpass_um
 class RotationPrior:
     """The query side of the stage-2 registration: its rotated stack, Fourier-transformed once.
 
-    The view correlated is the comparison's prior view (:func:`~ballistic.cartridge.cmc.params.prior_heights`:
+    The view correlated is the comparison's prior view (:func:`~ballistic.cartridge.cmc.params.band_heights`:
     ``spacing_um``, wavelengths above ``highpass_um`` removed), so a candidate ranks here as its comparison's
     rotation prior would see it.
 
@@ -330,16 +330,16 @@ def _heights_at(x: Surface | PreparedSurface, spacing_um: float, highpass_um: fl
             if abs(x.prior_spacing_um - spacing_um) < 1e-9:
                 return x.prior
             if spacing_um > x.prior_spacing_um:       # a coarser stage: from the prior view, same band
-                return prior_heights(Surface(x.prior, x.prior_spacing_um), spacing_um=spacing_um,
-                                     highpass_um=highpass_um)
+                return band_heights(Surface(x.prior, x.prior_spacing_um), spacing_um=spacing_um,
+                                    highpass_um=highpass_um)
         # else from the comparison view (its band ends at x.highpass_um)
-        return prior_heights(Surface(x.fine, x.spacing_um), spacing_um=spacing_um, highpass_um=highpass_um)
+        return band_heights(Surface(x.fine, x.spacing_um), spacing_um=spacing_um, highpass_um=highpass_um)
     if isinstance(x, Surface):
         if x.spacing_um > spacing_um * 1.0001:
             raise ValueError(f"candidate surface is at {x.spacing_um} um, coarser than the {spacing_um} um the "
                              "rotation prior needs; fetch a finer version")
         # the band a PreparedSurface's prior view has, so that a Surface and a PreparedSurface score alike
-        return prior_heights(x, spacing_um=spacing_um, highpass_um=highpass_um)
+        return band_heights(x, spacing_um=spacing_um, highpass_um=highpass_um)
     raise TypeError(f"expected a Surface or PreparedSurface, got {type(x).__name__}")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from ballistic.preprocess.filters import gaussian_lowpass, resample
 from ballistic.surface import Surface
 
-__all__ = ["CMCParams", "PreparedSurface", "prepare", "band_heights", "prior_heights", "mirrored", "centre_heights"]
+__all__ = ["CMCParams", "PreparedSurface", "prepare", "band_heights", "mirrored", "centre_heights"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,10 @@ class CMCParams:
     # noise and registration failed or not depending on the scans' orientation (DFSC: 6 to 12 of 18
     # orientations of a same-gun pair). At 2 degrees half a step is ~45 um, under one prior pixel.
     prior_step_deg: float = 2.0
-    prior_highpass_um: float | None = 1000.0   # the rotation prior sees the marks, not the residual form
+    # The rotation prior sees the marks, not the residual form: wavelengths above ~1 mm are mostly the
+    # near-symmetric residual shape of the primer and the annulus' radial profile; they correlate with a scan
+    # and with its mirror image at many angles and can out-peak a weak true pose.
+    prior_highpass_um: float | None = 1000.0
     # The coarse, fine and cell views keep wavelengths up to highpass_um: 500 um is the long cut-off of the
     # field's standard band-pass (cmcR's 16-500 um Gaussian), so a scan filtered that way upstream and a raw
     # one (normalised with a 2 mm form cut-off) compare on the same band; None keeps the whole normalised band.
@@ -72,9 +75,9 @@ class PreparedSurface:
     spacing_um: float
     coarse_spacing_um: float
     name: str = ""
-    prior_spacing_um: float = 50.0            # what ``prior`` is: heights at this spacing ...
-    prior_highpass_um: float | None = 1000.0  # ... without wavelengths above this (None: whole band)
-    highpass_um: float | None = 500.0         # ``fine`` and ``coarse``: without wavelengths above this
+    prior_spacing_um: float = CMCParams.prior_spacing_um            # what ``prior`` is: heights at this ...
+    prior_highpass_um: float | None = CMCParams.prior_highpass_um   # ... without wavelengths above this
+    highpass_um: float | None = CMCParams.highpass_um               # ``fine`` and ``coarse``: the same
 
 
 def centre_heights(h: np.ndarray) -> np.ndarray:
@@ -88,31 +91,22 @@ def centre_heights(h: np.ndarray) -> np.ndarray:
 
 def band_heights(surface: Surface, *, spacing_um: float, highpass_um: float | None) -> np.ndarray:
     """Heights (um) at ``spacing_um`` without wavelengths above ``highpass_um`` (ISO 16610-21 Gaussian,
-    NaN-aware; None: the whole band), centred. NaN where not measured.
+    NaN-aware; None: the whole band), centred: every view a comparison correlates.
 
-    Used for every view a comparison correlates (:func:`prepare`, :func:`prior_heights`)."""
-    s = resample(surface, spacing_um=spacing_um)
-    if highpass_um:
-        form = gaussian_lowpass(s, cutoff_um=highpass_um, min_weight=1e-3).heights
-        s = s.with_heights(s.heights - form)
-    return centre_heights(s.heights)
-
-
-def prior_heights(surface: Surface, *, spacing_um: float, highpass_um: float | None) -> np.ndarray:
-    """The view the full-circle rotation prior correlates: heights (um) at ``spacing_um``, without wavelengths
-    above ``highpass_um`` (None: the whole band), centred.
-
-    Wavelengths above ~1 mm are mostly the near-symmetric residual shape of the primer and the annulus'
-    radial profile; they correlate with a scan and with its mirror image at many angles and can out-peak a
-    weak true pose, so the prior sees ~100-1000 um only; the coarse, fine and cell stages keep the whole
-    normalised band. Used by :func:`prepare` and by the retrieval screen
-    (:class:`ballistic.retrieval.search.RotationPrior`), so both correlate the same band.
+    :func:`prepare` makes the coarse and fine views with ``CMCParams.highpass_um`` and the rotation prior's
+    with ``CMCParams.prior_highpass_um``; the retrieval screen
+    (:class:`ballistic.retrieval.search.RotationPrior`) makes its views with the latter too, so both
+    correlate the same band.
 
     Returns
     -------
     ndarray of float64, shape (ny, nx) at ``spacing_um``; NaN where not measured.
     """
-    return band_heights(surface, spacing_um=spacing_um, highpass_um=highpass_um)
+    s = resample(surface, spacing_um=spacing_um)
+    if highpass_um:
+        form = gaussian_lowpass(s, cutoff_um=highpass_um, min_weight=1e-3).heights
+        s = s.with_heights(s.heights - form)
+    return centre_heights(s.heights)
 
 
 def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = "") -> PreparedSurface:
@@ -136,7 +130,7 @@ def prepare(surface: Surface, params: CMCParams | None = None, *, name: str = ""
     if np.isfinite(fine).sum() < 4 * p.grid * p.grid:
         raise ValueError(f"prepare: only {np.isfinite(fine).sum()} valid points at {p.spacing_um} um; "
                          "the scan is too small or too sparse to compare")
-    prior = prior_heights(surface, spacing_um=p.prior_spacing_um, highpass_um=p.prior_highpass_um)
+    prior = band_heights(surface, spacing_um=p.prior_spacing_um, highpass_um=p.prior_highpass_um)
     return PreparedSurface(fine, coarse, prior, p.spacing_um, p.coarse_spacing_um,
                            name or str(surface.meta.get("source", "")), p.prior_spacing_um, p.prior_highpass_um,
                            p.highpass_um)
