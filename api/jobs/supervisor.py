@@ -139,6 +139,7 @@ class WorkerPool:
 
     def _settle(self, job_id: int, why: str, *, memory: bool) -> None:
         """The job a dead worker held: queued again while it has attempts left, else failed with a reason."""
+        from api.errors import MEMORY_TEXT
         from api.jobs.correlate import fail_job
 
         with self.session_factory() as sess:
@@ -153,7 +154,7 @@ class WorkerPool:
             mb = self.settings.memory_limit_bytes >> 20
             fail_job(self.session_factory, job_id, f"MemoryError: worker over its memory limit ({mb} MB above idle)",
                      retry=False, attempt=attempts, exhibit_id=exhibit_id,
-                     user_msg="the scan needs more memory than this service allows for one job; ask the administrator")
+                     user_msg=MEMORY_TEXT)
             return
         retry = attempts < max_attempts
         msg = f"WorkerLost: the worker process running the job stopped ({why})"

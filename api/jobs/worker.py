@@ -103,15 +103,6 @@ def _warm_up(ctx) -> None:
         log.info("worker warm-up descriptor raised %s: %s", type(e).__name__, e)
 
 
-def _failed_for_memory(ctx, job_id: int) -> bool:
-    from api.db.models import Job
-    from api.errors import MEMORY_TEXT
-
-    with ctx.read_factory() as s:
-        j = s.get(Job, job_id)
-        return j is not None and j.status == "failed" and MEMORY_TEXT in (j.error or "")
-
-
 def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int:
     """Run jobs until SIGTERM (or the parent's death); returns the exit status."""
     from huey.consumer import Consumer
@@ -145,7 +136,7 @@ def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int
 
     cv2.setNumThreads(1)              # OpenCV's own pool ignores OMP_NUM_THREADS; under a limit it cannot spawn
     limit = None
-    lifted = threading.Event()          # the limit was lifted after a job ran out of memory
+    lifted = threading.Event()          # a job ran into the limit, which was lifted (ctx.on_memory_error)
     if settings.backend == "local" and settings.memory_limit_bytes:
         import resource
 
@@ -168,7 +159,7 @@ def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int
             run_correlation_job(ctx, int(job_id))
         finally:
             _write_status(run_dir, {**base, "job_id": None})
-        if limit is not None and (lifted.is_set() or _failed_for_memory(ctx, int(job_id))):
+        if lifted.is_set():
             # a process that ran into its address-space limit may hold half-made state (a thread that could not
             # start, a library lock): it ends here and the pool starts a fresh one for the next job
             log.warning("worker %s: job %s ran into the memory limit; this worker restarts", slot, job_id)
