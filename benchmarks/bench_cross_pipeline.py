@@ -20,7 +20,6 @@ held out; the raw NanoFocus scans were never fitted on). Prints a table, writes 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import time
@@ -31,26 +30,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _scans(data: Path) -> tuple[list[tuple[Path, str, str, str, str]], list[tuple[int, int]]]:
-    """(path, name, family, firearm, cartridge) per scan and the raw x processed pairs."""
-    c = data / "cartridge"
-    out = []
-    for f in sorted((c / "fadul-raw").glob("*.x3p")):
+def _scans(data: Path):
+    """The scans (:class:`ballistic.bench.generalization.Scan`: the labelled sets as the generalization bench
+    finds them, plus the raw Fadul scans) and the raw x other-pipeline pairs."""
+    from ballistic.bench.generalization import Scan, discover_sets
+
+    sets = discover_sets(data)
+    raw = []
+    for f in sorted((Path(data) / "cartridge" / "fadul-raw").glob("*.x3p")):
         m = re.match(r"fadul(\d+)\.(\d+)_raw", f.stem)
-        out.append((f, f.stem, "nanofocus-raw", f"fadul{m.group(1)}", f"fadul{m.group(1)}-{m.group(2)}"))
-    with open(c / "fadul" / "labels.csv", newline="") as fh:
-        for r in csv.DictReader(fh):
-            out.append((data / r["path"], r["scan"], "nanofocus-processed", f"fadul{r['slide']}",
-                        r["scan"].replace("Fadul ", "fadul")))
-    for f in sorted((c / "baldwin").glob("*.x3p")):
-        out.append((f, f.stem, "topmatch-raw", "srx9" + re.sub(r"[^A-Z]", "", f.stem[4:]), f.stem))
-    with open(c / "dfsc" / "labels.csv", newline="") as fh:
-        for r in csv.DictReader(fh):
-            out.append((data / r["path"], r["scan"], "topmatch-other", "srx9" + r["slide"],
-                        r["scan"].replace("_processed", "")))
-    pairs = [(i, j) for i, a in enumerate(out) for j, b in enumerate(out)
-             if (a[2], b[2]) in (("nanofocus-raw", "nanofocus-processed"), ("topmatch-raw", "topmatch-other"))]
-    return out, pairs
+        if m:     # fadul1.2_raw: slide 1, the cartridge the processed set calls "Fadul 1-2"
+            raw.append(Scan(f.stem, f, "fadul-raw", f"fadul:{m.group(1)}", "fadul-raw",
+                            f"Fadul {m.group(1)}-{m.group(2)}"))
+    by = {d: [s for s in sets if s.dataset == d] for d in ("fadul", "baldwin", "dfsc")}
+    scans = raw + by["fadul"] + by["baldwin"] + by["dfsc"]
+    pairs = [(i, j) for i, a in enumerate(scans) for j, b in enumerate(scans)
+             if (a.dataset, b.dataset) in (("fadul-raw", "fadul"), ("baldwin", "dfsc"))]
+    return scans, pairs
 
 
 def main() -> int:
@@ -73,19 +69,19 @@ def main() -> int:
     rng = np.random.default_rng(a.seed)
     angles = [float(rng.uniform(0.0, 360.0)) for _ in scans]
     t0 = time.perf_counter()
-    prepared, t_load = load_scans_parallel([s[0] for s in scans], [s[1] for s in scans], angles, params,
+    prepared, t_load = load_scans_parallel([s.path for s in scans], [s.name for s in scans], angles, params,
                                            workers=a.workers)
     rows, _ = compare_all_pairs(prepared, pairs, params, workers=a.workers)
     summary: dict = {"benchmark": "cross-pipeline", "algorithm": ALGORITHM_VERSION, "seed": a.seed,
                      "seconds": round(time.perf_counter() - t0, 1), "sets": {}}
     print(f"{'set':<12}{'pairs':>6}{'same':>5}{'AUC sim':>9}{'AUC mdl':>9}{'FN C6':>7}{'FP C6':>7}{'FN mdl':>8}"
           f"{'FP mdl':>8}{'min C same':>11}{'max C diff':>11}   same cartridge: NCC / C")
-    for fam in ("nanofocus", "topmatch"):
-        sel = [(i, j, r) for (i, j), r in zip(pairs, rows) if scans[i][2].startswith(fam)]
-        same_cart = [(scans[i][1], scans[j][1], r["registration_ncc"], r["cmc_count"])
-                     for i, j, r in sel if scans[i][4] == scans[j][4]]
-        ev = [(i, j, r) for i, j, r in sel if scans[i][4] != scans[j][4]]
-        y = np.array([scans[i][3] == scans[j][3] for i, j, _ in ev])
+    for fam, raw_set in (("nanofocus", "fadul-raw"), ("topmatch", "baldwin")):
+        sel = [(i, j, r) for (i, j), r in zip(pairs, rows) if scans[i].dataset == raw_set]
+        same_cart = [(scans[i].name, scans[j].name, r["registration_ncc"], r["cmc_count"])
+                     for i, j, r in sel if scans[i].cartridge == scans[j].cartridge]
+        ev = [(i, j, r) for i, j, r in sel if scans[i].cartridge != scans[j].cartridge]
+        y = np.array([scans[i].firearm == scans[j].firearm for i, j, _ in ev])
         c = np.array([r["cmc_count"] for *_, r in ev], float)
         sim = np.array([r["similarity"] for *_, r in ev], float)
         m = np.array([np.nan if r["model_score"] is None else r["model_score"] for *_, r in ev], float)
@@ -96,7 +92,7 @@ def main() -> int:
                  "model_false_positives": int(((m >= 0) & ~y).sum()),
                  "min_cmc_same_source": int(c[y].min()) if y.any() else None,
                  "max_cmc_different_source": int(c[~y].max()) if (~y).any() else None,
-                 "errors": [{"raw": scans[i][1], "other": scans[j][1], "same_source": bool(yy), "cmc_count": int(cc),
+                 "errors": [{"raw": scans[i].name, "other": scans[j].name, "same_source": bool(yy), "cmc_count": int(cc),
                              "model_score": mm} for (i, j, _), yy, cc, mm in zip(ev, y, c, m)
                             if (cc >= 6) != yy or (mm >= 0) != yy],
                  "same_cartridge": [{"raw": p, "other": q, "registration_ncc": n, "cmc_count": k}
