@@ -127,10 +127,19 @@ def _pairwise_complete_corr(a, b, min_count):
 
     Returns (corr, n). corr is NaN when fewer than ``min_count`` pixels are
     shared or either side has zero variance there.
+
+    One pass: the sums are taken about the first shared pair, so that their cancellation is at
+    the scale of the data's spread, not of its offset from zero (as accurate as two passes for
+    heights, at half the reads).
     """
     n = 0
+    x0 = 0.0
+    y0 = 0.0
     sa = 0.0
     sb = 0.0
+    saa = 0.0
+    sbb = 0.0
+    sab = 0.0
     qa = 0.0
     qb = 0.0
     ny, nx = a.shape
@@ -139,32 +148,28 @@ def _pairwise_complete_corr(a, b, min_count):
             x = a[i, j]
             y = b[i, j]
             if x == x and y == y:
+                if n == 0:
+                    x0 = x
+                    y0 = y
                 n += 1
-                sa += x
-                sb += y
                 qa += x * x
                 qb += y * y
+                x -= x0
+                y -= y0
+                sa += x
+                sb += y
+                saa += x * x
+                sbb += y * y
+                sab += x * y
     if n < min_count or n < 2:
         return np.nan, n
-    ma = sa / n
-    mb = sb / n
-    sab = 0.0
-    saa = 0.0
-    sbb = 0.0
-    for i in range(ny):
-        for j in range(nx):
-            x = a[i, j]
-            y = b[i, j]
-            if x == x and y == y:
-                dx = x - ma
-                dy = y - mb
-                sab += dx * dy
-                saa += dx * dx
-                sbb += dy * dy
-    # zero variance, up to the rounding of the mean (a constant 0.1 leaves ~1e-17)
-    if saa <= 1e-12 * qa or sbb <= 1e-12 * qb or saa <= 0.0 or sbb <= 0.0:
+    vab = sab - sa * sb / n
+    vaa = saa - sa * sa / n
+    vbb = sbb - sb * sb / n
+    # zero variance, up to rounding (a constant 0.1 leaves ~1e-17)
+    if vaa <= 1e-12 * qa or vbb <= 1e-12 * qb or vaa <= 0.0 or vbb <= 0.0:
         return np.nan, n
-    return sab / math.sqrt(saa * sbb), n
+    return vab / math.sqrt(vaa * vbb), n
 
 
 @nb.njit(**_NB)
