@@ -145,8 +145,9 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(x * y) / math.sqrt(np.sum(x * x) * np.sum(y * y)))
 
 
-def masked_ncc(fixed, moving, min_overlap, shifts=None):
-    """For every shift d: Pearson of fixed[q + d] with moving[q] over the q valid in both."""
+def masked_ncc(fixed, moving, min_overlap, shifts=None, centred=True):
+    """For every shift d: Pearson of fixed[q + d] with moving[q] over the q valid in both
+    (``centred=False``: sum(f g) / sqrt(sum(f^2) sum(g^2)) over them, NaN where a side is all zero)."""
     Hf, Wf = fixed.shape
     Hm, Wm = moving.shape
     if shifts is None:
@@ -168,5 +169,9 @@ def masked_ncc(fixed, moving, min_overlap, shifts=None):
                         ys.append(m)
             cnt[i, j] = len(xs)
             if len(xs) >= max(min_overlap, 2):
-                ncc[i, j] = pearson(np.array(xs), np.array(ys))
+                x, y = np.array(xs), np.array(ys)
+                if centred:
+                    ncc[i, j] = pearson(x, y)
+                elif np.any(x != 0) and np.any(y != 0):
+                    ncc[i, j] = float(np.sum(x * y) / math.sqrt(np.sum(x * x) * np.sum(y * y)))
     return ncc, cnt

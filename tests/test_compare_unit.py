@@ -11,7 +11,7 @@ import scipy.ndimage as ndi
 from ballistic.cartridge.cmc.cells import cell_division, compare_cells
 from ballistic.cartridge.cmc.params import CMCParams, mirrored, prepare
 from ballistic.cartridge.cmc.register import (Registration, invert_registration, masked_ncc, register_global,
-                                             search_rotation, warp_to_reference)
+                                             rotation_step_deg, search_rotation, warp_to_reference)
 from ballistic.preprocess.filters import crop_to_mask, rotate
 from ballistic.surface import Surface
 
@@ -27,11 +27,12 @@ NCC_SHAPES = [((9, 11), (5, 7)), ((6, 5), (8, 9)), ((4, 4), (4, 4)), ((1, 3), (2
 
 @pytest.mark.parametrize("fshape,mshape", NCC_SHAPES)
 @pytest.mark.parametrize("min_overlap", [1, 4, 10])
-def test_masked_ncc_matches_twin_float64(fshape, mshape, min_overlap):
+@pytest.mark.parametrize("centred", [True, False])
+def test_masked_ncc_matches_twin_float64(fshape, mshape, min_overlap, centred):
     rng = np.random.default_rng(sum(fshape) * 7 + sum(mshape))
     fixed, moving = _nan_rand(rng, fshape), _nan_rand(rng, mshape)
-    got, n = masked_ncc(fixed, moving, min_overlap=min_overlap)
-    want, wn = naive.masked_ncc(fixed, moving, min_overlap)
+    got, n = masked_ncc(fixed, moving, min_overlap=min_overlap, centred=centred)
+    want, wn = naive.masked_ncc(fixed, moving, min_overlap, centred=centred)
     assert got.shape == (fshape[0] + mshape[0] - 1, fshape[1] + mshape[1] - 1)
     np.testing.assert_array_equal(n, wn)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9, equal_nan=True)
@@ -49,11 +50,12 @@ def test_masked_ncc_matches_twin_float32(fshape, mshape):
 
 @pytest.mark.parametrize("shifts", [(-2, 3, -4, 1), (0, 0, 0, 0), (-4, -4, 6, 10), (-4, 8, -6, 10), (2, 5, -1, 4)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_masked_ncc_shift_window_matches_twin(shifts, dtype):
+@pytest.mark.parametrize("centred", [True, False])
+def test_masked_ncc_shift_window_matches_twin(shifts, dtype, centred):
     rng = np.random.default_rng(5)
     fixed, moving = _nan_rand(rng, (9, 11)), _nan_rand(rng, (5, 7))
-    got, n = masked_ncc(fixed, moving, min_overlap=3, shifts=shifts, dtype=dtype)
-    want, wn = naive.masked_ncc(fixed, moving, 3, shifts)
+    got, n = masked_ncc(fixed, moving, min_overlap=3, shifts=shifts, dtype=dtype, centred=centred)
+    want, wn = naive.masked_ncc(fixed, moving, 3, shifts, centred=centred)
     assert got.shape == (shifts[1] - shifts[0] + 1, shifts[3] - shifts[2] + 1)
     np.testing.assert_array_equal(n, wn)
     tol = dict(rtol=1e-6, atol=1e-9) if dtype is np.float64 else dict(atol=1e-3)
@@ -81,6 +83,9 @@ def test_masked_ncc_all_nan_and_constant():
     # zero variance: Pearson undefined; never a meaningful correlation
     ncc, _ = masked_ncc(np.full((6, 6), 2.0), moving, min_overlap=4)
     assert np.all(np.isnan(ncc) | (np.abs(ncc) < 1e-3))
+    # uncentred: a side that is zero over the overlap has no correlation either (NaN, not 0 or inf)
+    ncc, n = masked_ncc(np.zeros((6, 6)), moving, min_overlap=4, centred=False)
+    assert np.isnan(ncc).all() and (n > 0).any()
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -401,7 +406,7 @@ def _half_step_ratio(surface, params, theta):
     """Rotation-prior correlation half an angle step off the true pose, over the one at the pose."""
     a, b = prepare(surface, params), prepare(crop_to_mask(rotate(surface, theta)), params)
     mo = int(0.4 * min(np.isfinite(a.prior).sum(), np.isfinite(b.prior).sum()))
-    h = params.prior_step_deg / 2.0
+    h = (params.prior_step_deg or rotation_step_deg(b.prior)) / 2.0
     v = {round(ang, 6): c for c, ang, _, _ in search_rotation(a.prior, b.prior, [-theta, -theta + h, -theta - h],
                                                                min_overlap=mo, max_shift_px=20)}
     return min(v[round((-theta + d) % 360.0, 6)] for d in (h, -h)) / v[round(-theta % 360.0, 6)]
@@ -412,7 +417,25 @@ def test_rotation_prior_resolves_its_peak_between_grid_angles():
     not lost to noise whatever the scans' orientation (with 4 degree steps on the 100-1000 um band,
     a third of the peak was lost at the rim and real same-gun pairs failed at some orientations)."""
     s = _textured_annulus()
-    assert _half_step_ratio(s, CMCParams(), 31.0) > 0.85
+    step = rotation_step_deg(prepare(s, CMCParams()).prior)
+    assert 2.3 <= step <= 2.6                       # 2.3 mm rim at 50 um: one pixel in half a step
+    assert _half_step_ratio(s, CMCParams(), 31.0) > 0.8
     from dataclasses import replace
     old = replace(CMCParams(), prior_step_deg=4.0)
-    assert _half_step_ratio(s, old, 30.0) < 0.75
+    assert _half_step_ratio(s, old, 30.0) < 0.72
+
+
+def test_rotation_step_follows_the_rim_and_divides_the_circle():
+    def disc(r_px, n=201):
+        yy, xx = np.mgrid[0:n, 0:n]
+        z = np.ones((n, n))
+        z[np.hypot(yy - (n - 1) / 2, xx - (n - 1) / 2) > r_px] = np.nan
+        return z
+    for r in (20, 34, 46, 90):
+        step = rotation_step_deg(disc(r))
+        assert (360.0 / step) == pytest.approx(round(360.0 / step), abs=1e-9)
+        # half a step moves the rim by at most one pixel, and not far less (the largest such step)
+        assert 0.9 <= r * math.radians(step / 2.0) <= 1.0 + 1e-9
+    assert rotation_step_deg(disc(34)) > rotation_step_deg(disc(46))
+    assert rotation_step_deg(np.full((5, 5), np.nan)) == 90.0
+    assert rotation_step_deg(disc(1.5, 5), max_step_deg=30.0) == 30.0

@@ -65,7 +65,7 @@ def test_candidate_filters(client, examiner, scans):
     assert get(date_to="2023-12-31") == ["b1.x3p"]
     assert get(calibre=".40") == []
     # a score between the unrelated pair's and the mates' (53): the tiny synthetic scans' chance count
-    # reaches C = 6 with the rotation prior every 2 degrees, so 6 would test the data, not the filter
+    # reaches C = 6 with a fine rotation prior, so 6 would test the data, not the filter
     assert get(min_score=20) == ["a2.x3p"]
     assert client.get("/v1/exhibits/999/candidates", headers=examiner).status_code == 404
 

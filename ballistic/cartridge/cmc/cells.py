@@ -3,8 +3,11 @@
 :func:`compare_cells` splits the reference into a grid of cells (:func:`cell_division`);
 each cell is searched, for a few angles around the global estimate
 (:func:`ballistic.cartridge.cmc.register.register_global`), in a region of the target
-twice its size around its globally registered position. Translation comes from masked
-NCC by FFT; the cell score is the pairwise-complete correlation at that translation.
+twice its size around its globally registered position. Translation comes from the
+uncentred masked NCC by FFT (the energy-normalised correlation over the shared points,
+:func:`ballistic.cartridge.cmc.register.masked_ncc` with ``centred=False``, as cmcR's
+translation search uses a cross-correlation by FFT); the cell score is the pairwise-complete
+(Pearson) correlation at that translation.
 The counts are taken in :mod:`ballistic.cartridge.cmc.decision`.
 """
 from __future__ import annotations
@@ -87,7 +90,9 @@ def compare_cells(reference: PreparedSurface, target: PreparedSurface, registrat
 
     For each angle in ``registration.angle_deg + params.cell_angles_deg`` the
     target is warped into the reference frame; each cell is matched by masked NCC
-    inside a region ``region_scale`` times its side centred on the cell's place;
+    inside a region ``region_scale`` times its side centred on the cell's place (best
+    translation by the uncentred masked NCC: same CMC counts as the Pearson one on the
+    labelled sets' same-source pairs, in two thirds of the transforms);
     its score is the pairwise-complete correlation at the best translation
     (computed by :func:`ballistic.stats.correlation.pairwise_complete_corr`).
     """
@@ -108,21 +113,22 @@ def compare_cells(reference: PreparedSurface, target: PreparedSurface, registrat
     # The cells' spectra serve every angle.
     window, shape = _ncc_window((R, R), (size, size), (0, 2 * half, 0, 2 * half))
     cell_spectra = _ncc_spectra(cell_stack, shape, np.float32, conj=True)
+    need = np.array([max(16, int(p.cell_min_overlap * frac * size * size)) for *_, frac in cells])
     for da in p.cell_angles_deg:
         ang = registration.angle_deg + da
         warped = warp_to_reference(target.fine, ang, dy0, dx0, ref.shape)
         regions = np.stack([_pad_to(warped, y0 - half, x0 - half, R, R) for (_, _, y0, x0, _, _) in cells])
-        sub, nsub = _ncc_from_spectra(_ncc_spectra(regions, shape, np.float32), cell_spectra, shape, window, 1)
-        for k, (_, _, y0, x0, _, frac) in enumerate(cells):
-            need = max(16, int(p.cell_min_overlap * frac * size * size))
-            v = np.where(nsub[k] >= need, sub[k], np.nan)
-            if not np.isfinite(v).any():
+        sub, nsub = _ncc_from_spectra(_ncc_spectra(regions, shape, np.float32), cell_spectra, shape, window, 1,
+                                      centred=False)
+        # best translation of each cell among those sharing enough points (first of equal maxima)
+        flat = np.where((nsub >= need[:, None, None]) & np.isfinite(sub), sub, -np.inf).reshape(len(cells), -1)
+        best = flat.argmax(axis=1)
+        for k, kk in enumerate(best):
+            if flat[k, kk] == -np.inf:
                 per_cell[k].append((ang, np.nan, np.nan, np.nan))
                 continue
-            i, j = np.unravel_index(int(np.nanargmax(v)), v.shape)
-            win = regions[k, i:i + size, j:j + size]
-            corr, _ = _pairwise_complete_corr(np.ascontiguousarray(cell_stack[k]),
-                                              np.ascontiguousarray(win), need)
+            i, j = divmod(int(kk), 2 * half + 1)
+            corr, _ = _pairwise_complete_corr(cell_stack[k], regions[k, i:i + size, j:j + size], int(need[k]))
             per_cell[k].append((ang, (i - half) * s, (j - half) * s, float(corr)))
     out = []
     for (row, col, y0, x0, sz, frac), pa in zip(cells, per_cell):

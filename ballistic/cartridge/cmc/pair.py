@@ -25,7 +25,8 @@ __all__ = ["PairResult", "compare_pair", "ALGORITHM_VERSION"]
 
 #: /2: normalised preprocessing, mirror search, pair features; /3: rotation prior every 2 degrees;
 #: /4: prior peaks screened at the coarse spacing before refinement; /5: comparison band 500 um (cmcR's)
-ALGORITHM_VERSION = "cmc-coarse2fine/5"
+#: /6: rotation-prior step from the rim radius, uncentred NCC for the prior and the cell translations
+ALGORITHM_VERSION = "cmc-coarse2fine/6"
 
 
 @dataclass

@@ -24,12 +24,12 @@ class CMCParams:
     spacing_um: float = 12.5            # comparison spacing (cells, fine registration)
     coarse_spacing_um: float = 25.0     # coarse registration
     prior_spacing_um: float = 50.0      # full-circle rotation prior
-    # The prior's angle step must resolve its own correlation peak: at the outer radius of a breech
-    # face (~2.5 mm) half a step of 4 degrees moves the surface by ~90 um, more than the prior's shortest
-    # wavelengths (~100 um at 50 um spacing), so a true pose between two grid angles lost its peak to
-    # noise and registration failed or not depending on the scans' orientation (DFSC: 6 to 12 of 18
-    # orientations of a same-gun pair). At 2 degrees half a step is ~45 um, under one prior pixel.
-    prior_step_deg: float = 2.0
+    # The prior's angle step must resolve its own correlation peak: half a step may move the rim of the
+    # target by at most about one prior pixel, or a true pose between two grid angles loses its peak to
+    # noise and registration fails or not depending on the scans' orientation (4 degree steps: DFSC pairs
+    # failed at 6 to 12 of 18 orientations). None: the step from the target's measured radius
+    # (register.rotation_step_deg: 3.4 degrees for a 1.7 mm breech face at 50 um, 2.3 for 2.5 mm).
+    prior_step_deg: float | None = None
     # The rotation prior sees the marks, not the residual form: wavelengths above ~1 mm are mostly the
     # near-symmetric residual shape of the primer and the annulus' radial profile; they correlate with a scan
     # and with its mirror image at many angles and can out-peak a weak true pose.
