@@ -26,8 +26,8 @@ A query is searched in stages:
    query at a coarse spacing (default 50 um) over the full circle (every
    ``prior_step_deg``), translation by masked NCC (FFT, the query's rotated
    stack transformed once per query): :func:`rotation_prior_scores`. This is the
-   first step of :func:`ballistic.cartridge.cmc.register.register_global` (both parities every 2 degrees,
-   about 0.1 s a candidate on one core).
+   first step of :func:`ballistic.cartridge.cmc.register.register_global` (both parities; the comparison
+   steps by its rim rule, this stage by ``prior_step_deg``; about 0.1 s a candidate on one core).
    It runs when there are more candidates than ``cmc_k`` (otherwise it would decide nothing);
 3. **re-rank** - the best ``cmc_k`` of stage 2 are compared (:class:`PairComparison`; CMC: about 0.3 s a
    pair on one core) on the executor. Pairs compared before (``known``) are ranked with their stored outcome.
@@ -56,11 +56,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
-import scipy.fft as sfft
 
 from ballistic.cartridge.cmc.pair import compare_pair
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, band_heights, prepare
-from ballistic.cartridge.cmc.register import warp_to_reference
+from ballistic.cartridge.cmc.register import (_ncc_from_spectra, _ncc_spectra, _ncc_window, _rim_radius_px,
+                                              warp_to_reference)
 from ballistic.preprocess.filters import resample
 from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener, descriptor_version
 from ballistic.retrieval.registry import default_descriptor
@@ -85,7 +85,8 @@ class RetrievalParams:
     screen_step_deg, prior_step_deg : a rotation step must keep half a step's movement at the rim of a
         breech face (~2.5 mm) within about one pixel of its stage, or a true pose between two grid
         angles loses its peak to noise: 2 x spacing / radius = 4.6 degrees at 100 um, 2.3 at 50 um
-        (the comparison's own prior uses 2 degrees at 50 um). The former 8 and 4 degrees lost mates
+        (the comparison's own prior takes its step from the target's measured rim radius:
+        ``register.rotation_step_deg``). The former 8 and 4 degrees lost mates
         among synthetic distractors (40 Fadul queries among 1000: recall@10 0.917, now 0.988 at K = 1000;
         ``benchmarks/results/retrieval_fadul_synth2_1e3_mirror.json``).
     Both rotation stages search the mirror image too when ``cmc.mirror`` (as the comparison does), and
@@ -247,25 +248,17 @@ class RotationPrior:
         ny, nx = h.shape
         # canvas: the disc holding every measured point of the query (breech faces are annuli, so a
         # rotation about the centre stays inside it), at least the query's box and canvas_um
-        yy, xx = np.nonzero(np.isfinite(h))
-        rad = float(np.hypot(yy - (ny - 1) / 2.0, xx - (nx - 1) / 2.0).max()) if yy.size else 1.0
+        rad = _rim_radius_px(h) if np.isfinite(h).any() else 1.0
         self.N = max(int(2 * math.ceil(rad) + 3), ny, nx, int(math.ceil((canvas_um or 0.0) / spacing_um)))
         self.max_shift = max(1, int(max_shift_fraction * max(ny, nx)))
         self.min_overlap = float(min_overlap)
-        self.L = sfft.next_fast_len(self.N + self.max_shift, real=True)
-        # with mirror, the query's mirror image (rows reversed) at every angle too: exporters disagree on
-        # the y axis, and a rotation cannot undo a mirror (as in the comparison's registration)
+        # the query's rotated stack is the moving side of the comparison's masked NCC, transformed once
         views = (h, h[::-1]) if self.mirror else (h,)
         st = np.stack([warp_to_reference(v, a, 0.0, 0.0, (self.N, self.N)) for v in views for a in self.angles])
-        m = np.isfinite(st)
-        g = np.where(m, st, 0.0).astype(np.float32)
-        s = (self.L, self.L)
-        self._Gg = np.conj(sfft.rfft2(g, s=s))
-        self._Gg2 = np.conj(sfft.rfft2(g * g, s=s))
-        self._Gm = np.conj(sfft.rfft2(m.astype(np.float32), s=s))
+        m = self.max_shift
+        self._window, self._shape = _ncc_window((self.N, self.N), (self.N, self.N), (-m, m, -m, m))
+        self._spectra = _ncc_spectra(st, self._shape, np.float32, conj=True)
         self._count = int(np.isfinite(h).sum())
-        r = np.r_[0:self.max_shift + 1, self.L - self.max_shift:self.L]
-        self._sel = (slice(None), r[:, None], r[None, :])
 
     def score(self, candidate: Surface | PreparedSurface | np.ndarray) -> tuple[float, float]:
         """Best masked NCC over rotations and translations, and its angle (degrees).
@@ -296,28 +289,12 @@ class RotationPrior:
                 ny, nx = h.shape
             oy, ox = (N - ny) // 2, (N - nx) // 2
             f[b, oy:oy + ny, ox:ox + nx] = h
-        fm = np.isfinite(f)
-        f0 = np.where(fm, f, 0.0).astype(np.float32)
-        s = (self.L, self.L)
-        ax = (-2, -1)
-        Ff, Ff2, Fm = (sfft.rfft2(x, s=s, axes=ax)[:, None] for x in (f0, f0 * f0, fm.astype(np.float32)))
-        sel = (slice(None),) + self._sel
-
-        def inv(x):
-            return sfft.irfft2(x, s=s, axes=ax)[sel]
-
-        n = np.rint(inv(Fm * self._Gm))                       # (B, angles, shifts, shifts)
-        sf, sg = inv(Ff * self._Gm), inv(Fm * self._Gg)
-        sff, sgg, sfg = inv(Ff2 * self._Gm), inv(Fm * self._Gg2), inv(Ff * self._Gg)
-        cnt = fm.sum(axis=(1, 2))
+        fs = tuple(a[:, None] for a in _ncc_spectra(f, self._shape, np.float32))
+        c, n = _ncc_from_spectra(fs, self._spectra, self._shape, self._window, 16)   # (B, angles, shifts, shifts)
+        cnt = np.isfinite(f).sum(axis=(1, 2))
         mo = np.maximum(16.0, self.min_overlap * np.minimum(cnt, self._count))[:, None, None, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            nn = np.maximum(n, 1.0)
-            cov = sfg - sf * sg / nn
-            den = np.sqrt(np.maximum(sff - sf * sf / nn, 0.0) * np.maximum(sgg - sg * sg / nn, 0.0))
-            c = np.where((n >= mo) & (den > 1e-6 * np.maximum(np.sqrt(np.abs(sff * sgg)), 1e-30)), cov / den,
-                         -np.inf)
-        per_angle = c.reshape(len(hs), self._Gm.shape[0], -1).max(axis=2)
+        c = np.where((n >= mo) & np.isfinite(c), c, -np.inf)
+        per_angle = c.reshape(len(hs), self._spectra[0].shape[0], -1).max(axis=2)
         k = per_angle.argmax(axis=1)
         best = per_angle[np.arange(len(hs)), k]
         ang = np.where(np.isfinite(best), self.angles[k % len(self.angles)], np.nan)

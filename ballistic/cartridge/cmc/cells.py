@@ -91,8 +91,9 @@ def compare_cells(reference: PreparedSurface, target: PreparedSurface, registrat
     For each angle in ``registration.angle_deg + params.cell_angles_deg`` the
     target is warped into the reference frame; each cell is matched by masked NCC
     inside a region ``region_scale`` times its side centred on the cell's place (best
-    translation by the uncentred masked NCC: same CMC counts as the Pearson one on the
-    labelled sets' same-source pairs, in two thirds of the transforms);
+    translation by the uncentred masked NCC, in two thirds of the transforms: on the 93
+    same-source pairs of the labelled sets it identified as many as the Pearson one, 89,
+    mean count 19.16 against 19.13);
     its score is the pairwise-complete correlation at the best translation
     (computed by :func:`ballistic.stats.correlation.pairwise_complete_corr`).
     """
