@@ -439,3 +439,20 @@ def test_rotation_step_follows_the_rim_and_divides_the_circle():
     assert rotation_step_deg(disc(34)) > rotation_step_deg(disc(46))
     assert rotation_step_deg(np.full((5, 5), np.nan)) == 90.0
     assert rotation_step_deg(disc(1.5, 5), max_step_deg=30.0) == 30.0
+
+
+def test_register_global_finds_a_pose_half_way_between_prior_angles_on_an_off_centre_part():
+    """The prior's peak half a rim-rule step off the true angle, on a target that is only one side
+    of the breech face (its best translation moves as the angle turns): the screened angle (a parabola
+    through the grid neighbours) and the refinement's translation window still recover the pose."""
+    s = _textured_annulus()
+    ref = prepare(s, CMCParams())
+    h = s.heights.copy()
+    h[:, : int(0.45 * h.shape[1])] = np.nan                 # keep the right 55 %: an off-centre overlap
+    part = crop_to_mask(s.with_heights(h))
+    step = rotation_step_deg(prepare(part, CMCParams()).prior)
+    theta = 20 * step + step / 2.0
+    target = prepare(crop_to_mask(rotate(part, theta)), CMCParams())
+    reg = register_global(ref, target, CMCParams())
+    assert _adiff(reg.angle_deg, -theta) <= 0.75, reg
+    assert reg.ncc > 0.8 and not reg.mirrored
