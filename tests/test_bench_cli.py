@@ -137,3 +137,13 @@ def test_bench_retrieval_runs_the_descriptors_side_by_side(shared_data, tmp_path
         assert 0.0 <= r["faiss_recall"]["@10"] <= r["faiss_recall"]["@50"] <= 1.0
         assert set(arm["real_synthetic_separability"]) >= {"linear_auc", "nn_synthetic_fraction"}
         assert 0.0 <= r["distractors_vs_real_nonmates"]["fraction_above_median_real_nonmate"] <= 1.0
+
+
+def test_real_synthetic_separability_tells_a_shifted_set_from_a_mixed_one():
+    from ballistic.bench.retrieval import real_synthetic_separability
+    rng = np.random.default_rng(0)
+    real, synth = rng.normal(size=(40, 16)), rng.normal(size=(400, 16))
+    mixed = real_synthetic_separability(real, synth)
+    apart = real_synthetic_separability(real + 1.0, synth)
+    assert 0.3 < mixed["linear_auc"] < 0.7 and 0.3 < mixed["nn_synthetic_fraction"] < 0.7
+    assert apart["linear_auc"] > 0.95 and apart["nn_synthetic_fraction"] < 0.1

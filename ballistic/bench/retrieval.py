@@ -280,21 +280,6 @@ def _aggregate(rows: list[dict], params: RetrievalParams) -> dict:
     return out
 
 
-def _logreg(X: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iters: int = 100) -> np.ndarray:
-    """L2-regularised logistic regression (Newton); weights with the bias last."""
-    A = np.c_[X, np.ones(len(X))]
-    w = np.zeros(A.shape[1])
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(A @ w, -30, 30)))
-        g = A.T @ (p - y) + l2 * np.r_[w[:-1], 0.0]
-        H = (A * (p * (1 - p))[:, None]).T @ A + l2 * np.eye(len(w))
-        step = np.linalg.solve(H, g)
-        w -= step
-        if np.abs(step).max() < 1e-7:
-            break
-    return w
-
-
 def real_synthetic_separability(E_real: np.ndarray, E_synth: np.ndarray, *, seed: int = 0) -> dict:
     """How easily real and synthetic descriptors are told apart (a check that distractors are not trivial).
 
@@ -303,6 +288,7 @@ def real_synthetic_separability(E_real: np.ndarray, E_synth: np.ndarray, *, seed
     * ``nn_synthetic_fraction``: among each real vector's 10 nearest neighbours in a pool of all the real
       ones and as many synthetic ones, the fraction that is synthetic (about 0.5 when well mixed, 0 apart).
     """
+    from ballistic.cartridge.score.model import fit_logistic
     from ballistic.stats.metrics import roc_auc
 
     rng = np.random.default_rng(seed)
@@ -313,8 +299,8 @@ def real_synthetic_separability(E_real: np.ndarray, E_synth: np.ndarray, *, seed
     scores = np.empty(len(X))
     for f in np.array_split(perm, 5):
         tr = np.setdiff1d(perm, f)
-        w = _logreg(X[tr], y[tr])
-        scores[f] = X[f] @ w[:-1] + w[-1]
+        coef, intercept, mean, scale = fit_logistic(X[tr], y[tr] == 1)
+        scores[f] = ((X[f] - mean) / scale) @ coef + intercept
     m = min(len(Er), len(Es))
     P = np.concatenate([Er, Es[rng.choice(len(Es), m, replace=False)]])
     S = Er @ P.T
