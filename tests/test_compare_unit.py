@@ -406,7 +406,7 @@ def _half_step_ratio(surface, params, theta):
     """Rotation-prior correlation half an angle step off the true pose, over the one at the pose."""
     a, b = prepare(surface, params), prepare(crop_to_mask(rotate(surface, theta)), params)
     mo = int(0.4 * min(np.isfinite(a.prior).sum(), np.isfinite(b.prior).sum()))
-    h = (params.prior_step_deg or rotation_step_deg(b.prior)) / 2.0
+    h = (params.prior_step_deg or rotation_step_deg(b.prior, rim_shift_px=params.prior_rim_shift_px)) / 2.0
     v = {round(ang, 6): c for c, ang, _, _ in search_rotation(a.prior, b.prior, [-theta, -theta + h, -theta - h],
                                                                min_overlap=mo, max_shift_px=20)}
     return min(v[round((-theta + d) % 360.0, 6)] for d in (h, -h)) / v[round(-theta % 360.0, 6)]
@@ -417,9 +417,9 @@ def test_rotation_prior_resolves_its_peak_between_grid_angles():
     not lost to noise whatever the scans' orientation (with 4 degree steps on the 100-1000 um band,
     a third of the peak was lost at the rim and real same-gun pairs failed at some orientations)."""
     s = _textured_annulus()
-    step = rotation_step_deg(prepare(s, CMCParams()).prior)
-    assert 2.3 <= step <= 2.6                       # 2.3 mm rim at 50 um: one pixel in half a step
-    assert _half_step_ratio(s, CMCParams(), 31.0) > 0.8
+    step = rotation_step_deg(prepare(s, CMCParams()).prior, rim_shift_px=CMCParams().prior_rim_shift_px)
+    assert 1.8 <= step <= 1.95                      # 2.3 mm rim at 50 um: 3/4 pixel in half a step
+    assert _half_step_ratio(s, CMCParams(), 31.0) > 0.88
     from dataclasses import replace
     old = replace(CMCParams(), prior_step_deg=4.0)
     assert _half_step_ratio(s, old, 30.0) < 0.72
@@ -432,13 +432,16 @@ def test_rotation_step_follows_the_rim_and_divides_the_circle():
         z[np.hypot(yy - (n - 1) / 2, xx - (n - 1) / 2) > r_px] = np.nan
         return z
     for r in (20, 34, 46, 90):
-        step = rotation_step_deg(disc(r))
-        assert (360.0 / step) == pytest.approx(round(360.0 / step), abs=1e-9)
-        # half a step moves the rim by at most one pixel, and not far less (the largest such step)
-        assert 0.9 <= r * math.radians(step / 2.0) <= 1.0 + 1e-9
+        for shift in (1.0, 0.75):
+            step = rotation_step_deg(disc(r), rim_shift_px=shift)
+            assert (360.0 / step) == pytest.approx(round(360.0 / step), abs=1e-9)
+            # half a step moves the rim by at most that many pixels, and not far less (the largest such step)
+            assert 0.9 * shift <= r * math.radians(step / 2.0) <= shift + 1e-9
     assert rotation_step_deg(disc(34)) > rotation_step_deg(disc(46))
     assert rotation_step_deg(np.full((5, 5), np.nan)) == 90.0
     assert rotation_step_deg(disc(1.5, 5), max_step_deg=30.0) == 30.0
+    with pytest.raises(ValueError, match="rim_shift_px"):
+        rotation_step_deg(disc(20), rim_shift_px=0.0)
 
 
 def test_register_global_finds_a_pose_half_way_between_prior_angles_on_an_off_centre_part():
@@ -450,9 +453,45 @@ def test_register_global_finds_a_pose_half_way_between_prior_angles_on_an_off_ce
     h = s.heights.copy()
     h[:, : int(0.45 * h.shape[1])] = np.nan                 # keep the right 55 %: an off-centre overlap
     part = crop_to_mask(s.with_heights(h))
-    step = rotation_step_deg(prepare(part, CMCParams()).prior)
+    step = rotation_step_deg(prepare(part, CMCParams()).prior, rim_shift_px=CMCParams().prior_rim_shift_px)
     theta = 20 * step + step / 2.0
     target = prepare(crop_to_mask(rotate(part, theta)), CMCParams())
     reg = register_global(ref, target, CMCParams())
     assert _adiff(reg.angle_deg, -theta) <= 0.75, reg
     assert reg.ncc > 0.8 and not reg.mirrored
+
+
+@pytest.mark.parametrize("near_decoy", [False, True])
+def test_register_global_finds_a_true_pose_the_prior_ranks_below_noise(monkeypatch, near_decoy):
+    """Prior peaks (both parities) that out-rank the true pose are screened out at the coarse spacing;
+    with ``near_decoy`` one of them sits a grid step from the true angle but 8 prior pixels away, and must
+    not hide the true pose as 'the same peak' (it did on a cross-kit DFSC pair)."""
+    import ballistic.cartridge.cmc.register as reg_mod
+
+    s = _textured_annulus()
+    ref = prepare(s, CMCParams())
+    theta = 100.0
+    target = prepare(crop_to_mask(rotate(s, theta)), CMCParams())
+    real_search = reg_mod.search_rotation
+
+    def rigged(*args, **kwargs):
+        out = real_search(*args, **kwargs)
+        top = max(v for v, *_ in out)
+        rng = np.random.default_rng(1)
+        rigged_out = []
+        truth = min(range(len(out)), key=lambda k: _adiff(out[k][1], -theta) + 1000 * out[k][4])
+        step = abs(out[1][1] - out[0][1])
+        for k, (v, a, cy, cx, f) in enumerate(out):
+            if k % 40 == 7 and _adiff(a, -theta) > 20:          # ~5 decoys of each parity
+                v = top + 0.05 + 0.01 * rng.random()
+            if near_decoy and k == truth + 1:                       # the next grid angle, same parity
+                assert not f and _adiff(a, out[truth][1]) == pytest.approx(step)
+                v, cy, cx = top + 0.1, cy + 8.0, cx - 8.0
+            rigged_out.append((v, a, cy, cx, f))
+        assert sum(v > top for v, *_ in rigged_out) >= 9
+        return rigged_out
+
+    monkeypatch.setattr(reg_mod, "search_rotation", rigged)
+    r = register_global(ref, target, CMCParams())
+    assert _adiff(r.angle_deg, -theta) <= 0.75, r
+    assert r.ncc > 0.8 and not r.mirrored

@@ -25,11 +25,14 @@ class CMCParams:
     coarse_spacing_um: float = 25.0     # coarse registration
     prior_spacing_um: float = 50.0      # full-circle rotation prior
     # The prior's angle step must resolve its own correlation peak: half a step may move the rim of the
-    # target by at most about one prior pixel, or a true pose between two grid angles loses its peak to
-    # noise and registration fails or not depending on the scans' orientation (4 degree steps: DFSC pairs
-    # failed at 6 to 12 of 18 orientations). None: the step from the target's measured radius
-    # (register.rotation_step_deg: 3.4 degrees for a 1.7 mm breech face at 50 um, 2.3 for 2.5 mm).
+    # target by at most a fraction of a prior pixel, or a true pose between two grid angles loses its peak
+    # to noise and registration fails or not depending on the scans' orientation (4 degree steps: DFSC pairs
+    # failed at 6 to 12 of 18 orientations). None: the step from the target's measured rim radius
+    # (register.rotation_step_deg: 2.5 degrees for a 1.7 mm breech face at 50 um, 1.7 for 2.5 mm).
     prior_step_deg: float | None = None
+    # 3/4 pixel: at one pixel (3.5 degrees on the labelled sets' 1.6-1.9 mm rims) the weak true pose of a
+    # cross-kit DFSC pair fell out of the screen in one rotation draw of three (chosen on those pairs)
+    prior_rim_shift_px: float = 0.75
     # The rotation prior sees the marks, not the residual form: wavelengths above ~1 mm are mostly the
     # near-symmetric residual shape of the primer and the annulus' radial profile; they correlate with a scan
     # and with its mirror image at many angles and can out-peak a weak true pose.

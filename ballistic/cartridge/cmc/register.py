@@ -3,7 +3,7 @@
 Coarse to fine, so that the full 360 degrees of rotation is searched:
 
 1. rotation prior - :func:`search_rotation` over the full circle (steps of
-   :func:`rotation_step_deg`: half a step moves the rim at most one pixel) at a coarse 50 um
+   :func:`rotation_step_deg`: half a step moves the rim at most 3/4 pixel) at a coarse 50 um
    spacing on the 100-1000 um band: whole-surface masked normalized cross-correlation
    (:func:`masked_ncc`, uncentred), translation by FFT, all angles in batched transforms
    (real exhibits arrive in any orientation);
@@ -49,6 +49,10 @@ _SEARCH_CHUNK_BYTES = 48 * 2**20
 
 #: a rotation-prior value counts as another pose (``Registration.runner_up_ncc``) this far from the best
 _RUNNER_UP_SEPARATION_DEG = 8.0
+
+#: prior peaks (or grid neighbours) whose translations differ by at most this many prior pixels in y and x
+#: are one pose: the refinement reaches one from the other (a coarse search of +- one prior pixel a step)
+_SAME_POSE_PX = 2.0
 
 
 @dataclass(frozen=True)
@@ -190,24 +194,27 @@ def _rim_radius_px(h: np.ndarray) -> float:
     return float(np.sqrt(((iy - (ny - 1) / 2.0) ** 2 + (ix - (nx - 1) / 2.0) ** 2).max()))
 
 
-def rotation_step_deg(moving: np.ndarray, *, max_step_deg: float = 90.0) -> float:
+def rotation_step_deg(moving: np.ndarray, *, rim_shift_px: float = 1.0, max_step_deg: float = 90.0) -> float:
     """Angle step (degrees) for a full-circle search of ``moving`` rotated about its centre.
 
     The largest step that divides the circle evenly and moves the farthest measured point of
-    ``moving`` by at most one pixel over half a step (``2 / rim radius`` radians): a pose between
-    two grid angles then keeps most of its correlation peak, however the scans are oriented
-    (coarser steps lose the peak at the rim to noise). A breech face 1.7 mm in radius at 50 um
-    gets 3.4 degrees, 2.5 mm gets 2.3.
+    ``moving`` by at most ``rim_shift_px`` pixels over half a step (``2 rim_shift_px / rim radius``
+    radians): a pose between two grid angles then keeps most of its correlation peak, however the
+    scans are oriented (coarser steps lose the peak at the rim to noise).
 
     Parameters
     ----------
     moving : ndarray, shape (ny, nx)
         Heights, NaN = not measured; the spacing is the pixel the rule counts in.
+    rim_shift_px : float, keyword-only
+        Largest movement of the rim over half a step, in pixels (``CMCParams.prior_rim_shift_px``).
     max_step_deg : float, keyword-only
         Upper bound (a tiny surface would otherwise get a huge step).
     """
+    if not rim_shift_px > 0:
+        raise ValueError(f"rotation_step_deg: rim_shift_px must be > 0 pixels, got {rim_shift_px}")
     r = _rim_radius_px(moving)
-    step = max_step_deg if not (r > 1.0) else min(max_step_deg, math.degrees(2.0 / r))
+    step = max_step_deg if not (r > rim_shift_px) else min(max_step_deg, math.degrees(2.0 * rim_shift_px / r))
     return 360.0 / math.ceil(360.0 / step - 1e-9)
 
 
@@ -309,7 +316,7 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
 
     Coarse to fine: every ``prior_step_deg`` of the circle at ``prior_spacing_um``
     (the rotation prior; None: the step of :func:`rotation_step_deg` for the target's
-    measured radius; the uncentred masked NCC, see :func:`masked_ncc`); its best
+    measured radius and ``prior_rim_shift_px``; the uncentred masked NCC, see :func:`masked_ncc`); its best
     ``prior_screen_per_parity`` distinct peaks of each parity, each at the angle a parabola
     through its neighbours puts it, re-scored at ``coarse_spacing_um`` (the prior alone ranks a weak true pose below
     noise on some pairs from other kits and pipelines); the best ``prior_candidates`` of
@@ -330,7 +337,7 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     def min_ov(a, b):
         return max(16, int(p.min_overlap * min(np.isfinite(a).sum(), np.isfinite(b).sum())))
 
-    step = float(p.prior_step_deg or rotation_step_deg(target.prior))
+    step = float(p.prior_step_deg or rotation_step_deg(target.prior, rim_shift_px=p.prior_rim_shift_px))
     grid = np.arange(len(np.arange(0.0, 360.0 - 1e-9, step))) * step
     shift = int(p.max_shift_fraction * max(reference.prior.shape))
     mo_p = min_ov(reference.prior, target.prior)
@@ -341,12 +348,20 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
                             mirror=p.mirror, centred=False)
     if not p.mirror:
         prior = [(*t, False) for t in prior]
-    at = {(f, int(round(a / step)) % len(grid)): v for v, a, _, _, f in prior}
+    at = {(f, int(round(a / step)) % len(grid)): (v, cy, cx) for v, a, cy, cx, f in prior}
 
-    def peak_angle(a, f):
-        """Angle of the parabola's vertex through the prior values at a and its two grid neighbours."""
+    def same_place(y0, x0, y1, x1):
+        """Two translations of the prior (px) that one pose's refinement reaches from either."""
+        return abs(y0 - y1) <= _SAME_POSE_PX and abs(x0 - x1) <= _SAME_POSE_PX
+
+    def peak_angle(a, f, cy, cx):
+        """Angle of the parabola's vertex through the prior values at a and its two grid neighbours
+        (a neighbour whose best translation is elsewhere is another pose: no interpolation)."""
         k = int(round(a / step))
-        vm, v0, vp = (at.get((f, (k + o) % len(grid)), -np.inf) for o in (-1, 0, 1))
+        nb = [at.get((f, (k + o) % len(grid)), (-np.inf, np.nan, np.nan)) for o in (-1, 0, 1)]
+        if not all(same_place(cy, cx, y, x) for _, y, x in nb):
+            return a
+        vm, v0, vp = (t[0] for t in nb)
         den = vm - 2.0 * v0 + vp
         if not (np.isfinite(den) and den < 0):
             return a
@@ -357,17 +372,21 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     def distinct(a, fa, b, fb, sep):
         return fa != fb or abs((a - b + 180.0) % 360.0 - 180.0) > sep
 
-    # one peak's refinement covers +- coarse_halfwidth_deg: closer peaks of the same parity are the same pose
+    # one peak's refinement covers +- coarse_halfwidth_deg around its translation: closer peaks of the same
+    # parity at the same place are the same pose; a peak at a nearby angle but elsewhere is another (on a
+    # cross-kit DFSC pair a noise peak 3 degrees and 16 coarse px from the true pose out-ranked it, and an
+    # angle-only rule dropped the true one unscreened)
     sep = 2.0 * p.coarse_halfwidth_deg
     screened: list[tuple[float, float, float, float, bool]] = []
     for parity in ((False, True) if p.mirror else (False,)):
-        kept: list[float] = []
+        kept: list[tuple[float, float, float]] = []
         for v, a, cy, cx, f in prior:
             if len(kept) >= p.prior_screen_per_parity or v == -np.inf:
                 break
-            if f == parity and all(distinct(a, f, q, f, sep) for q in kept):
-                kept.append(a)
-                screened.append((v, peak_angle(a, f), cy, cx, f))
+            if f == parity and all(distinct(a, f, q, f, sep) or not same_place(cy, cx, qy, qx)
+                                   for q, qy, qx in kept):
+                kept.append((a, cy, cx))
+                screened.append((v, peak_angle(a, f, cy, cx), cy, cx, f))
     best_prior = prior[0][0] if prior else -np.inf
     runner = -np.inf
     if prior:
@@ -385,17 +404,21 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
         scored.append((c, a0, sy, sx, f))
     scored.sort(key=lambda t: -t[0])
     peaks = scored[:max(1, p.prior_candidates)]
-    # refine: angles around each screened peak, translation by a local direct search (numba kernel)
+    # refine: angles around each screened peak, translation by a local direct search (numba kernel), tracked
+    # along the sweep: turning about the target centre moves the best translation of an off-centre overlap
+    # (~1 mm x 1.5 degrees = 1 coarse px a step), so each angle starts from its neighbour's translation; the
+    # screen's own result is the peak's angle
     hw, st = p.coarse_halfwidth_deg, p.coarse_step_deg
-    offs = np.arange(-hw, hw + 1e-9, st)
+    n_side = int(math.floor(hw / st + 1e-9))
     coarse = []
-    for _, a0, cy, cx, f in peaks:
-        for o in offs:
-            # the screen placed the translation at the peak's angle; turning a few degrees about the target
-            # centre moves the best translation of an off-centre overlap (~1 mm x 3 degrees = 2 coarse px):
-            # one prior pixel and one coarse pixel more (a cross-kit DFSC pair lost its pose at one prior pixel)
-            coarse.append((*local_search(reference.coarse, views[f].coarse, a0 + o, cy, cx,
-                                         radius_px=int(math.ceil(ratio)) + 1, min_count=mo_c), f))
+    for c0, a0, cy, cx, f in peaks:
+        coarse.append((c0, a0 % 360.0, cy, cx, f))
+        for sign in (1.0, -1.0):
+            y, x = cy, cx
+            for k in range(1, n_side + 1):
+                c, a, y, x = local_search(reference.coarse, views[f].coarse, a0 + sign * k * st, y, x,
+                                          radius_px=int(math.ceil(ratio)), min_count=mo_c)
+                coarse.append((c, a, y, x, f))
     v, ang, cy, cx, flip = max(coarse, key=lambda t: t[0])
     ratio = p.coarse_spacing_um / p.spacing_um
     mo_f = min_ov(reference.fine, target.fine)
