@@ -114,3 +114,15 @@ def test_generalization_cli_from_a_cache(shared_data, tmp_path, monkeypatch):
     s = json.loads(out.read_text())
     assert s["pairs_info"]["cached"] is True and s["population"]["sets"]["fadul"]["scans"] == 40
     assert "pooled_cv" in s["protocols"] and "first_feature_set" in s
+
+
+def test_cached_pairs_are_keyed_to_the_comparison_source(tmp_path, monkeypatch):
+    """An edit of the comparison code that keeps every version string and parameter must not reuse
+    the pairs computed by the previous code (it once did: a benchmark reported the old code's figures)."""
+    f = tmp_path / "a.x3p"
+    f.write_bytes(b"x")
+    scans = [G.Scan(name="a", path=f, dataset="fadul", firearm="fadul:1", kit="fadul", cartridge="a")]
+    before = G._cache_key(scans, 0)
+    assert G._cache_key(scans, 0) == before
+    monkeypatch.setattr(G, "_comparison_source_digest", lambda: "edited")
+    assert G._cache_key(scans, 0) != before

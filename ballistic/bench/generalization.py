@@ -107,6 +107,22 @@ def _pairs(scans: list[Scan]) -> list[tuple[int, int]]:
 
 # ----------------------------------------------------------------------------- computing the pairs
 
+def _comparison_source_digest() -> str:
+    """Digest of the source files a pair's row depends on (reading, normalisation, comparison, features):
+    an edit that keeps every version string and parameter still invalidates the cached pairs."""
+    import ballistic
+
+    root = Path(ballistic.__file__).parent
+    files = sorted([*root.glob("io/*.py"), *root.glob("preprocess/*.py"), *root.glob("cartridge/*.py"),
+                    *root.glob("cartridge/cmc/*.py"), root / "cartridge/score/features.py",
+                    *root.glob("stats/*.py"), root / "surface.py"])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def _cache_key(scans: list[Scan], seed: int) -> str:
     from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
     from ballistic.cartridge.cmc.params import CMCParams
@@ -116,6 +132,7 @@ def _cache_key(scans: list[Scan], seed: int) -> str:
     for part in (ALGORITHM_VERSION, NORMALISATION_VERSION, FEATURE_VERSION, json.dumps(CMCParams().as_dict()),
                  json.dumps(NormalisationParams().as_dict()), str(seed)):
         h.update(part.encode())
+    h.update(_comparison_source_digest().encode())
     for s in scans:
         st = s.path.stat()
         h.update(f"{s.name}|{st.st_size}|{int(st.st_mtime)}".encode())
