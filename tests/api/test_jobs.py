@@ -299,7 +299,9 @@ def test_descriptor_upgrade_polar_to_learned_reindexes_and_keeps_every_compariso
         assert _stored_pairs(c) == before       # same rows (ids, scores, versions): kept, not redone or doubled
     with TestClient(create_app(make_settings(tmp_path, descriptor="learned"))) as c:
         assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
-    with TestClient(create_app(make_settings(tmp_path))) as c:     # the default descriptor is the learned one
+    with TestClient(create_app(make_settings(tmp_path))) as c:     # the default descriptor is polar: back again
+        rt = c.app.state.runtime
+        assert rt.startup_report["redescribe_jobs"] == 3
+        assert rt.spaces["breech_face"].descriptor_version.startswith("bf-polar-fft/2")
+    with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:     # the same descriptor: nothing
         assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
-    with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:     # back to polar: again
-        assert c.app.state.runtime.startup_report["redescribe_jobs"] == 3
