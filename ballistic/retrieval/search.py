@@ -29,7 +29,7 @@ A query is searched in stages:
    first step of :func:`ballistic.cartridge.cmc.register.register_global` (both parities; the comparison
    steps by its rim rule, this stage by ``prior_step_deg``; about 0.1 s a candidate on one core).
    It runs when there are more candidates than ``cmc_k`` (otherwise it would decide nothing);
-3. **re-rank** - the best ``cmc_k`` of stage 2 are compared (:class:`PairComparison`; CMC: about 0.3 s a
+3. **re-rank** - the best ``cmc_k`` of stage 2 are compared (:class:`PairComparison`; CMC: about 0.2 s a
    pair on one core) on the executor. Pairs compared before (``known``) are ranked with their stored outcome.
 
 The result lists the ``k`` candidates: the ``cmc_k`` compared ones first, by the comparison's score
