@@ -83,7 +83,8 @@ class RetrievalParams:
     screen_k : when > 0, a cheaper rotation prior (``screen_spacing_um``, every ``screen_step_deg``)
         ranks all ``k`` first and only its best ``screen_k`` go on to stage 2 (stage "1b").
     screen_step_deg, prior_step_deg : a rotation step must keep half a step's movement at the rim of a
-        breech face (~2.5 mm) within about one pixel of its stage, or a true pose between two grid
+        breech face (~2.5 mm, a large one: the labelled scans' rims measure 1.6-1.9 mm) within about one
+        pixel of its stage, or a true pose between two grid
         angles loses its peak to noise: 2 x spacing / radius = 4.6 degrees at 100 um, 2.3 at 50 um
         (the comparison's own prior takes its step from the target's measured rim radius:
         ``register.rotation_step_deg``). The former 8 and 4 degrees lost mates
@@ -248,7 +249,8 @@ class RotationPrior:
         ny, nx = h.shape
         # canvas: the disc holding every measured point of the query (breech faces are annuli, so a
         # rotation about the centre stays inside it), at least the query's box and canvas_um
-        rad = _rim_radius_px(h) if np.isfinite(h).any() else 1.0
+        rad = _rim_radius_px(h)
+        rad = rad if np.isfinite(rad) else 1.0
         self.N = max(int(2 * math.ceil(rad) + 3), ny, nx, int(math.ceil((canvas_um or 0.0) / spacing_um)))
         self.max_shift = max(1, int(max_shift_fraction * max(ny, nx)))
         self.min_overlap = float(min_overlap)

@@ -338,7 +338,7 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
         return max(16, int(p.min_overlap * min(np.isfinite(a).sum(), np.isfinite(b).sum())))
 
     step = float(p.prior_step_deg or rotation_step_deg(target.prior, rim_shift_px=p.prior_rim_shift_px))
-    grid = np.arange(len(np.arange(0.0, 360.0 - 1e-9, step))) * step
+    grid = np.arange(0.0, 360.0 - 1e-9, step)         # never 360 itself, whatever the rounding of step
     shift = int(p.max_shift_fraction * max(reference.prior.shape))
     mo_p = min_ov(reference.prior, target.prior)
     views = {False: target, True: mirrored(target)} if p.mirror else {False: target}
