@@ -110,17 +110,10 @@ def _pairs(scans: list[Scan]) -> list[tuple[int, int]]:
 def _comparison_source_digest() -> str:
     """Digest of the source files a pair's row depends on (reading, normalisation, comparison, features):
     an edit that keeps every version string and parameter still invalidates the cached pairs."""
-    import ballistic
+    from ballistic.io.digest import source_digest
 
-    root = Path(ballistic.__file__).parent
-    files = sorted([*root.glob("io/*.py"), *root.glob("preprocess/*.py"), *root.glob("cartridge/*.py"),
-                    *root.glob("cartridge/cmc/*.py"), root / "cartridge/score/features.py",
-                    *root.glob("stats/*.py"), root / "surface.py"])
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(root).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    return source_digest("io/*.py", "preprocess/*.py", "cartridge/*.py", "cartridge/cmc/*.py",
+                         "cartridge/score/features.py", "stats/*.py", "surface.py")
 
 
 def _cache_key(scans: list[Scan], seed: int) -> str:

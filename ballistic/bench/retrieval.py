@@ -54,8 +54,8 @@ from ballistic.retrieval.registry import load_descriptor
 from ballistic.retrieval.search import RetrievalParams, Retriever
 from ballistic.surface import Surface
 
-__all__ = ["BenchFetch", "distractor_descriptors", "distractor_thumbnails", "run_retrieval_bench",
-           "real_synthetic_separability", "load_rotated_scans"]
+__all__ = ["BenchFetch", "distractor_catalogue", "submitted_as_processed", "distractor_descriptors",
+           "distractor_thumbnails", "run_retrieval_bench", "real_synthetic_separability", "load_rotated_scans"]
 
 DISTRACTOR_ID0 = 1_000_000
 
@@ -82,6 +82,30 @@ class BenchFetch:
         return self.catalogue(int(id), spacing_um=spacing_um)
 
 
+def submitted_as_processed(surface: Surface) -> Surface:
+    """The normalisation every submitted scan goes through
+    (:func:`~ballistic.cartridge.breech_face.preprocess_cartridge`), at the surface's own spacing and as a
+    processed scan (a synthetic firing holds only the breech face): what a distractor is stored as."""
+    from ballistic.cartridge.breech_face import preprocess_cartridge
+
+    return preprocess_cartridge(surface, kind="processed", spacing_um=surface.spacing_um)
+
+
+def distractor_catalogue() -> SyntheticCatalogue:
+    """The benchmark's synthetic distractors (two firings per firearm, seeds from 0, ids from
+    :data:`DISTRACTOR_ID0`), each normalised as a submitted scan is (:func:`submitted_as_processed`)."""
+    return SyntheticCatalogue(id_offset=DISTRACTOR_ID0, firings_per_firearm=2, firearm_offset=0, spacing_um=12.5,
+                              preprocess=submitted_as_processed)
+
+
+def _distractor_key(*parts) -> str:
+    """Cache key of distractor data: the parts, the synthetic generator's version and the normalisation's
+    code (:func:`~ballistic.cartridge.normalise.normalisation_key`)."""
+    from ballistic.cartridge.normalise import normalisation_key
+
+    return hashlib.sha256("|".join(map(str, (*parts, _SYNTH_VERSION, normalisation_key()))).encode()).hexdigest()[:16]
+
+
 _THUMB = 40
 
 
@@ -100,7 +124,7 @@ def _thumb_range(args) -> np.ndarray:
 def distractor_thumbnails(n: int, *, catalogue: SyntheticCatalogue, spacing_um: float = 100.0, workers: int = 2,
                           batch: int = 2000, cache_dir: str | Path | None = None) -> np.ndarray:
     """Coarse height maps (float16, NaN-padded to 40 x 40 at ``spacing_um``) of the first n distractors."""
-    key = hashlib.sha256(f"{catalogue!r}|{spacing_um}|{_THUMB}|{_SYNTH_VERSION}".encode()).hexdigest()[:16]
+    key = _distractor_key(repr(catalogue), spacing_um, _THUMB)
     f = None if cache_dir is None else Path(cache_dir) / f"thumbs-{key}-{n}.npy"
     if f is not None and f.exists():
         return np.load(f)
@@ -171,7 +195,7 @@ def distractor_descriptors(n: int, *, catalogue: SyntheticCatalogue, descriptor=
     """
     single = descriptors is None
     descs = [descriptor] if single else list(descriptors)
-    keys = [hashlib.sha256(f"{d.name}|{catalogue!r}|{_SYNTH_VERSION}".encode()).hexdigest()[:16] for d in descs]
+    keys = [_distractor_key(d.name, repr(catalogue)) for d in descs]
     results: list[np.ndarray | None] = [None] * len(descs)
     cached: list[np.ndarray | None] = [None] * len(descs)
     if cache_dir is not None:
@@ -363,8 +387,7 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
     json_out = Path(json_out)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     cache_dir = cache_dir or json_out.parent / "cache"
-    catalogue = SyntheticCatalogue(id_offset=DISTRACTOR_ID0, firings_per_firearm=2, firearm_offset=0,
-                                   spacing_um=12.5)
+    catalogue = distractor_catalogue()
     names, src, real = load_rotated_scans(directory, labels, seed=seed)
     study = study or Path(directory).name
     arms = _arms(descriptors, fold_models, src, study)

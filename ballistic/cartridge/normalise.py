@@ -57,7 +57,8 @@ import scipy.ndimage as ndi
 
 from ballistic.surface import Surface
 
-__all__ = ["NORMALISATION_VERSION", "NormalisationParams", "roll_off_bands", "drop_islands", "rms"]
+__all__ = ["NORMALISATION_VERSION", "NormalisationParams", "normalisation_key", "roll_off_bands", "drop_islands",
+           "rms"]
 
 NORMALISATION_VERSION = "breech-face-norm/1"
 
@@ -93,6 +94,31 @@ class NormalisationParams:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def normalisation_key(params: "NormalisationParams | None" = None) -> str:
+    """A key (hex) for caches of normalised scans: the version, the parameters and a digest of the
+    source files the normalisation runs (reading, filters, form removal, this module, the breech face),
+    so an edit of any of them invalidates what was cached with the old code.
+
+    Parameters
+    ----------
+    params : NormalisationParams, optional
+        The parameters used (default: the defaults).
+    """
+    import hashlib
+    import json
+
+    from ballistic.io.digest import source_digest
+
+    p = params if params is not None else NormalisationParams()
+    h = hashlib.sha256()
+    for part in (NORMALISATION_VERSION, json.dumps(p.as_dict(), sort_keys=True),
+                 source_digest("io/*.py", "preprocess/*.py", "cartridge/normalise.py", "cartridge/breech_face.py",
+                               "surface.py")):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def drop_islands(surface: Surface, *, min_fraction: float = 0.01) -> tuple[Surface, float]:

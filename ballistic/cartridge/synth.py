@@ -384,15 +384,23 @@ class SyntheticCatalogue:
     spacing_um : float, keyword-only
         Spacing returned by ``fetch(id)`` when none is asked for (12.5 um is the
         CMC comparison spacing; 6.25 um like the processed scans).
+    preprocess : callable, optional, keyword-only
+        Applied to every generated surface before it is returned (``Surface -> Surface``, at the
+        surface's spacing), e.g. the normalisation a submitted scan goes through, so distractors
+        are stored as a service stores exhibits. A module-level function (the catalogue is pickled
+        into worker processes); its qualified name is part of ``repr`` and so of cache keys.
     """
 
     def __init__(self, *, id_offset: int = 0, firings_per_firearm: int = 2, firearm_offset: int = 0,
-                 spacing_um: float = 12.5, n_models: int = 20) -> None:
+                 spacing_um: float = 12.5, n_models: int = 20, preprocess=None) -> None:
         if firings_per_firearm < 1:
             raise ValueError("firings_per_firearm must be >= 1")
+        if preprocess is not None and not callable(preprocess):
+            raise TypeError(f"preprocess must be a callable Surface -> Surface or None, got {preprocess!r}")
         _level(spacing_um)
         self.id_offset, self.per, self.firearm_offset = int(id_offset), int(firings_per_firearm), int(firearm_offset)
         self.spacing_um, self.n_models = float(spacing_um), int(n_models)
+        self.preprocess = preprocess
 
     def source(self, id: int) -> tuple[int, int]:
         """(firearm seed, firing seed) of an id."""
@@ -408,11 +416,13 @@ class SyntheticCatalogue:
         fa, fi = self.source(id)
         firearm = synthetic_firearm(fa, n_models=self.n_models)
         s = fire(firearm, fi, spacing_um=self.spacing_um if spacing_um is None else _snap(spacing_um))
-        return s
+        return s if self.preprocess is None else self.preprocess(s)
 
     def __repr__(self) -> str:
+        pp = "" if self.preprocess is None else \
+            f", preprocess={getattr(self.preprocess, '__module__', '?')}.{getattr(self.preprocess, '__qualname__', '?')}"
         return (f"SyntheticCatalogue(id_offset={self.id_offset}, firings_per_firearm={self.per}, "
-                f"firearm_offset={self.firearm_offset}, spacing_um={self.spacing_um})")
+                f"firearm_offset={self.firearm_offset}, spacing_um={self.spacing_um}{pp})")
 
 
 def _snap(spacing_um: float) -> float:

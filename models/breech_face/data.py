@@ -102,17 +102,19 @@ def load_real_scans(root: str | Path, *, spacing_um: float = 25.0, cache_dir: st
     studies : tuple of str, keyword-only
         Which of the known folders to read.
     """
-    from ballistic.io.x3p import read_x3p
     from ballistic.cartridge.breech_face import preprocess_cartridge
+    from ballistic.cartridge.normalise import normalisation_key
+    from ballistic.io.x3p import read_x3p
 
     root = Path(root)
+    norm = normalisation_key()
     items = [it for it in _real_index(root) if it[0] in studies]
     if not items:
         raise FileNotFoundError(f"no labelled real cartridge scans under {root / 'cartridge'}")
     out = []
     for study, firearm, case, p in items:
         st = p.stat()
-        key = hashlib.sha256(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{spacing_um}|pp1".encode()).hexdigest()[:20]
+        key = hashlib.sha256(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{spacing_um}|{norm}".encode()).hexdigest()[:20]
         f = Path(cache_dir) / f"real-{key}.npy" if cache_dir else None
         if f is not None and f.is_file():
             h = np.load(f)
@@ -130,14 +132,18 @@ def load_real_scans(root: str | Path, *, spacing_um: float = 25.0, cache_dir: st
 # ------------------------------------------------------------------------------------------ synthetic
 
 def _synth_range(args) -> list[np.ndarray]:
+    from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.cartridge.synth import fire, synthetic_firearm
 
     seeds, n_firings, spacing_um = args
     out = []
     for fs in seeds:
         fa = synthetic_firearm(int(fs))
-        out.append(np.stack(_pad_same([fire(fa, j, spacing_um=spacing_um).heights for j in range(n_firings)]))
-                   .astype(np.float16))
+        # normalised as every submitted scan is (a synthetic firing holds only the breech face, like a
+        # processed scan), so the synthetic and the real training views share one normalisation
+        hs = [preprocess_cartridge(fire(fa, j, spacing_um=spacing_um), kind="processed",
+                                   spacing_um=spacing_um).heights for j in range(n_firings)]
+        out.append(np.stack(_pad_same(hs)).astype(np.float16))
     return out
 
 
@@ -155,11 +161,14 @@ def _pad_same(arrs: list[np.ndarray]) -> list[np.ndarray]:
 def synthetic_pool(n_firearms: int, n_firings: int, *, seed0: int = SYNTH_TRAIN_SEED0, spacing_um: float = 25.0,
                    workers: int = 2, cache_dir: str | Path | None = None, progress: bool = True) -> np.ndarray:
     """Synthetic firings (float16, NaN outside; shape (n_firearms, n_firings, n, n)) of firearms
-    ``seed0 .. seed0 + n_firearms - 1`` (:mod:`ballistic.cartridge.synth`), at ``spacing_um``."""
+    ``seed0 .. seed0 + n_firearms - 1`` (:mod:`ballistic.cartridge.synth`), at ``spacing_um``, each
+    normalised by :func:`~ballistic.cartridge.breech_face.preprocess_cartridge` as a processed scan."""
     from ballistic.cartridge import synth
+    from ballistic.cartridge.normalise import normalisation_key
 
     version = getattr(synth, "SYNTH_VERSION", "synth/1")
-    key = hashlib.sha256(f"{version}|{n_firearms}|{n_firings}|{seed0}|{spacing_um}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{version}|{n_firearms}|{n_firings}|{seed0}|{spacing_um}|{normalisation_key()}"
+                         .encode()).hexdigest()[:20]
     f = Path(cache_dir) / f"synth-{key}.npy" if cache_dir else None
     if f is not None and f.is_file():
         return np.load(f)

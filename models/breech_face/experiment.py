@@ -88,6 +88,7 @@ def pretrain(recipe: Recipe, synth: np.ndarray | None, *, cache_dir: Path | None
     """The synthetic-only pretraining of ``recipe`` (cached in ``cache_dir`` by its settings)."""
     import torch
 
+    from ballistic.cartridge.normalise import normalisation_key
     from ballistic.cartridge.synth import SYNTH_VERSION
     from models.breech_face.train import train
 
@@ -96,7 +97,8 @@ def pretrain(recipe: Recipe, synth: np.ndarray | None, *, cache_dir: Path | None
     f = None
     if cache_dir is not None:
         what = {k: v for k, v in recipe.pretrain.as_dict().items() if k not in ("threads", "workers")}
-        f = Path(cache_dir) / f"pretrain-{_key(what, recipe.synth_firearms, recipe.synth_firings, SYNTH_VERSION)}.pt"
+        key = _key(what, recipe.synth_firearms, recipe.synth_firings, SYNTH_VERSION, normalisation_key())
+        f = Path(cache_dir) / f"pretrain-{key}.pt"
         if f.is_file():
             ck = torch.load(f, map_location="cpu", weights_only=True)
             return ck["state_dict"], ck["log"]
