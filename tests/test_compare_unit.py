@@ -495,3 +495,28 @@ def test_register_global_finds_a_true_pose_the_prior_ranks_below_noise(monkeypat
     r = register_global(ref, target, CMCParams())
     assert _adiff(r.angle_deg, -theta) <= 0.75, r
     assert r.ncc > 0.8 and not r.mirrored
+
+
+@pytest.mark.parametrize("asked", [7.0, 2.517, 4.0])
+def test_a_prior_step_that_does_not_divide_the_circle_is_lowered_to_one_that_does(monkeypatch, asked):
+    """The peaks' parabolas take grid neighbours as index +- 1 all round; a step not dividing 360 would
+    put the last angle's neighbour across 0 degrees at another distance, so the grid is made even."""
+    from dataclasses import replace
+
+    import ballistic.cartridge.cmc.register as R
+
+    seen = {}
+    real = R.search_rotation
+
+    def spy(fixed, moving, angles, **kw):
+        seen.setdefault("angles", np.asarray(angles, float))
+        return real(fixed, moving, angles, **kw)
+
+    monkeypatch.setattr(R, "search_rotation", spy)
+    s = _textured_annulus(seed=3)
+    p = replace(CMCParams(), prior_step_deg=asked)
+    R.register_global(prepare(s, p), prepare(crop_to_mask(rotate(s, 11.0)), p), p)
+    g = seen["angles"]
+    gaps = np.diff(np.r_[g, g[0] + 360.0])
+    assert np.allclose(gaps, gaps[0]) and gaps[0] <= asked + 1e-9
+    assert gaps[0] == pytest.approx(360.0 / math.ceil(360.0 / asked - 1e-9))

@@ -28,7 +28,8 @@ class CMCParams:
     # target by at most a fraction of a prior pixel, or a true pose between two grid angles loses its peak
     # to noise and registration fails or not depending on the scans' orientation (4 degree steps: DFSC pairs
     # failed at 6 to 12 of 18 orientations). None: the step from the target's measured rim radius
-    # (register.rotation_step_deg: 2.5 degrees for a 1.7 mm breech face at 50 um, 1.7 for 2.5 mm).
+    # (register.rotation_step_deg: 2.5 degrees for a 1.7 mm breech face at 50 um, 1.7 for 2.5 mm). A step
+    # given here is lowered to the largest that divides the circle (2.517 -> 360 / 144 = 2.5).
     prior_step_deg: float | None = None
     # 3/4 pixel: at one pixel (3.5 degrees on the labelled sets' 1.6-1.9 mm rims) the weak true pose of a
     # cross-kit DFSC pair fell out of the screen in one rotation draw of three (chosen on those pairs)

@@ -315,7 +315,7 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     """Whole-surface registration of target onto reference over the full circle.
 
     Coarse to fine: every ``prior_step_deg`` of the circle at ``prior_spacing_um``
-    (the rotation prior; None: the step of :func:`rotation_step_deg` for the target's
+    (the rotation prior; a step that does not divide 360 is lowered to the next that does; None: the step of :func:`rotation_step_deg` for the target's
     measured radius and ``prior_rim_shift_px``; the uncentred masked NCC, see :func:`masked_ncc`); its best
     ``prior_screen_per_parity`` distinct peaks of each parity, each at the angle a parabola
     through its neighbours puts it, re-scored at ``coarse_spacing_um`` (the prior alone ranks a weak true pose below
@@ -337,7 +337,12 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     def min_ov(a, b):
         return max(16, int(p.min_overlap * min(np.isfinite(a).sum(), np.isfinite(b).sum())))
 
-    step = float(p.prior_step_deg or rotation_step_deg(target.prior, rim_shift_px=p.prior_rim_shift_px))
+    if p.prior_step_deg:
+        # a step that divides the circle (the largest not above the one asked for), so the grid's neighbours
+        # are index +- 1 all round, across 0/360 too (the peaks' parabolas rely on that)
+        step = 360.0 / math.ceil(360.0 / float(p.prior_step_deg) - 1e-9)
+    else:
+        step = rotation_step_deg(target.prior, rim_shift_px=p.prior_rim_shift_px)
     grid = np.arange(0.0, 360.0 - 1e-9, step)         # never 360 itself, whatever the rounding of step
     shift = int(p.max_shift_fraction * max(reference.prior.shape))
     mo_p = min_ov(reference.prior, target.prior)
