@@ -62,3 +62,39 @@ def test_catalogue_ids():
     assert cat(1003, spacing_um=50.0).spacing_um == 50.0 and cat(1003, spacing_um=30.0).spacing_um == 25.0
     with pytest.raises(KeyError, match="id_offset"):
         cat(5)
+
+
+def test_catalogue_preprocess_is_applied_and_named_in_its_key():
+    """Distractors are stored as a service stores exhibits: normalised like a submitted scan, and the
+    normalisation is part of the catalogue's repr (the benchmark's cache keys), so raw and normalised
+    distractors never share cached descriptors."""
+    import pickle
+
+    from ballistic.bench.retrieval import distractor_catalogue, submitted_as_processed
+
+    plain = SyntheticCatalogue(id_offset=1000, spacing_um=25.0)
+    pp = SyntheticCatalogue(id_offset=1000, spacing_um=25.0, preprocess=submitted_as_processed)
+    a, b = plain(1003), pp(1003)
+    assert "preprocess" not in a.meta and b.meta["preprocess"].startswith("processed:")
+    assert b.spacing_um == 25.0 and b.meta["provenance"]["kind"] == "processed"
+    assert "submitted_as_processed" in repr(pp) and repr(pp) != repr(plain)
+    assert np.isfinite(b.heights).sum() > 0.8 * np.isfinite(a.heights).sum()
+    assert pickle.loads(pickle.dumps(pp))(1003).meta["preprocess"] == b.meta["preprocess"]
+    assert "submitted_as_processed" in repr(distractor_catalogue())
+    with pytest.raises(TypeError, match="callable"):
+        SyntheticCatalogue(preprocess="preprocess_cartridge")
+
+
+def test_normalisation_key_follows_the_code_and_the_parameters(monkeypatch):
+    """Caches of normalised scans are keyed on the normalisation's code: a source edit that keeps the
+    version string (it happened: models/ kept scans normalised by the old code) changes the key."""
+    import ballistic.io.digest as D
+    from ballistic.cartridge.normalise import NormalisationParams, normalisation_key
+
+    k = normalisation_key()
+    assert k == normalisation_key() and k != normalisation_key(NormalisationParams(form_cutoff_um=1500.0))
+    real = D.source_digest
+    monkeypatch.setattr(D, "source_digest", lambda *p: real(*p) + "edited")
+    assert normalisation_key() != k
+    with pytest.raises(ValueError, match="matches no file"):
+        real("no_such_module.py")

@@ -6,9 +6,11 @@
 * the 40 real Fadul breech faces (preprocessed, each rotated by a seeded random
   angle) get ids 0..39; ``N`` synthetic distractors
   (:class:`ballistic.cartridge.synth.SyntheticCatalogue`, two firings per synthetic
-  firearm) get ids from 1 000 000; their descriptors are computed at 25 um
-  (the synthetic fast path) in a process pool, every descriptor from the same generated
-  surface, and cached on disk;
+  firearm; :func:`distractor_catalogue`) get ids from 1 000 000, each normalised by
+  :func:`~ballistic.cartridge.breech_face.preprocess_cartridge` as every submitted scan is
+  (:func:`submitted_as_processed`); their descriptors are computed at 25 um (the synthetic
+  fast path) in a process pool, every descriptor from the same generated surface, and cached
+  on disk (keyed on the descriptor, the generator's version and the normalisation's code);
 * each descriptor is one "arm" of the benchmark, run on the same queries and distractors:
 
   - ``polar``: :class:`~ballistic.retrieval.descriptor.PolarFFTDescriptor`, PCA-whitened
