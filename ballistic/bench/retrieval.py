@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ballistic.cartridge.synth import SYNTH_VERSION as _SYNTH_VERSION
+from ballistic.cartridge.breech_face import submitted_as_processed
 from ballistic.cartridge.synth import SyntheticCatalogue
 from ballistic.io.atomic import atomic_write, atomic_write_bytes
 from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener
@@ -82,15 +83,6 @@ class BenchFetch:
                 and 0 <= j < len(self.thumbs):
             return Surface(self.thumbs[j].astype(np.float64), self.thumb_spacing_um)
         return self.catalogue(int(id), spacing_um=spacing_um)
-
-
-def submitted_as_processed(surface: Surface) -> Surface:
-    """The normalisation every submitted scan goes through
-    (:func:`~ballistic.cartridge.breech_face.preprocess_cartridge`), at the surface's own spacing and as a
-    processed scan (a synthetic firing holds only the breech face): what a distractor is stored as."""
-    from ballistic.cartridge.breech_face import preprocess_cartridge
-
-    return preprocess_cartridge(surface, kind="processed", spacing_um=surface.spacing_um)
 
 
 def distractor_catalogue() -> SyntheticCatalogue:

@@ -35,6 +35,7 @@ __all__ = [
     "find_breech_face",
     "looks_processed",
     "preprocess_cartridge",
+    "submitted_as_processed",
 ]
 
 
@@ -253,6 +254,13 @@ def preprocess_cartridge(surface: Surface, *, kind: str = "auto", spacing_um: fl
                                      short_cutoff_um=short_cutoff_um)
     with threadpool_limits(1, user_api="blas"):   # small dense solves: threads only contend
         return _normalise(surface, kind, params)
+
+
+def submitted_as_processed(surface: Surface) -> Surface:
+    """:func:`preprocess_cartridge` at the surface's own spacing, as a processed scan: how a synthetic
+    firing (it holds only the breech face) is normalised as every submitted scan is, for benchmark
+    distractors and training data alike."""
+    return preprocess_cartridge(surface, kind="processed", spacing_um=surface.spacing_um)
 
 
 def _normalise(surface: Surface, kind: str, params: NormalisationParams) -> Surface:

@@ -132,17 +132,16 @@ def load_real_scans(root: str | Path, *, spacing_um: float = 25.0, cache_dir: st
 # ------------------------------------------------------------------------------------------ synthetic
 
 def _synth_range(args) -> list[np.ndarray]:
-    from ballistic.cartridge.breech_face import preprocess_cartridge
+    from ballistic.cartridge.breech_face import submitted_as_processed
     from ballistic.cartridge.synth import fire, synthetic_firearm
 
     seeds, n_firings, spacing_um = args
     out = []
     for fs in seeds:
         fa = synthetic_firearm(int(fs))
-        # normalised as every submitted scan is (a synthetic firing holds only the breech face, like a
-        # processed scan), so the synthetic and the real training views share one normalisation
-        hs = [preprocess_cartridge(fire(fa, j, spacing_um=spacing_um), kind="processed",
-                                   spacing_um=spacing_um).heights for j in range(n_firings)]
+        # normalised as every submitted scan is, so the synthetic and the real training views share one
+        # normalisation (the benchmark's distractors go through the same function)
+        hs = [submitted_as_processed(fire(fa, j, spacing_um=spacing_um)).heights for j in range(n_firings)]
         out.append(np.stack(_pad_same(hs)).astype(np.float16))
     return out
 

@@ -315,8 +315,8 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     """Whole-surface registration of target onto reference over the full circle.
 
     Coarse to fine: every ``prior_step_deg`` of the circle at ``prior_spacing_um``
-    (the rotation prior; a step that does not divide 360 is lowered to the next that does; None: the step of :func:`rotation_step_deg` for the target's
-    measured radius and ``prior_rim_shift_px``; the uncentred masked NCC, see :func:`masked_ncc`); its best
+    (the rotation prior; a step that does not divide 360 is lowered to the next that does; None: the
+    step of :func:`rotation_step_deg` for the target's measured radius and ``prior_rim_shift_px``; the uncentred masked NCC, see :func:`masked_ncc`); its best
     ``prior_screen_per_parity`` distinct peaks of each parity, each at the angle a parabola
     through its neighbours puts it, re-scored at ``coarse_spacing_um`` (the prior alone ranks a weak true pose below
     noise on some pairs from other kits and pipelines); the best ``prior_candidates`` of
