@@ -128,3 +128,19 @@ def test_aperture_centre_finds_the_firing_pin_hole_and_turns_with_the_surface():
     assert abs(cy2 - ((nx - 1) - cx)) < 1.0 and abs(cx2 - cy) < 1.0
     disc = s.with_heights(np.where(np.hypot(*(np.mgrid[0:ny, 0:nx] - half)) < 60, 1.0, np.nan))
     assert aperture_centre(disc) is None                                          # a full disc: no hole
+
+
+def test_folds_hold_out_whole_firearms_and_whole_studies():
+    from models.breech_face.data import RealScan
+    from models.breech_face.evaluate import firearm_folds, study_folds
+
+    blank = None
+    real = ([RealScan(f"f{s}-{i}", "fadul", f"fadul:{s}", f"F{s}-{i}", blank) for s in range(1, 4) for i in range(2)]
+            + [RealScan(f"d{g}{i}", "dfsc", f"dfsc:{g}", f"{g}{i}", blank) for g in "AB" for i in range(2)]
+            + [RealScan(f"b{g}", "baldwin", f"dfsc:{g}", f"b{g}", blank) for g in "AC"])
+    ff = firearm_folds(real)
+    assert ff == [("fadul:1", "dfsc:A"), ("fadul:2", "dfsc:B"), ("fadul:3", "dfsc:C")]
+    sf = study_folds(real)
+    assert sf == [("fadul:1", "fadul:2", "fadul:3"), ("dfsc:A", "dfsc:B", "dfsc:C")]
+    # every firearm is held out exactly once, and a Baldwin scan goes with its DFSC gun
+    assert sorted(f for fold in sf for f in fold) == sorted({s.firearm for s in real})

@@ -22,7 +22,7 @@ from ballistic.preprocess.filters import crop_to_mask, rotate
 from ballistic.surface import Surface
 from models.breech_face.data import RealScan
 
-__all__ = ["firearm_folds", "rotated_studies", "rotated_copies", "ranking_metrics", "fold_metrics", "summarise_folds",
+__all__ = ["firearm_folds", "study_folds", "rotated_studies", "rotated_copies", "ranking_metrics", "fold_metrics", "summarise_folds",
            "projected_recall", "compare_checkpoints"]
 
 _DFSC_GUNS = ("A", "B", "C", "D", "G", "J")
@@ -35,6 +35,20 @@ def firearm_folds(real: Sequence[RealScan]) -> list[tuple[str, ...]]:
     n = max(len(fadul), len(dfsc))
     return [tuple(x for x in ((fadul[k] if k < len(fadul) else None), (dfsc[k] if k < len(dfsc) else None)) if x)
             for k in range(n)]
+
+
+def study_folds(real: Sequence[RealScan]) -> list[tuple[str, ...]]:
+    """Leave one *study* out: fold 0 holds out every Fadul firearm, fold 1 every DFSC/Baldwin one.
+
+    The closest thing to a real set from another study that these files allow: the Fadul queries are
+    answered by a model that saw only Ruger SR9 cases scanned by TopMatch (plus synthetic firearms), the
+    DFSC queries by one that saw only Fadul's NanoFocus scans of slides (plus synthetic firearms).
+    """
+    fams: dict[str, set[str]] = {}
+    for s in real:
+        fams.setdefault(s.firearm.split(":")[0], set()).add(s.firearm)
+    order = [f for f in ("fadul", "dfsc") if f in fams] + sorted(set(fams) - {"fadul", "dfsc"})
+    return [tuple(sorted(fams[f])) for f in order]
 
 
 def rotated_studies(root, real: Sequence[RealScan], *, seed: int = 0) -> dict[str, list[Surface]]:

@@ -255,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--folds", default=None, help="also cross-validate: fold weights and cv.json in this folder")
     ap.add_argument("--ablation", default=None, help=f"cross-validate these variants (comma-separated) of: "
                     f"{', '.join(ABLATIONS)}; results in --folds or out/ablation")
+    ap.add_argument("--protocol", choices=("firearm", "study"), default="firearm",
+                    help="folds: leave one firearm out (Fadul slide + DFSC gun per fold), or leave one study "
+                         "out (all Fadul firearms, then all DFSC/Baldwin ones)")
     ap.add_argument("--cv-folds", default=None, help="only these fold numbers (0-based, comma-separated)")
     ap.add_argument("--cache", default="out/cache", help="preprocessed scans, synthetic pool, pretraining")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (2 on an idle 2-core machine)")
@@ -293,9 +296,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                      for r in [base, *recipes.values()])
     synth = synthetic_pool(base.synth_firearms, base.synth_firings, cache_dir=cache, workers=max(1, a.threads),
                            progress=progress) if need_synth else None
-    from models.breech_face.evaluate import firearm_folds
+    from models.breech_face.evaluate import firearm_folds, study_folds
 
-    folds = firearm_folds(real)
+    folds = study_folds(real) if a.protocol == "study" else firearm_folds(real)
     fold_ids = [int(k) for k in a.cv_folds.split(",")] if a.cv_folds else list(range(len(folds)))
     folds = [folds[k] for k in fold_ids]
     env = {"python": platform.python_version(), "torch": str(torch.__version__), "cpus": os.cpu_count(),
@@ -309,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             res = cross_validate(r, real, synth, folds=folds, fold_ids=fold_ids,
                                  out_dir=out / v if v != "full" or not a.folds else out,
                                  cache_dir=cache, progress=progress, seed=a.seed, name=v, rotated=rotated)
-            res.update(recipe=r.as_dict(), env=env, seed=a.seed)
+            res.update(recipe=r.as_dict(), env=env, seed=a.seed, protocol=a.protocol)
             _write_json(out / (f"cv-{v}.json" if variants else "cv.json"), res)
             s = res["summary"]
             print(f"{v}: " + "; ".join(f"{st}: recall@10 {m['recall@10']:.3f} top1 {m['top1']:.3f} "
