@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("torch", reason="torch is a runtime dependency of models/")
+torch = pytest.importorskip("torch", reason="torch is a runtime dependency of models/")
 
 from ballistic.errors import DescriptorError  # noqa: E402
 from ballistic.retrieval.descriptor import DescriptorModel  # noqa: E402
@@ -119,3 +119,46 @@ def test_bench_queries_each_scan_with_the_fold_model_that_held_it_out(tmp_path):
     assert learned["queries_held_out"] and [m["queries"] for m in learned["models"]] == [2, 2]
     assert [m["weights"] for m in learned["models"]] == ["fold-00.pt", "fold-01.pt"]
     assert s["queries"] == 4 and s["scans"] == 6 and polar["models"][0]["queries"] == 4
+
+
+def test_compare_checkpoints_fused_arm_is_the_mean_of_the_two_cosines_and_refuses_a_seen_firearm(tmp_path):
+    """The held-out evaluation answers each fold's firearms with its own model only, polar on the same
+    queries, and the fused arm ranks by the mean of the learned and polar cosines (nothing fitted)."""
+    from ballistic.retrieval.registry import load_descriptor
+    from models.breech_face.data import RealScan
+    from models.breech_face.evaluate import compare_checkpoints
+    from models.breech_face.experiment import DEFAULT_RECIPE, save_checkpoint
+    from models.breech_face.network import build_network
+    from models.breech_face.polar import PolarGrid
+
+    real, surf = [], []
+    for f in (1, 2, 3):
+        for j in (1, 2, 3):
+            s = crop_to_mask(rotate(fire(synthetic_firearm(200 + f), j, spacing_um=12.5), 37.0 * (f + j)))
+            real.append(RealScan(f"s{f}-{j}", "fadul", f"fadul:{f}", f"s{f}-{j}", s))
+            surf.append(s)
+    cfg = DEFAULT_RECIPE.finetune
+    torch.manual_seed(3)
+    net = build_network(cfg.arch, n_r=PolarGrid(**cfg.grid).n_r, dim=cfg.dim).eval()
+    p = save_checkpoint(tmp_path / "fold-00.pt", net, DEFAULT_RECIPE,
+                        {"version": "bf-learned/1", "fold": 0, "held_out": ["fadul:1"], "trained_on": ["fadul:2"]})
+    res = compare_checkpoints([p], real, {"fadul": surf})
+    assert [r["query"] for r in res["per_query"]["fused"][0]["fadul"]] == [0, 1, 2]
+    E_l = LearnedDescriptor(p).describe_many(surf)
+    polar = load_descriptor("polar")
+    E_p = np.stack([polar(s) for s in surf])
+    G = (E_l @ E_l.T + E_p @ E_p.T) / 2.0                    # mean of the two cosines
+    labels = np.array([s.firearm for s in real])
+    for q, got in zip((0, 1, 2), res["per_query"]["fused"][0]["fadul"]):
+        g = np.array([i for i in range(9) if i != q])
+        order = g[np.argsort(-G[q, g], kind="stable")]
+        mate_ranks = np.flatnonzero(labels[order] == labels[q]) + 1
+        assert got["best_mate_rank"] == mate_ranks[0]
+        assert got["recall@5"] == pytest.approx(np.mean(mate_ranks <= 5))
+        assert sorted(got["mate_scores"]) == pytest.approx(sorted(G[q, g][labels[g] == labels[q]]), abs=1e-5)
+    assert set(res) >= {"learned", "polar", "fused"} and res["fused"]["fadul"]["queries"] == 3
+
+    bad = save_checkpoint(tmp_path / "fold-01.pt", net, DEFAULT_RECIPE,
+                          {"version": "bf-learned/1", "fold": 1, "held_out": ["fadul:2"], "trained_on": ["fadul:2"]})
+    with pytest.raises(ValueError, match="not a held-out fold model"):
+        compare_checkpoints([bad], real, {"fadul": surf})

@@ -130,29 +130,32 @@ def compare_checkpoints(paths: Sequence, real: Sequence[RealScan], rotated: dict
     Each checkpoint (``python -m models.train --folds DIR``) is queried only with the scans of the
     firearms its metadata lists as held out, and refused if it was trained on any of them; the polar-FFT
     descriptor (raw cosine, no training) answers exactly the same queries against the same gallery.
-    Returns ``{"learned": summary, "polar": summary, "folds": [...], "per_query": {...}}``.
+    A third arm, ``fused``, ranks by the mean of the two cosines (both unit vectors concatenated, each
+    scaled by 1/sqrt 2; no weight fitted), to show whether the two descriptors err on different scans.
+    Returns ``{"learned": summary, "polar": summary, "fused": summary, "folds": [...], "per_query": {...}}``.
     """
     from ballistic.retrieval.registry import load_descriptor
     from models.breech_face.descriptor import LearnedDescriptor
 
     polar = load_descriptor("polar")
     E_polar = {st: np.stack([polar(s) for s in v]) for st, v in rotated.items()}
-    per_l, per_p, folds = [], [], []
+    per: dict[str, list] = {"learned": [], "polar": [], "fused": []}
+    folds = []
     for p in paths:
         d = LearnedDescriptor(p)
         held = list(d.meta.get("held_out", []))
         seen = set(held) & set(d.meta.get("trained_on", []))
         if not held or seen:
             raise ValueError(f"{p}: held out {held}, trained on {sorted(seen)} of them; not a held-out fold model")
-        per_l.append(fold_metrics(d.describe_many, real, held, rotated))
-        per_p.append(fold_metrics(None, real, held, rotated, embedded=E_polar))
+        E_learned = {st: d.describe_many(v) for st, v in rotated.items()}
+        # both unit vectors side by side, each scaled by 1/sqrt(2): the cosine is the mean of the two cosines
+        E_fused = {st: np.hstack([E_learned[st], E_polar[st]]) / np.sqrt(2.0) for st in rotated}
+        for arm, E in (("learned", E_learned), ("polar", E_polar), ("fused", E_fused)):
+            per[arm].append(fold_metrics(None, real, held, rotated, embedded=E))
         folds.append({"weights": str(p), "held_out": held, "fold": d.meta.get("fold"),
-                      "learned_recall@10": {st: round(float(np.mean([r["recall@10"] for r in v])), 4)
-                                            for st, v in per_l[-1].items()},
-                      "polar_recall@10": {st: round(float(np.mean([r["recall@10"] for r in v])), 4)
-                                          for st, v in per_p[-1].items()}})
-    return {"learned": summarise_folds(per_l), "polar": summarise_folds(per_p), "folds": folds,
-            "per_query": {"learned": per_l, "polar": per_p}}
+                      **{f"{arm}_recall@10": {st: round(float(np.mean([r["recall@10"] for r in v])), 4)
+                                              for st, v in per[arm][-1].items()} for arm in per}})
+    return {**{arm: summarise_folds(v) for arm, v in per.items()}, "folds": folds, "per_query": per}
 
 
 def summarise_folds(per_fold: list[dict[str, list[dict]]]) -> dict:

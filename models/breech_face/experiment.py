@@ -233,12 +233,14 @@ def _evaluate_saved_folds(a, real: Sequence[RealScan]) -> None:
     res.update(seed=a.seed, wall_s=round(time.perf_counter() - t, 1), loadavg=os.getloadavg(),
                env={"python": platform.python_version(), "torch": str(torch.__version__), "cpus": os.cpu_count()})
     for f in res["folds"]:
-        print(f"fold {f['fold']} held out {', '.join(f['held_out'])}: recall@10 learned {f['learned_recall@10']} "
-              f"polar {f['polar_recall@10']}", flush=True)
+        print(f"fold {f['fold']} held out {', '.join(f['held_out'][:3])}{' ...' if len(f['held_out']) > 3 else ''}: "
+              f"recall@10 learned {f['learned_recall@10']} polar {f['polar_recall@10']} "
+              f"fused {f['fused_recall@10']}", flush=True)
     for st in res["learned"]:
-        lm, pm = res["learned"][st], res["polar"][st]
+        lm, pm, fm = res["learned"][st], res["polar"][st], res["fused"][st]
         print(f"{st}: {lm['queries']} held-out queries: recall@10 learned {lm['recall@10']:.3f} polar "
-              f"{pm['recall@10']:.3f}; top-1 mate learned {lm['top1']:.3f} polar {pm['top1']:.3f}", flush=True)
+              f"{pm['recall@10']:.3f} fused {fm['recall@10']:.3f}; top-1 mate learned {lm['top1']:.3f} "
+              f"polar {pm['top1']:.3f} fused {fm['top1']:.3f}", flush=True)
     if a.json:
         _write_json(Path(a.json), res)
 
