@@ -22,8 +22,8 @@ from ballistic.preprocess.filters import crop_to_mask, rotate
 from ballistic.surface import Surface
 from models.breech_face.data import RealScan
 
-__all__ = ["firearm_folds", "study_folds", "rotated_studies", "rotated_copies", "ranking_metrics", "fold_metrics", "summarise_folds",
-           "projected_recall", "compare_checkpoints"]
+__all__ = ["firearm_folds", "study_folds", "rotated_studies", "rotated_copies", "ranking_metrics", "fold_metrics",
+           "summarise_folds", "projected_recall", "compare_checkpoints"]
 
 _DFSC_GUNS = ("A", "B", "C", "D", "G", "J")
 
@@ -147,9 +147,11 @@ def compare_checkpoints(paths: Sequence, real: Sequence[RealScan], rotated: dict
         seen = set(held) & set(d.meta.get("trained_on", []))
         if not held or seen:
             raise ValueError(f"{p}: held out {held}, trained on {sorted(seen)} of them; not a held-out fold model")
-        E_learned = {st: d.describe_many(v) for st, v in rotated.items()}
+        # only the studies this fold queries (fold_metrics skips the others)
+        asked = {s.study for s in real if s.firearm in held} & set(rotated)
+        E_learned = {st: d.describe_many(rotated[st]) for st in asked}
         # both unit vectors side by side, each scaled by 1/sqrt(2): the cosine is the mean of the two cosines
-        E_fused = {st: np.hstack([E_learned[st], E_polar[st]]) / np.sqrt(2.0) for st in rotated}
+        E_fused = {st: np.hstack([E_learned[st], E_polar[st]]) / np.sqrt(2.0) for st in asked}
         for arm, E in (("learned", E_learned), ("polar", E_polar), ("fused", E_fused)):
             per[arm].append(fold_metrics(None, real, held, rotated, embedded=E))
         folds.append({"weights": str(p), "held_out": held, "fold": d.meta.get("fold"),
