@@ -5,7 +5,7 @@ the library's one search path (:class:`~ballistic.retrieval.search.Retriever`).
 Two descriptor spaces (vectors of different lengths never share an index):
 
 * ``breech_face``: the breech-face descriptor model of ``Settings.descriptor``
-  (:func:`ballistic.retrieval.registry.default_descriptor`: the learned embedding unless ``BALLISTIC_DESCRIPTOR=polar``
+  (:func:`ballistic.retrieval.registry.default_descriptor`: the polar-FFT descriptor unless ``BALLISTIC_DESCRIPTOR=learned``
   or it cannot load;
   its version, e.g. ``bf-learned/1?weights=<sha256>``, is what a change is detected by), or a fitted whitener on top, of 3D scans (partition region ``breech_face``) and of 2D images (region
   ``breech_face_2d``);

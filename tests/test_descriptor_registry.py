@@ -19,7 +19,7 @@ from ballistic.retrieval.registry import (DEFAULT_DESCRIPTOR, DESCRIPTOR_ENV, DE
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_listing_descriptors_loads_neither_torch_nor_models_and_the_default_is_learned():
+def test_listing_descriptors_loads_neither_torch_nor_models_and_the_default_is_polar():
     code = ("import sys, ballistic, ballistic.cli, ballistic.bench.retrieval, ballistic.retrieval.search;"
             "ballistic.available_descriptors(); ballistic.load_descriptor('polar');"
             "bad = [m for m in ('torch', 'models') if m in sys.modules];"
@@ -27,7 +27,7 @@ def test_listing_descriptors_loads_neither_torch_nor_models_and_the_default_is_l
     env = {k: v for k, v in __import__("os").environ.items() if k != DESCRIPTOR_ENV}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.startswith("[] bf-learned/1?weights=") and DEFAULT_DESCRIPTOR == "learned"
+    assert r.stdout.startswith("[] bf-polar-fft/2") and DEFAULT_DESCRIPTOR == "polar"
 
 
 def test_entry_point_is_registered():

@@ -12,13 +12,13 @@ that fails to load (torch not installed, weights missing or unreadable) falls ba
 descriptor with a logged warning that says why; an unknown name is an error (a typo must not silently
 change what an index holds).
 
-:data:`DEFAULT_DESCRIPTOR` is ``"learned"``: the embedding shipped with ``models/`` ("bf-learned/1"), retrained on
-the current normalisation of the scans (real and synthetic), measures at least as good as polar on held-out
-firearms of Fadul and DFSC (recall@10 of the mates: Fadul 0.775 vs 0.706 over 40 queries, DFSC 0.882 vs 0.853;
-its DFSC top-1 is lower) and keeps more mates in the FAISS shortlist among 10^4 synthetic distractors
-(recall@100 0.900 vs 0.848): ``models/breech_face/MODEL_CARD.md``. Where it cannot load (torch not installed,
-weights missing) the polar-FFT descriptor is used and the reason logged; ``BALLISTIC_DESCRIPTOR=polar`` (or the
-service's ``descriptor`` setting) chooses polar.
+:data:`DEFAULT_DESCRIPTOR` is ``"polar"``. The learned embedding shipped with ``models/`` ("bf-learned/1")
+beats polar when its held-out firearm's *study* was in training (recall@10 of the mates: Fadul 0.775 vs 0.706,
+DFSC 0.882 vs 0.853), but not when the whole study is held out (Fadul 0.642 vs 0.706, DFSC 0.794 vs 0.853:
+``models/breech_face/MODEL_CARD.md``). Casework brings scans from studies, kits and scanners no model saw, so
+the default is the descriptor that holds up there. ``BALLISTIC_DESCRIPTOR=learned`` (or the service's
+``descriptor`` setting) chooses the learned one; where it cannot load (torch not installed, weights missing) the
+polar-FFT descriptor is used and the reason logged.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ DESCRIPTOR_GROUP = "ballistic.descriptors"
 #: Environment variable naming the default descriptor (``polar``, ``learned``, ...).
 DESCRIPTOR_ENV = "BALLISTIC_DESCRIPTOR"
 #: The descriptor used when :data:`DESCRIPTOR_ENV` is not set (see the module notes for why).
-DEFAULT_DESCRIPTOR = "learned"
+DEFAULT_DESCRIPTOR = "polar"
 
 _log = logging.getLogger(__name__)
 _loaded: dict[str, DescriptorModel] = {}
@@ -106,7 +106,7 @@ def default_descriptor(name: str | None = None) -> DescriptorModel:
     """The descriptor the service, the CLI and the benchmarks use.
 
     ``name`` when given (the service passes its ``descriptor`` setting), else ``$BALLISTIC_DESCRIPTOR`` when
-    set, else :data:`DEFAULT_DESCRIPTOR` (the learned embedding). A registered descriptor that fails to load
+    set, else :data:`DEFAULT_DESCRIPTOR` (the polar-FFT descriptor). A registered descriptor that fails to load
     falls back to the polar-FFT one, with a warning logged that gives the reason.
 
     Raises

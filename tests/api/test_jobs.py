@@ -269,9 +269,9 @@ def _stored_pairs(c) -> dict:
 
 
 def test_descriptor_upgrade_polar_to_learned_reindexes_and_keeps_every_comparison(tmp_path, scans):
-    """A database built with the polar-FFT descriptor, opened by a service upgraded to the default (the
-    learned embedding): every exhibit is described again and re-indexed; stored comparisons and
-    candidate lists are kept, not redone. Back to polar (BALLISTIC_DESCRIPTOR=polar): the same again."""
+    """A database built with the polar-FFT descriptor, opened by a service set to the learned one
+    (BALLISTIC_DESCRIPTOR=learned): every exhibit is described again and re-indexed; stored comparisons and
+    candidate lists are kept, not redone. Back to the default (polar): the same again."""
     pytest.importorskip("torch", reason="torch is a runtime dependency of models/")
     with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:
         ex = new_key(c, "examiner")
@@ -282,7 +282,7 @@ def test_descriptor_upgrade_polar_to_learned_reindexes_and_keeps_every_compariso
         lists = {i: [x["candidate"]["id"] for x in c.get(f"/v1/exhibits/{i}/candidates", headers=ex).json()["items"]]
                  for i in (1, 2, 3)}
     assert before and all(lists.values())
-    with TestClient(create_app(make_settings(tmp_path))) as c:      # the default descriptor is the learned one
+    with TestClient(create_app(make_settings(tmp_path, descriptor="learned"))) as c:
         rt = c.app.state.runtime
         learned = rt.spaces["breech_face"].descriptor_version
         assert learned.startswith("bf-learned/1?weights=") and rt.spaces["breech_face"].raw_dim == 128
@@ -297,11 +297,13 @@ def test_descriptor_upgrade_polar_to_learned_reindexes_and_keeps_every_compariso
             items = c.get(f"/v1/exhibits/{i}/candidates", headers=ADMIN).json()["items"]
             assert [x["candidate"]["id"] for x in items] == lists[i]
         assert _stored_pairs(c) == before       # same rows (ids, scores, versions): kept, not redone or doubled
-    with TestClient(create_app(make_settings(tmp_path, descriptor="learned"))) as c:   # the same, by name: nothing
+    with TestClient(create_app(make_settings(tmp_path, descriptor="learned"))) as c:   # the same again: nothing
         assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
-    with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:     # back to polar: again
+    with TestClient(create_app(make_settings(tmp_path))) as c:     # the default descriptor is polar: back again
         rt = c.app.state.runtime
         assert rt.startup_report["redescribe_jobs"] == 3
         assert rt.spaces["breech_face"].descriptor_version.startswith("bf-polar-fft/2")
         rt.run_pending_inline()
         assert _stored_pairs(c) == before
+    with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:     # polar by name: nothing
+        assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
