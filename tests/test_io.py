@@ -476,3 +476,97 @@ def test_real_nbide_image(shared_data):
     assert s.shape == (1944, 2592)
     assert s.meta["kind"] == "image2d" and s.meta["bit_depth"] == 8
     assert 0.0 <= np.nanmin(s.heights) and np.nanmax(s.heights) <= 1.0
+
+
+# --------------------------------------------------------------------------- valid-points map and inline points
+def _with_valid_map(path: Path, raw: np.ndarray, valid: bytes, *, letter: str = "I", valid_md5: str | None = None,
+                    link: str = "bindata/valid.bin", member: str = "bindata/valid.bin") -> Path:
+    """An integer x3p whose main.xml declares a ValidPointsLink (ISO 5436-2: one bit a point, LSB first)."""
+    data = raw.tobytes()
+    xml = _main_xml(raw.shape[1], raw.shape[0], letter=letter, md5=hashlib.md5(data).hexdigest(),
+                    z_inc="1e-08").replace(
+        b"</DataLink>",
+        f"<ValidPointsLink>{link}</ValidPointsLink><MD5ChecksumValidPoints>"
+        f"{hashlib.md5(valid).hexdigest() if valid_md5 is None else valid_md5}</MD5ChecksumValidPoints></DataLink>".encode())
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("main.xml", xml)
+        zf.writestr("bindata/data.bin", data)
+        if member:
+            zf.writestr(member, valid)
+    return path
+
+
+def test_valid_points_map_turns_invalid_integer_points_into_nan(tmp_path):
+    raw = np.arange(9, dtype="<i2").reshape(3, 3) * 100
+    # 9 points, 2 bytes; least-significant bit first: byte 0 = 0b11111101 -> point 1 invalid,
+    # byte 1 = 0b00000000 -> point 8 invalid (its padding bits are ignored)
+    s = read_x3p(_with_valid_map(tmp_path / "v.x3p", raw, bytes([0b11111101, 0b00000000])))
+    expect = raw * 1e-8 * 1e6
+    bad = np.zeros(9, bool)
+    bad[[1, 8]] = True
+    assert np.array_equal(np.isnan(s.heights).ravel(), bad)
+    np.testing.assert_allclose(s.heights.ravel()[~bad], expect.ravel()[~bad], rtol=1e-12)
+    assert s.meta["valid_points_map"] is True and s.meta["invalid_points"] == 2
+    assert s.meta["point_storage"] == "binary"
+    # without the map the same points would be heights (0 and 800 counts): the map is what makes them missing
+    plain = read_x3p(_make_x3p(tmp_path / "p.x3p", raw.tobytes(), 3, 3, letter="I", z_inc="1e-08"))
+    assert np.isfinite(plain.heights).all() and plain.meta["invalid_points"] == 0
+    assert plain.meta["valid_points_map"] is False
+
+
+def test_valid_points_map_that_is_missing_short_or_altered_is_refused(tmp_path):
+    raw = np.zeros((3, 3), "<i2")
+    with pytest.raises(X3PFormatError, match="ValidPointsLink 'bindata/valid.bin', which is not in the archive"):
+        read_x3p(_with_valid_map(tmp_path / "a.x3p", raw, b"\xff\xff", member=""))
+    with pytest.raises(X3PFormatError, match="holds 1 bytes but 3x3 points need 2"):
+        read_x3p(_with_valid_map(tmp_path / "b.x3p", raw, b"\xff"))
+    with pytest.raises(X3PChecksumError, match="valid-points map"):
+        read_x3p(_with_valid_map(tmp_path / "c.x3p", raw, b"\xff\xff", valid_md5="0" * 32))
+    s = read_x3p(_with_valid_map(tmp_path / "c.x3p", raw, b"\xff\xff", valid_md5="0" * 32), verify_md5=False)
+    assert np.isfinite(s.heights).all()
+
+
+def _datalist_x3p(path: Path, values: list[str], sx: int, sy: int, *, prefix: str = "", **xml_kw) -> Path:
+    """An x3p that carries its points inline in main.xml (Record3/DataList), no bindata member."""
+    xml = _main_xml(sx, sy, **xml_kw).decode()
+    start, end = xml.index("<DataLink>"), xml.index("</DataLink>") + len("</DataLink>")
+    datums = "".join("<Datum/>" if v is None else f"<{prefix}Datum>{v}</{prefix}Datum>" for v in values)
+    xml = (xml[:start] + f"<{prefix}DataList>{datums}</{prefix}DataList>" + xml[end:]).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("main.xml", xml)
+        zf.writestr("md5checksum.hex", hashlib.md5(xml).hexdigest() + " *main.xml\n")
+    return path
+
+
+def test_inline_data_list_reads_like_the_same_points_in_binary(tmp_path):
+    z = np.array([[1.5e-6, -2.0e-6, np.nan], [0.25e-6, np.nan, 3.0e-6]])
+    vals = [None if np.isnan(v) else repr(float(v)) for v in z.ravel()]
+    s = read_x3p(_datalist_x3p(tmp_path / "dl.x3p", vals, 3, 2))
+    b = read_x3p(_make_x3p(tmp_path / "bin.x3p", z.astype("<f8").tobytes(), 3, 2))
+    np.testing.assert_array_equal(s.heights, b.heights)
+    assert s.spacing_um == b.spacing_um == 6.25
+    assert s.meta["point_storage"] == "xml-datalist" and s.meta["units_in_file"] == "m"
+    assert s.meta["md5_verified"] is False          # no point-data MD5 exists for inline points
+    # integer inline points take the z increment and offset; a namespace prefix on the tags is fine
+    t = read_x3p(_datalist_x3p(tmp_path / "di.x3p", ["0", "7", " ", "-3"], 2, 2, letter="L", prefix="p:",
+                               z_inc="1e-08", z_off="1e-06"))
+    np.testing.assert_allclose(t.heights.ravel()[[0, 1, 3]], (np.array([0, 7, -3]) * 1e-8 + 1e-6) * 1e6)
+    assert np.isnan(t.heights.ravel()[2])
+
+
+def test_inline_data_list_with_wrong_count_or_several_coordinates_is_refused(tmp_path):
+    with pytest.raises(X3PFormatError, match="holds 3 points but main.xml declares 2x2 = 4"):
+        read_x3p(_datalist_x3p(tmp_path / "a.x3p", ["1e-6"] * 3, 2, 2))
+    with pytest.raises(X3PFormatError, match="several coordinates a point"):
+        read_x3p(_datalist_x3p(tmp_path / "b.x3p", ["0;0;1e-6"] * 4, 2, 2))
+    with pytest.raises(X3PFormatError, match="not a number"):
+        read_x3p(_datalist_x3p(tmp_path / "c.x3p", ["1e-6", "abc", "1e-6", "1e-6"], 2, 2))
+    with pytest.raises(X3PChecksumError, match="main.xml"):      # md5checksum.hex covers the inline points
+        p = _datalist_x3p(tmp_path / "d.x3p", ["1e-6"] * 4, 2, 2)
+        with zipfile.ZipFile(p) as zf:
+            xml = zf.read("main.xml").replace(b"<Datum>1e-6</Datum>", b"<Datum>2e-6</Datum>", 1)
+            hexm = zf.read("md5checksum.hex")
+        with zipfile.ZipFile(p, "w") as zf:
+            zf.writestr("main.xml", xml)
+            zf.writestr("md5checksum.hex", hexm)
+        read_x3p(p)

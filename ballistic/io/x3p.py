@@ -59,6 +59,8 @@ _WRITE_DTYPES = {"float64": "D", "float32": "F"}
 _METRE_INCREMENT_THRESHOLD = 1e-3
 #: main.xml and md5checksum.hex are small; anything bigger is hostile or broken.
 _MAX_XML_BYTES = 16 * 1024 * 1024
+#: ... unless main.xml carries the points itself (an inline ``Record3/DataList``, ~10-30 bytes a point).
+_MAX_DATALIST_XML_BYTES = 256 * 1024 * 1024
 _MAX_HEX_BYTES = 4096
 #: The compression-ratio check only applies to members at least this big (declared).
 _RATIO_CHECK_MIN_BYTES = 1024 * 1024
@@ -117,7 +119,9 @@ def read_x3p(
         ``meta`` : ``kind`` ("topography3d"), ``source`` (file name, if a path),
         ``units_in_file`` ("m" or "um"), ``instrument``, ``manufacturer``, ``model``,
         ``creator``, ``comment``, ``date``, ``dtype_in_file`` (e.g. "float64"),
-        ``spacing_x_um``, ``spacing_y_um``, ``has_mask_png``, ``md5_verified``, ``origin``.
+        ``spacing_x_um``, ``spacing_y_um``, ``has_mask_png``, ``md5_verified``, ``origin``,
+        ``point_storage`` ("binary" or "xml-datalist"), ``valid_points_map`` (a ValidPointsLink
+        was applied) and ``invalid_points`` (how many points it marked invalid).
 
     Raises
     ------
@@ -141,6 +145,12 @@ def read_x3p(
     micrometres already. The point data layout is x fastest, so the grid is read
     row-major with shape (SizeY, SizeX); row 0 is the first line in the file.
     A ``mask.png`` member is noted in ``meta["has_mask_png"]`` but not applied.
+
+    Points may be stored in a binary member (``Record3/DataLink/PointDataLink``) or inline in
+    main.xml (``Record3/DataList``, one ``<Datum>`` a point, an empty one = missing; such a
+    main.xml may reach 256 MiB). A ``ValidPointsLink`` bit map (ISO 5436-2: one bit a point,
+    least-significant bit first, 0 = invalid; the only way integer data can mark a missing
+    point) turns the points it marks invalid into ``NaN``; its MD5 is checked like the data's.
     """
     name, fileobj, owned = open_source(source)
     try:
@@ -188,14 +198,23 @@ def _read_x3p_fileobj(
         by_name = {i.filename: i for i in infos if i.filename and not i.filename.endswith("/")}
 
         main_info = _find_main_xml(by_name, label)
-        if main_info.file_size > _MAX_XML_BYTES:
+        if main_info.file_size > _MAX_DATALIST_XML_BYTES:
             raise X3PLimitError(
-                f"main.xml in {label} declares {main_info.file_size} bytes, more than the {_MAX_XML_BYTES} "
-                "bytes any genuine x3p header needs; the file is corrupt or hostile - re-export it",
-                limit="max_xml_bytes", value=main_info.file_size, maximum=_MAX_XML_BYTES,
+                f"main.xml in {label} declares {main_info.file_size} bytes, more than the "
+                f"{_MAX_DATALIST_XML_BYTES} bytes even a header with inline points (DataList) may take; the "
+                "file is corrupt or hostile - re-export it with binary point data (bindata/data.bin)",
+                limit="max_xml_bytes", value=main_info.file_size, maximum=_MAX_DATALIST_XML_BYTES,
             )
         xml_bytes = _read_member(zf, main_info, label)
-        root = _parse_xml(xml_bytes, label)
+        header_xml, data_list = _split_data_list(xml_bytes, label)
+        if len(header_xml) > _MAX_XML_BYTES:
+            raise X3PLimitError(
+                f"main.xml in {label} holds {len(header_xml)} bytes besides its points, more than the "
+                f"{_MAX_XML_BYTES} bytes any genuine x3p header needs; the file is corrupt or hostile - re-export it",
+                limit="max_xml_bytes", value=len(header_xml), maximum=_MAX_XML_BYTES,
+            )
+        root = _parse_xml(header_xml, label)
+        del header_xml
 
         hdr = _parse_header(root, label)
         sx, sy, sz = hdr["size"]
@@ -224,25 +243,58 @@ def _read_x3p_fileobj(
                 "square grid first"
             )
 
-        data_info = _find_data_member(by_name, main_info.filename, hdr["data_link"], label)
-        dtype = hdr["dtype"]
-        expected = npoints * dtype.itemsize
-        if data_info.file_size != expected:
-            raise X3PFormatError(
-                f"point data member {data_info.filename!r} in {label} holds {data_info.file_size} bytes but "
-                f"main.xml declares {sx}x{sy} points of {dtype.itemsize}-byte {hdr['dtype_letter']} = {expected} "
-                "bytes; the file is truncated or its header is wrong - re-export it"
-            )
-
         has_mask_png = any(posixpath.basename(n).lower() == "mask.png" for n in by_name)
-
-        data_bytes = _read_member(zf, data_info, label)
+        dtype = hdr["dtype"]
+        inline = hdr["data_link"] is None and data_list is not None
+        valid_bytes = None
+        if inline:
+            data_bytes = None
+            storage = "xml-datalist"
+        else:
+            data_info = _find_data_member(by_name, main_info.filename, hdr["data_link"], label)
+            expected = npoints * dtype.itemsize
+            if data_info.file_size != expected:
+                raise X3PFormatError(
+                    f"point data member {data_info.filename!r} in {label} holds {data_info.file_size} bytes but "
+                    f"main.xml declares {sx}x{sy} points of {dtype.itemsize}-byte {hdr['dtype_letter']} = "
+                    f"{expected} bytes; the file is truncated or its header is wrong - re-export it"
+                )
+            data_bytes = _read_member(zf, data_info, label)
+            storage = "binary"
+            if hdr["valid_link"]:
+                valid_info = _find_link_member(by_name, main_info.filename, hdr["valid_link"])
+                if valid_info is None:
+                    raise X3PFormatError(
+                        f"{label} declares ValidPointsLink {hdr['valid_link']!r}, which is not in the archive "
+                        f"(members: {', '.join(sorted(by_name)[:10])}); without it invalid points would be read "
+                        "as heights - re-export the file"
+                    )
+                need = (npoints + 7) // 8
+                if valid_info.file_size != need:
+                    raise X3PFormatError(
+                        f"valid-points member {valid_info.filename!r} in {label} holds {valid_info.file_size} "
+                        f"bytes but {sx}x{sy} points need {need} (one bit a point); the file is truncated or its "
+                        "header is wrong - re-export it"
+                    )
+                valid_bytes = _read_member(zf, valid_info, label)
         md5_verified = False
         if verify_md5:
-            md5_verified = _verify_checksums(zf, by_name, main_info, xml_bytes, data_bytes, hdr, label)
+            md5_verified = _verify_checksums(zf, by_name, main_info, xml_bytes, data_bytes, valid_bytes, hdr, label)
+        del xml_bytes
 
-    heights = _decode_points(data_bytes, dtype, hdr, sx, sy)
-    del data_bytes
+    if inline:
+        heights = _decode_data_list(data_list, hdr, sx, sy, label)
+        del data_list
+    else:
+        heights = _decode_points(data_bytes, dtype, hdr, sx, sy)
+        del data_bytes
+    invalid_points = 0
+    if valid_bytes is not None:
+        # ISO 5436-2: one bit a point in the point data's order, least-significant bit first, 1 = valid.
+        valid = np.unpackbits(np.frombuffer(valid_bytes, np.uint8), count=npoints, bitorder="little")
+        invalid = valid.reshape(sy, sx) == 0
+        invalid_points = int(invalid.sum())
+        heights[invalid] = np.nan
 
     if scale != 1.0:
         heights *= scale
@@ -262,6 +314,11 @@ def _read_x3p_fileobj(
         "spacing_y_um": spacing_y,
         "has_mask_png": has_mask_png,
         "md5_verified": md5_verified,
+        # how the points were stored: "binary" (bindata/*.bin) or "xml-datalist" (inline in main.xml);
+        # invalid_points: points a ValidPointsLink bit map marked invalid (now NaN)
+        "point_storage": storage,
+        "valid_points_map": valid_bytes is not None,
+        "invalid_points": invalid_points,
         # Record1/Axes/Origin as written (x3ptools writes "NW"); None when absent. It does not tell
         # whether the rows run top-down or bottom-up: the DFSC sets hold files with and without it
         # in both orientations, so the comparison searches mirror images (CMCParams.mirror).
@@ -319,14 +376,11 @@ def _find_main_xml(by_name: dict[str, zipfile.ZipInfo], label: str) -> zipfile.Z
 def _find_data_member(
     by_name: dict[str, zipfile.ZipInfo], main_name: str, link: str | None, label: str
 ) -> zipfile.ZipInfo:
-    folder = posixpath.dirname(main_name)
     if link:
-        link = link.strip().replace("\\", "/")
-        rel = posixpath.normpath(posixpath.join(folder, link)) if folder else posixpath.normpath(link)
-        for candidate in (rel, link):
-            if candidate in by_name:
-                return by_name[candidate]
-        base = posixpath.basename(link).lower()
+        found = _find_link_member(by_name, main_name, link)
+        if found is not None:
+            return found
+        base = posixpath.basename(link.strip().replace("\\", "/")).lower()
     else:
         base = "data.bin"
     matches = [n for n in by_name if posixpath.basename(n).lower() == base]
@@ -336,6 +390,78 @@ def _find_data_member(
             f"{', '.join(sorted(by_name)[:10])}); the archive is incomplete - re-export it"
         )
     return by_name[min(matches, key=lambda n: (n.count("/"), n))]
+
+
+def _find_link_member(by_name: dict[str, zipfile.ZipInfo], main_name: str, link: str) -> zipfile.ZipInfo | None:
+    """The member a link of main.xml names (relative to main.xml's folder, else from the archive root)."""
+    folder = posixpath.dirname(main_name)
+    link = link.strip().replace("\\", "/")
+    rel = posixpath.normpath(posixpath.join(folder, link)) if folder else posixpath.normpath(link)
+    for candidate in (rel, link):
+        if candidate in by_name:
+            return by_name[candidate]
+    return None
+
+
+_DATALIST_OPEN = re.compile(rb"<((?:[A-Za-z_][\w.-]*:)?DataList)(\s[^>]*)?(/?)>")
+_DATUM_EMPTY = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?Datum\s*/>|<(?:[A-Za-z_][\w.-]*:)?Datum\s*>\s*"
+                          rb"</(?:[A-Za-z_][\w.-]*:)?Datum\s*>")
+_DATUM_TAG = re.compile(rb"</?(?:[A-Za-z_][\w.-]*:)?Datum\s*>")
+_DATUM_NAME = re.compile(rb"<((?:[A-Za-z_][\w.-]*:)?Datum)[\s/>]")
+
+
+def _split_data_list(xml_bytes: bytes, label: str) -> tuple[bytes, bytes | None]:
+    """Cut an inline ``<DataList>`` out of main.xml: (the header with an empty DataList, the list's body).
+
+    The points are decoded from the body without building an XML tree (millions of elements would
+    cost gigabytes); the header, a few kB, is parsed as before."""
+    m = _DATALIST_OPEN.search(xml_bytes)
+    if m is None:
+        return xml_bytes, None
+    tag = m.group(1)
+    if m.group(3):                          # <DataList/>: no points at all
+        return xml_bytes, b""
+    close = re.compile(rb"</" + re.escape(tag) + rb"\s*>")
+    c = close.search(xml_bytes, m.end())
+    if c is None:
+        raise X3PFormatError(f"main.xml in {label} opens a DataList that never closes; the header is truncated - "
+                             "re-export the file")
+    return xml_bytes[:m.start()] + b"<" + tag + b"/>" + xml_bytes[c.end():], xml_bytes[m.end():c.start()]
+
+
+def _decode_data_list(body: bytes, hdr: dict[str, Any], sx: int, sy: int, label: str) -> np.ndarray:
+    """Heights from an inline DataList: one ``<Datum>`` a point in the binary layout's order (x fastest);
+    an empty Datum is a missing point (NaN). The z axis's data type, increment and offset apply as to
+    binary points."""
+    first = _DATUM_NAME.search(body)
+    text = body
+    if first is not None:               # the usual spellings by plain replacement (fast), then any other
+        t = first.group(1)
+        text = re.sub(b"<" + re.escape(t) + rb">\s+</" + re.escape(t) + b">", b" nan ", text)
+        text = (text.replace(b"<" + t + b"/>", b" nan ").replace(b"<" + t + b"></" + t + b">", b" nan ")
+                .replace(b"<" + t + b">", b" ").replace(b"</" + t + b">", b" "))
+    if b"<" in text:
+        text = _DATUM_TAG.sub(b" ", _DATUM_EMPTY.sub(b" nan ", text))
+    if b"<" in text:
+        raise X3PFormatError(f"the DataList of {label} holds elements other than <Datum>; only one z value a "
+                             "point is supported - re-export the file with binary point data")
+    if b";" in text:
+        raise X3PFormatError(f"the DataList of {label} holds several coordinates a point ('x;y;z'); only a "
+                             "z value a point on an incremental x/y grid is supported - resample the scan to a "
+                             "regular grid first")
+    tokens = text.split()
+    if len(tokens) != sx * sy:
+        raise X3PFormatError(f"the DataList of {label} holds {len(tokens)} points but main.xml declares "
+                             f"{sx}x{sy} = {sx * sy}; the file is truncated or its header is wrong - re-export it")
+    try:
+        z = np.array(tokens, dtype=np.float64).reshape(sy, sx)
+    except ValueError as exc:
+        raise X3PFormatError(f"the DataList of {label} holds a value that is not a number ({exc})") from exc
+    with np.errstate(invalid="ignore", over="ignore"):
+        if hdr["dtype"].kind == "i":
+            z = z * hdr["z_increment"] + hdr["z_offset"]
+    z[~np.isfinite(z)] = np.nan
+    return z
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> bytes:
@@ -442,11 +568,6 @@ def _parse_header(root: ET.Element, label: str) -> dict[str, Any]:
             f"{label} declares CZ DataType {letter or '(missing)'!r}; supported are D (float64), F (float32), "
             "L (int32) and I (int16) - convert the file with the instrument software"
         )
-    if root.find("Record3/DataList") is not None and _text(root, "Record3/DataLink/PointDataLink") is None:
-        raise X3PFormatError(
-            f"{label} stores its points inline as an XML DataList, which is unsupported; re-save it with "
-            "binary point data (bindata/data.bin)"
-        )
     return {
         "size": tuple(sizes),
         "inc_x": float(inc_x),
@@ -457,6 +578,8 @@ def _parse_header(root: ET.Element, label: str) -> dict[str, Any]:
         "z_offset": _opt_float(root, "Record1/Axes/CZ/Offset", 0.0, label),
         "data_link": _text(root, "Record3/DataLink/PointDataLink"),
         "md5_data": _text(root, "Record3/DataLink/MD5ChecksumPointData"),
+        "valid_link": _text(root, "Record3/DataLink/ValidPointsLink"),
+        "md5_valid": _text(root, "Record3/DataLink/MD5ChecksumValidPoints"),
         "checksum_file": _text(root, "Record4/ChecksumFile"),
         "manufacturer": _text(root, "Record2/Instrument/Manufacturer") or "",
         "model": _text(root, "Record2/Instrument/Model") or "",
@@ -472,14 +595,25 @@ def _verify_checksums(
     by_name: dict[str, zipfile.ZipInfo],
     main_info: zipfile.ZipInfo,
     xml_bytes: bytes,
-    data_bytes: bytes,
+    data_bytes: bytes | None,
+    valid_bytes: bytes | None,
     hdr: dict[str, Any],
     label: str,
 ) -> bool:
-    """Check the data MD5 (and md5checksum.hex when present). Return True if the data MD5 was checked."""
+    """Check the point data's and the valid-points map's MD5 (and md5checksum.hex when present).
+    Return True if the point data's MD5 was checked (inline points have none; main.xml's covers them)."""
     checked = False
+    declared = hdr["md5_valid"]
+    if declared and valid_bytes is not None:
+        actual = hashlib.md5(valid_bytes).hexdigest()
+        if declared.lower() != actual:
+            raise X3PChecksumError(
+                f"valid-points map of {label} has MD5 {actual} but main.xml declares {declared.lower()}; the "
+                "file was altered or corrupted after export - obtain a fresh copy (or pass verify_md5=False to "
+                "read it anyway at your own risk)"
+            )
     declared = hdr["md5_data"]
-    if declared:
+    if declared and data_bytes is not None:
         actual = hashlib.md5(data_bytes).hexdigest()
         if declared.lower() != actual:
             raise X3PChecksumError(
