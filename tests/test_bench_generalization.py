@@ -82,6 +82,9 @@ def test_evaluate_runs_every_protocol_and_table():
     assert np.isfinite(res["cv_scores"]).all()
     table = G.format_table(res)
     assert "pooled_cv" in table and "leave_one_kit_out" in table and "AUC" in table.splitlines()[0]
+    me = pooled["model"]["misleading_evidence"]
+    assert me["lr_10^0"]["different_source"] >= me["lr_10^1"]["different_source"] >= me["lr_10^2"]["different_source"]
+    assert "misleading LRs" in table and "diff>=10" in table
 
 
 def test_metrics_without_a_threshold_and_with_one_class():

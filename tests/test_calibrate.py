@@ -6,7 +6,8 @@ import csv
 import numpy as np
 import pytest
 
-from ballistic.stats.calibrate import ScoreLRCalibrator, calibration_report, cllr, cross_validated_log10_lr
+from ballistic.stats.calibrate import (ScoreLRCalibrator, calibration_report, cllr, cross_validated_log10_lr,
+                                      misleading_evidence)
 
 
 def _population(seed=0, n_same=60, n_diff=600):
@@ -93,3 +94,16 @@ def test_fadul_lrs_cross_validated_by_firearm(shared_data, tmp_path):
     rep = calibration_report(s, y, a, b)
     assert rep["same_source_lr_gt_1"] == 1.0 and rep["different_source_lr_lt_1"] == 1.0, rep
     assert rep["cllr"] < 0.2, rep
+
+
+def test_misleading_evidence_counts_each_side_at_each_strength():
+    v = np.array([2.5, 1.0, 0.0, -0.5, -3.0,      # same source
+                  -2.0, 0.0, 0.3, 1.0, 2.0])      # different source
+    y = np.r_[np.ones(5, bool), np.zeros(5, bool)]
+    me = misleading_evidence(v, y, strengths=(0, 1, 2))
+    assert me["lr_10^0"] == {"different_source": 4, "different_source_rate": 0.8, "same_source": 3,
+                             "same_source_rate": 0.6}                      # ties at LR 1 count as misleading
+    assert me["lr_10^1"]["different_source"] == 2 and me["lr_10^1"]["same_source"] == 1
+    assert me["lr_10^2"]["different_source"] == 1 and me["lr_10^2"]["same_source"] == 1
+    with pytest.raises(ValueError):
+        misleading_evidence(np.array([np.nan, 1.0, 0.0, 2.0]), np.array([True, True, False, False]))

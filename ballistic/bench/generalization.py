@@ -15,9 +15,11 @@ protocols, all fitted by firearm:
   models that saw no scan of the kit and neither firearm of the pair.
 
 Per protocol and test set: AUC, EER, false positives / negatives at the operating
-threshold (model: score > 0, i.e. LR 1 at equal priors; CMC: C >= 6) and Cllr (LRs
+threshold (model: score > 0, i.e. LR 1 at equal priors; CMC: C >= 6), Cllr (LRs
 calibrated out of fold: by firearm within pooled CV, on the training side's CV scores
-for transfers). With ``fit=True`` the final model (all pairs) and its calibrator (on the
+for transfers) and the rates of misleading evidence of those LRs at 1, 10 and 100
+(:func:`ballistic.stats.calibrate.misleading_evidence`: different-source pairs with LR >= 10^k,
+same-source pairs with LR <= 10^-k), printed as a second table. With ``fit=True`` the final model (all pairs) and its calibrator (on the
 pooled CV scores) are written to ``ballistic/cartridge/score/data/pair_model.json`` with the population
 description and these figures - no scan data.
 
@@ -201,8 +203,8 @@ def _metrics(score: np.ndarray, y: np.ndarray, threshold: float, log10_lr: np.nd
     if log10_lr is not None:
         v = log10_lr[ok]
         if np.isfinite(v).all():
-            from ballistic.stats.calibrate import cllr, cllr_min
-            out.update(cllr=cllr(v, t), cllr_min=cllr_min(v, t))
+            from ballistic.stats.calibrate import cllr, cllr_min, misleading_evidence
+            out.update(cllr=cllr(v, t), cllr_min=cllr_min(v, t), misleading_evidence=misleading_evidence(v, t))
     return out
 
 
@@ -323,6 +325,20 @@ def format_table(result: dict) -> str:
                              f"{_fmt(100 * m['fn_rate'] if 'fn_rate' in m else None, 1):>7}"
                              f"{_fmt(100 * m['error_rate'] if 'error_rate' in m else None, 2):>7}"
                              f"{_fmt(m.get('cllr')):>7}")
+    # rates of misleading evidence of the out-of-fold LRs: a different-source pair with LR >= 10^k, a
+    # same-source pair with LR <= 10^-k (k = 0 is the decision at LR 1, i.e. the model's FP/FN above)
+    head = f"{'misleading LRs':<20}{'test set':<26}{'score':<7}" + "".join(
+        f"{'diff>=' + t:>11}{'same<=1/' + t:>13}" for t in ("1", "10", "100"))
+    lines += ["", head, "-" * len(head)]
+    for proto, sets in result["protocols"].items():
+        for name, blk in sets.items():
+            for score in ("model", "cmc"):
+                me = blk[score].get("misleading_evidence")
+                if not me:
+                    continue
+                cells = "".join(f"{me[f'lr_10^{k}']['different_source']:>11}{me[f'lr_10^{k}']['same_source']:>13}"
+                                for k in (0, 1, 2))
+                lines.append(f"{proto:<20}{name[:25]:<26}{score:<7}{cells}")
     return "\n".join(lines)
 
 

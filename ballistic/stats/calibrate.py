@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ScoreLRCalibrator", "cross_validated_log10_lr", "cllr", "cllr_min", "calibration_report"]
+__all__ = ["ScoreLRCalibrator", "cross_validated_log10_lr", "cllr", "cllr_min", "misleading_evidence",
+           "calibration_report"]
 
 
 def _check(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -182,6 +183,37 @@ def cllr_min(log10_lrs, labels) -> float:
     return float(_cllr_min(LLRData(features=v, labels=y.astype(int))))
 
 
+def misleading_evidence(log10_lrs, labels, *, strengths=(0, 1, 2)) -> dict:
+    """Rates of misleading evidence at several strengths (Meuwly, Haraksim & Ramos 2017).
+
+    Parameters
+    ----------
+    log10_lrs : array_like, shape (n,)
+        log10 likelihood ratios, finite.
+    labels : array_like of bool, shape (n,)
+        Same source.
+    strengths : sequence of float, keyword-only
+        ``k`` in log10 units: a different-source pair is misleading at ``k`` when its LR is at least
+        ``10**k`` (support for same source at least that strong), a same-source pair when its LR is at
+        most ``10**-k``. ``k = 0`` counts every LR on the wrong side of 1 (ties included).
+
+    Returns
+    -------
+    dict
+        ``{"lr_10^k": {"different_source": count, "different_source_rate": rate, "same_source": count,
+        "same_source_rate": rate}}`` per strength; a decision at LR ``>= 10**k`` makes exactly the
+        different-source count of false positives.
+    """
+    v, y = _check(log10_lrs, labels)
+    out = {}
+    for k in strengths:
+        d = int((v[~y] >= k).sum())
+        sm = int((v[y] <= -k).sum())
+        out[f"lr_10^{k:g}"] = {"different_source": d, "different_source_rate": d / int((~y).sum()),
+                               "same_source": sm, "same_source_rate": sm / int(y.sum())}
+    return out
+
+
 def calibration_report(scores, labels, source_a, source_b) -> dict:
     """Cross-validated (leave-one-firearm-out) LR performance of a score."""
     s, y = _check(scores, labels)
@@ -193,6 +225,7 @@ def calibration_report(scores, labels, source_a, source_b) -> dict:
         "log10_lr_min": float(v.min()), "log10_lr_max": float(v.max()),
         "same_source_lr_gt_1": float((v[y] > 0).mean()), "different_source_lr_lt_1": float((v[~y] < 0).mean()),
         "misleading_same_source": int((v[y] <= 0).sum()), "misleading_different_source": int((v[~y] >= 0).sum()),
+        "misleading_evidence": misleading_evidence(v, y),
         "full_fit": {"intercept": full.intercept, "slope": full.slope, "log10_lower": full.log10_lower,
                      "log10_upper": full.log10_upper},
     }
