@@ -570,3 +570,23 @@ def test_inline_data_list_with_wrong_count_or_several_coordinates_is_refused(tmp
             zf.writestr("main.xml", xml)
             zf.writestr("md5checksum.hex", hexm)
         read_x3p(p)
+
+
+def test_no_data_sentinels_become_nan(tmp_path):
+    # float32 +-FLT_MAX and a 1e38 (metres) are no-data conventions, not heights; a real height stays
+    z = np.array([[1e-6, np.finfo(np.float32).max], [-np.finfo(np.float32).max, 1e38]], dtype="<f4")
+    s = read_x3p(_make_x3p(tmp_path / "f.x3p", z.tobytes(), 2, 2, letter="F"))
+    assert s.heights[0, 0] == pytest.approx(1.0, rel=1e-6)
+    assert np.isnan(s.heights.ravel()[1:]).all() and s.meta["sentinel_points"] == 3
+    # int16 extremes without a valid-points map: no data / clipped; with a map, the map decides
+    raw = np.array([[-32768, 5, 32767]], dtype="<i2")
+    t = read_x3p(_make_x3p(tmp_path / "i.x3p", raw.tobytes(), 3, 1, letter="I", z_inc="1e-08"))
+    assert np.array_equal(np.isnan(t.heights), [[True, False, True]]) and t.meta["sentinel_points"] == 2
+    u = read_x3p(_with_valid_map(tmp_path / "v.x3p", raw, bytes([0b00000111])))
+    assert np.isfinite(u.heights).all() and u.meta["sentinel_points"] == 0
+    # inline points follow the same rule
+    w = read_x3p(_datalist_x3p(tmp_path / "d.x3p", ["1e-6", "-3.4028235e38"], 2, 1))
+    assert np.isnan(w.heights[0, 1]) and w.meta["sentinel_points"] == 1
+    # an ordinary surface has none
+    assert read_x3p(_make_x3p(tmp_path / "o.x3p", (np.ones((2, 2)) * 1e-6).tobytes(), 2, 2)).meta[
+        "sentinel_points"] == 0

@@ -121,7 +121,8 @@ def read_x3p(
         ``creator``, ``comment``, ``date``, ``dtype_in_file`` (e.g. "float64"),
         ``spacing_x_um``, ``spacing_y_um``, ``has_mask_png``, ``md5_verified``, ``origin``,
         ``point_storage`` ("binary" or "xml-datalist"), ``valid_points_map`` (a ValidPointsLink
-        was applied) and ``invalid_points`` (how many points it marked invalid).
+        was applied), ``invalid_points`` (how many points it marked invalid) and ``sentinel_points``
+        (how many stored values were no-data sentinels, see Notes).
 
     Raises
     ------
@@ -151,6 +152,9 @@ def read_x3p(
     main.xml may reach 256 MiB). A ``ValidPointsLink`` bit map (ISO 5436-2: one bit a point,
     least-significant bit first, 0 = invalid; the only way integer data can mark a missing
     point) turns the points it marks invalid into ``NaN``; its MD5 is checked like the data's.
+    Stored values that are no-data conventions rather than heights also become ``NaN``: a float
+    of magnitude 1e30 or more (in the file's units; e.g. +-FLT_MAX) and, in integer data without
+    a valid-points map, the type's two extreme values (no data, or a clipped reading).
     """
     name, fileobj, owned = open_source(source)
     try:
@@ -283,10 +287,10 @@ def _read_x3p_fileobj(
         del xml_bytes
 
     if inline:
-        heights = _decode_data_list(data_list, hdr, sx, sy, label)
+        heights, sentinel_points = _decode_data_list(data_list, hdr, sx, sy, label)
         del data_list
     else:
-        heights = _decode_points(data_bytes, dtype, hdr, sx, sy)
+        heights, sentinel_points = _decode_points(data_bytes, dtype, hdr, sx, sy)
         del data_bytes
     invalid_points = 0
     if valid_bytes is not None:
@@ -319,6 +323,9 @@ def _read_x3p_fileobj(
         "point_storage": storage,
         "valid_points_map": valid_bytes is not None,
         "invalid_points": invalid_points,
+        # points whose stored value was a no-data sentinel (now NaN): |float| >= 1e30 in file units, or
+        # an integer type's extreme value when no valid-points map says otherwise
+        "sentinel_points": sentinel_points,
         # Record1/Axes/Origin as written (x3ptools writes "NW"); None when absent. It does not tell
         # whether the rows run top-down or bottom-up: the DFSC sets hold files with and without it
         # in both orientations, so the comparison searches mirror images (CMCParams.mirror).
@@ -429,7 +436,7 @@ def _split_data_list(xml_bytes: bytes, label: str) -> tuple[bytes, bytes | None]
     return xml_bytes[:m.start()] + b"<" + tag + b"/>" + xml_bytes[c.end():], xml_bytes[m.end():c.start()]
 
 
-def _decode_data_list(body: bytes, hdr: dict[str, Any], sx: int, sy: int, label: str) -> np.ndarray:
+def _decode_data_list(body: bytes, hdr: dict[str, Any], sx: int, sy: int, label: str) -> tuple[np.ndarray, int]:
     """Heights from an inline DataList: one ``<Datum>`` a point in the binary layout's order (x fastest);
     an empty Datum is a missing point (NaN). The z axis's data type, increment and offset apply as to
     binary points."""
@@ -457,11 +464,7 @@ def _decode_data_list(body: bytes, hdr: dict[str, Any], sx: int, sy: int, label:
         z = np.array(tokens, dtype=np.float64).reshape(sy, sx)
     except ValueError as exc:
         raise X3PFormatError(f"the DataList of {label} holds a value that is not a number ({exc})") from exc
-    with np.errstate(invalid="ignore", over="ignore"):
-        if hdr["dtype"].kind == "i":
-            z = z * hdr["z_increment"] + hdr["z_offset"]
-    z[~np.isfinite(z)] = np.nan
-    return z
+    return _to_heights(z, hdr["dtype"], hdr)
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> bytes:
@@ -641,8 +644,33 @@ def _verify_checksums(
     return checked
 
 
-def _decode_points(data: bytes, dtype: np.dtype, hdr: dict[str, Any], sx: int, sy: int) -> np.ndarray:
+#: A float height of this magnitude or more, in the file's units, is a no-data sentinel (e.g. +-FLT_MAX,
+#: 1e38): no surface is 1e30 m or um high.
+_FLOAT_SENTINEL = 1e30
+
+
+def _sentinels(raw: np.ndarray, dtype: np.dtype, use_int_extremes: bool) -> np.ndarray:
+    """Points whose stored value is a no-data convention rather than a height: for floats a magnitude
+    of at least :data:`_FLOAT_SENTINEL`; for integers without a valid-points map the two extremes of
+    the type (-32768 / 32767 for int16; instruments write them for no data or a clipped reading)."""
+    if dtype.kind == "i":
+        if not use_int_extremes:
+            return np.zeros(raw.shape, bool)
+        info = np.iinfo(dtype)
+        return (raw == info.min) | (raw == info.max)
+    with np.errstate(invalid="ignore"):
+        return np.abs(raw) >= _FLOAT_SENTINEL
+
+
+def _decode_points(data: bytes, dtype: np.dtype, hdr: dict[str, Any], sx: int, sy: int) -> tuple[np.ndarray, int]:
+    """Heights in file units (NaN = missing) and how many points were no-data sentinels."""
     raw = np.frombuffer(data, dtype=dtype).reshape(sy, sx)
+    return _to_heights(raw, dtype, hdr)
+
+
+def _to_heights(raw: np.ndarray, dtype: np.dtype, hdr: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """Stored values (as read, shape (sy, sx)) -> float64 heights in file units, NaN where missing."""
+    sentinel = _sentinels(raw, dtype, use_int_extremes=not hdr["valid_link"])
     with np.errstate(invalid="ignore", over="ignore"):
         z = raw.astype(np.float64)  # always a fresh, writable copy
         if dtype.kind == "i":
@@ -651,9 +679,10 @@ def _decode_points(data: bytes, dtype: np.dtype, hdr: dict[str, Any], sx: int, s
                 z *= inc
             if off != 0.0:
                 z += off
+    z[sentinel] = np.nan
     # Signalling NaN (R's NA), other NaN payloads and +-Inf -> quiet NaN (in place: no extra copy).
     z[~np.isfinite(z)] = np.nan
-    return z
+    return z, int(sentinel.sum())
 
 
 def _clean(x: float) -> float:
