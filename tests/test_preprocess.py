@@ -274,6 +274,19 @@ def test_preprocess_cartridge_errors():
         preprocess_cartridge(_annulus_surface(), kind="bogus")
 
 
+def test_preprocess_cartridge_refuses_a_scan_read_in_the_wrong_units():
+    """A scan written in millimetres is read as micrometres (an increment of 0.00625 >= the metre
+    threshold): 1000 times too small. It must be refused with the reason, not 'no valid points'."""
+    good = _annulus_surface()
+    assert preprocess_cartridge(good, kind="processed").spacing_um == good.spacing_um
+    mm = Surface(good.heights / 1000.0, good.spacing_um / 1000.0, {"units_in_file": "um"})
+    with pytest.raises(PreprocessError, match=r"spans .* um .*units were probably read wrongly.*millimetres"):
+        preprocess_cartridge(mm, kind="processed")
+    nm = Surface(good.heights * 1000.0, good.spacing_um * 1000.0)
+    with pytest.raises(PreprocessError, match="nanometres"):
+        preprocess_cartridge(nm, kind="processed")
+
+
 # --------------------------------------------------------------------------- find_breech_face
 
 SP = 5.0          # um per pixel

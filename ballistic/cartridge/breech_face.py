@@ -241,7 +241,8 @@ def preprocess_cartridge(surface: Surface, *, kind: str = "auto", spacing_um: fl
     Raises
     ------
     ballistic.errors.PreprocessError
-        Too little valid data, or no breech face found in a raw scan.
+        Too little valid data, no breech face found in a raw scan, or a size no cartridge case can
+        have at the declared spacing (wrong units: :data:`PLAUSIBLE_EXTENT_UM`).
     ValueError
         ``kind`` or a cut-off is not valid.
     """
@@ -263,11 +264,37 @@ def submitted_as_processed(surface: Surface) -> Surface:
     return preprocess_cartridge(surface, kind="processed", spacing_um=surface.spacing_um)
 
 
+#: Side length of a cartridge-case scan that is physically possible, um: below it a breech face has no
+#: room (one comparison cell spans ~100 um); above it the scan would be wider than any cartridge head.
+PLAUSIBLE_EXTENT_UM = (100.0, 100_000.0)
+
+
+def _require_plausible_extent(surface: Surface, what: str) -> None:
+    """Refuse a scan whose size, at its declared spacing, no cartridge case can have: the file's units
+    were read wrongly (an x3p written in millimetres is read as micrometres: 1000 times too small)."""
+    ny, nx = surface.shape
+    extent = max(ny, nx) * surface.spacing_um
+    lo, hi = PLAUSIBLE_EXTENT_UM
+    if lo <= extent <= hi:
+        return
+    units = surface.meta.get("units_in_file")
+    hint = (f"if the file stores millimetres (a spacing of {surface.spacing_um:g} mm = "
+            f"{surface.spacing_um * 1000:g} um), re-export it in metres as ISO 25178-72 asks, or scale the "
+            "surface's heights and spacing by 1000 before preprocessing" if extent < lo else
+            "if the file stores nanometres or the header's increment is wrong, re-export it in metres as "
+            "ISO 25178-72 asks, or scale heights and spacing to micrometres before preprocessing")
+    raise PreprocessError(
+        f"{what}: the scan spans {extent:.4g} um ({ny} x {nx} px at {surface.spacing_um:g} um"
+        f"{f', units in file read as {units!r}' if units else ''}), but a cartridge-case scan spans "
+        f"{lo:g} um to {hi / 1000:g} mm; its units were probably read wrongly - {hint}")
+
+
 def _normalise(surface: Surface, kind: str, params: NormalisationParams) -> Surface:
     p = params
     if kind not in ("auto", "raw", "processed"):
         raise ValueError(f"kind must be 'auto', 'raw' or 'processed', got {kind!r}")
     _require_valid(surface, "preprocess_cartridge", 100)
+    _require_plausible_extent(surface, "preprocess_cartridge")
     meta = surface.meta
     prov: dict = {
         "normalisation": NORMALISATION_VERSION,
