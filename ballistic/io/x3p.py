@@ -605,26 +605,20 @@ def _verify_checksums(
 ) -> bool:
     """Check the point data's and the valid-points map's MD5 (and md5checksum.hex when present).
     Return True if the point data's MD5 was checked (inline points have none; main.xml's covers them)."""
-    checked = False
-    declared = hdr["md5_valid"]
-    if declared and valid_bytes is not None:
-        actual = hashlib.md5(valid_bytes).hexdigest()
+    def check(what: str, blob: bytes | None, declared: str | None) -> bool:
+        if not declared or blob is None:
+            return False
+        actual = hashlib.md5(blob).hexdigest()
         if declared.lower() != actual:
             raise X3PChecksumError(
-                f"valid-points map of {label} has MD5 {actual} but main.xml declares {declared.lower()}; the "
-                "file was altered or corrupted after export - obtain a fresh copy (or pass verify_md5=False to "
-                "read it anyway at your own risk)"
+                f"{what} of {label} has MD5 {actual} but main.xml declares {declared.lower()}; the file was "
+                "altered or corrupted after export - obtain a fresh copy (or pass verify_md5=False to read it "
+                "anyway at your own risk)"
             )
-    declared = hdr["md5_data"]
-    if declared and data_bytes is not None:
-        actual = hashlib.md5(data_bytes).hexdigest()
-        if declared.lower() != actual:
-            raise X3PChecksumError(
-                f"point data of {label} has MD5 {actual} but main.xml declares {declared.lower()}; the data "
-                "were altered or corrupted after export - obtain a fresh copy (or pass verify_md5=False to "
-                "read it anyway at your own risk)"
-            )
-        checked = True
+        return True
+
+    check("valid-points map", valid_bytes, hdr["md5_valid"])
+    checked = check("point data", data_bytes, hdr["md5_data"])
 
     folder = posixpath.dirname(main_info.filename)
     hex_name = hdr["checksum_file"] or "md5checksum.hex"
