@@ -142,3 +142,21 @@ def test_normalise_errors():
         preprocess_cartridge(_processed_scan(), kind="bogus")
     with pytest.raises(ValueError):
         preprocess_cartridge(_processed_scan(), long_cutoff_um=0.0)
+
+
+def test_provenance_records_how_the_reader_found_missing_points(tmp_path):
+    """Points an exporter marked as no data (here +-FLT_MAX in a float32 file) are missing, not heights of
+    1e32 m, and the result's provenance says how many there were and how the points were stored."""
+    from ballistic.io.x3p import read_x3p, write_x3p
+
+    s = _processed_scan(seed=3)
+    h = s.heights.copy()
+    holes = np.flatnonzero(np.isfinite(h.ravel()))[::97][:25]
+    h.ravel()[holes] = np.finfo(np.float32).max            # um; written in metres: 3.4e32, a no-data sentinel
+    write_x3p(Surface(h, s.spacing_um), tmp_path / "sentinel.x3p", dtype="float32")
+    read = read_x3p(tmp_path / "sentinel.x3p")
+    assert read.meta["sentinel_points"] == len(holes) and np.isnan(read.heights.ravel()[holes]).all()
+    out = preprocess_cartridge(read)
+    inp = out.meta["provenance"]["input"]
+    assert inp["sentinel_points"] == len(holes) and inp["invalid_points"] == 0 and inp["point_storage"] == "binary"
+    assert np.nanmax(np.abs(out.heights)) < 50.0                    # no sentinel reached the heights

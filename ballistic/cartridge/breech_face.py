@@ -301,8 +301,8 @@ def _normalise(surface: Surface, kind: str, params: NormalisationParams) -> Surf
         "params": p.as_dict(),
         "input": {"spacing_um": surface.spacing_um, "shape": list(surface.shape),
                   "valid_fraction": round(surface.valid_fraction, 4),
-                  **{k: meta[k] for k in ("source", "units_in_file", "instrument", "dtype_in_file", "origin")
-                     if k in meta}},
+                  **{k: meta[k] for k in ("source", "units_in_file", "instrument", "dtype_in_file", "origin",
+                                          "point_storage", "invalid_points", "sentinel_points") if k in meta}},
         "steps": [],
     }
     steps = prov["steps"]
