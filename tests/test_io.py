@@ -590,3 +590,18 @@ def test_no_data_sentinels_become_nan(tmp_path):
     # an ordinary surface has none
     assert read_x3p(_make_x3p(tmp_path / "o.x3p", (np.ones((2, 2)) * 1e-6).tobytes(), 2, 2)).meta[
         "sentinel_points"] == 0
+
+
+def test_units_named_by_the_caller_override_the_increment_rule(tmp_path):
+    # a file in millimetres: increment 0.00625 (= 6.25 um), heights in mm; "auto" takes it for micrometres
+    z = np.array([[0.001, 0.002], [0.003, np.nan]])
+    p = _make_x3p(tmp_path / "mm.x3p", z.astype("<f8").tobytes(), 2, 2, inc_x="0.00625")
+    auto = read_x3p(p)
+    assert auto.spacing_um == 0.00625 and auto.meta["units_in_file"] == "um"
+    assert auto.meta["units_decided_by"] == "x increment"
+    mm = read_x3p(p, units="mm")
+    assert mm.spacing_um == 6.25 and mm.meta["units_in_file"] == "mm" and mm.meta["units_decided_by"] == "caller"
+    np.testing.assert_allclose(mm.heights, z * 1000.0)
+    assert read_x3p(p, units="um").spacing_um == 0.00625
+    with pytest.raises(ValueError, match="units must be 'auto' or one of"):
+        read_x3p(p, units="inch")

@@ -279,10 +279,10 @@ def _require_plausible_extent(surface: Surface, what: str) -> None:
         return
     units = surface.meta.get("units_in_file")
     hint = (f"if the file stores millimetres (a spacing of {surface.spacing_um:g} mm = "
-            f"{surface.spacing_um * 1000:g} um), re-export it in metres as ISO 25178-72 asks, or scale the "
-            "surface's heights and spacing by 1000 before preprocessing" if extent < lo else
-            "if the file stores nanometres or the header's increment is wrong, re-export it in metres as "
-            "ISO 25178-72 asks, or scale heights and spacing to micrometres before preprocessing")
+            f"{surface.spacing_um * 1000:g} um), read it with read_x3p(path, units='mm') or re-export it in "
+            "metres as ISO 25178-72 asks" if extent < lo else
+            "if the file stores nanometres, read it with read_x3p(path, units='nm'); if its header's "
+            "increment is wrong, re-export it in metres as ISO 25178-72 asks")
     raise PreprocessError(
         f"{what}: the scan spans {extent:.4g} um ({ny} x {nx} px at {surface.spacing_um:g} um"
         f"{f', units in file read as {units!r}' if units else ''}), but a cartridge-case scan spans "

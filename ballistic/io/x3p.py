@@ -57,6 +57,14 @@ _WRITE_DTYPES = {"float64": "D", "float32": "F"}
 
 #: An x-increment below this (in file units) means the file is in metres (ISO); otherwise micrometres.
 _METRE_INCREMENT_THRESHOLD = 1e-3
+#: ``read_x3p(units=...)``: factor from the file's length unit to micrometres.
+_UNIT_TO_UM = {"m": 1e6, "mm": 1e3, "um": 1.0, "nm": 1e-3}
+
+
+def _check_units(units: str) -> str:
+    if units != "auto" and units not in _UNIT_TO_UM:
+        raise ValueError(f"units must be 'auto' or one of {sorted(_UNIT_TO_UM)}, got {units!r}")
+    return units
 #: main.xml and md5checksum.hex are small; anything bigger is hostile or broken.
 _MAX_XML_BYTES = 16 * 1024 * 1024
 #: ... unless main.xml carries the points itself (an inline ``Record3/DataList``, ~10-30 bytes a point).
@@ -88,6 +96,7 @@ def read_x3p(
     max_uncompressed_bytes: int = 1_500_000_000,
     max_compression_ratio: float = 1100.0,
     verify_md5: bool = True,
+    units: str = "auto",
 ) -> Surface:
     """Read an ISO 5436-2 / ISO 25178-72 ``.x3p`` topography.
 
@@ -109,6 +118,10 @@ def read_x3p(
     verify_md5 : bool, optional
         Check the MD5 of the point data against ``MD5ChecksumPointData`` and, when an
         ``md5checksum.hex`` member is present, the MD5 of ``main.xml`` against it.
+    units : {"auto", "m", "mm", "um", "nm"}, optional
+        Length unit of the file's increments and heights. ``"auto"`` (default) follows the
+        x increment (see Notes); name the unit when an exporter wrote something else, e.g.
+        ``units="mm"`` for a file in millimetres, which ``"auto"`` would take for micrometres.
 
     Returns
     -------
@@ -118,7 +131,8 @@ def read_x3p(
         ``spacing_um`` : pixel spacing in micrometres.
         ``meta`` : ``kind`` ("topography3d"), ``source`` (file name, if a path),
         ``units_in_file`` ("m" or "um"), ``instrument``, ``manufacturer``, ``model``,
-        ``creator``, ``comment``, ``date``, ``dtype_in_file`` (e.g. "float64"),
+        ``units_decided_by`` ("x increment" or "caller"), ``creator``, ``comment``, ``date``,
+        ``dtype_in_file`` (e.g. "float64"),
         ``spacing_x_um``, ``spacing_y_um``, ``has_mask_png``, ``md5_verified``, ``origin``,
         ``point_storage`` ("binary" or "xml-datalist"), ``valid_points_map`` (a ValidPointsLink
         was applied), ``invalid_points`` (how many points it marked invalid) and ``sentinel_points``
@@ -166,6 +180,7 @@ def read_x3p(
             max_uncompressed_bytes=int(max_uncompressed_bytes),
             max_compression_ratio=float(max_compression_ratio),
             verify_md5=bool(verify_md5),
+            units=_check_units(units),
         )
     finally:
         if owned:
@@ -185,6 +200,7 @@ def _read_x3p_fileobj(
     max_uncompressed_bytes: int,
     max_compression_ratio: float,
     verify_md5: bool,
+    units: str,
 ) -> Surface:
     label = _label(name)
     try:
@@ -236,8 +252,8 @@ def _read_x3p_fileobj(
             )
 
         inc_x, inc_y = hdr["inc_x"], hdr["inc_y"]
-        in_metres = inc_x < _METRE_INCREMENT_THRESHOLD
-        scale = 1e6 if in_metres else 1.0
+        in_file = units if units != "auto" else ("m" if inc_x < _METRE_INCREMENT_THRESHOLD else "um")
+        scale = _UNIT_TO_UM[in_file]
         spacing_x = _clean(inc_x * scale)
         spacing_y = _clean(inc_y * scale)
         if abs(spacing_x - spacing_y) > 0.01 * max(spacing_x, spacing_y):
@@ -306,7 +322,8 @@ def _read_x3p_fileobj(
     meta: dict[str, Any] = {
         "kind": "topography3d",
         "source": name,
-        "units_in_file": "m" if in_metres else "um",
+        "units_in_file": in_file,
+        "units_decided_by": "caller" if units != "auto" else "x increment",
         "instrument": " ".join(p for p in (hdr["manufacturer"], hdr["model"]) if p),
         "manufacturer": hdr["manufacturer"],
         "model": hdr["model"],
