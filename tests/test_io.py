@@ -561,6 +561,9 @@ def test_inline_data_list_with_wrong_count_or_several_coordinates_is_refused(tmp
         read_x3p(_datalist_x3p(tmp_path / "b.x3p", ["0;0;1e-6"] * 4, 2, 2))
     with pytest.raises(X3PFormatError, match="not a number"):
         read_x3p(_datalist_x3p(tmp_path / "c.x3p", ["1e-6", "abc", "1e-6", "1e-6"], 2, 2))
+    # a tiny declared grid over a huge list is refused before the list is split (bounded memory)
+    with pytest.raises(X3PFormatError, match="far more than 2x2 points"):
+        read_x3p(_datalist_x3p(tmp_path / "e.x3p", ["1e-6"] * 5000, 2, 2))
     with pytest.raises(X3PChecksumError, match="main.xml"):      # md5checksum.hex covers the inline points
         p = _datalist_x3p(tmp_path / "d.x3p", ["1e-6"] * 4, 2, 2)
         with zipfile.ZipFile(p) as zf:

@@ -431,6 +431,8 @@ _DATALIST_OPEN = re.compile(rb"<((?:[A-Za-z_][\w.-]*:)?DataList)(\s[^>]*)?(/?)>"
 _DATUM_EMPTY = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?Datum\s*/>|<(?:[A-Za-z_][\w.-]*:)?Datum\s*>\s*"
                           rb"</(?:[A-Za-z_][\w.-]*:)?Datum\s*>")
 _DATUM_TAG = re.compile(rb"</?(?:[A-Za-z_][\w.-]*:)?Datum\s*>")
+#: Longest ``<Datum>value</Datum>`` accepted per point on average (a float's repr, tags, pretty-printing).
+_MAX_DATUM_BYTES = 128
 _DATUM_NAME = re.compile(rb"<((?:[A-Za-z_][\w.-]*:)?Datum)[\s/>]")
 
 
@@ -457,6 +459,10 @@ def _decode_data_list(body: bytes, hdr: dict[str, Any], sx: int, sy: int, label:
     """Heights from an inline DataList: one ``<Datum>`` a point in the binary layout's order (x fastest);
     an empty Datum is a missing point (NaN). The z axis's data type, increment and offset apply as to
     binary points."""
+    if len(body) > _MAX_DATUM_BYTES * sx * sy + 4096:      # before any copy or split: a bounded cost
+        raise X3PFormatError(
+            f"the DataList of {label} holds {len(body)} bytes, far more than {sx}x{sy} points of one value each "
+            "need; the header's grid size is wrong or the file is hostile - re-export it")
     first = _DATUM_NAME.search(body)
     text = body
     if first is not None:               # the usual spellings by plain replacement (fast), then any other
