@@ -526,11 +526,12 @@ def test_valid_points_map_that_is_missing_short_or_altered_is_refused(tmp_path):
     assert np.isfinite(s.heights).all()
 
 
-def _datalist_x3p(path: Path, values: list[str], sx: int, sy: int, *, prefix: str = "", **xml_kw) -> Path:
+def _datalist_x3p(path: Path, values: list[str], sx: int, sy: int, *, prefix: str = "", sep: str = "",
+                  **xml_kw) -> Path:
     """An x3p that carries its points inline in main.xml (Record3/DataList), no bindata member."""
     xml = _main_xml(sx, sy, **xml_kw).decode()
     start, end = xml.index("<DataLink>"), xml.index("</DataLink>") + len("</DataLink>")
-    datums = "".join("<Datum/>" if v is None else f"<{prefix}Datum>{v}</{prefix}Datum>" for v in values)
+    datums = sep.join("<Datum/>" if v is None else f"<{prefix}Datum>{v}</{prefix}Datum>" for v in values)
     xml = (xml[:start] + f"<{prefix}DataList>{datums}</{prefix}DataList>" + xml[end:]).encode()
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("main.xml", xml)
@@ -547,6 +548,8 @@ def test_inline_data_list_reads_like_the_same_points_in_binary(tmp_path):
     assert s.spacing_um == b.spacing_um == 6.25
     assert s.meta["point_storage"] == "xml-datalist" and s.meta["units_in_file"] == "m"
     assert s.meta["md5_verified"] is False          # no point-data MD5 exists for inline points
+    pretty = read_x3p(_datalist_x3p(tmp_path / "pretty.x3p", vals, 3, 2, sep="\n    "))   # one Datum a line
+    np.testing.assert_array_equal(pretty.heights, b.heights)
     # integer inline points take the z increment and offset; a namespace prefix on the tags is fine
     t = read_x3p(_datalist_x3p(tmp_path / "di.x3p", ["0", "7", " ", "-3"], 2, 2, letter="L", prefix="p:",
                                z_inc="1e-08", z_off="1e-06"))

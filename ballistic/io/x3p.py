@@ -479,15 +479,14 @@ def _decode_data_list(body: bytes, hdr: dict[str, Any], sx: int, sy: int, label:
         raise X3PFormatError(f"the DataList of {label} holds several coordinates a point ('x;y;z'); only a "
                              "z value a point on an incremental x/y grid is supported - resample the scan to a "
                              "regular grid first")
-    tokens = text.split()
-    if len(tokens) != sx * sy:
-        raise X3PFormatError(f"the DataList of {label} holds {len(tokens)} points but main.xml declares "
-                             f"{sx}x{sy} = {sx * sy}; the file is truncated or its header is wrong - re-export it")
-    try:
-        z = np.array(tokens, dtype=np.float64).reshape(sy, sx)
+    try:                                    # numbers parsed straight from the text: no object per point
+        z = np.fromstring(text, dtype=np.float64, sep=" ") if text.strip() else np.empty(0)
     except ValueError as exc:
         raise X3PFormatError(f"the DataList of {label} holds a value that is not a number ({exc})") from exc
-    return _to_heights(z, hdr["dtype"], hdr)
+    if z.size != sx * sy:
+        raise X3PFormatError(f"the DataList of {label} holds {z.size} points but main.xml declares "
+                             f"{sx}x{sy} = {sx * sy}; the file is truncated or its header is wrong - re-export it")
+    return _to_heights(z.reshape(sy, sx), hdr["dtype"], hdr)
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> bytes:
