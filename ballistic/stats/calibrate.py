@@ -219,13 +219,15 @@ def calibration_report(scores, labels, source_a, source_b) -> dict:
     s, y = _check(scores, labels)
     v = cross_validated_log10_lr(s, y, source_a, source_b)
     full = ScoreLRCalibrator.fit(s, y, n_bootstrap=0)
+    me = misleading_evidence(v, y)
     return {
         "pairs": int(s.size), "same_source": int(y.sum()), "different_source": int((~y).sum()),
         "cllr": cllr(v, y), "cllr_min": cllr_min(v, y),
         "log10_lr_min": float(v.min()), "log10_lr_max": float(v.max()),
         "same_source_lr_gt_1": float((v[y] > 0).mean()), "different_source_lr_lt_1": float((v[~y] < 0).mean()),
-        "misleading_same_source": int((v[y] <= 0).sum()), "misleading_different_source": int((v[~y] >= 0).sum()),
-        "misleading_evidence": misleading_evidence(v, y),
+        "misleading_same_source": me["lr_10^0"]["same_source"],
+        "misleading_different_source": me["lr_10^0"]["different_source"],
+        "misleading_evidence": me,
         "full_fit": {"intercept": full.intercept, "slope": full.slope, "log10_lower": full.log10_lower,
                      "log10_upper": full.log10_upper},
     }
