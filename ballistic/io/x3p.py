@@ -427,13 +427,13 @@ def _find_link_member(by_name: dict[str, zipfile.ZipInfo], main_name: str, link:
     return None
 
 
-_DATALIST_OPEN = re.compile(rb"<((?:[A-Za-z_][\w.-]*:)?DataList)(\s[^>]*)?(/?)>")
-_DATUM_EMPTY = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?Datum\s*/>|<(?:[A-Za-z_][\w.-]*:)?Datum\s*>\s*"
-                          rb"</(?:[A-Za-z_][\w.-]*:)?Datum\s*>")
-_DATUM_TAG = re.compile(rb"</?(?:[A-Za-z_][\w.-]*:)?Datum\s*>")
+_NS = rb"(?:[A-Za-z_][\w.-]*:)?"          # an optional namespace prefix on a tag name
+_DATALIST_OPEN = re.compile(rb"<(" + _NS + rb"DataList)(\s[^>]*)?(/?)>")
+_DATUM_EMPTY = re.compile(rb"<" + _NS + rb"Datum\s*/>|<" + _NS + rb"Datum\s*>\s*</" + _NS + rb"Datum\s*>")
+_DATUM_TAG = re.compile(rb"</?" + _NS + rb"Datum\s*>")
+_DATUM_NAME = re.compile(rb"<(" + _NS + rb"Datum)[\s/>]")
 #: Longest ``<Datum>value</Datum>`` accepted per point on average (a float's repr, tags, pretty-printing).
 _MAX_DATUM_BYTES = 128
-_DATUM_NAME = re.compile(rb"<((?:[A-Za-z_][\w.-]*:)?Datum)[\s/>]")
 
 
 def _split_data_list(xml_bytes: bytes, label: str) -> tuple[bytes, bytes | None]:
