@@ -16,7 +16,9 @@ app.add_typer(bench_app, name="bench")
 def compare(reference: Path, target: Path,
             figure: Optional[Path] = typer.Option(None, help="write the explanation figure (PNG) here"),
             json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result (cells) as JSON"),
-            kind: str = typer.Option("auto", help="auto | raw | processed")) -> None:
+            kind: str = typer.Option("auto", help="auto | raw | processed"),
+            thorough: bool = typer.Option(False, help="search the whole circle at the coarse spacing (about 10x "
+                                                      "slower; no calibrated LR): a second look at a doubted pair")) -> None:
     """Compare two breech-face scans (x3p) and print the CMC result."""
     from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.cartridge.cmc.pair import compare_pair
@@ -26,7 +28,8 @@ def compare(reference: Path, target: Path,
             out.parent.mkdir(parents=True, exist_ok=True)
     a = preprocess_cartridge(read_x3p(reference), kind=kind)
     b = preprocess_cartridge(read_x3p(target), kind=kind)
-    r = compare_pair(a.with_heights(a.heights, source=reference.stem), b.with_heights(b.heights, source=target.stem))
+    r = compare_pair(a.with_heights(a.heights, source=reference.stem), b.with_heights(b.heights, source=target.stem),
+                     search="thorough" if thorough else "standard")
     typer.echo(json.dumps(r.summary(), indent=2))
     if json_out:
         json_out.write_text(json.dumps(r.to_dict(), indent=2))
@@ -74,11 +77,13 @@ def bench_generalization(data: Path = typer.Option(Path("../shared/data"), help=
                          workers: int = 2, seed: int = 0,
                          fit: bool = typer.Option(False, "--fit", help="also fit and write the shipped pair model"),
                          model_out: Optional[Path] = typer.Option(None, help="where --fit writes the model "
-                                                                  "(default: ballistic/cartridge/score/data/pair_model.json)")) -> None:
+                                                                  "(default: ballistic/cartridge/score/data/pair_model.json)"),
+                         search: str = typer.Option("standard", help="registration of every pair: standard | "
+                                                    "thorough (the whole circle at the coarse spacing, ~5x slower)")) -> None:
     """Train on some labelled cartridge sets, test on others: pair model and CMC rule side by side."""
     from ballistic.bench.generalization import run_generalization_bench
     run_generalization_bench(data, json_out=json_out, cache_dir=cache, workers=workers, seed=seed, fit=fit,
-                             model_out=model_out, log=typer.echo)
+                             model_out=model_out, log=typer.echo, search=search)
 
 
 @bench_app.command("bullet")

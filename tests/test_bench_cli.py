@@ -61,6 +61,18 @@ def test_compare_cli_writes_explanation(shared_data, tmp_path):
     assert fig.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.realdata
+def test_compare_cli_thorough_search(shared_data, tmp_path):
+    d = shared_data / "cartridge" / "fadul"
+    js = tmp_path / "r.json"
+    res = runner.invoke(app, ["compare", str(d / "Fadul 1-1.x3p"), str(d / "Fadul 1-2.x3p"), "--thorough",
+                              "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(js.read_text())
+    assert r["search"] == "thorough" and r["identification"] is True and r["cmc_count"] >= 15
+    assert r["model_log10_lr"] is None
+
+
 def test_bench_rejects_labels_without_source_column(tmp_path):
     lab = tmp_path / "labels.csv"
     lab.write_text("path,comment\nx.x3p,hello\n")
@@ -106,6 +118,9 @@ def test_parallel_loading_and_comparison_match_serial(tmp_path):
     for r1, r2 in zip(one, two):
         assert r1["cmc_count"] == r2["cmc_count"] and r1["registration_ncc"] == r2["registration_ncc"]
     assert two[1]["cmc_count"] > two[2]["cmc_count"]      # a ~ b (shared texture), a vs c mostly noise
+    assert {r["search"] for r in two} == {"standard"}
+    thorough, _ = compare_all_pairs(par, pairs[1:2], p, workers=2, model=None, search="thorough")
+    assert thorough[0]["search"] == "thorough" and thorough[0]["cmc_count"] >= two[1]["cmc_count"] - 2
 
 
 def test_time_vs_area_recovers_a_power_law():

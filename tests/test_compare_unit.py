@@ -11,7 +11,8 @@ import scipy.ndimage as ndi
 from ballistic.cartridge.cmc.cells import cell_division, compare_cells
 from ballistic.cartridge.cmc.params import CMCParams, mirrored, prepare
 from ballistic.cartridge.cmc.register import (Registration, invert_registration, masked_ncc, register_global,
-                                             rotation_step_deg, search_rotation, warp_to_reference)
+                                             register_thorough, rotation_step_deg, search_rotation,
+                                             warp_to_reference)
 from ballistic.preprocess.filters import crop_to_mask, rotate
 from ballistic.surface import Surface
 
@@ -520,3 +521,54 @@ def test_a_prior_step_that_does_not_divide_the_circle_is_lowered_to_one_that_doe
     gaps = np.diff(np.r_[g, g[0] + 360.0])
     assert np.allclose(gaps, gaps[0]) and gaps[0] <= asked + 1e-9
     assert gaps[0] == pytest.approx(360.0 / math.ceil(360.0 / asked - 1e-9))
+
+
+# --------------------------------------------------------------------------- thorough registration
+
+@pytest.mark.parametrize("angle,flip", [(123.0, False), (-70.0, True)])
+def test_register_thorough_recovers_rotation_and_mirror(annulus, ref_prep, angle, flip):
+    src = annulus.with_heights(annulus.heights[::-1].copy()) if flip else annulus
+    target = prepare(crop_to_mask(rotate(src, angle)), PARAMS)
+    reg = register_thorough(ref_prep, target, PARAMS)
+    assert reg.mirrored is flip
+    if not flip:
+        assert _adiff(reg.angle_deg, -angle) <= 2.0, reg
+    assert reg.ncc > 0.9 and reg.prior_ncc > reg.runner_up_ncc
+    # the target, as registered (flipped first when mirrored), lands on the reference
+    s = PARAMS.spacing_um
+    moving = target.fine[::-1] if reg.mirrored else target.fine
+    warped = warp_to_reference(moving, reg.angle_deg, reg.dy_um / s, reg.dx_um / s, ref_prep.fine.shape)
+    ok = np.isfinite(warped) & np.isfinite(ref_prep.fine)
+    assert np.corrcoef(warped[ok], ref_prep.fine[ok])[0, 1] > 0.9
+
+
+def test_register_thorough_finds_a_pose_long_wavelength_residue_hides_from_the_prior(annulus, ref_prep):
+    """Another pipeline's residue at wavelengths the rotation prior keeps (up to 1 mm) but the comparison band
+    (up to 500 um) mostly drops: the prior's peaks miss the pose, the search at the coarse spacing finds it, and
+    by the shared objective (fine NCC) it is the better pose."""
+    z = annulus.heights
+    residue = ndi.gaussian_filter(np.random.default_rng(100).normal(size=z.shape), 8.0)
+    residue *= 4.0 * np.nanstd(z) / residue.std()
+    target = prepare(crop_to_mask(rotate(annulus.with_heights(z + residue), 123.0)), PARAMS)
+    standard = register_global(ref_prep, target, PARAMS)
+    thorough = register_thorough(ref_prep, target, PARAMS)
+    assert _adiff(thorough.angle_deg, -123.0) <= 2.0, thorough
+    assert _adiff(standard.angle_deg, -123.0) > 2.0, "the prior no longer misses this pose: strengthen the residue"
+    assert thorough.ncc > standard.ncc + 0.1
+
+
+def test_register_thorough_needs_a_peak(ref_prep):
+    with pytest.raises(ValueError, match="peaks"):
+        register_thorough(ref_prep, ref_prep, PARAMS, peaks=0)
+
+
+def test_compare_pair_search_is_checked_and_recorded(ref_prep):
+    from ballistic.cartridge.cmc.pair import compare_pair
+    from ballistic.errors import InputError
+
+    with pytest.raises(InputError, match="search must be one of"):
+        compare_pair(ref_prep, ref_prep, PARAMS, model=None, search="fast")
+    r = compare_pair(ref_prep, ref_prep, PARAMS, model=None, search="thorough")
+    assert r.search == "thorough" and r.summary()["search"] == "thorough"
+    assert r.identification and _adiff(r.registration.angle_deg, 0.0) <= 1.0
+    assert compare_pair(ref_prep, ref_prep, PARAMS, model=None).summary()["search"] == "standard"

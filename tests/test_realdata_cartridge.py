@@ -75,3 +75,22 @@ def test_raw_preprocessing_finds_the_breech_face(shared_data):
     assert 450 <= max(out.shape) <= 620
     assert 0.15 < out.valid_fraction < 0.7
     assert 0.3 < float(np.nanstd(out.heights)) < 10.0
+
+
+def test_thorough_search_recovers_a_cross_pipeline_mate_the_standard_search_misses(shared_data):
+    """DFSC K027gA3 and the raw Baldwin K013sA2 (same Ruger SR9, other kits and upstream pipelines): the
+    rotation prior's peaks miss the pose (CMC 0), the whole-circle search at the coarse spacing finds it and
+    the pair identifies; a thorough comparison carries the model's score but no calibrated LR."""
+    from ballistic.cartridge.cmc.params import CMCParams, prepare
+
+    p = CMCParams()
+    a = prepare(_load(shared_data, "dfsc/K027gA3.x3p"), p)
+    b = prepare(_load(shared_data, "baldwin/K013sA2.x3p"), p)
+    standard = compare_pair(a, b, p)
+    thorough = compare_pair(a, b, p, search="thorough")
+    assert standard.cmc_count <= 2 and not standard.identification, standard.summary()
+    assert thorough.registration.ncc > standard.registration.ncc + 0.03
+    assert thorough.identification and thorough.cmc_count >= 6, thorough.summary()
+    assert thorough.summary()["search"] == "thorough" and standard.summary()["search"] == "standard"
+    assert thorough.model_log10_lr is None and standard.model_log10_lr is not None
+    assert thorough.model_score is not None and thorough.model_score > standard.model_score

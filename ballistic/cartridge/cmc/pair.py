@@ -16,17 +16,21 @@ import numpy as np
 from ballistic.cartridge.cmc.cells import DirectionResult, compare_cells
 from ballistic.cartridge.cmc.decision import CMCOutcome, cmc_count, decide, high_cmc_count
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, mirrored, prepare
-from ballistic.cartridge.cmc.register import invert_registration, register_global
+from ballistic.cartridge.cmc.register import invert_registration, register_global, register_thorough
 from ballistic.cartridge.score.features import pair_features
 from ballistic.cartridge.score.model import PairModel, default_model
+from ballistic.errors import InputError
 from ballistic.surface import Surface
 
-__all__ = ["PairResult", "compare_pair", "ALGORITHM_VERSION"]
+__all__ = ["PairResult", "compare_pair", "ALGORITHM_VERSION", "SEARCHES"]
 
 #: /2: normalised preprocessing, mirror search, pair features; /3: rotation prior every 2 degrees;
 #: /4: prior peaks screened at the coarse spacing before refinement; /5: comparison band 500 um (cmcR's)
 #: /6: rotation-prior step from the rim radius, uncentred NCC for the prior and the cell translations
 ALGORITHM_VERSION = "cmc-coarse2fine/6"
+
+#: how :func:`compare_pair` may find the pose (``search=``)
+SEARCHES = ("standard", "thorough")
 
 
 @dataclass
@@ -46,6 +50,7 @@ class PairResult:
     model_score: float | None = None                 # log-odds of the shipped pair model (None: no model)
     model_log10_lr: float | None = None              # its calibrated, bounded log10 LR
     model_version: str = ""
+    search: str = "standard"                         # "standard" (register_global) or "thorough" (register_thorough)
 
     @property
     def registration(self):
@@ -67,6 +72,7 @@ class PairResult:
             "model_score": None if self.model_score is None else round(self.model_score, 4),
             "model_log10_lr": None if self.model_log10_lr is None else round(self.model_log10_lr, 4),
             "model": self.model_version,
+            "search": self.search,
             "seconds": round(self.seconds, 4),
             "algorithm": ALGORITHM_VERSION,
             **{f"f_{k}": round(v, 6) for k, v in self.features.items()},
@@ -108,7 +114,8 @@ def _prepared(x: Surface | PreparedSurface, p: CMCParams) -> PreparedSurface:
 
 
 def compare_pair(reference: Surface | PreparedSurface, target: Surface | PreparedSurface,
-                 params: CMCParams | None = None, *, model: "PairModel | None | str" = "default") -> PairResult:
+                 params: CMCParams | None = None, *, model: "PairModel | None | str" = "default",
+                 search: str = "standard") -> PairResult:
     """Compare two preprocessed breech faces with Congruent Matching Cells, both ways.
 
     Parameters
@@ -120,6 +127,14 @@ def compare_pair(reference: Surface | PreparedSurface, target: Surface | Prepare
     model : PairModel, None or "default", keyword-only
         Scores the pair features (:mod:`ballistic.cartridge.score.model`); ``"default"`` is the model
         shipped with the package (skipped if absent), None skips the model score.
+    search : {"standard", "thorough"}, keyword-only
+        How the pose is found: :func:`~ballistic.cartridge.cmc.register.register_global` (every comparison of
+        the benchmarks, the calibrations and the service), or the ten times slower
+        :func:`~ballistic.cartridge.cmc.register.register_thorough` (the whole circle at the coarse spacing), a
+        second look at a pair whose registration an examiner doubts. A thorough comparison reports the CMC
+        counts, the features and the model's score, but no calibrated likelihood ratio
+        (``model_log10_lr`` None): the calibration was fitted on the standard search, and a wider search
+        also finds higher chance correlations between different sources.
 
     Returns
     -------
@@ -127,10 +142,12 @@ def compare_pair(reference: Surface | PreparedSurface, target: Surface | Prepare
         CMC counts and decision (C >= 6), the pair features and, with a model, its score
         (log-odds at equal priors, > 0 = the model's identification) and calibrated log10 LR.
     """
+    if search not in SEARCHES:
+        raise InputError(f"compare_pair: search must be one of {SEARCHES}, got {search!r}")
     p = params or CMCParams()
     t0 = time.perf_counter()
     a, b = _prepared(reference, p), _prepared(target, p)
-    reg = register_global(a, b, p)
+    reg = register_global(a, b, p) if search == "standard" else register_thorough(a, b, p)
     bb = mirrored(b) if reg.mirrored else b     # cells run on the target as registered
     fwd = compare_cells(a, bb, reg, p)
     bwd = compare_cells(bb, a, invert_registration(reg), p)
@@ -140,12 +157,12 @@ def compare_pair(reference: Surface | PreparedSurface, target: Surface | Prepare
     count = high[k].count
     sim = count + (high[k].mean_cmc_corr if count else 0.0)
     res = PairResult(a.name, b.name, fwd, bwd, orig, high, count, float(sim), decide(count, p),
-                     0.0, p)
+                     0.0, p, search=search)
     res.features = pair_features(res)
     mdl = default_model() if isinstance(model, str) and model == "default" else model
     if mdl is not None:
         res.model_score = float(mdl.score(res.features))
-        lr = mdl.log10_lr(res.features)
+        lr = mdl.log10_lr(res.features) if search == "standard" else None
         res.model_log10_lr = None if lr is None else float(lr)
         res.model_version = f"{mdl.format}:{mdl.population.get('id', '')}"
     res.seconds = time.perf_counter() - t0

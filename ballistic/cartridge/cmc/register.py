@@ -39,6 +39,7 @@ __all__ = [
     "rotation_step_deg",
     "local_search",
     "register_global",
+    "register_thorough",
     "invert_registration",
     "warp_to_reference",
 ]
@@ -436,6 +437,76 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     return Registration(angle_deg=float(ang), dy_um=cy * s, dx_um=cx * s, ncc=float(v),
                         prior_deg=tuple(a for _, a, _, _, _ in peaks), mirrored=bool(flip), prior_ncc=float(best_prior),
                         runner_up_ncc=float(runner))
+
+
+def register_thorough(reference: PreparedSurface, target: PreparedSurface, params: CMCParams | None = None, *,
+                      peaks: int = 6) -> Registration:
+    """Slow, wide registration of target onto reference: the whole circle searched at the coarse spacing.
+
+    :func:`register_global` finds its candidate poses in a rotation prior at ``prior_spacing_um``; on some
+    pairs from different kits or upstream pipelines that prior's best translation at the true angle lies
+    elsewhere, and no screen of its peaks recovers the pose (DFSC K027gA3 against the raw Baldwin K013sA2:
+    fine NCC 0.13-0.17 in five rotation draws, where this search finds 0.24). This search asks the question
+    again at ``coarse_spacing_um``: every angle of the circle (the step of :func:`rotation_step_deg` for the
+    target's coarse view, about 1.3 degrees for a 1.7 mm breech face), both mirror parities, every
+    translation (Pearson masked NCC by FFT, :func:`search_rotation`); the best ``peaks`` distinct poses are
+    refined at the comparison spacing over +- one step (:func:`local_search`, the same final stage and
+    objective as :func:`register_global`). About 10 times the time of :func:`register_global` (2-3 s a pair
+    on one core): a second look at a pair an examiner doubts, not the default of every comparison.
+
+    Parameters
+    ----------
+    reference, target : PreparedSurface
+    params : CMCParams, optional
+        Spacings, overlap, shift range, mirror search and fine step as for :func:`register_global`.
+    peaks : int, keyword-only
+        Distinct coarse poses refined (another parity, an angle more than ``2 coarse_halfwidth_deg`` away,
+        or a translation more than two coarse pixels away).
+
+    Returns
+    -------
+    Registration
+        As :func:`register_global`; ``prior_ncc`` and ``runner_up_ncc`` are the best and the best distinct
+        other pose of the coarse search (Pearson NCC at ``coarse_spacing_um``, not the prior's statistic).
+    """
+    p = params or CMCParams()
+    if peaks < 1:
+        raise ValueError(f"register_thorough: peaks must be >= 1, got {peaks}")
+    ref_c, tgt_c = reference.coarse, target.coarse
+    mo_c = max(16, int(p.min_overlap * min(np.isfinite(ref_c).sum(), np.isfinite(tgt_c).sum())))
+    step = rotation_step_deg(tgt_c, rim_shift_px=p.prior_rim_shift_px)
+    grid = np.arange(0.0, 360.0 - 1e-9, step)
+    found = search_rotation(ref_c, tgt_c, grid, min_overlap=mo_c, max_shift_px=int(p.max_shift_fraction * max(ref_c.shape)),
+                            mirror=p.mirror, centred=True)
+    if not p.mirror:
+        found = [(*t, False) for t in found]
+    found.sort(key=lambda t: -t[0])
+    sep = 2.0 * p.coarse_halfwidth_deg
+    kept: list[tuple[float, float, float, float, bool]] = []
+    for v, a, cy, cx, f in found:
+        if v == -np.inf or len(kept) >= peaks:
+            break
+        if all(f != kf or abs((a - ka + 180.0) % 360.0 - 180.0) > sep or abs(cy - ky) > 2 or abs(cx - kx) > 2
+               for _, ka, ky, kx, kf in kept):
+            kept.append((v, a, cy, cx, f))
+    if not kept:
+        kept = [(-np.inf, 0.0, 0.0, 0.0, False)]
+    views = {False: target, True: mirrored(target)} if p.mirror else {False: target}
+    ratio = p.coarse_spacing_um / p.spacing_um
+    mo_f = max(16, int(p.min_overlap * min(np.isfinite(reference.fine).sum(), np.isfinite(target.fine).sum())))
+    n_side = int(math.ceil(step / p.fine_step_deg))
+    best = (-np.inf, 0.0, 0.0, 0.0, False)
+    for _, a0, cy, cx, f in kept:
+        for o in np.linspace(-step, step, 2 * n_side + 1):
+            c, ang, y, x = local_search(reference.fine, views[f].fine, a0 + o, cy * ratio, cx * ratio,
+                                        radius_px=int(math.ceil(ratio)) + 1, min_count=mo_f)
+            if c > best[0]:
+                best = (c, ang, y, x, f)
+    v, ang, cy, cx, flip = best
+    s = reference.spacing_um
+    return Registration(angle_deg=float(ang), dy_um=cy * s, dx_um=cx * s, ncc=float(v),
+                        prior_deg=tuple(a for _, a, _, _, _ in kept), mirrored=bool(flip),
+                        prior_ncc=float(kept[0][0]), runner_up_ncc=float(kept[1][0]) if len(kept) > 1 else float("nan"))
 
 
 def invert_registration(reg: Registration) -> Registration:
