@@ -127,5 +127,12 @@ def test_cached_pairs_are_keyed_to_the_comparison_source(tmp_path, monkeypatch):
     scans = [G.Scan(name="a", path=f, dataset="fadul", firearm="fadul:1", kit="fadul", cartridge="a")]
     before = G._cache_key(scans, 0)
     assert G._cache_key(scans, 0) == before
+    assert G._cache_key(scans, 0, "standard") == before             # the standard search keeps its old keys
+    assert G._cache_key(scans, 0, "thorough") != before             # pairs of the thorough search are others
     monkeypatch.setattr(G, "_comparison_source_digest", lambda: "edited")
     assert G._cache_key(scans, 0) != before
+
+
+def test_the_shipped_model_is_fitted_only_on_the_standard_search(tmp_path):
+    with pytest.raises(ValueError, match="standard search"):
+        G.run_generalization_bench(tmp_path, json_out=tmp_path / "g.json", fit=True, search="thorough")

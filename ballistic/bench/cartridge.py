@@ -111,15 +111,17 @@ def load_scans_parallel(paths: list, names: list[str], angles: list[float], para
 _WORK: dict = {}
 
 
-def _init(prepared, params, model="default"):
+def _init(prepared, params, model="default", search="standard"):
     _WORK["prepared"] = prepared
     _WORK["params"] = params
     _WORK["model"] = model
+    _WORK["search"] = search
 
 
 def _one(ij):
     i, j = ij
-    r = compare_pair(_WORK["prepared"][i], _WORK["prepared"][j], _WORK["params"], model=_WORK.get("model", "default"))
+    r = compare_pair(_WORK["prepared"][i], _WORK["prepared"][j], _WORK["params"], model=_WORK.get("model", "default"),
+                     search=_WORK.get("search", "standard"))
     return i, j, r.summary()
 
 
@@ -141,8 +143,9 @@ def _prefetch(modules: tuple[str, ...]) -> None:
 
 def compare_all_pairs(prepared: list[PreparedSurface], pairs: list[tuple[int, int]], params: CMCParams, *,
                       workers: int = 2, progress: bool = False, model="default",
-                      prefetch: tuple[str, ...] = ()) -> tuple[list[dict], float]:
-    """:func:`compare_pair` summaries of ``pairs`` (in that order) on ``workers`` forked processes.
+                      prefetch: tuple[str, ...] = (), search: str = "standard") -> tuple[list[dict], float]:
+    """:func:`compare_pair` summaries of ``pairs`` (in that order) on ``workers`` forked processes
+    (``search`` as in :func:`compare_pair`).
 
     The numba kernels are compiled (or loaded from their cache) once in this process before
     the workers fork, so that no worker pays for it again. ``prefetch`` names modules the
@@ -154,11 +157,11 @@ def compare_all_pairs(prepared: list[PreparedSurface], pairs: list[tuple[int, in
     t0 = time.perf_counter()
     out: dict = {}
     if workers <= 1:
-        _init(prepared, params, mdl)
+        _init(prepared, params, mdl, search)
         it = map(_one, pairs)
     else:
         ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"), initializer=_init,
-                                 initargs=(prepared, params, mdl))
+                                 initargs=(prepared, params, mdl, search))
         it = ex.map(_one, pairs, chunksize=max(1, min(8, len(pairs) // (8 * workers) or 1)))
         if prefetch:          # map() has submitted everything: all workers are forked by now
             _prefetch(prefetch)

@@ -118,14 +118,14 @@ def _comparison_source_digest() -> str:
                          "cartridge/score/features.py", "stats/*.py", "surface.py")
 
 
-def _cache_key(scans: list[Scan], seed: int) -> str:
+def _cache_key(scans: list[Scan], seed: int, search: str = "standard") -> str:
     from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
     from ballistic.cartridge.cmc.params import CMCParams
     from ballistic.cartridge.normalise import NORMALISATION_VERSION, NormalisationParams
     from ballistic.cartridge.score.features import FEATURE_VERSION
     h = hashlib.sha256()
     for part in (ALGORITHM_VERSION, NORMALISATION_VERSION, FEATURE_VERSION, json.dumps(CMCParams().as_dict()),
-                 json.dumps(NormalisationParams().as_dict()), str(seed)):
+                 json.dumps(NormalisationParams().as_dict()), str(seed)) + (() if search == "standard" else (search,)):
         h.update(part.encode())
     h.update(_comparison_source_digest().encode())
     for s in scans:
@@ -135,19 +135,20 @@ def _cache_key(scans: list[Scan], seed: int) -> str:
 
 
 def pair_table(scans: list[Scan], *, cache_dir: str | Path, seed: int = 0, workers: int = 2,
-               progress: bool = False, log=print) -> tuple[list[dict], dict]:
+               progress: bool = False, log=print, search: str = "standard") -> tuple[list[dict], dict]:
     """Per-pair comparison rows (summary + features + labels), from the cache when it matches.
 
-    Every scan is rotated by a seeded random angle so that orientation cannot help.
+    Every scan is rotated by a seeded random angle so that orientation cannot help; ``search`` as in
+    :func:`ballistic.cartridge.cmc.pair.compare_pair` (every pair registered that way).
     Returns the rows and timing/cache information.
     """
     from ballistic.bench.cartridge import compare_all_pairs, load_scans_parallel
     from ballistic.cartridge.cmc.params import CMCParams
 
     cache_dir = Path(cache_dir)
-    key = _cache_key(scans, seed)
+    key = _cache_key(scans, seed, search)
     path = cache_dir / f"pairs_{key}.csv"
-    info = {"cache": str(path), "cache_key": key}
+    info = {"cache": str(path), "cache_key": key, "search": search}
     if path.is_file():
         rows = _read_csv(path)
         for r in rows:
@@ -167,7 +168,8 @@ def pair_table(scans: list[Scan], *, cache_dir: str | Path, seed: int = 0, worke
     pairs = _pairs(scans)
     t1 = time.perf_counter()
     log(f"compare {len(pairs)} pairs of {len(scans)} scans on {workers} workers ...")
-    results, _ = compare_all_pairs(prepared, pairs, params, workers=workers, progress=progress, model=None)
+    results, _ = compare_all_pairs(prepared, pairs, params, workers=workers, progress=progress, model=None,
+                                   search=search)
     rows = []
     for (i, j), s in zip(pairs, results):
         a, b = scans[i], scans[j]
@@ -361,25 +363,30 @@ def _population(rows: list[dict], scans: list[Scan]) -> dict:
 def run_generalization_bench(data_root: str | Path, *, json_out: str | Path,
                              cache_dir: str | Path = "out/generalization",
                              workers: int = 2, seed: int = 0, fit: bool = False, model_out: str | Path | None = None,
-                             l2: float | None = None, progress: bool = False, log=print) -> dict:
+                             l2: float | None = None, progress: bool = False, log=print,
+                             search: str = "standard") -> dict:
     """Compute (or read cached) pairs, evaluate every protocol, print and write JSON; optionally
-    fit and write the shipped model."""
+    fit and write the shipped model (only from the standard search: the service and every calibration use
+    it; ``search="thorough"`` measures what the wider registration would change)."""
     from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
     from ballistic.cartridge.score.features import FEATURE_VERSION
     from ballistic.cartridge.score.model import DEFAULT_L2, DEFAULT_MODEL_PATH, MODEL_FEATURES, PairModel
 
+    if fit and search != "standard":
+        raise ValueError("the shipped model is fitted on the standard search's pairs; run --fit without --search")
     l2 = DEFAULT_L2 if l2 is None else l2
     scans = discover_sets(data_root)
     if not scans:
         raise FileNotFoundError(f"no labelled cartridge sets under {Path(data_root) / 'cartridge'}")
-    rows, info = pair_table(scans, cache_dir=cache_dir, seed=seed, workers=workers, progress=progress, log=log)
+    rows, info = pair_table(scans, cache_dir=cache_dir, seed=seed, workers=workers, progress=progress, log=log,
+                            search=search)
     t = time.perf_counter()
     res = evaluate(rows, l2=l2)
     cv = res.pop("cv_scores")
     res.pop("cv_log10_lr")
     first = evaluate(rows, l2=0.01, spec=FIRST_FEATURE_SET)
     first.pop("cv_scores"), first.pop("cv_log10_lr"), first.pop("errors")
-    summary = {"algorithm": ALGORITHM_VERSION, "features": FEATURE_VERSION,
+    summary = {"algorithm": ALGORITHM_VERSION, "search": search, "features": FEATURE_VERSION,
                "model_features": [list(f) for f in MODEL_FEATURES], "l2": l2, "seed": seed,
                "population": _population(rows, scans), "pairs_info": info,
                "evaluation_seconds": time.perf_counter() - t, **res,
