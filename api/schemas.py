@@ -169,6 +169,27 @@ class CandidatePublic(BaseModel):
         "cells of both directions, registration details; in lists only with include_explanation=true"))
 
 
+class SecondLookPublic(BaseModel):
+    """A candidate's breech faces compared again with the thorough registration search (nothing stored changes)."""
+    candidate_id: int
+    reference_exhibit_id: int
+    target_exhibit_id: int
+    search: str = Field(description="thorough: the whole circle searched at the coarse spacing")
+    algorithm_version: str
+    cmc_count: int
+    cmc_forward: int
+    cmc_backward: int
+    identification: bool = Field(description="C >= 6 under the thorough registration")
+    similarity: float
+    registration: dict[str, Any] = Field(description="angle_deg, dy_um, dx_um, ncc (comparison spacing), mirrored")
+    model_score: Optional[float] = Field(None, description="pair model's log-odds; no calibrated LR (see note)")
+    seconds: float
+    pose_changed: bool = Field(description="the thorough pose is another one than the stored comparison's "
+                                           "(more than 3 degrees apart, or the other mirror parity)")
+    stored: dict[str, Any] = Field(description="the stored (standard search) comparison, unchanged")
+    note: str
+
+
 class ReviewDepthTarget(BaseModel):
     recall: float
     score_threshold: float = Field(description="same-source score reached by this fraction of reference mates")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from api.deps import EvidenceReader, IdPath, ReadSessionDep, RuntimeDep, SessionDep
-from api.schemas import CandidateList, CandidatePublic, ErrorPublic
+from api.schemas import CandidateList, CandidatePublic, ErrorPublic, SecondLookPublic
 from api.services import candidates as svc
 from api.services.candidates import REGIONS
 
@@ -62,3 +62,14 @@ def get_candidate(candidate_id: IdPath, session: ReadSessionDep, who: EvidenceRe
             summary="Explanation figure: reference, aligned target, overlay, CMC cells (audited)")
 def candidate_figure(candidate_id: IdPath, rt: RuntimeDep, session: SessionDep, who: EvidenceReader) -> FileResponse:
     return FileResponse(svc.candidate_figure(rt, session, who, candidate_id), media_type="image/png")
+
+
+@router.get("/v1/candidates/{candidate_id}/second-look", response_model=SecondLookPublic,
+            responses={404: _ERR, 409: _ERR},
+            summary="The pair compared again with the thorough registration search (audited; nothing stored changes)")
+def candidate_second_look(candidate_id: IdPath, rt: RuntimeDep, session: SessionDep,
+                          who: EvidenceReader) -> SecondLookPublic:
+    """For a breech-face pair whose registration the examiner doubts (scans from other kits or upstream
+    pipelines): the whole circle is searched again at the coarse spacing (2-3 s the first time, cached after).
+    Reports the CMC counts and pose it finds beside the stored comparison's; gives no likelihood ratio."""
+    return svc.second_look(rt, session, who, candidate_id)

@@ -16,11 +16,11 @@ from sqlalchemy.orm import aliased
 from api import audit
 from api.db.models import Candidate, Case, Exhibit, Job
 from api.errors import Conflict, NotFound
-from api.schemas import CandidateList, CandidatePublic, ReviewDepth
+from api.schemas import CandidateList, CandidatePublic, ReviewDepth, SecondLookPublic
 from api.services.exhibits import exhibit_row
 from api.services.serializers import candidate_public
 
-__all__ = ["REGIONS", "FIGURE_VERSION", "list_candidates", "get_candidate", "candidate_figure"]
+__all__ = ["REGIONS", "FIGURE_VERSION", "list_candidates", "get_candidate", "candidate_figure", "second_look"]
 
 _FIGURE_LOCK = threading.Lock()  # matplotlib's pyplot state is not thread-safe
 FIGURE_VERSION = "fig2"  # both directions, legend, scale bars, colour bar, LR (cached figures of fig1 are redrawn)
@@ -127,6 +127,20 @@ def _label(e: Exhibit) -> str:
     return f"{e.case.case_number}/{e.exhibit_ref}"
 
 
+def _breech_faces(rt, a: Exhibit, b: Exhibit):
+    """The pair's preprocessed breech faces as stored (``derived_path``), each also prepared for comparison:
+    ``(surface_a, surface_b, prepared_a, prepared_b, params)``; 409 while either is not available yet."""
+    from ballistic.cartridge.cmc.params import CMCParams, prepare
+    from ballistic.io.x3p import read_x3p
+
+    if not a.derived_path or not b.derived_path:
+        raise Conflict("the preprocessed surfaces are not available yet")
+    sa = read_x3p(rt.store.resolve(a.derived_path), max_points=rt.settings.max_pixels)
+    sb = read_x3p(rt.store.resolve(b.derived_path), max_points=rt.settings.max_pixels)
+    p = CMCParams()
+    return sa, sb, prepare(sa, p, name=_label(a)), prepare(sb, p, name=_label(b)), p
+
+
 def _render_figure(rt, session, c: Candidate, a: Exhibit, b: Exhibit, path: Path) -> None:
     from ballistic.io.x3p import read_x3p
 
@@ -152,15 +166,10 @@ def _render_figure(rt, session, c: Candidate, a: Exhibit, b: Exhibit, path: Path
             firing_pin_figure(sa, sb, c.registration or {}, path, score=c.similarity, labels=(_label(a), _label(b)))
         return
     from ballistic.cartridge.cmc.pair import compare_pair
-    from ballistic.cartridge.cmc.params import CMCParams, prepare
     from ballistic.viz.explain import explanation_figure
 
-    if not a.derived_path or not b.derived_path:
-        raise Conflict("the preprocessed surfaces are not available yet")
-    sa = read_x3p(rt.store.resolve(a.derived_path), max_points=rt.settings.max_pixels)
-    sb = read_x3p(rt.store.resolve(b.derived_path), max_points=rt.settings.max_pixels)
-    p = CMCParams()
-    r = compare_pair(prepare(sa, p, name=_label(a)), prepare(sb, p, name=_label(b)), p)
+    sa, sb, pa, pb, p = _breech_faces(rt, a, b)
+    r = compare_pair(pa, pb, p)
     with _FIGURE_LOCK:  # the stored likelihood ratio of the pair (calibrated regions) goes into the header
         explanation_figure(sa, sb, r, path, log10_lr=c.log10_lr,  # written atomically (viz.render.save_figure)
                            log10_lr_interval=(c.log10_lr_low, c.log10_lr_high) if c.log10_lr is not None else None,
@@ -190,3 +199,55 @@ def candidate_figure(rt, session, who, candidate_id: int) -> Path:
                  resource_id=candidate_id, detail={"exhibits": [a.id, b.id]})
     session.commit()
     return path
+
+
+_SECOND_LOOK_NOTE = ("registered by the whole-circle search at the coarse spacing (register_thorough); no likelihood "
+                     "ratio: the calibration was fitted on the standard search, and a wider search also finds higher "
+                     "chance correlations between different sources. The stored comparison is not changed.")
+
+
+def second_look(rt, session, who, candidate_id: int) -> SecondLookPublic:
+    """The candidate's breech faces compared again with the thorough registration search
+    (:func:`ballistic.cartridge.cmc.register.register_thorough`, ~2-3 s): for a pair an examiner believes the
+    standard search mis-registered (other kit, other upstream pipeline). Computed once per algorithm version
+    and cached beside the figures; every read is audited (``evidence.second_look``). The stored comparison,
+    its rank and its likelihood ratio stay as they are."""
+    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION, compare_pair
+    from ballistic.io.atomic import atomic_write_bytes
+
+    with rt.read_factory() as rs:
+        c = rs.get(Candidate, candidate_id)
+        if c is None:
+            raise NotFound(f"candidate {candidate_id} not found")
+        if c.region != "breech_face":
+            raise Conflict(f"a second look re-registers 3D breech faces; this candidate is a {c.region} pair")
+        a, b = c.exhibit_a, c.exhibit_b
+        stored = {"cmc_count": c.cmc_count, "identification": c.identification, "similarity": c.similarity,
+                  "registration": {**(c.registration or {}),
+                                   "mirrored": bool((c.explanation or {}).get("mirrored", False))},
+                  "algorithm_version": c.algorithm_version}
+        path = rt.store.root / "derived" / "second_look" / \
+            f"candidate-{c.id}-{re.sub(r'[^A-Za-z0-9._-]', '_', ALGORITHM_VERSION)}.json"
+        if path.is_file():
+            out = json.loads(path.read_text())
+        else:
+            _, _, pa, pb, p = _breech_faces(rt, a, b)
+            r = compare_pair(pa, pb, p, search="thorough")
+            reg = r.registration
+            out = {"search": r.search, "algorithm_version": ALGORITHM_VERSION, "cmc_count": r.cmc_count,
+                   "cmc_forward": r.high[0].count, "cmc_backward": r.high[1].count,
+                   "identification": r.identification, "similarity": r.similarity,
+                   "registration": {"angle_deg": reg.angle_deg, "dy_um": reg.dy_um, "dx_um": reg.dx_um,
+                                    "ncc": reg.ncc, "mirrored": reg.mirrored},
+                   "model_score": r.model_score, "seconds": r.seconds}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, json.dumps(out).encode())
+    old = stored["registration"] or {}
+    turn = abs((out["registration"]["angle_deg"] - float(old.get("angle_deg", 0.0)) + 180.0) % 360.0 - 180.0)
+    moved = "angle_deg" in old and (turn > 3.0 or old["mirrored"] != out["registration"]["mirrored"])
+    audit.append(session, actor=who.actor, action="evidence.second_look", resource_type="candidate",
+                 resource_id=candidate_id, detail={"exhibits": [a.id, b.id], "cmc_count": out["cmc_count"],
+                                                   "stored_cmc_count": stored["cmc_count"]})
+    session.commit()
+    return SecondLookPublic(candidate_id=candidate_id, reference_exhibit_id=a.id, target_exhibit_id=b.id,
+                            pose_changed=moved, stored=stored, note=_SECOND_LOOK_NOTE, **out)

@@ -27,7 +27,7 @@ from api import audit
 from api.db.models import Candidate, Case, Exhibit, HitEvent, Job
 from api.errors import NotFound, ServiceError
 from api.schemas import ReviewCreate
-from api.services.candidates import list_candidates
+from api.services.candidates import list_candidates, second_look
 from api.services.exhibits import exhibit_row
 from api.services.graph import confirmed_graph
 from api.services.hits import hits_feed
@@ -449,6 +449,28 @@ def comparison_image(request: Request, candidate_id: int, direction: str, which:
                  "render": images.RENDER_VERSION})
     return _harden(FileResponse(pngs[0] if which == "reference" else pngs[1], media_type="image/png",
                                 headers=NO_STORE))
+
+
+@router.get("/web/candidates/{candidate_id}/second-look")
+def second_look_panel(request: Request, candidate_id: int) -> Response:
+    """The JSON API's second look (thorough registration, audited, nothing stored changes) as a panel of the
+    comparison page (htmx) or a page of its own."""
+    ws, deny = _gate(request, "evidence:read")
+    if deny:
+        return deny
+    if not 1 <= candidate_id <= 2**62:
+        return _not_found(request, ws, f"Candidate {candidate_id}")
+    rt = request.app.state.runtime
+    try:
+        with rt.session_factory() as s:
+            sl = second_look(rt, s, ws.principal, candidate_id)
+    except NotFound:
+        return _not_found(request, ws, f"Candidate {candidate_id}")
+    except ServiceError as err:
+        return _page(request, ws, "error.html", {"code": err.status, "title": "No second look",
+                                                 "message": str(err)}, status_code=err.status)
+    ctx = {"sl": sl}
+    return _page(request, ws, "_second_look.html" if _is_htmx(request) else "second_look.html", ctx)
 
 
 @router.post("/web/candidates/{candidate_id}/review")

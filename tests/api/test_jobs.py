@@ -84,6 +84,29 @@ def test_figure_is_rendered_cached_and_audited(client, examiner, scans):
     assert client.get("/v1/candidates/12345/figure.png", headers=examiner).status_code == 404
 
 
+def test_second_look_compares_again_thoroughly_caches_and_audits(client, examiner, intel, scans):
+    _ingest(client, examiner, scans, ["a1", "a2"])
+    run_jobs(client)
+    cand = client.get("/v1/exhibits/1/candidates", headers=examiner).json()["items"][0]
+    url = f"/v1/candidates/{cand['id']}/second-look"
+    r = client.get(url, headers=examiner)
+    assert r.status_code == 200, r.text
+    s = r.json()
+    assert s["search"] == "thorough" and s["identification"] and s["cmc_count"] >= 6
+    assert s["stored"]["cmc_count"] == cand["cmc_count"] and s["stored"]["identification"]
+    assert s["pose_changed"] is False       # the mates' pose: the standard search already had it
+    assert s["registration"]["ncc"] >= cand["registration"]["ncc"] - 0.02
+    assert "no likelihood ratio" in s["note"] and "log10_lr" not in s
+    again = client.get(url, headers=examiner).json()
+    assert again["seconds"] == s["seconds"]            # computed once, read from the cache after
+    after = client.get(f"/v1/candidates/{cand['id']}", headers=examiner).json()
+    assert after["score"] == cand["score"] and after["cmc_count"] == cand["cmc_count"]   # nothing stored changed
+    actions = [e["action"] for e in client.get("/v1/audit", headers=ADMIN).json()["items"]]
+    assert actions.count("evidence.second_look") == 2
+    assert client.get(url, headers=intel).status_code == 403
+    assert client.get("/v1/candidates/12345/second-look", headers=examiner).status_code == 404
+
+
 def test_transient_failure_is_retried_permanent_one_fails(client, examiner, scans, monkeypatch):
     from api.index import DescriptorSpace
 

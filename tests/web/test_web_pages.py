@@ -221,6 +221,21 @@ def test_comparison_view_and_review_use_the_json_api_logic(client, examiner, int
     assert client.get("/v1/audit/verify", headers=ADMIN).json()["ok"]
 
 
+def test_second_look_panel_on_the_comparison_page(client, examiner, intel, linked):
+    web_login(client, examiner)
+    cid = client.get(f"/v1/exhibits/{linked['a1']}/candidates", headers=examiner).json()["items"][0]["id"]
+    page = client.get(f"/web/candidates/{cid}")
+    assert f'hx-get="/web/candidates/{cid}/second-look"' in page.text
+    r = client.get(f"/web/candidates/{cid}/second-look", headers={"HX-Request": "true"})
+    assert r.status_code == 200 and "<html" not in r.text, r.text[:300]
+    assert 'data-testid="second-look"' in r.text and "found the stored comparison" in r.text
+    full = client.get(f"/web/candidates/{cid}/second-look")          # without htmx: a page of its own
+    assert full.status_code == 200 and "<html" in full.text and "Second look" in full.text
+    assert client.get("/web/candidates/99999/second-look").status_code == 404
+    actions = [a["action"] for a in client.get("/v1/audit", headers=ADMIN, params={"limit": 1000}).json()["items"]]
+    assert actions.count("evidence.second_look") == 2
+
+
 def test_likelihood_ratio_is_shown_when_stored():
     class Row:
         log10_lr, log10_lr_low, log10_lr_high, calibration_id = 3.2, 2.5, 3.9, "cal-1"
