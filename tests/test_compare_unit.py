@@ -558,8 +558,8 @@ def test_register_thorough_finds_a_pose_long_wavelength_residue_hides_from_the_p
 
 
 def test_register_thorough_needs_a_peak(ref_prep):
-    with pytest.raises(ValueError, match="peaks"):
-        register_thorough(ref_prep, ref_prep, PARAMS, peaks=0)
+    with pytest.raises(ValueError, match="peaks_per_parity"):
+        register_thorough(ref_prep, ref_prep, PARAMS, peaks_per_parity=0)
 
 
 def test_compare_pair_search_is_checked_and_recorded(ref_prep):

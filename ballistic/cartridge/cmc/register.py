@@ -440,7 +440,7 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
 
 
 def register_thorough(reference: PreparedSurface, target: PreparedSurface, params: CMCParams | None = None, *,
-                      peaks: int = 6) -> Registration:
+                      peaks_per_parity: int | None = None) -> Registration:
     """Slow, wide registration of target onto reference: the whole circle searched at the coarse spacing.
 
     :func:`register_global` finds its candidate poses in a rotation prior at ``prior_spacing_um``; on some
@@ -449,7 +449,7 @@ def register_thorough(reference: PreparedSurface, target: PreparedSurface, param
     fine NCC 0.13-0.17 in five rotation draws, where this search finds 0.24). This search asks the question
     again at ``coarse_spacing_um``: every angle of the circle (the step of :func:`rotation_step_deg` for the
     target's coarse view, about 1.3 degrees for a 1.7 mm breech face), both mirror parities, every
-    translation (Pearson masked NCC by FFT, :func:`search_rotation`); the best ``peaks`` distinct poses are
+    translation (Pearson masked NCC by FFT, :func:`search_rotation`); the best distinct poses of each parity are
     refined at the comparison spacing over +- one step (:func:`local_search`, the same final stage and
     objective as :func:`register_global`). About 10 times the time of :func:`register_global` (2-3 s a pair
     on one core): a second look at a pair an examiner doubts, not the default of every comparison.
@@ -459,9 +459,12 @@ def register_thorough(reference: PreparedSurface, target: PreparedSurface, param
     reference, target : PreparedSurface
     params : CMCParams, optional
         Spacings, overlap, shift range, mirror search and fine step as for :func:`register_global`.
-    peaks : int, keyword-only
-        Distinct coarse poses refined (another parity, an angle more than ``2 coarse_halfwidth_deg`` away,
-        or a translation more than two coarse pixels away).
+    peaks_per_parity : int, keyword-only
+        Distinct coarse poses of each mirror parity refined (an angle more than ``2 coarse_halfwidth_deg``
+        away, or a translation more than two coarse pixels away); default ``prior_screen_per_parity``, as many
+        as the standard search screens. Refining costs little beside the coarse search, and a weak true pose
+        can rank below a few chance poses between two grid angles (K027gA3 vs K013sA2 in one orientation:
+        7th).
 
     Returns
     -------
@@ -470,8 +473,9 @@ def register_thorough(reference: PreparedSurface, target: PreparedSurface, param
         other pose of the coarse search (Pearson NCC at ``coarse_spacing_um``, not the prior's statistic).
     """
     p = params or CMCParams()
-    if peaks < 1:
-        raise ValueError(f"register_thorough: peaks must be >= 1, got {peaks}")
+    per = p.prior_screen_per_parity if peaks_per_parity is None else int(peaks_per_parity)
+    if per < 1:
+        raise ValueError(f"register_thorough: peaks_per_parity must be >= 1, got {per}")
     ref_c, tgt_c = reference.coarse, target.coarse
     mo_c = max(16, int(p.min_overlap * min(np.isfinite(ref_c).sum(), np.isfinite(tgt_c).sum())))
     step = rotation_step_deg(tgt_c, rim_shift_px=p.prior_rim_shift_px)
@@ -484,10 +488,11 @@ def register_thorough(reference: PreparedSurface, target: PreparedSurface, param
     sep = 2.0 * p.coarse_halfwidth_deg
     kept: list[tuple[float, float, float, float, bool]] = []
     for v, a, cy, cx, f in found:
-        if v == -np.inf or len(kept) >= peaks:
+        if v == -np.inf:
             break
-        if all(f != kf or abs((a - ka + 180.0) % 360.0 - 180.0) > sep or abs(cy - ky) > 2 or abs(cx - kx) > 2
-               for _, ka, ky, kx, kf in kept):
+        if sum(kf == f for *_, kf in kept) < per and \
+                all(f != kf or abs((a - ka + 180.0) % 360.0 - 180.0) > sep or abs(cy - ky) > 2 or abs(cx - kx) > 2
+                    for _, ka, ky, kx, kf in kept):
             kept.append((v, a, cy, cx, f))
     if not kept:
         kept = [(-np.inf, 0.0, 0.0, 0.0, False)]
