@@ -188,6 +188,7 @@ class SecondLookPublic(BaseModel):
                                            "(more than 3 degrees apart, or the other mirror parity)")
     stored: dict[str, Any] = Field(description="the stored (standard search) comparison, unchanged")
     note: str
+    figure_url: str = Field(description="explanation figure of the second look (audited)")
 
 
 class ReviewDepthTarget(BaseModel):

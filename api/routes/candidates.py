@@ -73,3 +73,11 @@ def candidate_second_look(candidate_id: IdPath, rt: RuntimeDep, session: Session
     pipelines): the whole circle is searched again at the coarse spacing (2-3 s the first time, cached after).
     Reports the CMC counts and pose it finds beside the stored comparison's; gives no likelihood ratio."""
     return svc.second_look(rt, session, who, candidate_id)
+
+
+@router.get("/v1/candidates/{candidate_id}/second-look/figure.png", response_class=FileResponse,
+            responses={404: _ERR, 409: _ERR, 200: {"content": {"image/png": {}}, "description": "PNG figure"}},
+            summary="Explanation figure of the second look (thorough registration; audited)")
+def candidate_second_look_figure(candidate_id: IdPath, rt: RuntimeDep, session: SessionDep,
+                                 who: EvidenceReader) -> FileResponse:
+    return FileResponse(svc.second_look_figure(rt, session, who, candidate_id), media_type="image/png")

@@ -20,7 +20,8 @@ from api.schemas import CandidateList, CandidatePublic, ReviewDepth, SecondLookP
 from api.services.exhibits import exhibit_row
 from api.services.serializers import candidate_public
 
-__all__ = ["REGIONS", "FIGURE_VERSION", "list_candidates", "get_candidate", "candidate_figure", "second_look"]
+__all__ = ["REGIONS", "FIGURE_VERSION", "list_candidates", "get_candidate", "candidate_figure", "second_look",
+           "second_look_figure"]
 
 _FIGURE_LOCK = threading.Lock()  # matplotlib's pyplot state is not thread-safe
 FIGURE_VERSION = "fig2"  # both directions, legend, scale bars, colour bar, LR (cached figures of fig1 are redrawn)
@@ -206,14 +207,23 @@ _SECOND_LOOK_NOTE = ("registered by the whole-circle search at the coarse spacin
                      "chance correlations between different sources. The stored comparison is not changed.")
 
 
+def _second_look_path(rt, candidate_id: int, suffix: str) -> Path:
+    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
+
+    tag = re.sub(r"[^A-Za-z0-9._-]", "_", ALGORITHM_VERSION)
+    return rt.store.root / "derived" / "second_look" / f"candidate-{candidate_id}-{tag}{suffix}"
+
+
 def second_look(rt, session, who, candidate_id: int) -> SecondLookPublic:
     """The candidate's breech faces compared again with the thorough registration search
     (:func:`ballistic.cartridge.cmc.register.register_thorough`, ~2-3 s): for a pair an examiner believes the
     standard search mis-registered (other kit, other upstream pipeline). Computed once per algorithm version
-    and cached beside the figures; every read is audited (``evidence.second_look``). The stored comparison,
-    its rank and its likelihood ratio stay as they are."""
+    and cached beside the figures, with its explanation figure (:func:`second_look_figure`); every read is
+    audited (``evidence.second_look``). The stored comparison, its rank and its likelihood ratio stay as they
+    are."""
     from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION, compare_pair
     from ballistic.io.atomic import atomic_write_bytes
+    from ballistic.viz.explain import explanation_figure
 
     with rt.read_factory() as rs:
         c = rs.get(Candidate, candidate_id)
@@ -226,13 +236,15 @@ def second_look(rt, session, who, candidate_id: int) -> SecondLookPublic:
                   "registration": {**(c.registration or {}),
                                    "mirrored": bool((c.explanation or {}).get("mirrored", False))},
                   "algorithm_version": c.algorithm_version}
-        path = rt.store.root / "derived" / "second_look" / \
-            f"candidate-{c.id}-{re.sub(r'[^A-Za-z0-9._-]', '_', ALGORITHM_VERSION)}.json"
+        path = _second_look_path(rt, c.id, ".json")
         if path.is_file():
             out = json.loads(path.read_text())
         else:
-            _, _, pa, pb, p = _breech_faces(rt, a, b)
+            sa, sb, pa, pb, p = _breech_faces(rt, a, b)
             r = compare_pair(pa, pb, p, search="thorough")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _FIGURE_LOCK:          # no LR in the header: the calibration is of the standard search
+                explanation_figure(sa, sb, r, _second_look_path(rt, c.id, ".png"))
             reg = r.registration
             out = {"search": r.search, "algorithm_version": ALGORITHM_VERSION, "cmc_count": r.cmc_count,
                    "cmc_forward": r.high[0].count, "cmc_backward": r.high[1].count,
@@ -240,8 +252,7 @@ def second_look(rt, session, who, candidate_id: int) -> SecondLookPublic:
                    "registration": {"angle_deg": reg.angle_deg, "dy_um": reg.dy_um, "dx_um": reg.dx_um,
                                     "ncc": reg.ncc, "mirrored": reg.mirrored},
                    "model_score": r.model_score, "seconds": r.seconds}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, json.dumps(out).encode())
+            atomic_write_bytes(path, json.dumps(out).encode())      # last: its presence means both are there
     old = stored["registration"] or {}
     turn = abs((out["registration"]["angle_deg"] - float(old.get("angle_deg", 0.0)) + 180.0) % 360.0 - 180.0)
     moved = "angle_deg" in old and (turn > 3.0 or old["mirrored"] != out["registration"]["mirrored"])
@@ -250,4 +261,23 @@ def second_look(rt, session, who, candidate_id: int) -> SecondLookPublic:
                                                    "stored_cmc_count": stored["cmc_count"]})
     session.commit()
     return SecondLookPublic(candidate_id=candidate_id, reference_exhibit_id=a.id, target_exhibit_id=b.id,
-                            pose_changed=moved, stored=stored, note=_SECOND_LOOK_NOTE, **out)
+                            pose_changed=moved, stored=stored, note=_SECOND_LOOK_NOTE,
+                            figure_url=f"/v1/candidates/{candidate_id}/second-look/figure.png", **out)
+
+
+def second_look_figure(rt, session, who, candidate_id: int) -> Path:
+    """The explanation figure of the candidate's second look (computed with it when missing; audited as a
+    figure read, ``evidence.read_figure`` with ``second_look``)."""
+    png = _second_look_path(rt, candidate_id, ".png")
+    if not png.is_file() or not _second_look_path(rt, candidate_id, ".json").is_file():
+        _second_look_path(rt, candidate_id, ".json").unlink(missing_ok=True)
+        second_look(rt, session, who, candidate_id)
+    with rt.read_factory() as rs:
+        c = rs.get(Candidate, candidate_id)
+        if c is None:
+            raise NotFound(f"candidate {candidate_id} not found")
+        ids = [c.exhibit_a_id, c.exhibit_b_id]
+    audit.append(session, actor=who.actor, action="evidence.read_figure", resource_type="candidate",
+                 resource_id=candidate_id, detail={"exhibits": ids, "second_look": True})
+    session.commit()
+    return png

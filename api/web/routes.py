@@ -27,7 +27,7 @@ from api import audit
 from api.db.models import Candidate, Case, Exhibit, HitEvent, Job
 from api.errors import NotFound, ServiceError
 from api.schemas import ReviewCreate
-from api.services.candidates import list_candidates, second_look
+from api.services.candidates import list_candidates, second_look, second_look_figure
 from api.services.exhibits import exhibit_row
 from api.services.graph import confirmed_graph
 from api.services.hits import hits_feed
@@ -471,6 +471,25 @@ def second_look_panel(request: Request, candidate_id: int) -> Response:
                                                  "message": str(err)}, status_code=err.status)
     ctx = {"sl": sl}
     return _page(request, ws, "_second_look.html" if _is_htmx(request) else "second_look.html", ctx)
+
+
+@router.get("/web/candidates/{candidate_id}/second-look.png")
+def second_look_image(request: Request, candidate_id: int) -> Response:
+    ws, deny = _gate(request, "evidence:read")
+    if deny:
+        return deny
+    if not 1 <= candidate_id <= 2**62:
+        return _not_found(request, ws, f"Candidate {candidate_id}")
+    rt = request.app.state.runtime
+    try:
+        with rt.session_factory() as s:
+            png = second_look_figure(rt, s, ws.principal, candidate_id)
+    except NotFound:
+        return _not_found(request, ws, f"Candidate {candidate_id}")
+    except ServiceError as err:
+        return _page(request, ws, "error.html", {"code": err.status, "title": "No second look",
+                                                 "message": str(err)}, status_code=err.status)
+    return _harden(FileResponse(png, media_type="image/png", headers=NO_STORE))
 
 
 @router.post("/web/candidates/{candidate_id}/review")

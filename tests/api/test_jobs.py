@@ -103,8 +103,14 @@ def test_second_look_compares_again_thoroughly_caches_and_audits(client, examine
     assert after["score"] == cand["score"] and after["cmc_count"] == cand["cmc_count"]   # nothing stored changed
     actions = [e["action"] for e in client.get("/v1/audit", headers=ADMIN).json()["items"]]
     assert actions.count("evidence.second_look") == 2
+    fig = client.get(s["figure_url"], headers=examiner)
+    assert fig.status_code == 200 and fig.content[:4] == b"\x89PNG"
+    actions = [e["action"] for e in client.get("/v1/audit", headers=ADMIN).json()["items"]]
+    assert actions.count("evidence.read_figure") == 1
     assert client.get(url, headers=intel).status_code == 403
+    assert client.get(s["figure_url"], headers=intel).status_code == 403
     assert client.get("/v1/candidates/12345/second-look", headers=examiner).status_code == 404
+    assert client.get("/v1/candidates/12345/second-look/figure.png", headers=examiner).status_code == 404
 
 
 def test_transient_failure_is_retried_permanent_one_fails(client, examiner, scans, monkeypatch):

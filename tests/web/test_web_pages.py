@@ -232,6 +232,9 @@ def test_second_look_panel_on_the_comparison_page(client, examiner, intel, linke
     full = client.get(f"/web/candidates/{cid}/second-look")          # without htmx: a page of its own
     assert full.status_code == 200 and "<html" in full.text and "Second look" in full.text
     assert client.get("/web/candidates/99999/second-look").status_code == 404
+    img = client.get(f"/web/candidates/{cid}/second-look.png")
+    assert img.status_code == 200 and img.content[:4] == b"\x89PNG"
+    assert f"/web/candidates/{cid}/second-look.png" in r.text
     actions = [a["action"] for a in client.get("/v1/audit", headers=ADMIN, params={"limit": 1000}).json()["items"]]
     assert actions.count("evidence.second_look") == 2
 
