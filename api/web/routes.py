@@ -451,6 +451,22 @@ def comparison_image(request: Request, candidate_id: int, direction: str, which:
                                 headers=NO_STORE))
 
 
+def _second_look_call(request: Request, ws, candidate_id: int, fn) -> tuple[Any, Response | None]:
+    """``fn(runtime, session, principal, candidate_id)`` - the JSON API's second look or its figure - as
+    ``(result, None)``, or ``(None, error page)`` for an unknown candidate or one it cannot look at again."""
+    if not 1 <= candidate_id <= 2**62:
+        return None, _not_found(request, ws, f"Candidate {candidate_id}")
+    rt = request.app.state.runtime
+    try:
+        with rt.session_factory() as s:
+            return fn(rt, s, ws.principal, candidate_id), None
+    except NotFound:
+        return None, _not_found(request, ws, f"Candidate {candidate_id}")
+    except ServiceError as err:
+        return None, _page(request, ws, "error.html", {"code": err.status, "title": "No second look",
+                                                       "message": str(err)}, status_code=err.status)
+
+
 @router.get("/web/candidates/{candidate_id}/second-look")
 def second_look_panel(request: Request, candidate_id: int) -> Response:
     """The JSON API's second look (thorough registration, audited, nothing stored changes) as a panel of the
@@ -458,19 +474,10 @@ def second_look_panel(request: Request, candidate_id: int) -> Response:
     ws, deny = _gate(request, "evidence:read")
     if deny:
         return deny
-    if not 1 <= candidate_id <= 2**62:
-        return _not_found(request, ws, f"Candidate {candidate_id}")
-    rt = request.app.state.runtime
-    try:
-        with rt.session_factory() as s:
-            sl = second_look(rt, s, ws.principal, candidate_id)
-    except NotFound:
-        return _not_found(request, ws, f"Candidate {candidate_id}")
-    except ServiceError as err:
-        return _page(request, ws, "error.html", {"code": err.status, "title": "No second look",
-                                                 "message": str(err)}, status_code=err.status)
-    ctx = {"sl": sl}
-    return _page(request, ws, "_second_look.html" if _is_htmx(request) else "second_look.html", ctx)
+    sl, err = _second_look_call(request, ws, candidate_id, second_look)
+    if err is not None:
+        return err
+    return _page(request, ws, "_second_look.html" if _is_htmx(request) else "second_look.html", {"sl": sl})
 
 
 @router.get("/web/candidates/{candidate_id}/second-look.png")
@@ -478,17 +485,9 @@ def second_look_image(request: Request, candidate_id: int) -> Response:
     ws, deny = _gate(request, "evidence:read")
     if deny:
         return deny
-    if not 1 <= candidate_id <= 2**62:
-        return _not_found(request, ws, f"Candidate {candidate_id}")
-    rt = request.app.state.runtime
-    try:
-        with rt.session_factory() as s:
-            png = second_look_figure(rt, s, ws.principal, candidate_id)
-    except NotFound:
-        return _not_found(request, ws, f"Candidate {candidate_id}")
-    except ServiceError as err:
-        return _page(request, ws, "error.html", {"code": err.status, "title": "No second look",
-                                                 "message": str(err)}, status_code=err.status)
+    png, err = _second_look_call(request, ws, candidate_id, second_look_figure)
+    if err is not None:
+        return err
     return _harden(FileResponse(png, media_type="image/png", headers=NO_STORE))
 
 
