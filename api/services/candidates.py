@@ -207,11 +207,16 @@ _SECOND_LOOK_NOTE = ("registered by the whole-circle search at the coarse spacin
                      "chance correlations between different sources. The stored comparison is not changed.")
 
 
-def _second_look_path(rt, candidate_id: int, suffix: str) -> Path:
+def _second_look_path(rt, c: Candidate, suffix: str) -> Path:
+    """Cache file of a candidate's second look: keyed on the comparison code and on the two surfaces compared
+    (a re-normalised exhibit gets another ``derived_path``)."""
+    import hashlib
+
     from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
 
     tag = re.sub(r"[^A-Za-z0-9._-]", "_", ALGORITHM_VERSION)
-    return rt.store.root / "derived" / "second_look" / f"candidate-{candidate_id}-{tag}{suffix}"
+    surfaces = hashlib.sha256(f"{c.exhibit_a.derived_path}|{c.exhibit_b.derived_path}".encode()).hexdigest()[:12]
+    return rt.store.root / "derived" / "second_look" / f"candidate-{c.id}-{tag}-{surfaces}{suffix}"
 
 
 def second_look(rt, session, who, candidate_id: int) -> SecondLookPublic:
@@ -236,7 +241,7 @@ def second_look(rt, session, who, candidate_id: int) -> SecondLookPublic:
                   "registration": {**(c.registration or {}),
                                    "mirrored": bool((c.explanation or {}).get("mirrored", False))},
                   "algorithm_version": c.algorithm_version}
-        path = _second_look_path(rt, c.id, ".json")
+        path = _second_look_path(rt, c, ".json")
         if path.is_file():
             out = json.loads(path.read_text())
         else:
@@ -244,7 +249,7 @@ def second_look(rt, session, who, candidate_id: int) -> SecondLookPublic:
             r = compare_pair(pa, pb, p, search="thorough")
             path.parent.mkdir(parents=True, exist_ok=True)
             with _FIGURE_LOCK:          # no LR in the header: the calibration is of the standard search
-                explanation_figure(sa, sb, r, _second_look_path(rt, c.id, ".png"))
+                explanation_figure(sa, sb, r, _second_look_path(rt, c, ".png"))
             reg = r.registration
             out = {"search": r.search, "algorithm_version": ALGORITHM_VERSION, "cmc_count": r.cmc_count,
                    "cmc_forward": r.high[0].count, "cmc_backward": r.high[1].count,
@@ -268,15 +273,15 @@ def second_look(rt, session, who, candidate_id: int) -> SecondLookPublic:
 def second_look_figure(rt, session, who, candidate_id: int) -> Path:
     """The explanation figure of the candidate's second look (computed with it when missing; audited as a
     figure read, ``evidence.read_figure`` with ``second_look``)."""
-    png = _second_look_path(rt, candidate_id, ".png")
-    if not png.is_file() or not _second_look_path(rt, candidate_id, ".json").is_file():
-        _second_look_path(rt, candidate_id, ".json").unlink(missing_ok=True)
-        second_look(rt, session, who, candidate_id)
     with rt.read_factory() as rs:
         c = rs.get(Candidate, candidate_id)
         if c is None:
             raise NotFound(f"candidate {candidate_id} not found")
         ids = [c.exhibit_a_id, c.exhibit_b_id]
+        png, done = _second_look_path(rt, c, ".png"), _second_look_path(rt, c, ".json")
+    if not png.is_file() or not done.is_file():
+        done.unlink(missing_ok=True)           # the figure is drawn with the result: compute both again
+        second_look(rt, session, who, candidate_id)
     audit.append(session, actor=who.actor, action="evidence.read_figure", resource_type="candidate",
                  resource_id=candidate_id, detail={"exhibits": ids, "second_look": True})
     session.commit()
