@@ -17,7 +17,7 @@ def compare(reference: Path, target: Path,
             figure: Optional[Path] = typer.Option(None, help="write the explanation figure (PNG) here"),
             json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result (cells) as JSON"),
             kind: str = typer.Option("auto", help="auto | raw | processed"),
-            thorough: bool = typer.Option(False, help="search the whole circle at the coarse spacing (about 10x "
+            thorough: bool = typer.Option(False, help="search the whole circle at the coarse spacing (about 8x "
                                                       "slower; no calibrated LR): a second look at a doubted pair")) -> None:
     """Compare two breech-face scans (x3p) and print the CMC result."""
     from ballistic.cartridge.breech_face import preprocess_cartridge
@@ -79,7 +79,7 @@ def bench_generalization(data: Path = typer.Option(Path("../shared/data"), help=
                          model_out: Optional[Path] = typer.Option(None, help="where --fit writes the model "
                                                                   "(default: ballistic/cartridge/score/data/pair_model.json)"),
                          search: str = typer.Option("standard", help="registration of every pair: standard | "
-                                                    "thorough (the whole circle at the coarse spacing, ~5x slower)")) -> None:
+                                                    "thorough (the whole circle at the coarse spacing, ~8x slower)")) -> None:
     """Train on some labelled cartridge sets, test on others: pair model and CMC rule side by side."""
     from ballistic.bench.generalization import run_generalization_bench
     run_generalization_bench(data, json_out=json_out, cache_dir=cache, workers=workers, seed=seed, fit=fit,

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--fit", action="store_true", help="also fit and write the shipped pair model")
     ap.add_argument("--model-out", type=Path, default=None)
     ap.add_argument("--search", choices=("standard", "thorough"), default="standard",
-                    help="registration of every pair (thorough: the whole circle at the coarse spacing, ~5x slower)")
+                    help="registration of every pair (thorough: the whole circle at the coarse spacing, ~8x slower)")
     a = ap.parse_args()
     from ballistic.bench.generalization import run_generalization_bench
     run_generalization_bench(a.data, json_out=a.json, cache_dir=a.cache, workers=a.workers, seed=a.seed, fit=a.fit,

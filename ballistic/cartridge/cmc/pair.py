@@ -129,7 +129,7 @@ def compare_pair(reference: Surface | PreparedSurface, target: Surface | Prepare
         shipped with the package (skipped if absent), None skips the model score.
     search : {"standard", "thorough"}, keyword-only
         How the pose is found: :func:`~ballistic.cartridge.cmc.register.register_global` (every comparison of
-        the benchmarks, the calibrations and the service), or the ten times slower
+        the benchmarks, the calibrations and the service), or the ~8 times slower (a pair, measured)
         :func:`~ballistic.cartridge.cmc.register.register_thorough` (the whole circle at the coarse spacing), a
         second look at a pair whose registration an examiner doubts. A thorough comparison reports the CMC
         counts, the features and the model's score, but no calibrated likelihood ratio

@@ -311,6 +311,11 @@ def local_search(fixed: np.ndarray, moving: np.ndarray, angle_deg: float, dy_px:
     return float(corr[k]), float(angle_deg) % 360.0, dy_px + (r - i), dx_px + (r - j)
 
 
+def _min_overlap_points(a: np.ndarray, b: np.ndarray, *, fraction: float) -> int:
+    """Shared points a whole-surface pose needs: ``fraction`` of the smaller measured area, at least 16."""
+    return max(16, int(fraction * min(np.isfinite(a).sum(), np.isfinite(b).sum())))
+
+
 def register_global(reference: PreparedSurface, target: PreparedSurface,
                     params: CMCParams | None = None) -> Registration:
     """Whole-surface registration of target onto reference over the full circle.
@@ -334,10 +339,6 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     relative to the reference centre, with the masked NCC at the comparison spacing.
     """
     p = params or CMCParams()
-
-    def min_ov(a, b):
-        return max(16, int(p.min_overlap * min(np.isfinite(a).sum(), np.isfinite(b).sum())))
-
     if p.prior_step_deg:
         # a step that divides the circle (the largest not above the one asked for), so the grid's neighbours
         # are index +- 1 all round, across 0/360 too (the peaks' parabolas rely on that)
@@ -346,7 +347,7 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
         step = rotation_step_deg(target.prior, rim_shift_px=p.prior_rim_shift_px)
     grid = np.arange(0.0, 360.0 - 1e-9, step)         # never 360 itself, whatever the rounding of step
     shift = int(p.max_shift_fraction * max(reference.prior.shape))
-    mo_p = min_ov(reference.prior, target.prior)
+    mo_p = _min_overlap_points(reference.prior, target.prior, fraction=p.min_overlap)
     views = {False: target, True: mirrored(target)} if p.mirror else {False: target}
     # uncentred: both priors are zero-mean band-passed surfaces; it ranks their poses as the Pearson
     # correlation does (true pose first on every identified pair of the labelled sets) in 2/3 of the time
@@ -399,7 +400,7 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
         runner = next((v for v, a, _, _, f in prior[1:]
                        if distinct(a, f, prior[0][1], prior[0][4], _RUNNER_UP_SEPARATION_DEG)), -np.inf)
     ratio = p.prior_spacing_um / p.coarse_spacing_um
-    mo_c = min_ov(reference.coarse, target.coarse)
+    mo_c = _min_overlap_points(reference.coarse, target.coarse, fraction=p.min_overlap)
     if not screened:
         screened = [(-np.inf, 0.0, 0.0, 0.0, False)]
     # screen: each peak at its own angle, translation within +- one prior pixel, at the coarse spacing
@@ -427,7 +428,7 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
                 coarse.append((c, a, y, x, f))
     v, ang, cy, cx, flip = max(coarse, key=lambda t: t[0])
     ratio = p.coarse_spacing_um / p.spacing_um
-    mo_f = min_ov(reference.fine, target.fine)
+    mo_f = _min_overlap_points(reference.fine, target.fine, fraction=p.min_overlap)
     fs = p.fine_step_deg
     fine = [local_search(reference.fine, views[flip].fine, ang + o, cy * ratio, cx * ratio,
                          radius_px=int(math.ceil(ratio)) + 1, min_count=mo_f)
@@ -446,13 +447,13 @@ def register_thorough(reference: PreparedSurface, target: PreparedSurface, param
     :func:`register_global` finds its candidate poses in a rotation prior at ``prior_spacing_um``; on some
     pairs from different kits or upstream pipelines that prior's best translation at the true angle lies
     elsewhere, and no screen of its peaks recovers the pose (DFSC K027gA3 against the raw Baldwin K013sA2:
-    fine NCC 0.13-0.17 in five rotation draws, where this search finds 0.24). This search asks the question
+    fine NCC 0.13-0.17 in five rotation draws, where this search finds 0.22-0.24). This search asks the question
     again at ``coarse_spacing_um``: every angle of the circle (the step of :func:`rotation_step_deg` for the
     target's coarse view, about 1.3 degrees for a 1.7 mm breech face), both mirror parities, every
     translation (Pearson masked NCC by FFT, :func:`search_rotation`); the best distinct poses of each parity are
     refined at the comparison spacing over +- one step (:func:`local_search`, the same final stage and
     objective as :func:`register_global`). About 10 times the time of :func:`register_global` (2-3 s a pair
-    on one core): a second look at a pair an examiner doubts, not the default of every comparison.
+    on one core; a whole comparison ~8 times): a second look at a pair an examiner doubts, not the default of every comparison.
 
     Parameters
     ----------
@@ -477,7 +478,7 @@ def register_thorough(reference: PreparedSurface, target: PreparedSurface, param
     if per < 1:
         raise ValueError(f"register_thorough: peaks_per_parity must be >= 1, got {per}")
     ref_c, tgt_c = reference.coarse, target.coarse
-    mo_c = max(16, int(p.min_overlap * min(np.isfinite(ref_c).sum(), np.isfinite(tgt_c).sum())))
+    mo_c = _min_overlap_points(ref_c, tgt_c, fraction=p.min_overlap)
     step = rotation_step_deg(tgt_c, rim_shift_px=p.prior_rim_shift_px)
     grid = np.arange(0.0, 360.0 - 1e-9, step)
     found = search_rotation(ref_c, tgt_c, grid, min_overlap=mo_c, max_shift_px=int(p.max_shift_fraction * max(ref_c.shape)),
@@ -498,7 +499,7 @@ def register_thorough(reference: PreparedSurface, target: PreparedSurface, param
         kept = [(-np.inf, 0.0, 0.0, 0.0, False)]
     views = {False: target, True: mirrored(target)} if p.mirror else {False: target}
     ratio = p.coarse_spacing_um / p.spacing_um
-    mo_f = max(16, int(p.min_overlap * min(np.isfinite(reference.fine).sum(), np.isfinite(target.fine).sum())))
+    mo_f = _min_overlap_points(reference.fine, target.fine, fraction=p.min_overlap)
     n_side = int(math.ceil(step / p.fine_step_deg))
     best = (-np.inf, 0.0, 0.0, 0.0, False)
     for _, a0, cy, cx, f in kept:
