@@ -34,7 +34,7 @@ from xml.sax.saxutils import escape as _xml_escape
 
 import numpy as np
 
-from ballistic.errors import X3PChecksumError, X3PFormatError, X3PLimitError
+from ballistic.errors import InputError, X3PChecksumError, X3PFormatError, X3PLimitError
 from ballistic.io.atomic import atomic_write_bytes
 from ballistic.io.source import PathLike, Source, open_source
 from ballistic.surface import Surface
@@ -60,11 +60,6 @@ _METRE_INCREMENT_THRESHOLD = 1e-3
 #: ``read_x3p(units=...)``: factor from the file's length unit to micrometres.
 _UNIT_TO_UM = {"m": 1e6, "mm": 1e3, "um": 1.0, "nm": 1e-3}
 
-
-def _check_units(units: str) -> str:
-    if units != "auto" and units not in _UNIT_TO_UM:
-        raise ValueError(f"units must be 'auto' or one of {sorted(_UNIT_TO_UM)}, got {units!r}")
-    return units
 #: main.xml and md5checksum.hex are small; anything bigger is hostile or broken.
 _MAX_XML_BYTES = 16 * 1024 * 1024
 #: ... unless main.xml carries the points itself (an inline ``Record3/DataList``, ~10-30 bytes a point).
@@ -88,6 +83,12 @@ _ZIP_ERRORS: tuple[type[BaseException], ...] = (
 
 
 # --------------------------------------------------------------------------- x3p reading
+def _check_units(units: str) -> str:
+    if units != "auto" and units not in _UNIT_TO_UM:
+        raise InputError(f"units must be 'auto' or one of {sorted(_UNIT_TO_UM)}, got {units!r}")
+    return units
+
+
 def read_x3p(
     source: Source,
     *,
