@@ -124,8 +124,12 @@ def _cache_key(scans: list[Scan], seed: int, search: str = "standard") -> str:
     from ballistic.cartridge.normalise import NORMALISATION_VERSION, NormalisationParams
     from ballistic.cartridge.score.features import FEATURE_VERSION
     h = hashlib.sha256()
+    from ballistic.cartridge.cmc.fft import fft_backend
+    # the FFT backend too: both compute the same statistic, but their rounding can move a peak between equal
+    # neighbours, so a cache holds one backend's pairs
     for part in (ALGORITHM_VERSION, NORMALISATION_VERSION, FEATURE_VERSION, json.dumps(CMCParams().as_dict()),
-                 json.dumps(NormalisationParams().as_dict()), str(seed)) + (() if search == "standard" else (search,)):
+                 json.dumps(NormalisationParams().as_dict()), str(seed), f"fft={fft_backend()}") + \
+            (() if search == "standard" else (search,)):
         h.update(part.encode())
     h.update(_comparison_source_digest().encode())
     for s in scans:
@@ -148,7 +152,8 @@ def pair_table(scans: list[Scan], *, cache_dir: str | Path, seed: int = 0, worke
     cache_dir = Path(cache_dir)
     key = _cache_key(scans, seed, search)
     path = cache_dir / f"pairs_{key}.csv"
-    info = {"cache": str(path), "cache_key": key, "search": search}
+    from ballistic.cartridge.cmc.fft import fft_backend
+    info = {"cache": str(path), "cache_key": key, "search": search, "fft_backend": fft_backend()}
     if path.is_file():
         rows = _read_csv(path)
         for r in rows:

@@ -5,6 +5,8 @@ module          step
 ==============  ==========================================================================
 ``params``      :class:`CMCParams` (every tuning value) and :func:`prepare` (the resampled,
                 centred views a surface is compared with)
+``fft``         the Fourier transforms of the masked NCC (:func:`rfft2`, :func:`irfft2`): torch's MKL FFT
+                when it imports, else scipy's pocketfft (``$BALLISTIC_FFT``)
 ``register``    1. whole-surface registration over the full circle: :func:`masked_ncc`,
                 :func:`search_rotation`, :func:`local_search`, :func:`register_global`
 ``cells``       2. :func:`cell_division` and :func:`compare_cells`: each reference cell

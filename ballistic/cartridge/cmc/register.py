@@ -26,8 +26,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft as sfft
 
+from ballistic.cartridge.cmc import fft
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, mirrored
 from ballistic.preprocess.filters import _warp_rotate
 from ballistic.stats.correlation import _cell_corr_at_offsets
@@ -125,8 +125,7 @@ def _ncc_window(fixed_shape, moving_shape, shifts) -> tuple[tuple[int, int, int,
                          f"({-(Hm - 1)}..{Hf - 1}, {-(Wm - 1)}..{Wf - 1})")
     # Circular correlation of period N is exact for a requested shift d when d +- N leaves the
     # range of overlapping shifts [-(Hm - 1), Hf - 1]; a narrow window needs far smaller transforms.
-    shape = (sfft.next_fast_len(max(Hf, Hm, Hf - y0, y1 + Hm), real=True),
-             sfft.next_fast_len(max(Wf, Wm, Wf - x0, x1 + Wm), real=True))
+    shape = (fft.next_fast_len(max(Hf, Hm, Hf - y0, y1 + Hm)), fft.next_fast_len(max(Wf, Wm, Wf - x0, x1 + Wm)))
     return (y0, y1, x0, x1), shape
 
 
@@ -135,7 +134,7 @@ def _ncc_spectra(x: np.ndarray, shape, dtype, *, conj: bool = False) -> tuple[np
     the moving side. One side's spectra serve every partner of the same transform size."""
     m = np.isfinite(x)
     v = np.where(m, x, 0.0).astype(dtype)
-    out = tuple(sfft.rfft2(a, s=shape, axes=(-2, -1)) for a in (v, v * v, m.astype(dtype)))
+    out = tuple(fft.rfft2(a, shape) for a in (v, v * v, m.astype(dtype)))
     return tuple(np.conj(a) for a in out) if conj else out
 
 
@@ -153,7 +152,7 @@ def _ncc_from_spectra(fs, ms, shape, shifts, min_overlap, *, centred: bool = Tru
         sel = (..., ry[:, None], rx[None, :])
 
     def I(x):
-        return sfft.irfft2(x, s=shape, axes=(-2, -1))[sel].astype(np.float64)
+        return fft.irfft2(x, shape)[sel].astype(np.float64)
 
     n = np.rint(I(Fm * Gm))
     sff = I(Ff2 * Gm)
