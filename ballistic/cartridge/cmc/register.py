@@ -152,7 +152,10 @@ def _ncc_from_spectra(fs, ms, shape, shifts, min_overlap, *, centred: bool = Tru
         sel = (..., ry[:, None], rx[None, :])
 
     def I(x):
-        return fft.irfft2(x, shape)[sel].astype(np.float64)
+        # the centred statistic subtracts products of sums: float64 for it; the uncentred one (the rotation prior
+        # and the cells' translations, float32 transforms) stays in the transforms' precision
+        out = fft.irfft2(x, shape)[sel]
+        return out.astype(np.float64) if centred else out
 
     n = np.rint(I(Fm * Gm))
     sff = I(Ff2 * Gm)
