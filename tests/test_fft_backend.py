@@ -40,6 +40,16 @@ def test_transforms_match_numpy(backend, shape, s, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_other_input_types_are_transformed_as_scipy_would(backend):
+    x = np.arange(20, dtype=np.int64).reshape(4, 5)
+    want = np.fft.rfft2(x.astype(np.float64), s=(6, 5))
+    for arr in (x, x.astype(">f8"), x.astype(">f4"), x.astype(np.float16), x.T.copy().T[:, ::-1][:, ::-1]):
+        got = fft.rfft2(arr, (6, 5), backend=backend)
+        np.testing.assert_allclose(got, want, atol=1e-3)
+        np.testing.assert_allclose(fft.irfft2(got.astype(">c16"), (6, 5), backend=backend)[:4], x, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("centred", [True, False])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_masked_ncc_matches_twin_with_each_backend(monkeypatch, backend, centred, dtype):

@@ -113,6 +113,9 @@ def rfft2(x: np.ndarray, shape: tuple[int, int], *, backend: str | None = None) 
     ndarray of complex64 (float32 input) or complex128, shape (..., shape[0], shape[1] // 2 + 1)
     """
     s = (int(shape[0]), int(shape[1]))
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):      # integers, float16, another byte order: as scipy would
+        x = x.astype(np.float32 if x.dtype == np.float16 or x.dtype == np.dtype(">f4") else np.float64)
     if fft_backend(backend) == "scipy":
         return sfft.rfft2(x, s=s, axes=(-2, -1))
     with _one_torch_thread() as torch:
@@ -122,6 +125,9 @@ def rfft2(x: np.ndarray, shape: tuple[int, int], *, backend: str | None = None) 
 def irfft2(X: np.ndarray, shape: tuple[int, int], *, backend: str | None = None) -> np.ndarray:
     """Inverse of :func:`rfft2`: complex ``X`` (..., shape[0], shape[1] // 2 + 1) to real (..., *shape)."""
     s = (int(shape[0]), int(shape[1]))
+    X = np.asarray(X)
+    if X.dtype not in (np.complex64, np.complex128):
+        X = X.astype(np.complex64 if X.dtype == np.dtype(">c8") else np.complex128)
     if fft_backend(backend) == "scipy":
         return sfft.irfft2(X, s=s, axes=(-2, -1))
     with _one_torch_thread() as torch:
