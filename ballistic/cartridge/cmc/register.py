@@ -52,8 +52,19 @@ _SEARCH_CHUNK_BYTES = 48 * 2**20
 _RUNNER_UP_SEPARATION_DEG = 8.0
 
 #: prior peaks (or grid neighbours) whose translations differ by at most this many prior pixels in y and x
-#: are one pose: the refinement reaches one from the other (a coarse search of +- one prior pixel a step)
+#: are one pose: the refinement reaches one from the other (a coarse search of +- one prior pixel a step);
+#: the thorough search applies the same rule to its coarse pixels
 _SAME_POSE_PX = 2.0
+
+
+def _same_place(y0: float, x0: float, y1: float, x1: float) -> bool:
+    """Two translations (pixels of the search's grid) that one pose's refinement reaches from either."""
+    return abs(y0 - y1) <= _SAME_POSE_PX and abs(x0 - x1) <= _SAME_POSE_PX
+
+
+def _distinct(a: float, fa: bool, b: float, fb: bool, sep: float) -> bool:
+    """Angles ``a``, ``b`` (degrees) of parities ``fa``, ``fb``: another parity, or more than ``sep`` apart."""
+    return fa != fb or abs((a - b + 180.0) % 360.0 - 180.0) > sep
 
 
 @dataclass(frozen=True)
@@ -359,16 +370,12 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
         prior = [(*t, False) for t in prior]
     at = {(f, int(round(a / step)) % len(grid)): (v, cy, cx) for v, a, cy, cx, f in prior}
 
-    def same_place(y0, x0, y1, x1):
-        """Two translations of the prior (px) that one pose's refinement reaches from either."""
-        return abs(y0 - y1) <= _SAME_POSE_PX and abs(x0 - x1) <= _SAME_POSE_PX
-
     def peak_angle(a, f, cy, cx):
         """Angle of the parabola's vertex through the prior values at a and its two grid neighbours
         (a neighbour whose best translation is elsewhere is another pose: no interpolation)."""
         k = int(round(a / step))
         nb = [at.get((f, (k + o) % len(grid)), (-np.inf, np.nan, np.nan)) for o in (-1, 0, 1)]
-        if not all(same_place(cy, cx, y, x) for _, y, x in nb):
+        if not all(_same_place(cy, cx, y, x) for _, y, x in nb):
             return a
         vm, v0, vp = (t[0] for t in nb)
         den = vm - 2.0 * v0 + vp
@@ -377,9 +384,6 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
         return (a + step * float(np.clip(0.5 * (vm - vp) / den, -0.5, 0.5))) % 360.0
 
     prior.sort(key=lambda t: -t[0])
-
-    def distinct(a, fa, b, fb, sep):
-        return fa != fb or abs((a - b + 180.0) % 360.0 - 180.0) > sep
 
     # one peak's refinement covers +- coarse_halfwidth_deg around its translation: closer peaks of the same
     # parity at the same place are the same pose; a peak at a nearby angle but elsewhere is another (on a
@@ -392,7 +396,7 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
         for v, a, cy, cx, f in prior:
             if len(kept) >= p.prior_screen_per_parity or v == -np.inf:
                 break
-            if f == parity and all(distinct(a, f, q, f, sep) or not same_place(cy, cx, qy, qx)
+            if f == parity and all(_distinct(a, f, q, f, sep) or not _same_place(cy, cx, qy, qx)
                                    for q, qy, qx in kept):
                 kept.append((a, cy, cx))
                 screened.append((v, peak_angle(a, f, cy, cx), cy, cx, f))
@@ -400,7 +404,7 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
     runner = -np.inf
     if prior:
         runner = next((v for v, a, _, _, f in prior[1:]
-                       if distinct(a, f, prior[0][1], prior[0][4], _RUNNER_UP_SEPARATION_DEG)), -np.inf)
+                       if _distinct(a, f, prior[0][1], prior[0][4], _RUNNER_UP_SEPARATION_DEG)), -np.inf)
     ratio = p.prior_spacing_um / p.coarse_spacing_um
     mo_c = _min_overlap_points(reference.coarse, target.coarse, fraction=p.min_overlap)
     if not screened:
@@ -494,8 +498,7 @@ def register_thorough(reference: PreparedSurface, target: PreparedSurface, param
         if v == -np.inf:
             break
         if sum(kf == f for *_, kf in kept) < per and \
-                all(f != kf or abs((a - ka + 180.0) % 360.0 - 180.0) > sep or abs(cy - ky) > 2 or abs(cx - kx) > 2
-                    for _, ka, ky, kx, kf in kept):
+                all(_distinct(a, f, ka, kf, sep) or not _same_place(cy, cx, ky, kx) for _, ka, ky, kx, kf in kept):
             kept.append((v, a, cy, cx, f))
     if not kept:
         kept = [(-np.inf, 0.0, 0.0, 0.0, False)]
