@@ -119,12 +119,12 @@ def _comparison_source_digest() -> str:
 
 
 def _cache_key(scans: list[Scan], seed: int, search: str = "standard") -> str:
+    from ballistic.cartridge.cmc.fft import fft_backend
     from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
     from ballistic.cartridge.cmc.params import CMCParams
     from ballistic.cartridge.normalise import NORMALISATION_VERSION, NormalisationParams
     from ballistic.cartridge.score.features import FEATURE_VERSION
     h = hashlib.sha256()
-    from ballistic.cartridge.cmc.fft import fft_backend
     # the FFT backend too: both compute the same statistic, but their rounding can move a peak between equal
     # neighbours, so a cache holds one backend's pairs
     for part in (ALGORITHM_VERSION, NORMALISATION_VERSION, FEATURE_VERSION, json.dumps(CMCParams().as_dict()),

@@ -115,7 +115,7 @@ def rfft2(x: np.ndarray, shape: tuple[int, int], *, backend: str | None = None) 
     s = (int(shape[0]), int(shape[1]))
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):      # integers, float16, another byte order: as scipy would
-        x = x.astype(np.float32 if x.dtype == np.float16 or x.dtype == np.dtype(">f4") else np.float64)
+        x = x.astype(np.float32 if x.dtype.kind == "f" and x.dtype.itemsize <= 4 else np.float64)
     if fft_backend(backend) == "scipy":
         return sfft.rfft2(x, s=s, axes=(-2, -1))
     with _one_torch_thread() as torch:
@@ -127,7 +127,7 @@ def irfft2(X: np.ndarray, shape: tuple[int, int], *, backend: str | None = None)
     s = (int(shape[0]), int(shape[1]))
     X = np.asarray(X)
     if X.dtype not in (np.complex64, np.complex128):
-        X = X.astype(np.complex64 if X.dtype == np.dtype(">c8") else np.complex128)
+        X = X.astype(np.complex64 if X.dtype.kind == "c" and X.dtype.itemsize <= 8 else np.complex128)
     if fft_backend(backend) == "scipy":
         return sfft.irfft2(X, s=s, axes=(-2, -1))
     with _one_torch_thread() as torch:
