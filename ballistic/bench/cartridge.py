@@ -156,13 +156,16 @@ def compare_all_pairs(prepared: list[PreparedSurface], pairs: list[tuple[int, in
         compare_pair(prepared[0], prepared[1], params, model=None)      # JIT warm-up before fork
     t0 = time.perf_counter()
     out: dict = {}
+    # grouped by target: the registration rotates and transforms the target, and a process keeps that for its
+    # next pairs with the same target (register._stack_spectra); every pair's result is the same in any order
+    order = sorted(pairs, key=lambda ij: (ij[1], ij[0]))
     if workers <= 1:
         _init(prepared, params, mdl, search)
-        it = map(_one, pairs)
+        it = map(_one, order)
     else:
         ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"), initializer=_init,
                                  initargs=(prepared, params, mdl, search))
-        it = ex.map(_one, pairs, chunksize=max(1, min(8, len(pairs) // (8 * workers) or 1)))
+        it = ex.map(_one, order, chunksize=max(1, min(8, len(pairs) // (8 * workers) or 1)))
         if prefetch:          # map() has submitted everything: all workers are forked by now
             _prefetch(prefetch)
     try:

@@ -22,7 +22,10 @@ to ``R(angle) (p - c_target) + c_reference + (dy, dx)``.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +50,12 @@ __all__ = [
 
 #: memory the rotation search's transforms may take at once (bytes); more angles are done in chunks
 _SEARCH_CHUNK_BYTES = 48 * 2**20
+
+#: memory the moving sides' rotated-stack spectra kept between calls may take (bytes, each process): a scan
+#: compared with many others (every pair of a set, ordered by target) is rotated and transformed once
+_STACK_CACHE_BYTES = 160 * 2**20
+_stack_cache: OrderedDict = OrderedDict()
+_stack_cache_lock = threading.Lock()
 
 #: a rotation-prior value counts as another pose (``Registration.runner_up_ncc``) this far from the best
 _RUNNER_UP_SEPARATION_DEG = 8.0
@@ -232,16 +241,60 @@ def rotation_step_deg(moving: np.ndarray, *, rim_shift_px: float = 1.0, max_step
     return 360.0 / math.ceil(360.0 / step - 1e-9)
 
 
-def _rotated_stack(h: np.ndarray, angles) -> tuple[np.ndarray, tuple[int, int]]:
-    """``h`` rotated by each angle about its centre, on one common square canvas just large
-    enough for its measured points (an annulus needs its diameter, not the box's diagonal)."""
+def _stack_side(h: np.ndarray) -> int:
+    """Side (px, odd) of the square canvas that holds ``h`` rotated by any angle about its centre: just
+    large enough for its measured points (an annulus needs its diameter, not the box's diagonal)."""
     ny, nx = h.shape
     r = _rim_radius_px(h)
     if np.isfinite(r):
-        d = min(int(math.ceil(math.hypot(ny, nx))), 2 * int(math.ceil(r)) + 3) | 1
-    else:
-        d = int(math.ceil(math.hypot(ny, nx))) | 1
+        return min(int(math.ceil(math.hypot(ny, nx))), 2 * int(math.ceil(r)) + 3) | 1
+    return int(math.ceil(math.hypot(ny, nx))) | 1
+
+
+def _rotated_stack(h: np.ndarray, angles) -> tuple[np.ndarray, tuple[int, int]]:
+    """``h`` rotated by each angle about its centre, on the canvas of :func:`_stack_side`."""
+    d = _stack_side(h)
     return np.stack([warp_to_reference(h, a, 0.0, 0.0, (d, d)) for a in angles]), (d, d)
+
+
+def _stack_spectra(moving: np.ndarray, angles: list[float], shape: tuple[int, int], step: int):
+    """Conjugated :func:`_ncc_spectra` of ``moving`` rotated by each angle (:func:`_rotated_stack`) at the
+    transform ``shape``, in chunks of ``step`` angles.
+
+    A fifth of a standard comparison: kept (least recently used first out, at most ``_STACK_CACHE_BYTES``
+    in all) under the digest of the heights, the angles, the shape and the FFT backend, so a scan compared
+    with many others is rotated and transformed once; equal inputs give the same arrays either way.
+    Spectra larger than half that budget (the thorough search of a large scan) are made one chunk at a time
+    and not kept.
+    """
+    h = np.ascontiguousarray(moving)
+    size = 3 * len(angles) * shape[0] * (shape[1] // 2 + 1) * np.dtype(np.complex64).itemsize
+    if size > _STACK_CACHE_BYTES // 2:       # too large to keep: one chunk at a time, as the memory cap needs
+        for k in range(0, len(angles), step):
+            yield _ncc_spectra(_rotated_stack(h, angles[k:k + step])[0], shape, np.float32, conj=True)
+        return
+    digest = hashlib.blake2b(h.tobytes(), digest_size=16)
+    digest.update(repr((h.shape, h.dtype.str, tuple(shape), fft.fft_backend())).encode())
+    digest.update(np.asarray(angles, dtype=np.float64).tobytes())
+    key = digest.digest()
+    with _stack_cache_lock:
+        spectra = _stack_cache.get(key)
+        if spectra is not None:
+            _stack_cache.move_to_end(key)
+    if spectra is None:
+        stack, _ = _rotated_stack(h, angles)
+        parts = [_ncc_spectra(stack[k:k + step], shape, np.float32, conj=True) for k in range(0, len(angles), step)]
+        spectra = tuple(np.concatenate(p) if len(parts) > 1 else p[0] for p in zip(*parts))
+        del stack, parts
+        for a in spectra:
+            a.flags.writeable = False        # shared by every later call with the same key
+        with _stack_cache_lock:
+            _stack_cache[key] = spectra
+            total = sum(a.nbytes for v in _stack_cache.values() for a in v)
+            while total > _STACK_CACHE_BYTES and len(_stack_cache) > 1:
+                total -= sum(a.nbytes for a in _stack_cache.popitem(last=False)[1])
+    for k in range(0, len(angles), step):
+        yield tuple(a[k:k + step] for a in spectra)
 
 
 def search_rotation(fixed: np.ndarray, moving: np.ndarray, angles, *, min_overlap: int,
@@ -265,7 +318,7 @@ def search_rotation(fixed: np.ndarray, moving: np.ndarray, angles, *, min_overla
     job's memory, and a whole circle of angles at once grows with the number of angles.
     """
     angles = [float(a) % 360.0 for a in angles]
-    stack, (d, _) = _rotated_stack(moving, angles)
+    d = _stack_side(moving)
     H, W = fixed.shape
     # a shift d puts the moving centre at the fixed centre + d + (d_canvas - 1)/2 - (H - 1)/2
     oy, ox = (H - 1) // 2 - (d - 1) // 2, (W - 1) // 2 - (d - 1) // 2
@@ -280,13 +333,11 @@ def search_rotation(fixed: np.ndarray, moving: np.ndarray, angles, *, min_overla
     # ~14 arrays of the transform size per angle and parity (6 spectra, 6 inverse transforms, masks)
     per_angle = 14 * 4 * parities * (H + 2 * d) * (W + 2 * d)
     step = max(1, int(_SEARCH_CHUNK_BYTES // per_angle))
-    win, shape = _ncc_window(fx.shape[-2:], stack.shape[-2:], win)
+    win, shape = _ncc_window(fx.shape[-2:], (d, d), win)
     fixed_spectra = _ncc_spectra(fx, shape, np.float32)      # once for every chunk of angles
-    ncc = np.concatenate([_ncc_from_spectra(fixed_spectra, _ncc_spectra(stack[k:k + step], shape, np.float32,
-                                                                        conj=True), shape, win, min_overlap,
-                                                            centred=centred)[0]
+    ncc = np.concatenate([_ncc_from_spectra(fixed_spectra, chunk, shape, win, min_overlap, centred=centred)[0]
                           .reshape(parities, -1, win[1] - win[0] + 1, win[3] - win[2] + 1)
-                          for k in range(0, len(angles), step)], axis=1)
+                          for chunk in _stack_spectra(moving, angles, shape, step)], axis=1)
     out = []
     for parity in range(ncc.shape[0]):
         flat = np.where(np.isfinite(ncc[parity]), ncc[parity], -np.inf).reshape(len(angles), -1)
