@@ -11,7 +11,7 @@ twin                        fast code
 ==========================  ======================================================
 :func:`warp_rotate`         ``ballistic.preprocess.filters._warp_rotate``
 :func:`pairwise_complete_corr`  ``ballistic.stats.correlation._pairwise_complete_corr``
-:func:`cell_corr_at_offsets`  ``ballistic.cartridge.cmc.register._cell_corr_at_offsets``
+:func:`cell_corr_at_offsets`  ``ballistic.stats.correlation._cell_corr_at_offsets``
 :func:`ccf_at_lags`         ``ballistic.bullet.align._ccf_at_lags``
 :func:`band_profiles`       ``ballistic.bullet.crosscut._band_profiles``
 :func:`masked_ncc`          ``ballistic.cartridge.cmc.register.masked_ncc`` (FFT)

@@ -279,6 +279,20 @@ def test_cell_corr_at_offsets_finds_the_planted_cell():
     assert corr[k] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("offset", [1e5, -3e4])
+def test_cell_corr_at_offsets_keeps_its_accuracy_far_from_zero(offset):
+    """Heights in a scanner's absolute frame (micrometres from the stage): the kernel centres each side on
+    its mean before its branch-free sums, so an offset of 1e5 um costs no more than rounding."""
+    cell = _image("nans", (12, 12), 31)
+    region = _image("nans", (18, 17), 32)
+    oy, ox = (a.ravel().astype(np.int64) for a in np.mgrid[0:7, 0:6])
+    want, wcnt = naive.cell_corr_at_offsets(cell, region, oy, ox, 8)
+    corr, cnt = _cell_corr_at_offsets(cell + offset, region - offset, oy, ox, 8)
+    np.testing.assert_array_equal(cnt, wcnt)
+    np.testing.assert_allclose(corr, want, rtol=1e-7, atol=1e-9, equal_nan=True)
+    assert np.isfinite(corr).sum() > 20
+
+
 def test_cell_corr_at_offsets_empty_offsets():
     cell = _image("random", (2, 2), 1)
     region = _image("random", (4, 4), 2)

@@ -173,24 +173,87 @@ def _pairwise_complete_corr(a, b, min_count):
 
 
 @nb.njit(**_NB)
+def _centred_and_mask(a):
+    """``a`` less the mean of its finite values, 0 where not finite, and the mask (1.0 = finite); the mean."""
+    total = 0.0
+    n = 0
+    for v in a.ravel():
+        if v == v:
+            total += v
+            n += 1
+    mean = total / n if n else 0.0
+    z = np.zeros(a.shape)
+    m = np.zeros(a.shape)
+    ny, nx = a.shape
+    for i in range(ny):
+        for j in range(nx):
+            v = a[i, j]
+            if v == v:
+                z[i, j] = v - mean
+                m[i, j] = 1.0
+    return z, m, mean
+
+
+# Reassociation only (no 'nnan'/'ninf': NaN is data here): the offsets' six running sums vectorise.
+@nb.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz", "contract"})
 def _cell_corr_at_offsets(cell, region, oy, ox, min_count):
     """Pairwise-complete correlation of ``cell`` with the window of ``region`` whose
     top-left corner is (oy[k], ox[k]), for each k. Windows that leave ``region`` are
     NaN. Returns (corr[k], n[k]).
+
+    Branch-free: each side is centred on the mean of its finite values (the sums' cancellation stays at
+    the data's spread, as in :func:`_pairwise_complete_corr`) and zero-filled, with a 0/1 mask; the shared
+    points' sums are then plain products, about 4x faster than testing each pair of points.
     """
     ch, cw = cell.shape
     rh, rw = region.shape
     K = oy.shape[0]
     out = np.full(K, np.nan)
     cnt = np.zeros(K, dtype=np.int64)
+    a, ma, mean_a = _centred_and_mask(cell)
+    b, mb, mean_b = _centred_and_mask(region)
     for k in range(K):
         y0 = oy[k]
         x0 = ox[k]
         if y0 < 0 or x0 < 0 or y0 + ch > rh or x0 + cw > rw:
             continue
-        c, n = _pairwise_complete_corr(cell, region[y0:y0 + ch, x0:x0 + cw], min_count)
-        out[k] = c
-        cnt[k] = n
+        n = 0.0
+        sa = 0.0
+        sb = 0.0
+        saa = 0.0
+        sbb = 0.0
+        sab = 0.0
+        for i in range(ch):
+            ar = a[i]
+            mar = ma[i]
+            br = b[y0 + i, x0:x0 + cw]
+            mbr = mb[y0 + i, x0:x0 + cw]
+            for j in range(cw):
+                x = ar[j]
+                y = br[j]
+                u = mar[j]
+                v = mbr[j]
+                xv = x * v               # 0 unless both are measured
+                yu = y * u
+                n += u * v
+                sa += xv
+                sb += yu
+                saa += x * xv
+                sbb += y * yu
+                sab += x * y
+        m = int(n + 0.5)
+        cnt[k] = m
+        if m < min_count or m < 2:
+            continue
+        vab = sab - sa * sb / m
+        vaa = saa - sa * sa / m
+        vbb = sbb - sb * sb / m
+        # zero variance, up to rounding, against the raw values' sum of squares (as _pairwise_complete_corr)
+        qa = saa + 2.0 * mean_a * sa + mean_a * mean_a * m
+        qb = sbb + 2.0 * mean_b * sb + mean_b * mean_b * m
+        if vaa <= 1e-12 * qa or vbb <= 1e-12 * qb or vaa <= 0.0 or vbb <= 0.0:
+            continue
+        out[k] = vab / math.sqrt(vaa * vbb)
     return out, cnt
 
 
