@@ -134,3 +134,24 @@ def test_all_pairs_come_back_in_the_order_asked():
     pairs = [(2, 3), (0, 1), (1, 3), (0, 3), (2, 1), (0, 2)]
     rows, _ = compare_all_pairs(prepared, pairs, PARAMS, workers=1, model=None)
     assert [(r["reference"], r["target"]) for r in rows] == [(f"s{i}", f"s{j}") for i, j in pairs]
+
+
+def _search_in_child(q):
+    q.put(len(_search(_annulus(2), _annulus(7))))
+
+
+def test_a_child_forked_while_the_cache_is_locked_still_searches():
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    with R._stack_cache_lock:                    # as if another thread were using the cache at the fork
+        child = ctx.Process(target=_search_in_child, args=(q,))
+        child.start()
+    try:
+        assert q.get(timeout=60) == len(ANGLES)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -56,6 +57,15 @@ _SEARCH_CHUNK_BYTES = 48 * 2**20
 _STACK_CACHE_BYTES = 160 * 2**20
 _stack_cache: OrderedDict = OrderedDict()
 _stack_cache_lock = threading.Lock()
+
+
+def _new_stack_cache_lock() -> None:
+    """A forked child gets a fresh lock: a thread of the parent may have held it at the fork."""
+    global _stack_cache_lock
+    _stack_cache_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_stack_cache_lock)
 
 #: a rotation-prior value counts as another pose (``Registration.runner_up_ncc``) this far from the best
 _RUNNER_UP_SEPARATION_DEG = 8.0
