@@ -271,7 +271,7 @@ def _stack_spectra(moving: np.ndarray, angles: list[float], shape: tuple[int, in
     """Conjugated :func:`_ncc_spectra` of ``moving`` rotated by each angle (:func:`_rotated_stack`) at the
     transform ``shape``, in chunks of ``step`` angles.
 
-    A fifth of a standard comparison: kept (least recently used first out, at most ``_STACK_CACHE_BYTES``
+    About a fifth of a standard comparison's time (Fadul, one core): kept (least recently used first out, at most ``_STACK_CACHE_BYTES``
     in all) under the digest of the heights, the angles, the shape and the FFT backend, so a scan compared
     with many others is rotated and transformed once; equal inputs give the same arrays either way.
     Spectra larger than half that budget (the thorough search of a large scan) are made one chunk at a time
@@ -325,7 +325,10 @@ def search_rotation(fixed: np.ndarray, moving: np.ndarray, angles, *, min_overla
 
     The angles are correlated in chunks whose transforms stay within about
     ``_SEARCH_CHUNK_BYTES`` (each angle's result is the same in any chunk): the service caps a
-    job's memory, and a whole circle of angles at once grows with the number of angles.
+    job's memory, and a whole circle of angles at once grows with the number of angles. The
+    moving side's spectra of all angles are kept for the next call with the same ``moving``
+    (:func:`_stack_spectra`, at most ``_STACK_CACHE_BYTES`` a process) unless they are larger than
+    half of that.
     """
     angles = [float(a) % 360.0 for a in angles]
     d = _stack_side(moving)
