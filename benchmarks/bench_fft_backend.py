@@ -26,7 +26,7 @@ BACKENDS = ("scipy", "torch")
 
 
 def _timed_pairs(prep, pairs, params, search: str) -> dict:
-    from ballistic.cartridge.cmc import fft
+    from ballistic.cartridge.cmc import fft, register
     from ballistic.cartridge.cmc.pair import compare_pair
 
     for b in BACKENDS:                                           # compile kernels, import torch, plan transforms
@@ -39,6 +39,7 @@ def _timed_pairs(prep, pairs, params, search: str) -> dict:
         got = {}
         for b in (BACKENDS if k % 2 == 0 else BACKENDS[::-1]):
             os.environ[fft.FFT_ENV] = b
+            register._stack_cache.clear()                        # a whole comparison: no kept rotated stack
             t = time.perf_counter()
             got[b] = compare_pair(prep[i], prep[j], params, search=search)
             secs[b].append(time.perf_counter() - t)
