@@ -23,8 +23,9 @@ import pytest
 
 from ballistic.bullet.crosscut import _band_profiles
 from ballistic.preprocess.filters import _warp_rotate
-from ballistic.stats.correlation import (_ccf_at_lags, _cell_corr_at_offsets, _pairwise_complete_corr, ccf_at_lags,
-                                         corr_at_offsets, pairwise_complete_corr)
+from ballistic.stats.correlation import (_ccf_at_lags, _cell_corr_at_offsets, _centred_and_mask,
+                                         _pairwise_complete_corr, ccf_at_lags, corr_at_offsets,
+                                         pairwise_complete_corr)
 
 # --------------------------------------------------------------------------- inputs
 
@@ -277,6 +278,19 @@ def test_cell_corr_at_offsets_finds_the_planted_cell():
     k = int(np.nanargmax(corr))
     assert (oy.ravel()[k], ox.ravel()[k]) == (5, 2)
     assert corr[k] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["random", "nans", "allnan", "constant"])
+def test_centred_and_mask_matches_numpy(kind):
+    a = _image(kind, (7, 9), 33) + 40.0
+    before = a.copy()
+    z, m, mean = _centred_and_mask(a)
+    finite = np.isfinite(a)
+    want_mean = float(a[finite].mean()) if finite.any() else 0.0
+    assert mean == pytest.approx(want_mean, rel=1e-12, abs=0.0)
+    np.testing.assert_array_equal(m, finite.astype(float))
+    np.testing.assert_allclose(z, np.where(finite, a - want_mean, 0.0), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(a, before)                    # the input is left as it was
 
 
 @pytest.mark.parametrize("offset", [1e5, -3e4])

@@ -203,7 +203,7 @@ def _cell_corr_at_offsets(cell, region, oy, ox, min_count):
 
     Branch-free: each side is centred on the mean of its finite values (the sums' cancellation stays at
     the data's spread, as in :func:`_pairwise_complete_corr`) and zero-filled, with a 0/1 mask; the shared
-    points' sums are then plain products, about 4x faster than testing each pair of points.
+    points' sums are then plain products, 2-4x faster than testing each pair of points (measured in place and alone).
     """
     ch, cw = cell.shape
     rh, rw = region.shape
