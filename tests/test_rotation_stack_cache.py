@@ -77,7 +77,7 @@ def test_the_stack_is_rotated_once_for_many_partners(fresh_cache, stack_calls):
     moving = _annulus(1)
     for seed in (2, 4, 5, 6):
         _search(_annulus(seed), moving)
-    assert stack_calls == [len(ANGLES)]
+    assert sum(stack_calls) == len(ANGLES)                      # each angle rotated once, in the chunks of the first
 
 
 def test_other_heights_angles_or_backend_are_not_served_the_kept_stack(monkeypatch, fresh_cache, stack_calls):
@@ -89,7 +89,7 @@ def test_other_heights_angles_or_backend_are_not_served_the_kept_stack(monkeypat
     R.search_rotation(fixed, moving, ANGLES[:-1], min_overlap=50, max_shift_px=12)
     monkeypatch.setenv("BALLISTIC_FFT", "scipy")
     _search(fixed, moving)
-    assert len(stack_calls) == 4 and len(fresh_cache) == 4
+    assert sum(stack_calls) == 4 * len(ANGLES) - 1 and len(fresh_cache) == 4     # four misses, rotated in full
 
 
 def test_kept_spectra_cannot_be_modified(fresh_cache):

@@ -271,17 +271,18 @@ def _stack_spectra(moving: np.ndarray, angles: list[float], shape: tuple[int, in
     """Conjugated :func:`_ncc_spectra` of ``moving`` rotated by each angle (:func:`_rotated_stack`) at the
     transform ``shape``, in chunks of ``step`` angles.
 
-    About a fifth of a standard comparison's time (Fadul, one core): kept (least recently used first out, at most ``_STACK_CACHE_BYTES``
-    in all) under the digest of the heights, the angles, the shape and the FFT backend, so a scan compared
-    with many others is rotated and transformed once; equal inputs give the same arrays either way.
-    Spectra larger than half that budget (the thorough search of a large scan) are made one chunk at a time
-    and not kept.
+    About a fifth of a standard comparison's time (Fadul, one core): kept (least recently used first out,
+    at most ``_STACK_CACHE_BYTES`` in all) under the digest of the heights, the angles, the shape and the
+    FFT backend, so a scan compared with many others is rotated and transformed once; equal inputs give the
+    same arrays either way. Spectra larger than half that budget (the thorough search of a large scan) are
+    made one chunk at a time and not kept.
     """
     h = np.ascontiguousarray(moving)
+    made = (_ncc_spectra(_rotated_stack(h, angles[k:k + step])[0], shape, np.float32, conj=True)
+            for k in range(0, len(angles), step))
     size = 3 * len(angles) * shape[0] * (shape[1] // 2 + 1) * np.dtype(np.complex64).itemsize
     if size > _STACK_CACHE_BYTES // 2:       # too large to keep: one chunk at a time, as the memory cap needs
-        for k in range(0, len(angles), step):
-            yield _ncc_spectra(_rotated_stack(h, angles[k:k + step])[0], shape, np.float32, conj=True)
+        yield from made
         return
     digest = hashlib.blake2b(h.tobytes(), digest_size=16)
     digest.update(repr((h.shape, h.dtype.str, tuple(shape), fft.fft_backend())).encode())
@@ -292,10 +293,9 @@ def _stack_spectra(moving: np.ndarray, angles: list[float], shape: tuple[int, in
         if spectra is not None:
             _stack_cache.move_to_end(key)
     if spectra is None:
-        stack, _ = _rotated_stack(h, angles)
-        parts = [_ncc_spectra(stack[k:k + step], shape, np.float32, conj=True) for k in range(0, len(angles), step)]
+        parts = list(made)
         spectra = tuple(np.concatenate(p) if len(parts) > 1 else p[0] for p in zip(*parts))
-        del stack, parts
+        del parts
         for a in spectra:
             a.flags.writeable = False        # shared by every later call with the same key
         with _stack_cache_lock:
