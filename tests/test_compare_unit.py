@@ -572,3 +572,35 @@ def test_compare_pair_search_is_checked_and_recorded(ref_prep):
     assert r.search == "thorough" and r.summary()["search"] == "thorough"
     assert r.identification and _adiff(r.registration.angle_deg, 0.0) <= 1.0
     assert compare_pair(ref_prep, ref_prep, PARAMS, model=None).summary()["search"] == "standard"
+
+
+def _naive_window(a, y0, x0, h, w):
+    """One window of ``a`` by explicit loops, NaN outside (the twin of cells._windows)."""
+    out = np.full((h, w), np.nan)
+    for i in range(h):
+        for j in range(w):
+            y, x = y0 + i, x0 + j
+            if 0 <= y < a.shape[0] and 0 <= x < a.shape[1]:
+                out[i, j] = a[y, x]
+    return out
+
+
+def test_cell_windows_match_naive_windows_inside_and_across_every_edge():
+    from ballistic.cartridge.cmc.cells import _windows
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((23, 17))
+    a[rng.random(a.shape) < 0.2] = np.nan
+    before = a.copy()
+    # inside, across each edge and corner, wholly outside, and larger than the array
+    corners = [(0, 0), (5, 4), (-3, 2), (2, -4), (20, 3), (4, 14), (-6, -6), (21, 15), (40, 40), (-30, 1)]
+    y0 = np.array([c[0] for c in corners])
+    x0 = np.array([c[1] for c in corners])
+    for h, w in ((6, 6), (7, 3), (30, 25)):
+        got = _windows(a, y0, x0, h, w)
+        assert got.shape == (len(corners), h, w) and got.dtype == np.float64
+        for k, (y, x) in enumerate(corners):
+            np.testing.assert_array_equal(got[k], _naive_window(a, y, x, h, w))
+        got[:] = 0.0                                   # a copy: writing it leaves the input alone
+    np.testing.assert_array_equal(a, before)
+    assert _windows(a, np.array([], int), np.array([], int), 4, 4).shape == (0, 4, 4)

@@ -74,14 +74,31 @@ def cell_division(heights: np.ndarray, *, grid: int = 8, min_valid: float = 0.15
     return out
 
 
-def _pad_to(a: np.ndarray, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """Window [y0:y0+h, x0:x0+w] of ``a``, NaN where it leaves the array."""
-    out = np.full((h, w), np.nan)
-    ys, xs = max(0, y0), max(0, x0)
-    ye, xe = min(a.shape[0], y0 + h), min(a.shape[1], x0 + w)
-    if ye > ys and xe > xs:
-        out[ys - y0:ye - y0, xs - x0:xe - x0] = a[ys:ye, xs:xe]
-    return out
+def _windows(a: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Windows ``a[y0[k]:y0[k] + h, x0[k]:x0[k] + w]``, NaN where a window leaves the array.
+
+    Parameters
+    ----------
+    a : ndarray, shape (H, W)
+    y0, x0 : ndarray of int, shape (n,)
+        Top-left corners (px); may lie outside ``a``.
+    h, w : int
+        Window size (px).
+
+    Returns
+    -------
+    ndarray of float64, shape (n, h, w)
+        A copy; ``a`` is not changed.
+    """
+    y0 = np.asarray(y0, dtype=np.int64)
+    x0 = np.asarray(x0, dtype=np.int64)
+    H, W = a.shape
+    if not y0.size:
+        return np.empty((0, h, w))
+    pad = int(max(0, -y0.min(), -x0.min(), y0.max() + h - H, x0.max() + w - W))
+    padded = np.full((H + 2 * pad, W + 2 * pad), np.nan)
+    padded[pad:pad + H, pad:pad + W] = a
+    return np.lib.stride_tricks.sliding_window_view(padded, (h, w))[y0 + pad, x0 + pad]
 
 
 def compare_cells(reference: PreparedSurface, target: PreparedSurface, registration: Registration,
@@ -108,7 +125,9 @@ def compare_cells(reference: PreparedSurface, target: PreparedSurface, registrat
     size = cells[0][4]
     half = int(round((p.region_scale - 1.0) * size / 2.0))
     R = size + 2 * half
-    cell_stack = np.stack([_pad_to(ref, y0, x0, size, size) for (_, _, y0, x0, _, _) in cells])
+    y0s = np.array([c[2] for c in cells])
+    x0s = np.array([c[3] for c in cells])
+    cell_stack = _windows(ref, y0s, x0s, size, size)
     # masked NCC (register.masked_ncc) of region (fixed) and cell (moving): cell pixel q lies on region pixel
     # q + d, d = half means no shift; only shifts that keep the cell inside the region (d = 0 .. 2 half).
     # The cells' spectra serve every angle.
@@ -118,7 +137,7 @@ def compare_cells(reference: PreparedSurface, target: PreparedSurface, registrat
     for da in p.cell_angles_deg:
         ang = registration.angle_deg + da
         warped = warp_to_reference(target.fine, ang, dy0, dx0, ref.shape)
-        regions = np.stack([_pad_to(warped, y0 - half, x0 - half, R, R) for (_, _, y0, x0, _, _) in cells])
+        regions = _windows(warped, y0s - half, x0s - half, R, R)
         sub, nsub = _ncc_from_spectra(_ncc_spectra(regions, shape, np.float32), cell_spectra, shape, window, 1,
                                       centred=False)
         # best translation of each cell among those sharing enough points (first of equal maxima)
