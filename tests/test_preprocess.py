@@ -246,6 +246,36 @@ def test_looks_processed():
     assert looks_processed(Surface(z, 6.25)) is False
 
 
+def test_looks_processed_decides_on_a_strided_sample_of_a_fine_scan(monkeypatch):
+    import ballistic.cartridge.breech_face as bf
+
+    rng = np.random.default_rng(11)
+    n = 600                                          # 360 000 points: above max_points
+    yy, xx = np.mgrid[0:n, 0:n]
+    processed = ndi.gaussian_filter(rng.normal(0.0, 3.0, size=(n, n)), 2.0) + 0.01 * yy   # tilted, narrow band
+    processed[np.hypot(yy - n / 2, xx - n / 2) > 0.48 * n] = np.nan
+    raw = processed.copy()
+    raw[np.hypot(yy - n / 2, xx - n / 2) < 0.15 * n] -= 150.0                            # firing-pin pit
+    seen = []
+    real_remove_trend = bf.remove_trend
+    monkeypatch.setattr(bf, "remove_trend", lambda s, **kw: seen.append(s.heights.size) or real_remove_trend(s, **kw))
+    for z, expect in ((processed, True), (raw, False)):
+        s = Surface(z, 0.8)
+        before = _copy(s)
+        assert bf.looks_processed(s, max_points=40_000) is expect
+        assert seen[-1] <= 40_000                     # the sample, not the whole grid
+        assert bf.looks_processed(s, max_points=10 ** 7) is expect
+        assert seen[-1] == n * n                      # the whole grid agrees
+        _assert_unchanged(s, before)
+    # a sample with too few measured points falls back to the whole grid
+    sparse = np.full((n, n), np.nan)
+    sparse[::7, 3::7] = rng.normal(size=sparse[::7, 3::7].shape)
+    assert bf.looks_processed(Surface(sparse, 0.8), max_points=40_000) is True
+    assert seen[-1] == n * n
+    with pytest.raises(ValueError, match="max_points"):
+        bf.looks_processed(Surface(processed, 0.8), max_points=4)
+
+
 def test_preprocess_cartridge_processed_keeps_spacing():
     s = _annulus_surface()
     before = _copy(s)
