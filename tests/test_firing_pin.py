@@ -97,6 +97,38 @@ def test_extract_is_centred_levelled_and_tagged():
     assert e.meta["firing_pin"]["radius_um"] == pytest.approx(g.radius_um)
 
 
+def test_extract_works_on_a_fine_scan_at_half_the_output_spacing(monkeypatch):
+    import cv2
+
+    import ballistic.cartridge.firing_pin as fpm
+
+    coarse = _raw_scan(0, noise=0.3)
+    f = 4                                               # 1.5625 um: a confocal scan's spacing
+    z = coarse.heights
+    up = cv2.resize(np.where(np.isfinite(z), z, 0.0), None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
+    keep = cv2.resize(np.isfinite(z).astype(np.uint8), None, fx=f, fy=f, interpolation=cv2.INTER_NEAREST) > 0
+    fine = Surface(np.where(keep, up, np.nan), SPACING / f)
+    g = find_firing_pin(fine)
+    spacings = []
+    real_resample = fpm.resample
+    monkeypatch.setattr(fpm, "resample", lambda s, **kw: spacings.append((s.spacing_um, kw["spacing_um"]))
+                        or real_resample(s, **kw))
+    e = extract_firing_pin(fine, geometry=g, margin_um=100.0)
+    assert spacings[0] == (SPACING / f, SPACING / 2)   # first to the working spacing, 3.125 um
+    spacings.clear()
+    own = extract_firing_pin(fine, geometry=g, margin_um=100.0, work_spacing_um=SPACING / f)
+    assert spacings[0] == (SPACING / f, SPACING)       # at its own spacing: straight to the output
+    assert e.spacing_um == own.spacing_um == SPACING
+    # the centre is reported in the input's pixels, where the two agree to a fraction of a working pixel
+    (ey, ex), (oy, ox) = e.meta["firing_pin"]["center_yx"], own.meta["firing_pin"]["center_yx"]
+    assert math.hypot(ey - oy, ex - ox) < 1.0
+    ty, tx = [((N - 1) / 2 + o + 0.5) * f - 0.5 for o in CRATER_OFFSET]      # the crater's true centre
+    assert math.hypot(ey - ty, ex - tx) < 0.5 and math.hypot(oy - ty, ox - tx) < 0.5   # (0.05 px measured)
+    assert compare_firing_pins(own, e).score > 0.95
+    with pytest.raises(ValueError, match="work_spacing_um"):
+        extract_firing_pin(fine, geometry=g, work_spacing_um=0.0)
+
+
 def test_compare_firing_pins_finds_the_rotation_and_separates_sources():
     a = extract_firing_pin(_raw_scan(0, noise=0.3, noise_seed=1))
     b = extract_firing_pin(_raw_scan(0, angle_deg=60.0, noise=0.3, noise_seed=2))
