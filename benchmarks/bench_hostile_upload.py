@@ -13,52 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "api"))
-
-CHILD = r"""
-import json, resource, sys, time
-sys.path.insert(0, {helpers!r})
-from pathlib import Path
-from fastapi.testclient import TestClient
-from api.main import create_app
-from api_helpers import make_settings, new_key, upload
-
-def rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-out = {{}}
-tmp = Path({tmp!r})
-with TestClient(create_app(make_settings(tmp))) as c:
-    ex = new_key(c, "examiner")
-    data = Path({file!r}).read_bytes()
-    out["rss_before_mib"] = rss_mib()
-    t = time.perf_counter()
-    r = upload(c, ex, data, name="zeros.x3p")
-    out["upload_s"] = time.perf_counter() - t
-    out["upload_status"] = r.status_code
-    out["upload_detail"] = str(r.json().get("detail", ""))[:300] if r.status_code != 201 else ""
-    out["upload_peak_rss_mib"] = rss_mib()
-    if r.status_code == 201:
-        limit = int({job_limit_gib} * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        t = time.perf_counter()
-        try:
-            c.app.state.runtime.run_pending_inline()
-            job = c.get(f"/v1/jobs/{{r.json()['job']['id']}}", headers=ex).json()
-            out["job_status"], out["job_error"] = job["status"], (job.get("error") or "")[:300]
-        except MemoryError:
-            out["job_status"], out["job_error"] = "MemoryError", "address space limit of {job_limit_gib} GiB hit"
-        out["job_s"] = time.perf_counter() - t
-        out["job_peak_rss_mib"] = rss_mib()
-print("RESULT " + json.dumps(out))
-"""
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> None:
@@ -68,19 +29,12 @@ def main() -> None:
     ap.add_argument("--job-limit-gib", type=float, default=6.0)
     a = ap.parse_args()
     from api_helpers import constant_grid_x3p
+    from service_job_probe import upload_and_job
 
     with tempfile.TemporaryDirectory() as d:
         f = constant_grid_x3p(Path(d) / "zeros.x3p", a.size, a.size)
-        code = CHILD.format(helpers=str(ROOT / "tests" / "api"), tmp=str(Path(d) / "svc"), file=str(f),
-                            job_limit_gib=a.job_limit_gib)
-        t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-        wall = time.perf_counter() - t
-        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"child failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
-        res = json.loads(line[7:])
-        res.update(file_bytes=f.stat().st_size, grid=f"{a.size}x{a.size}", child_wall_s=wall, label=a.label)
+        res = upload_and_job(f, d, name="zeros.x3p", job_limit_gib=a.job_limit_gib)
+        res.update(file_bytes=f.stat().st_size, grid=f"{a.size}x{a.size}", label=a.label)
     print(f"{'case':<28}{'status':>8}{'seconds':>10}{'peak RSS MiB':>14}")
     print(f"{'upload ' + res['grid']:<28}{res['upload_status']:>8}{res['upload_s']:>10.2f}"
           f"{res['upload_peak_rss_mib']:>14.0f}")
