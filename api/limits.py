@@ -1,7 +1,9 @@
 """What the service agrees to work on: an upload's work is bounded by what its job will need.
 
-A correlation job holds several float64 copies of the scan grid at its peak (segmentation, levelling,
-filters, resampling; measured 13.6 on a raw Fadul scan at 3.125 um, 109 bytes per point), and it
+A correlation job holds several float64 copies of the scan grid at its peak (reading, segmentation,
+resampling; ``benchmarks/bench_fine_scan_job.py``, address space above the idle worker on a raw Fadul scan
+resampled finer: 5.5 copies at 24 M points, 7.5 at 6 M, where fixed costs weigh more; 15-17 before the
+breech-face kind test and the firing-pin extraction stopped working at the scan's own spacing), and it
 resamples to :data:`JOB_SPACING_UM`, so a coarse grid is *enlarged* first. The memory a job needs is
 
     need = max(points in the file, points at JOB_SPACING_UM) x 8 bytes x ``job_working_copies``
