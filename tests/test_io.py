@@ -200,11 +200,41 @@ def test_mask_png_noted_not_applied(tmp_path):
     assert np.all(np.isfinite(s.heights))
 
 
-def test_non_square_pixels_rejected(tmp_path):
-    z = np.zeros((2, 2), "<f8")
-    p = _make_x3p(tmp_path / "ns.x3p", z.tobytes(), 2, 2, inc_x="1e-06", inc_y="2e-06")
-    with pytest.raises(X3PFormatError, match="resample"):
+def test_non_square_pixels_are_resampled_to_square_ones(tmp_path):
+    # a 3 x 4 grid, x increment 1 um, y increment 2 um: rows every 2 um become rows every 1 um
+    z = np.array([[0.0, 1.0, 2.0, 3.0],
+                  [10.0, 11.0, np.nan, 13.0],
+                  [20.0, 21.0, 22.0, 23.0]])
+    raw = (z * 1e-6).astype("<f8")
+    p = _make_x3p(tmp_path / "ns.x3p", raw.tobytes(), 4, 3, inc_x="1e-06", inc_y="2e-06")
+    s = read_x3p(p)
+    assert s.spacing_um == pytest.approx(1.0)
+    assert s.shape == (6, 4)                                   # the same 6 x 4 um area on 1 um pixels
+    assert s.meta["resampled_to_square"] is True and s.meta["grid_in_file"] == (3, 4)
+    assert (s.meta["spacing_x_um"], s.meta["spacing_y_um"]) == (pytest.approx(1.0), pytest.approx(2.0))
+    h = s.heights
+    # columns are untouched; along y, bilinear between the rows (pixel centres at 0.5, 1.5, ... um vs 1, 3, 5)
+    np.testing.assert_allclose(h[:, 0], [0.0, 2.5, 7.5, 12.5, 17.5, 20.0], atol=1e-9)
+    np.testing.assert_allclose(h[:, 3], [3.0, 5.5, 10.5, 15.5, 20.5, 23.0], atol=1e-9)
+    assert np.isnan(h[2, 2]) and np.isnan(h[3, 2])            # the missing point's neighbours weigh < half
+    # x the coarse axis this time, and pixels within 1 % of square are read as they are
+    p2 = _make_x3p(tmp_path / "ns2.x3p", raw.tobytes(), 4, 3, inc_x="3e-06", inc_y="1e-06")
+    assert read_x3p(p2).shape == (3, 12) and read_x3p(p2).spacing_um == pytest.approx(1.0)
+    p3 = _make_x3p(tmp_path / "sq.x3p", raw.tobytes(), 4, 3, inc_x="1e-06", inc_y="1.005e-06")
+    s3 = read_x3p(p3)
+    assert s3.shape == (3, 4) and s3.meta["resampled_to_square"] is False
+    np.testing.assert_array_equal(s3.heights, z)
+
+
+def test_implausible_or_oversize_non_square_pixels_are_refused(tmp_path):
+    raw = np.zeros((3, 4), "<f8")
+    p = _make_x3p(tmp_path / "ns.x3p", raw.tobytes(), 4, 3, inc_x="1e-06", inc_y="5e-06")
+    with pytest.raises(X3PFormatError, match="increments"):
         read_x3p(p)
+    p2 = _make_x3p(tmp_path / "ns2.x3p", raw.tobytes(), 4, 3, inc_x="1e-06", inc_y="3e-06")
+    with pytest.raises(X3PLimitError, match="square pixels") as e:
+        read_x3p(p2, max_points=20)                           # 12 points in the file, 36 once square
+    assert e.value.value == 36
 
 
 # --------------------------------------------------------------------------- malformed x3p

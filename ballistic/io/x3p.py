@@ -65,6 +65,8 @@ _MAX_XML_BYTES = 16 * 1024 * 1024
 #: ... unless main.xml carries the points itself (an inline ``Record3/DataList``, ~10-30 bytes a point).
 _MAX_DATALIST_XML_BYTES = 256 * 1024 * 1024
 _MAX_HEX_BYTES = 4096
+#: longest pixel side over shortest that the reader resamples to square; beyond it the header is wrong
+_MAX_PIXEL_ASPECT = 4.0
 #: The compression-ratio check only applies to members at least this big (declared).
 _RATIO_CHECK_MIN_BYTES = 1024 * 1024
 
@@ -134,7 +136,8 @@ def read_x3p(
         ``units_in_file`` ("m" or "um"), ``instrument``, ``manufacturer``, ``model``,
         ``units_decided_by`` ("x increment" or "caller"), ``creator``, ``comment``, ``date``,
         ``dtype_in_file`` (e.g. "float64"),
-        ``spacing_x_um``, ``spacing_y_um``, ``has_mask_png``, ``md5_verified``, ``origin``,
+        ``spacing_x_um``, ``spacing_y_um`` (as in the file), ``resampled_to_square`` and ``grid_in_file``
+        (see Notes), ``has_mask_png``, ``md5_verified``, ``origin``,
         ``point_storage`` ("binary" or "xml-datalist"), ``valid_points_map`` (a ValidPointsLink
         was applied), ``invalid_points`` (how many points it marked invalid) and ``sentinel_points``
         (how many stored values were no-data sentinels, see Notes).
@@ -143,8 +146,8 @@ def read_x3p(
     ------
     X3PFormatError
         Not a zip, truncated or corrupt zip, malformed XML, no ``main.xml``, no point
-        data member, unsupported data type/axis type/layer count, non-square pixels,
-        or a data member whose size does not match the declared grid.
+        data member, unsupported data type/axis type/layer count, pixels more than 4 times longer
+        than wide, or a data member whose size does not match the declared grid.
     X3PChecksumError
         A declared MD5 does not match (only with ``verify_md5=True``).
     X3PLimitError
@@ -161,6 +164,12 @@ def read_x3p(
     micrometres already. The point data layout is x fastest, so the grid is read
     row-major with shape (SizeY, SizeX); row 0 is the first line in the file.
     A ``mask.png`` member is noted in ``meta["has_mask_png"]`` but not applied.
+    Pixels whose x and y increments differ by more than 1 % (some scanners sample their axes
+    differently) are resampled to square pixels of the finer increment, bilinear along the coarser
+    axis and mask-aware (:func:`ballistic.preprocess.filters.resample_grid`), so that the rest of
+    the library can rely on one spacing; ``meta["resampled_to_square"]`` says so and
+    ``meta["grid_in_file"]`` keeps the original (SizeY, SizeX). Within 1 % the x increment is the
+    spacing, as before.
 
     Points may be stored in a binary member (``Record3/DataLink/PointDataLink``) or inline in
     main.xml (``Record3/DataList``, one ``<Datum>`` a point, an empty one = missing; such a
@@ -257,12 +266,25 @@ def _read_x3p_fileobj(
         scale = _UNIT_TO_UM[in_file]
         spacing_x = _clean(inc_x * scale)
         spacing_y = _clean(inc_y * scale)
-        if abs(spacing_x - spacing_y) > 0.01 * max(spacing_x, spacing_y):
-            raise X3PFormatError(
-                f"{label} has non-square pixels (x increment {spacing_x:g} um, y increment {spacing_y:g} um, "
-                "differing by more than 1%); non-square pixels are unsupported - resample the scan to a "
-                "square grid first"
-            )
+        # pixels more than 1 % from square are resampled to square ones of the finer spacing (below)
+        square = abs(spacing_x - spacing_y) <= 0.01 * max(spacing_x, spacing_y)
+        if not square:
+            ratio = max(spacing_x, spacing_y) / min(spacing_x, spacing_y)
+            if ratio > _MAX_PIXEL_ASPECT:
+                raise X3PFormatError(
+                    f"{label} has pixels {ratio:.3g} times longer than wide (x increment {spacing_x:g} um, y "
+                    f"increment {spacing_y:g} um); no areal scanner samples so unevenly - check the increments "
+                    "in main.xml (one axis in another unit?)"
+                )
+            square_points = round(sx * spacing_x / min(spacing_x, spacing_y)) * round(
+                sy * spacing_y / min(spacing_x, spacing_y))
+            if square_points > max_points:
+                raise X3PLimitError(
+                    f"{label} has non-square pixels; on square pixels of {min(spacing_x, spacing_y):g} um its "
+                    f"grid would hold {square_points:.3g} points, which exceeds max_points={max_points:.3g}; pass "
+                    f"max_points={square_points} (or more) if this scan is genuine",
+                    limit="max_points", value=square_points, maximum=max_points, shape=(sy, sx),
+                )
 
         has_mask_png = any(posixpath.basename(n).lower() == "mask.png" for n in by_name)
         dtype = hdr["dtype"]
@@ -319,6 +341,12 @@ def _read_x3p_fileobj(
 
     if scale != 1.0:
         heights *= scale
+    spacing = spacing_x
+    if not square:
+        from ballistic.preprocess.filters import resample_grid
+
+        spacing = min(spacing_x, spacing_y)
+        heights = resample_grid(heights, (spacing_y, spacing_x), spacing_um=spacing)
 
     meta: dict[str, Any] = {
         "kind": "topography3d",
@@ -334,6 +362,10 @@ def _read_x3p_fileobj(
         "dtype_in_file": {"D": "float64", "F": "float32", "L": "int32", "I": "int16"}[hdr["dtype_letter"]],
         "spacing_x_um": spacing_x,
         "spacing_y_um": spacing_y,
+        # pixels more than 1 % from square were resampled to square ones of the finer spacing
+        # (ballistic.preprocess.filters.resample_grid); the grid in the file was (SizeY, SizeX)
+        "resampled_to_square": not square,
+        "grid_in_file": (sy, sx),
         "has_mask_png": has_mask_png,
         "md5_verified": md5_verified,
         # how the points were stored: "binary" (bindata/*.bin) or "xml-datalist" (inline in main.xml);
@@ -349,7 +381,7 @@ def _read_x3p_fileobj(
         # in both orientations, so the comparison searches mirror images (CMCParams.mirror).
         "origin": hdr["origin"],
     }
-    return Surface(heights=heights, spacing_um=spacing_x, meta=meta)
+    return Surface(heights=heights, spacing_um=spacing, meta=meta)
 
 
 def _check_zip_limits(
