@@ -11,6 +11,9 @@ source
     What the readers accept (a path, bytes, a binary file object).
 atomic
     ``atomic_write_bytes``: the one atomic, durable file writer of the library.
+grid
+    ``resample_grid``: heights moved to another grid, mask-aware (the one masked resize: square
+    pixels for the x3p reader, new spacings for ``preprocess.filters.resample``).
 csv
     ``write_rows_csv`` / ``csv_text``: the one CSV writer of the project (benchmark tables, the
     service's i2 export), formula-safe (OWASP CSV injection), numbers kept numeric.

@@ -166,7 +166,7 @@ def read_x3p(
     A ``mask.png`` member is noted in ``meta["has_mask_png"]`` but not applied.
     Pixels whose x and y increments differ by more than 1 % (some scanners sample their axes
     differently) are resampled to square pixels of the finer increment, bilinear along the coarser
-    axis and mask-aware (:func:`ballistic.preprocess.filters.resample_grid`), so that the rest of
+    axis and mask-aware (:func:`ballistic.io.grid.resample_grid`), so that the rest of
     the library can rely on one spacing; ``meta["resampled_to_square"]`` says so and
     ``meta["grid_in_file"]`` keeps the original (SizeY, SizeX). Within 1 % the x increment is the
     spacing, as before.
@@ -343,7 +343,7 @@ def _read_x3p_fileobj(
         heights *= scale
     spacing = spacing_x
     if not square:
-        from ballistic.preprocess.filters import resample_grid
+        from ballistic.io.grid import resample_grid
 
         spacing = min(spacing_x, spacing_y)
         heights = resample_grid(heights, (spacing_y, spacing_x), spacing_um=spacing)

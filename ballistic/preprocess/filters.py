@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numba as nb
 import numpy as np
 import scipy.ndimage as ndi
 
 from ballistic.errors import PreprocessError
+from ballistic.io.grid import resample_grid
 from ballistic.surface import Surface
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "resample",
     "rotate",
     "crop_to_mask",
-    "resample_grid",
 ]
 
 _NB = dict(nogil=True, cache=True, fastmath=False)
@@ -187,64 +186,17 @@ def resample(surface: Surface, *, spacing_um: float, min_valid: float = 0.5) -> 
 
     Downsampling averages the valid points falling in each new pixel (area
     interpolation of ``z m`` divided by that of ``m``); upsampling is bilinear.
-    A new pixel is NaN when less than ``min_valid`` of its footprint was measured.
+    A new pixel is NaN when less than ``min_valid`` of its footprint was measured
+    (:func:`ballistic.io.grid.resample_grid`, which also squares non-square pixels).
     """
     if not spacing_um > 0:
         raise ValueError(f"spacing_um must be > 0 um, got {spacing_um!r}")
     f = surface.spacing_um / spacing_um
     if abs(f - 1.0) < 1e-6:
         return surface
-    ny, nx = surface.shape
-    out = _resize_masked(surface.heights, surface.mask, (max(1, int(round(ny * f))), max(1, int(round(nx * f)))),
-                         cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR, min_valid)
+    s = surface.spacing_um
+    out = resample_grid(surface.heights, (s, s), spacing_um=spacing_um, min_valid=min_valid)
     return surface.with_heights(out, spacing_um=spacing_um)
-
-
-def resample_grid(heights: np.ndarray, spacing_yx_um: tuple[float, float], *, spacing_um: float,
-                  min_valid: float = 0.5) -> np.ndarray:
-    """Heights on a grid of (row, column) spacing ``spacing_yx_um`` resampled to square pixels of ``spacing_um``.
-
-    What :func:`resample` does for a surface, for a grid whose two axes have different spacings
-    (a scanner with non-square pixels): area average along an axis that shrinks (both shrink), bilinear
-    where one grows; mask-aware as :func:`resample`.
-
-    Parameters
-    ----------
-    heights : ndarray, shape (ny, nx)
-        Heights (um), NaN = missing; not changed.
-    spacing_yx_um : (float, float)
-        Spacing of the rows (y) and of the columns (x), um.
-    spacing_um : float, keyword-only
-        Spacing of the output's square pixels, um.
-    min_valid : float, keyword-only
-        An output pixel is NaN when less than this fraction of its footprint was measured.
-
-    Returns
-    -------
-    ndarray of float64, shape (round(ny sy / s), round(nx sx / s))
-    """
-    sy, sx = (float(v) for v in spacing_yx_um)
-    if not (sy > 0 and sx > 0 and spacing_um > 0):
-        raise ValueError(f"spacings must be > 0 um, got {spacing_yx_um!r} -> {spacing_um!r}")
-    h = np.asarray(heights, dtype=np.float64)
-    fy, fx = sy / spacing_um, sx / spacing_um
-    shape = (max(1, int(round(h.shape[0] * fy))), max(1, int(round(h.shape[1] * fx))))
-    return _resize_masked(h, np.isfinite(h), shape, cv2.INTER_AREA if max(fy, fx) <= 1 else cv2.INTER_LINEAR,
-                          min_valid)
-
-
-def _resize_masked(z: np.ndarray, mask: np.ndarray, shape: tuple[int, int], interp: int,
-                   min_valid: float) -> np.ndarray:
-    """``z`` (NaN where ``mask`` is False) resized to ``shape`` (rows, cols) by ``interp``: the resized ``z m``
-    over the resized ``m``, NaN where that is below ``min_valid``."""
-    m = mask.astype(np.float32)
-    z0 = np.where(mask, z, 0.0)
-    new = (int(shape[1]), int(shape[0]))                 # cv2 takes (width, height)
-    zm = cv2.resize(z0 * m, new, interpolation=interp)
-    mm = cv2.resize(m, new, interpolation=interp)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(mm >= min_valid, zm / mm, np.nan)
-    return out.astype(np.float64)
 
 
 def rotate(surface: Surface, angle_deg: float, *, expand: bool = True) -> Surface:
