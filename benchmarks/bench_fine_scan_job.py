@@ -64,10 +64,11 @@ def main() -> None:
             write_x3p(s, f, dtype="float32")
             points = int(s.heights.size)
             del s
+            file_mib = f.stat().st_size / 2**20
             res = upload_and_job(f, d, name=f.name, job_limit_gib=a.job_limit_gib)
         grid_mib = points * 8 / 2**20
-        res.update(factor=factor, spacing_um=src.spacing_um / factor, points=points, file_mib=f.stat().st_size / 2**20
-                   if f.exists() else None, grid_float64_mib=grid_mib)
+        res.update(factor=factor, spacing_um=src.spacing_um / factor, points=points, file_mib=file_mib,
+                   grid_float64_mib=grid_mib)
         if "job_peak_rss_mib" in res:
             res["job_peak_copies_above_idle"] = (res["job_peak_rss_mib"] - res["rss_before_mib"]) / grid_mib
         if res.get("job_peak_vm_mib") is not None and res.get("vm_before_mib") is not None:
