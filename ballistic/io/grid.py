@@ -14,9 +14,10 @@ def resample_grid(heights: np.ndarray, spacing_yx_um: tuple[float, float], *, sp
                   min_valid: float = 0.5) -> np.ndarray:
     """Heights on a grid of (row, column) spacing ``spacing_yx_um`` resampled to square pixels of ``spacing_um``.
 
-    Where both axes shrink, each new pixel averages the measured points under it (area interpolation of
-    ``z m`` divided by that of the mask ``m``); where an axis grows, bilinear. A new pixel is NaN when less
-    than ``min_valid`` of its footprint was measured.
+    When neither axis grows, each new pixel averages the measured points under it (area interpolation of
+    ``z m`` divided by that of the mask ``m``); when either grows, both are bilinear (the reader's square
+    pixels keep the finer axis as it is and interpolate the coarser). A new pixel is NaN when less than
+    ``min_valid`` of its footprint was measured.
 
     Parameters
     ----------
