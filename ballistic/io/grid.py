@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["resample_grid"]
+__all__ = ["resample_grid", "resampled_shape"]
+
+
+def resampled_shape(shape: tuple[int, int], spacing_yx_um: tuple[float, float], *,
+                    spacing_um: float) -> tuple[int, int]:
+    """(rows, columns) of :func:`resample_grid`'s output for a grid of ``shape``: each side times its spacing
+    over ``spacing_um``, rounded, at least 1 (what a reader checks against its size limit before reading)."""
+    sy, sx = (float(v) for v in spacing_yx_um)
+    fy, fx = sy / spacing_um, sx / spacing_um                 # factor first: resample's rounding, as before
+    return max(1, int(round(shape[0] * fy))), max(1, int(round(shape[1] * fx)))
 
 
 def resample_grid(heights: np.ndarray, spacing_yx_um: tuple[float, float], *, spacing_um: float,
@@ -45,9 +54,9 @@ def resample_grid(heights: np.ndarray, spacing_yx_um: tuple[float, float], *, sp
     if not (sy > 0 and sx > 0 and spacing_um > 0):
         raise ValueError(f"spacings must be > 0 um, got {spacing_yx_um!r} -> {spacing_um!r}")
     h = np.asarray(heights, dtype=np.float64)
-    fy, fx = sy / spacing_um, sx / spacing_um
-    new = (max(1, int(round(h.shape[1] * fx))), max(1, int(round(h.shape[0] * fy))))     # cv2: (width, height)
-    interp = cv2.INTER_AREA if max(fy, fx) < 1 else cv2.INTER_LINEAR
+    ny, nx = resampled_shape(h.shape, (sy, sx), spacing_um=spacing_um)
+    new = (nx, ny)                                                   # cv2 takes (width, height)
+    interp = cv2.INTER_AREA if max(sy / spacing_um, sx / spacing_um) < 1 else cv2.INTER_LINEAR
     mask = ~np.isnan(h)
     m = mask.astype(np.float32)
     z = np.where(mask, h, 0.0)

@@ -23,6 +23,7 @@ import datetime as _dt
 import hashlib
 import io
 import lzma
+import math
 import posixpath
 import re
 import struct
@@ -276,8 +277,10 @@ def _read_x3p_fileobj(
                     f"increment {spacing_y:g} um); no areal scanner samples so unevenly - check the increments "
                     "in main.xml (one axis in another unit?)"
                 )
-            square_points = round(sx * spacing_x / min(spacing_x, spacing_y)) * round(
-                sy * spacing_y / min(spacing_x, spacing_y))
+            from ballistic.io.grid import resampled_shape
+
+            square_points = math.prod(resampled_shape((sy, sx), (spacing_y, spacing_x),
+                                                      spacing_um=min(spacing_x, spacing_y)))
             if square_points > max_points:
                 raise X3PLimitError(
                     f"{label} has non-square pixels; on square pixels of {min(spacing_x, spacing_y):g} um its "
