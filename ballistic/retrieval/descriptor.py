@@ -51,6 +51,8 @@ __all__ = [
     "annulus_centre",
     "fit_circle",
     "breech_face_descriptor",
+    "ring_spectra",
+    "radial_bands",
     "DescriptorModel",
     "PolarFFTDescriptor",
     "PCAWhitener",
@@ -135,6 +137,76 @@ def fit_circle(points: np.ndarray, *, iterations: int = 10) -> tuple[float, floa
     return float(cy), float(cx), float(r)
 
 
+def ring_spectra(surface: Surface, *, spacing_um: float = 25.0, n_theta: int = _N_THETA,
+                 r_max_um: float = _R_MAX_UM) -> tuple[np.ndarray, np.ndarray]:
+    """Angular spectra of the rings of a breech face about its annulus centre (:func:`annulus_centre`).
+
+    The surface is resampled to ``spacing_um`` (when finer), then sampled in polar coordinates: rings every
+    pixel from the centre out to ``r_max_um``, ``n_theta`` angles counter-clockwise as displayed (row 0 on
+    top), bilinear and mask-aware; each ring minus its mean, missing points 0. A rotation of the surface about
+    the centre by ``a`` multiplies harmonic ``m`` by ``exp(-i m a)``; its mirror image (rows reversed)
+    conjugates every harmonic.
+
+    Parameters
+    ----------
+    surface : Surface
+        Preprocessed breech face (heights um, NaN outside), any orientation.
+    spacing_um, n_theta, r_max_um : keyword-only
+        As :func:`breech_face_descriptor`.
+
+    Returns
+    -------
+    spec : ndarray of complex, shape (n_rings, n_theta // 2 + 1)
+        ``numpy.fft.rfft`` of each ring (ring ``j`` at radius ``(j + 0.5)`` pixels of the working spacing).
+    counts : ndarray of int, shape (n_rings,)
+        Measured samples of each ring.
+
+    Raises
+    ------
+    DescriptorError
+        Fewer than 64 measured points at the working spacing.
+    """
+    s = resample(surface, spacing_um=max(spacing_um, surface.spacing_um)) if surface.spacing_um < spacing_um \
+        else surface
+    m = s.mask
+    if m.sum() < 64:
+        raise DescriptorError(f"breech-face descriptor: only {int(m.sum())} valid points at {s.spacing_um} um; "
+                              "is this a preprocessed breech face (preprocess_cartridge)?")
+    cy, cx, _ = annulus_centre(s)
+    n_r = int(math.ceil(r_max_um / s.spacing_um))
+    radii = np.arange(n_r) + 0.5  # ring radii, pixels (one ring per pixel of spacing)
+    theta = np.arange(n_theta) * (2.0 * math.pi / n_theta)
+    map_x = (cx + radii[:, None] * np.cos(theta)[None, :]).astype(np.float32)
+    map_y = (cy - radii[:, None] * np.sin(theta)[None, :]).astype(np.float32)
+    z0 = np.where(m, s.heights, 0.0).astype(np.float32)
+    mf = m.astype(np.float32)
+    zp = cv2.remap(z0, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    mp = cv2.remap(mf, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    ok = mp > 0.5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zp = np.where(ok, zp / np.where(ok, mp, 1.0), 0.0)
+    cnt = ok.sum(axis=1)
+    mean = np.where(cnt > 0, zp.sum(axis=1) / np.maximum(cnt, 1), 0.0)
+    zp = np.where(ok, zp - mean[:, None], 0.0)
+    return np.fft.rfft(zp, axis=1), cnt
+
+
+def radial_bands(counts: np.ndarray, *, n_bands: int, n_theta: int) -> tuple[np.ndarray, np.ndarray]:
+    """Band of each ring (``n_bands`` equal runs of rings from the centre) and each band's measured fraction.
+
+    Returns
+    -------
+    band_of : ndarray of int, shape (n_rings,)
+    measured : ndarray of float, shape (n_bands,)
+        Fraction of the band's polar samples that were measured.
+    """
+    n_r = len(counts)
+    band_of = np.minimum((np.arange(n_r) * n_bands) // n_r, n_bands - 1)
+    measured = np.bincount(band_of, weights=counts, minlength=n_bands) / \
+        (np.bincount(band_of, minlength=n_bands) * n_theta)
+    return band_of, measured
+
+
 def breech_face_descriptor(surface: Surface, *, spacing_um: float = 25.0, n_bands: int = _N_BANDS,
                            n_harmonics: int = _N_HARMONICS, n_theta: int = _N_THETA,
                            r_max_um: float = _R_MAX_UM, min_valid: float = 0.1,
@@ -180,35 +252,11 @@ def breech_face_descriptor(surface: Surface, *, spacing_um: float = 25.0, n_band
         raise DescriptorError(f"n_harmonics must be in [1, n_theta/2), got {n_harmonics} with n_theta={n_theta}")
     if n_bands < 1:
         raise DescriptorError(f"n_bands must be >= 1, got {n_bands}")
-    s = resample(surface, spacing_um=max(spacing_um, surface.spacing_um)) if surface.spacing_um < spacing_um \
-        else surface
-    m = s.mask
-    if m.sum() < 64:
-        raise DescriptorError(f"breech_face_descriptor: only {int(m.sum())} valid points at {s.spacing_um} um; "
-                              "is this a preprocessed breech face (preprocess_cartridge)?")
-    cy, cx, _ = annulus_centre(s)
-    sp = s.spacing_um
-    n_r = int(math.ceil(r_max_um / sp))
-    radii = np.arange(n_r) + 0.5  # ring radii, pixels (one ring per pixel of spacing)
-    theta = np.arange(n_theta) * (2.0 * math.pi / n_theta)
-    map_x = (cx + radii[:, None] * np.cos(theta)[None, :]).astype(np.float32)
-    map_y = (cy - radii[:, None] * np.sin(theta)[None, :]).astype(np.float32)
-    z0 = np.where(m, s.heights, 0.0).astype(np.float32)
-    mf = m.astype(np.float32)
-    zp = cv2.remap(z0, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    mp = cv2.remap(mf, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    ok = mp > 0.5
-    with np.errstate(invalid="ignore", divide="ignore"):
-        zp = np.where(ok, zp / np.where(ok, mp, 1.0), 0.0)
-    cnt = ok.sum(axis=1)
-    mean = np.where(cnt > 0, zp.sum(axis=1) / np.maximum(cnt, 1), 0.0)
-    zp = np.where(ok, zp - mean[:, None], 0.0)
-    spec = np.fft.rfft(zp, axis=1)[:, 1:n_harmonics + 1]
-    power = (spec.real ** 2 + spec.imag ** 2).astype(np.float64)      # (n_r, K)
-    band_of = np.minimum((np.arange(n_r) * n_bands) // n_r, n_bands - 1)
+    spec, cnt = ring_spectra(surface, spacing_um=spacing_um, n_theta=n_theta, r_max_um=r_max_um)
+    power = (spec.real[:, 1:n_harmonics + 1] ** 2 + spec.imag[:, 1:n_harmonics + 1] ** 2).astype(np.float64)
+    band_of, bvalid = radial_bands(cnt, n_bands=n_bands, n_theta=n_theta)
     bp = np.zeros((n_bands, n_harmonics))
     np.add.at(bp, band_of, power)
-    bvalid = np.bincount(band_of, weights=cnt, minlength=n_bands) / (np.bincount(band_of, minlength=n_bands) * n_theta)
     amp = np.sqrt(bp)
     norms = np.linalg.norm(amp, axis=1)
     use = (bvalid >= min_valid) & (norms > 0)
