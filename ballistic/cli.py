@@ -115,7 +115,7 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                     whiten_dim: int = 128, workers: int = 2, seed: int = 0,
                     cache: Optional[Path] = typer.Option(None, help="distractor descriptor cache folder"),
                     descriptor: str = typer.Option("learned,polar", help="descriptors benchmarked side by side "
-                                                   "(comma-separated registry names: learned, polar)"),
+                                                   "(comma-separated registry names: learned, polar, phase)"),
                     fold_models: Optional[Path] = typer.Option(
                         None, help="folder of the learned descriptor's cross-validation weights (python -m "
                         "models.train --folds DIR): each query is described by the model that never saw its "

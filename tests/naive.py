@@ -175,3 +175,22 @@ def masked_ncc(fixed, moving, min_overlap, shifts=None, centred=True):
                 elif np.any(x != 0) and np.any(y != 0):
                     ncc[i, j] = float(np.sum(x * y) / math.sqrt(np.sum(x * x) * np.sum(y * y)))
     return ncc, cnt
+
+
+def rotation_similarity(query, candidates, mirror, n_angles):
+    """Twin of :func:`ballistic.retrieval.polar_phase.rotation_similarity`: every candidate turned by each
+    angle (harmonic m times exp(-i m a)), and mirrored (conjugated), scored by the real inner product in a loop."""
+    Q = np.asarray(query)
+    m = np.arange(1, Q.shape[1] + 1)
+    out = []
+    for C in np.asarray(candidates):
+        best = (-np.inf, 0.0, False)
+        for flip in ((False, True) if mirror else (False,)):
+            D = np.conj(C) if flip else C
+            for k in range(n_angles):
+                a = 2 * np.pi * k / n_angles
+                v = float(np.real(np.sum(Q * np.conj(D * np.exp(-1j * m * a)[None, :]))))
+                if v > best[0] + 1e-12:
+                    best = (v, 360.0 * k / n_angles, flip)
+        out.append(best)
+    return out

@@ -1,6 +1,8 @@
 """Which breech-face descriptor every tool uses: a registry of :class:`DescriptorModel` factories by name.
 
-* ``"polar"`` is built in (:class:`~ballistic.retrieval.descriptor.PolarFFTDescriptor`, "bf-polar-fft/2");
+* ``"polar"`` is built in (:class:`~ballistic.retrieval.descriptor.PolarFFTDescriptor`, "bf-polar-fft/2"), and
+  ``"phase"`` (:class:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor`, "bf-polar-phase/1": the same
+  polar harmonics with their phases, the rotation searched by query expansion);
 * other packages register more through the entry-point group :data:`DESCRIPTOR_GROUP`
   (``name = "module:factory"``; the factory, called without arguments, returns a descriptor). The learned
   embedding of ``models/`` registers ``learned`` there, so this library never imports ``models`` or torch:
@@ -28,6 +30,7 @@ import threading
 
 from ballistic.errors import DescriptorError
 from ballistic.retrieval.descriptor import DescriptorModel, PolarFFTDescriptor
+from ballistic.retrieval.polar_phase import PolarPhaseDescriptor
 
 __all__ = ["DESCRIPTOR_GROUP", "DESCRIPTOR_ENV", "DEFAULT_DESCRIPTOR", "available_descriptors", "load_descriptor",
            "default_descriptor"]
@@ -38,6 +41,8 @@ DESCRIPTOR_GROUP = "ballistic.descriptors"
 DESCRIPTOR_ENV = "BALLISTIC_DESCRIPTOR"
 #: The descriptor used when :data:`DESCRIPTOR_ENV` is not set (see the module notes for why).
 DEFAULT_DESCRIPTOR = "polar"
+#: Descriptors of this library itself (no entry point needed).
+_BUILT_IN = {"polar": PolarFFTDescriptor, "phase": PolarPhaseDescriptor}
 
 _log = logging.getLogger(__name__)
 _loaded: dict[str, DescriptorModel] = {}
@@ -51,12 +56,13 @@ def _entry_points() -> dict:
 
 
 def available_descriptors() -> list[str]:
-    """Names :func:`load_descriptor` accepts: ``"polar"`` (built in) and every registered entry point.
+    """Names :func:`load_descriptor` accepts: ``"polar"`` and ``"phase"`` (built in) and every registered entry
+    point.
 
     Registered is not loadable: ``"learned"`` is listed when ``models/`` is installed, even if torch or the
     weights are missing (:func:`load_descriptor` then says why).
     """
-    return sorted({"polar", *_entry_points()})
+    return sorted({*_BUILT_IN, *_entry_points()})
 
 
 def load_descriptor(name: str, **options) -> DescriptorModel:
@@ -65,10 +71,11 @@ def load_descriptor(name: str, **options) -> DescriptorModel:
     Parameters
     ----------
     name : str
-        ``"polar"`` or a name registered in :data:`DESCRIPTOR_GROUP` (e.g. ``"learned"``).
+        ``"polar"``, ``"phase"`` or a name registered in :data:`DESCRIPTOR_GROUP` (e.g. ``"learned"``).
     **options
-        Passed to the registered factory (e.g. ``weights=`` of the learned descriptor) or to
-        :class:`~ballistic.retrieval.descriptor.PolarFFTDescriptor`.
+        Passed to the registered factory (e.g. ``weights=`` of the learned descriptor) or to the built-in
+        class (:class:`~ballistic.retrieval.descriptor.PolarFFTDescriptor`,
+        :class:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor`).
 
     Raises
     ------
@@ -80,8 +87,8 @@ def load_descriptor(name: str, **options) -> DescriptorModel:
     with _lock:
         if name in _loaded and not options:
             return _loaded[name]
-    if name == "polar":
-        d: DescriptorModel = PolarFFTDescriptor(**options)
+    if name in _BUILT_IN:
+        d: DescriptorModel = _BUILT_IN[name](**options)
     else:
         eps = _entry_points()
         if name not in eps:
@@ -112,11 +119,11 @@ def default_descriptor(name: str | None = None) -> DescriptorModel:
     Raises
     ------
     DescriptorError
-        The name asked for is neither ``"polar"`` nor registered.
+        The name asked for is neither built in nor registered.
     """
     want = (name or "").strip() or os.environ.get(DESCRIPTOR_ENV, "").strip() or DEFAULT_DESCRIPTOR
-    if want == "polar":
-        return load_descriptor("polar")
+    if want in _BUILT_IN:
+        return load_descriptor(want)
     if want not in _entry_points():
         raise DescriptorError(f"descriptor {want!r} (argument or {DESCRIPTOR_ENV}) is unknown; available: "
                               f"{', '.join(available_descriptors())}")

@@ -18,7 +18,10 @@ correlation service (:mod:`api.jobs.correlate`) all call it; they differ only in
 A query is searched in stages:
 
 1. **descriptor** - the query's descriptor (optionally PCA-whitened) searched in the index: top ``k``
-   candidates (cheap, millions of entries per second);
+   candidates (cheap, millions of entries per second). A descriptor that searches rotations by query
+   expansion (``query_vectors``, e.g. :class:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor`) sends
+   all its copies in one batch and each candidate keeps its best score (:func:`index_queries`,
+   :func:`best_per_id`);
 1b. **screen** (``screen_k > 0``) - the same registration as stage 2 at 100 um
    every 4 degrees, the mirror image too (on stored coarse thumbnails), keeps the
    best ``screen_k`` of the ``k``;
@@ -70,9 +73,44 @@ from ballistic.retrieval.record import partition_state_id, whitener_id
 from ballistic.surface import Surface
 
 __all__ = ["RetrievalParams", "Candidate", "RetrievalResult", "RotationPrior", "rotation_prior_scores",
-           "PairComparison", "CMCComparison", "Retriever"]
+           "PairComparison", "CMCComparison", "Retriever", "index_queries", "best_per_id"]
 
 Fetch = Callable[..., "Surface | PreparedSurface"]
+
+
+def index_queries(descriptor, vector: np.ndarray) -> np.ndarray:
+    """The rows a query sends to the index, float32 shape (n, dim): the vector itself, or the copies of a
+    descriptor that searches rotations by query expansion (``descriptor.query_vectors``)."""
+    v = np.asarray(vector, dtype=np.float32)
+    expand = getattr(descriptor, "query_vectors", None)
+    if expand is not None and v.ndim == 1:
+        return np.asarray(expand(v), dtype=np.float32)
+    return v[None, :] if v.ndim == 1 else v
+
+
+def best_per_id(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge an index's answers to several rows of one query: each id once, with its best score, best first.
+
+    Parameters
+    ----------
+    ids, scores : ndarray, shape (n_rows, k)
+        As an index search returns them (id -1 = no result).
+
+    Returns
+    -------
+    ids : ndarray of int64, shape (n,)
+    scores : ndarray of float32, shape (n,)
+        Sorted by score, highest first (ties by id).
+    """
+    i = np.asarray(ids, dtype=np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float32).ravel()
+    ok = i >= 0
+    i, s = i[ok], s[ok]
+    order = np.lexsort((i, -s))
+    i, s = i[order], s[order]
+    _, first = np.unique(i, return_index=True)
+    first.sort()
+    return i[first], s[first]
 
 
 @dataclass(frozen=True)
@@ -481,6 +519,9 @@ class Retriever:
         self.whitener = whitener
         self.params = params or RetrievalParams()
         self.compare = compare
+        if whitener is not None and hasattr(self.descriptor, "query_vectors"):
+            raise ValueError(f"{self.descriptor.name} searches rotations by query expansion; its vectors cannot "
+                             "be whitened (index it raw)")
         dim = whitener.out_dim if whitener is not None else self.descriptor.dim
         if dim != index.dim:
             raise ValueError(f"index holds {index.dim}-d vectors but the descriptor{' + whitener' if whitener else ''} "
@@ -562,11 +603,10 @@ class Retriever:
             vector = self.describe(surface)
         sec["descriptor"] = time.perf_counter() - t0
         t = time.perf_counter()
-        Q = np.asarray(vector, dtype=np.float32)
-        found = self.index.query(Q[None, :] if Q.ndim == 1 else Q, p.k + len(excl), partition=partition,
+        found = self.index.query(index_queries(self.descriptor, vector), p.k + len(excl), partition=partition,
                                  members=True)
-        keep = [(int(i), float(s)) for i, s in zip(found.ids[0], found.scores[0])
-                if i >= 0 and int(i) not in excl][:p.k]
+        ids, scores = best_per_id(found.ids, found.scores)
+        keep = [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) not in excl][:p.k]
         sec["index"] = time.perf_counter() - t
         cands = {i: Candidate(i, 0, s) for i, s in keep}
         order = [i for i, _ in keep]

@@ -1,0 +1,213 @@
+"""Rotation-searched polar descriptor of breech faces ("bf-polar-phase/1"): the phases kept, the rotation searched.
+
+The polar-FFT descriptor (:func:`~ballistic.retrieval.descriptor.breech_face_descriptor`) keeps the power of
+each ring's angular harmonics. Power is rotation-invariant, but it discards the phases: where along a ring
+each mark lies, and how the rings line up with one another. Two scans of one breech face share those; two
+breech faces of one make share much of the power. This descriptor keeps the phases and searches the rotation
+instead of discarding it:
+
+1. the same polar sampling about the annulus centre (:func:`~ballistic.retrieval.descriptor.ring_spectra`);
+2. per radial band the *sum* of its rings' complex harmonics ``1..n_harmonics`` (the band's mean profile
+   along the circle, phases kept; a small centre error blurs it less than it blurs single rings), bands with
+   too few measured samples zero, each band scaled to unit norm, the whole to unit norm
+   (:func:`polar_phase_coefficients`);
+3. a rotation of a surface by ``a`` multiplies harmonic ``m`` by ``exp(-i m a)``, its mirror image
+   (rows reversed) conjugates every harmonic, so two scans are compared by the largest real inner product
+   of their coefficients over the rotations and the mirror image (:func:`rotation_similarity`, every
+   ``360 / n_angles`` degrees by one FFT over the harmonics).
+
+In an inner-product index (FAISS) a scan is stored as its coefficients' real and imaginary parts
+(:class:`PolarPhaseDescriptor`, ``dim = 2 n_bands n_harmonics``); a query is expanded into its rotated and
+mirrored copies (:meth:`PolarPhaseDescriptor.query_vectors`) and a candidate's score is the best inner product
+of any copy with it - the same value :func:`rotation_similarity` gives at that angle step.
+:class:`~ballistic.retrieval.search.Retriever` does the expansion for every descriptor that has
+``query_vectors``.
+
+Nothing is fitted: the bands, harmonics and sampling are the polar-FFT descriptor's own. Measured on the real
+sets (``benchmarks/bench_phase_descriptor.py``, ``benchmarks/results/phase_descriptor.json``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ballistic.errors import DescriptorError
+from ballistic.retrieval.descriptor import _N_BANDS, _N_HARMONICS, _N_THETA, _R_MAX_UM, radial_bands, ring_spectra
+from ballistic.surface import Surface
+
+__all__ = ["PHASE_DESCRIPTOR_VERSION", "polar_phase_coefficients", "rotation_similarity", "PolarPhaseDescriptor"]
+
+PHASE_DESCRIPTOR_VERSION = "bf-polar-phase/1"
+
+
+def polar_phase_coefficients(surface: Surface, *, spacing_um: float = 25.0, n_bands: int = _N_BANDS,
+                             n_harmonics: int = _N_HARMONICS, n_theta: int = _N_THETA, r_max_um: float = _R_MAX_UM,
+                             min_valid: float = 0.1) -> np.ndarray:
+    """Complex angular harmonics of each radial band of a breech face, phases kept.
+
+    Parameters
+    ----------
+    surface : Surface
+        Output of :func:`ballistic.cartridge.breech_face.preprocess_cartridge` (heights um, NaN outside the
+        breech face), any orientation.
+    spacing_um, n_bands, n_harmonics, n_theta, r_max_um, min_valid : keyword-only
+        As :func:`~ballistic.retrieval.descriptor.breech_face_descriptor` (the same defaults).
+
+    Returns
+    -------
+    ndarray of complex128, shape (n_bands, n_harmonics)
+        Harmonic ``m = 1..n_harmonics`` of band ``b`` (the sum over its rings); each band with enough measured
+        samples has unit norm, the others are zero; the whole has unit norm.
+
+    Raises
+    ------
+    DescriptorError
+        Bad settings, too few measured points, or no band measured well enough.
+    """
+    if not (spacing_um > 0 and r_max_um > spacing_um):
+        raise DescriptorError(f"need 0 < spacing_um < r_max_um, got spacing_um={spacing_um}, r_max_um={r_max_um}")
+    if not (1 <= n_harmonics < n_theta // 2):
+        raise DescriptorError(f"n_harmonics must be in [1, n_theta/2), got {n_harmonics} with n_theta={n_theta}")
+    if n_bands < 1:
+        raise DescriptorError(f"n_bands must be >= 1, got {n_bands}")
+    spec, cnt = ring_spectra(surface, spacing_um=spacing_um, n_theta=n_theta, r_max_um=r_max_um)
+    band_of, measured = radial_bands(cnt, n_bands=n_bands, n_theta=n_theta)
+    C = np.zeros((n_bands, n_harmonics), dtype=np.complex128)
+    np.add.at(C, band_of, spec[:, 1:n_harmonics + 1])
+    norms = np.linalg.norm(C, axis=1)
+    use = (measured >= min_valid) & (norms > 0)
+    if not use.any():
+        raise DescriptorError("polar_phase_coefficients: no radial band has enough measured points; "
+                              f"raise r_max_um (now {r_max_um} um) or lower min_valid (now {min_valid})",
+                              reason="descriptor_no_band")
+    C[use] /= norms[use, None]
+    C[~use] = 0.0
+    return C / np.linalg.norm(C)
+
+
+def _as_coefficients(x, what: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim < 2 or not np.iscomplexobj(a):
+        raise DescriptorError(f"rotation_similarity: {what} must be complex coefficients of shape (..., n_bands, "
+                              f"n_harmonics) (polar_phase_coefficients), got {a.dtype} {a.shape}")
+    return a
+
+
+def rotation_similarity(query: np.ndarray, candidates: np.ndarray, *, mirror: bool = True,
+                        n_angles: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Largest inner product of two breech faces' coefficients over rotations (and the mirror image).
+
+    ``S(a) = Re sum_b sum_m Q[b, m] conj(C[b, m] exp(-i m a))`` is the inner product of the query with the
+    candidate rotated by ``a`` (counter-clockwise as displayed); it is evaluated at ``a = 360 k / n_angles``
+    degrees by one inverse FFT over the harmonics, and with ``mirror`` for the candidate's mirror image too.
+
+    Parameters
+    ----------
+    query : ndarray of complex, shape (n_bands, n_harmonics)
+        :func:`polar_phase_coefficients` of the query.
+    candidates : ndarray of complex, shape (n, n_bands, n_harmonics) or (n_bands, n_harmonics)
+        The same of each candidate.
+    mirror : bool, keyword-only
+        Also try each candidate's mirror image (x3p exporters disagree on the direction of the y axis).
+    n_angles : int, keyword-only
+        Rotations searched over the circle; must exceed ``n_harmonics``.
+
+    Returns
+    -------
+    score : ndarray of float, shape (n,)
+        The largest ``S`` (in [-1, 1] for unit-norm coefficients).
+    angle_deg : ndarray of float, shape (n,)
+        The rotation of the candidate (degrees, counter-clockwise as displayed, in [0, 360)) that gives it.
+    mirrored : ndarray of bool, shape (n,)
+        True where the candidate's mirror image (rows reversed) scored best.
+    """
+    Q = _as_coefficients(query, "query")
+    C = _as_coefficients(candidates, "candidates")
+    single = C.ndim == 2
+    C = C[None] if single else C
+    if Q.shape != C.shape[1:]:
+        raise DescriptorError(f"rotation_similarity: query {Q.shape} and candidates {C.shape[1:]} differ in "
+                              "(n_bands, n_harmonics); describe both with the same settings")
+    n_h = Q.shape[1]
+    if int(n_angles) <= n_h:
+        raise DescriptorError(f"rotation_similarity: n_angles ({n_angles}) must exceed the harmonics ({n_h})")
+    best, angle, flip = _rotation_max(Q, C, int(n_angles), bool(mirror))
+    if single:
+        return best[:1], angle[:1], flip[:1]
+    return best, angle, flip
+
+
+def _rotation_max(Q: np.ndarray, C: np.ndarray, n_angles: int, mirror: bool):
+    """Per candidate: max over the sampled rotations (and the mirror) of S, its angle and parity."""
+    n_h = Q.shape[1]
+    full = np.zeros((C.shape[0], n_angles), dtype=np.complex128)
+    best = np.full(C.shape[0], -np.inf)
+    angle = np.zeros(C.shape[0])
+    flip = np.zeros(C.shape[0], dtype=bool)
+    for parity in ((False, True) if mirror else (False,)):
+        # the mirror image's coefficients are conj(C): Q conj(conj(C)) = Q C
+        full[:, 1:n_h + 1] = np.einsum("bm,nbm->nm", Q, C if parity else np.conj(C))
+        S = np.fft.ifft(full, axis=1).real * n_angles
+        k = S.argmax(axis=1)
+        v = S[np.arange(len(k)), k]
+        better = v > best
+        best = np.where(better, v, best)
+        angle = np.where(better, k * (360.0 / n_angles), angle)
+        flip = np.where(better, parity, flip)
+    return best, angle, flip
+
+
+class PolarPhaseDescriptor:
+    """:class:`~ballistic.retrieval.descriptor.DescriptorModel` of :func:`polar_phase_coefficients` for an
+    inner-product index, searched over rotations by query expansion.
+
+    ``__call__`` gives the stored vector: the coefficients' real and imaginary parts interleaved, float32,
+    unit norm, ``dim = 2 n_bands n_harmonics`` (1280 with the defaults). Its plain inner product with another
+    is the similarity at one orientation only; :meth:`query_vectors` gives the query's copies rotated every
+    ``360 / n_rotations`` degrees (and mirrored), and the best inner product of any copy with a stored vector
+    is :func:`rotation_similarity` at that step. :class:`~ballistic.retrieval.search.Retriever` searches with
+    the copies and keeps each candidate's best; never index these vectors through a PCA whitener (it would mix
+    the harmonics that the expansion rotates separately).
+    """
+
+    def __init__(self, *, spacing_um: float = 25.0, n_bands: int = _N_BANDS, n_harmonics: int = _N_HARMONICS,
+                 n_theta: int = _N_THETA, r_max_um: float = _R_MAX_UM, min_valid: float = 0.1,
+                 n_rotations: int = 128, mirror: bool = True) -> None:
+        if int(n_rotations) <= n_harmonics:
+            raise DescriptorError(f"n_rotations ({n_rotations}) must exceed n_harmonics ({n_harmonics})")
+        self.kwargs = dict(spacing_um=float(spacing_um), n_bands=int(n_bands), n_harmonics=int(n_harmonics),
+                           n_theta=int(n_theta), r_max_um=float(r_max_um), min_valid=float(min_valid))
+        self.n_rotations = int(n_rotations)
+        self.mirror = bool(mirror)
+        self.dim = 2 * self.kwargs["n_bands"] * self.kwargs["n_harmonics"]
+        opts = "&".join(f"{k}={v:g}" for k, v in sorted(self.kwargs.items()))
+        # the expansion changes the scores, not the stored vectors, but an index names what answered it
+        self.name = f"{PHASE_DESCRIPTOR_VERSION}?{opts}&n_rotations={self.n_rotations}&mirror={int(self.mirror)}"
+
+    def coefficients(self, surface: Surface) -> np.ndarray:
+        """:func:`polar_phase_coefficients` with this descriptor's settings."""
+        return polar_phase_coefficients(surface, **self.kwargs)
+
+    def __call__(self, surface: Surface) -> np.ndarray:
+        C = self.coefficients(surface)
+        return np.stack([C.real, C.imag], axis=-1).astype(np.float32).ravel()
+
+    def query_vectors(self, vector: np.ndarray) -> np.ndarray:
+        """The stored-format ``vector`` rotated every ``360 / n_rotations`` degrees, then (``mirror``) the same
+        for its mirror image: float32, shape (n_rotations or 2 n_rotations, dim).
+
+        Row ``k`` scores a stored candidate rotated by ``360 k / n_rotations`` degrees; row ``n_rotations + k``
+        its mirror image rotated so.
+        """
+        v = np.asarray(vector, dtype=np.float64)
+        if v.shape != (self.dim,):
+            raise DescriptorError(f"query_vectors: expected a ({self.dim},) vector of this descriptor, got {v.shape}")
+        nb, nh = self.kwargs["n_bands"], self.kwargs["n_harmonics"]
+        Q = (v[0::2] + 1j * v[1::2]).reshape(nb, nh)
+        a = np.arange(self.n_rotations) * (2.0 * np.pi / self.n_rotations)
+        # Re sum Q e^{i m a} conj(C) = Re sum Q conj(C e^{-i m a}); the mirror: conj(Q e^{i m a})
+        rot = Q[None] * np.exp(1j * np.outer(a, np.arange(1, nh + 1)))[:, None, :]
+        rows = np.concatenate([rot, np.conj(rot)]) if self.mirror else rot
+        return np.stack([rows.real, rows.imag], axis=-1).reshape(len(rows), self.dim).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"PolarPhaseDescriptor({self.name})"

@@ -1,0 +1,142 @@
+"""Tests of the rotation-searched polar descriptor (:mod:`ballistic.retrieval.polar_phase`)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ballistic.cartridge.synth import fire, synthetic_firearm
+from ballistic.errors import DescriptorError
+from ballistic.preprocess.filters import crop_to_mask, rotate
+from ballistic.retrieval.descriptor import breech_face_descriptor
+from ballistic.retrieval.index import VectorIndex
+from ballistic.retrieval.polar_phase import PolarPhaseDescriptor, polar_phase_coefficients, rotation_similarity
+from ballistic.retrieval.registry import available_descriptors, load_descriptor
+from ballistic.retrieval.search import RetrievalParams, Retriever, best_per_id, index_queries
+from tests import naive
+
+
+def _firing(firearm: int, shot: int):
+    return fire(synthetic_firearm(firearm), shot)
+
+
+def _random_coefficients(rng, n, nb=4, nh=12):
+    C = rng.normal(size=(n, nb, nh)) + 1j * rng.normal(size=(n, nb, nh))
+    C[:, 0] = 0                                     # an unmeasured band
+    return C / np.linalg.norm(C.reshape(n, -1), axis=1)[:, None, None]
+
+
+@pytest.mark.parametrize("mirror", [True, False])
+def test_rotation_similarity_matches_the_loop_twin(mirror):
+    rng = np.random.default_rng(3)
+    C = _random_coefficients(rng, 6)
+    q = C[0] * np.exp(-1j * np.arange(1, 13) * np.radians(45.0))[None, :]     # candidate 0 turned by 45 degrees
+    s, a, f = rotation_similarity(q, C, mirror=mirror, n_angles=32)
+    twin = naive.rotation_similarity(q, C, mirror, 32)
+    np.testing.assert_allclose(s, [t[0] for t in twin], atol=1e-9)
+    np.testing.assert_allclose(a, [t[1] for t in twin])
+    assert list(f) == [t[2] for t in twin]
+    assert a[0] == 45.0 and s[0] == pytest.approx(1.0) and not f[0]
+    # a mirrored candidate is found only when the mirror is searched
+    s2, _, f2 = rotation_similarity(q, np.conj(C[:1]), mirror=mirror, n_angles=32)
+    assert (s2[0] == pytest.approx(1.0) and f2[0]) if mirror else s2[0] < 0.9
+    # one candidate of shape (n_bands, n_harmonics) gives arrays of one
+    assert rotation_similarity(q, C[0], n_angles=32)[0].shape == (1,)
+
+
+def test_query_expansion_inner_products_are_the_sampled_rotation_search():
+    rng = np.random.default_rng(4)
+    d = PolarPhaseDescriptor(n_bands=4, n_harmonics=12, n_rotations=32)
+    C = _random_coefficients(rng, 5)
+    stored = np.stack([np.stack([c.real, c.imag], axis=-1).ravel() for c in C]).astype(np.float32)
+    rows = d.query_vectors(stored[1])
+    assert rows.shape == (64, d.dim) and rows.dtype == np.float32
+    best = (stored @ rows.T).max(axis=1)
+    s, _, _ = rotation_similarity(C[1], C, mirror=True, n_angles=32)
+    np.testing.assert_allclose(best, s, atol=1e-5)
+    assert d.query_vectors(stored[1]).tobytes() == rows.tobytes()          # input untouched, deterministic
+    assert PolarPhaseDescriptor(n_bands=4, n_harmonics=12, n_rotations=32, mirror=False).query_vectors(
+        stored[1]).shape == (32, d.dim)
+
+
+def test_a_turned_and_mirrored_scan_is_recognised_and_its_turn_recovered():
+    s = _firing(1, 1)
+    C = polar_phase_coefficients(s)
+    assert C.shape == (10, 64) and C.dtype == np.complex128
+    assert np.linalg.norm(C) == pytest.approx(1.0)
+    turned = crop_to_mask(rotate(s, 70.0))
+    other = [polar_phase_coefficients(_firing(k, 1)) for k in range(2, 6)]
+    sc, ang, flip = rotation_similarity(polar_phase_coefficients(turned), np.stack([C] + other))
+    assert np.argmax(sc) == 0 and sc[0] > 0.8 and sc[0] - max(sc[1:]) > 0.3
+    assert abs(ang[0] - 70.0) < 2.0 and not flip[0]
+    mirrored = s.with_heights(s.heights[::-1].copy())
+    sc_m, _, flip_m = rotation_similarity(polar_phase_coefficients(mirrored), C)
+    assert sc_m[0] > 0.95 and flip_m[0]
+    # another firing of the same firearm outscores other firearms
+    mate = polar_phase_coefficients(crop_to_mask(rotate(_firing(1, 2), 200.0)))
+    sc2, _, _ = rotation_similarity(mate, np.stack([C] + other))
+    assert np.argmax(sc2) == 0
+
+
+def test_phase_descriptor_in_the_one_search_path():
+    d = load_descriptor("phase")
+    assert "phase" in available_descriptors() and isinstance(d, PolarPhaseDescriptor)
+    assert d.name.startswith("bf-polar-phase/1?") and d.dim == 1280
+    surfaces = {10 + k: _firing(k, 1) for k in range(12)}
+    idx = VectorIndex(d.dim)
+    idx.add(np.array(list(surfaces)), np.stack([d(s) for s in surfaces.values()]))
+    q = crop_to_mask(rotate(_firing(4, 2), 137.0))                 # another firing of firearm 4, turned
+    p = RetrievalParams(k=5, cmc_k=0, screen_k=0, prior=False, workers=1)
+    with Retriever(idx, surfaces.get, descriptor=d, params=p) as r:
+        res = r.query(q)
+    assert res.candidates[0].id == 14
+    assert len({c.id for c in res.candidates}) == 5
+    # the same first candidate and score as the exact search over the copies
+    rows = index_queries(d, d(q))
+    assert rows.shape == (256, d.dim)
+    exact = np.stack([d(s) for s in surfaces.values()]) @ rows.T
+    assert res.candidates[0].descriptor_score == pytest.approx(float(exact.max()), abs=1e-5)
+    # the plain inner product (no expansion) compares one orientation only: far below the turned match
+    assert float(d(surfaces[14]) @ d(q)) < res.candidates[0].descriptor_score - 0.3
+    from ballistic.retrieval.descriptor import PCAWhitener
+    w = PCAWhitener.fit(np.stack([d(s) for s in surfaces.values()]), dim=8)
+    with pytest.raises(ValueError, match="cannot be whitened"):
+        Retriever(VectorIndex(8), surfaces.get, descriptor=d, whitener=w, params=p)
+
+
+def test_best_per_id_merges_rows():
+    ids = np.array([[3, 5, -1], [5, 7, 3]])
+    scores = np.array([[0.9, 0.2, 0.0], [0.95, 0.5, 0.1]])
+    i, s = best_per_id(ids, scores)
+    assert i.tolist() == [5, 3, 7] and np.allclose(s, [0.95, 0.9, 0.5])
+
+
+def test_polar_descriptors_share_one_polar_sampling():
+    """The magnitude descriptor is the power of the rings whose sums the phase descriptor keeps: one band of
+    one ring each makes them the same numbers."""
+    s = _firing(2, 1)
+    kw = dict(n_bands=80, n_harmonics=16, r_max_um=2000.0)        # 80 rings at 25 um: one ring a band
+    C = polar_phase_coefficients(s, **kw)
+    A = breech_face_descriptor(s, **kw).reshape(80, 16)
+    used = np.abs(C).sum(axis=1) > 0
+    np.testing.assert_allclose(np.abs(C[used]) / np.linalg.norm(np.abs(C[used])),
+                               A[used] / np.linalg.norm(A[used]), atol=1e-6)
+
+
+def test_bad_input_says_what_to_fix():
+    rng = np.random.default_rng(0)
+    C = _random_coefficients(rng, 2)
+    with pytest.raises(DescriptorError, match="exceed the harmonics"):
+        rotation_similarity(C[0], C, n_angles=12)
+    with pytest.raises(DescriptorError, match="differ"):
+        rotation_similarity(C[0][:, :6], C)
+    with pytest.raises(DescriptorError, match="complex coefficients"):
+        rotation_similarity(np.abs(C[0]), C)
+    with pytest.raises(DescriptorError, match="n_rotations"):
+        PolarPhaseDescriptor(n_harmonics=64, n_rotations=64)
+    with pytest.raises(DescriptorError, match="expected a"):
+        PolarPhaseDescriptor().query_vectors(np.zeros(10, np.float32))
+    s = _firing(1, 1)
+    with pytest.raises(DescriptorError, match="valid points"):
+        polar_phase_coefficients(s.with_heights(np.full_like(s.heights, np.nan)))
+    with pytest.raises(DescriptorError, match="n_harmonics"):
+        polar_phase_coefficients(s, n_harmonics=200)
