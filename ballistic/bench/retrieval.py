@@ -54,7 +54,7 @@ from ballistic.io.atomic import atomic_write, atomic_write_bytes
 from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener
 from ballistic.retrieval.index import VectorIndex
 from ballistic.retrieval.registry import load_descriptor
-from ballistic.retrieval.search import RetrievalParams, Retriever
+from ballistic.retrieval.search import RetrievalParams, Retriever, best_per_id, index_queries
 from ballistic.surface import Surface
 
 __all__ = ["BenchFetch", "distractor_catalogue", "submitted_as_processed", "distractor_descriptors",
@@ -173,6 +173,9 @@ def _spec(descriptor) -> tuple[str, tuple]:
         return descriptor
     if descriptor.name.startswith("bf-polar-fft/"):
         return ("polar", tuple(sorted(getattr(descriptor, "kwargs", {}).items())))
+    if descriptor.name.startswith("bf-polar-phase/"):
+        return ("phase", tuple(sorted({**descriptor.kwargs, "n_rotations": descriptor.n_rotations,
+                                       "mirror": descriptor.mirror}.items())))
     w = getattr(descriptor, "weights_path", None)
     return ("learned", (("threads", 1),) + ((("weights", str(w)),) if w else ()))
 
@@ -356,9 +359,10 @@ def _arms(names, fold_models, src: np.ndarray, study: str) -> list[dict]:
             arms.append({"name": name, "models": folds, "queries_held_out": True})
         else:
             d = load_descriptor(name)
+            # the built-in descriptors fit nothing on real scans: every query is held out
             arms.append({"name": name, "models": [{"descriptor": d, "queries": all_q,
                                                    "whiten": name == "polar", "weights": None}],
-                         "queries_held_out": name == "polar"})
+                         "queries_held_out": name in ("polar", "phase")})
     return arms
 
 
@@ -460,7 +464,11 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
                 idx.train()
             kmax = max(faiss_ks)
             qs = m["queries"]
-            _, I = idx.search(Wq[qs], kmax + 1)
+            d = m["descriptor"]
+            if hasattr(d, "query_vectors"):        # rotation search by query expansion, as the Retriever does
+                I = [best_per_id(*idx.search(index_queries(d, Wq[i]), kmax + 1)[::-1])[0][:kmax + 1] for i in qs]
+            else:
+                _, I = idx.search(Wq[qs], kmax + 1)
             for row, i in zip(I, qs):
                 ids = row[(row != i) & (row >= 0)]
                 mates = np.flatnonzero((src == src[i]) & (np.arange(n_q) != i))
@@ -471,8 +479,9 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
                 synth_top10.append(int((ids[:10] >= DISTRACTOR_ID0).sum()))
                 # exact scores: distractors above each mate (projection to 10 n), and how the distractors
                 # compare with the real non-mates
-                sd = Wd[:n] @ Wq[i]
-                sr = Wq @ Wq[i]
+                rows_i = index_queries(d, Wq[i])
+                sd = (Wd[:n] @ rows_i.T).max(axis=1)
+                sr = (Wq @ rows_i.T).max(axis=1)
                 nonm = np.flatnonzero((src != src[i]))
                 for mt in mates:
                     above_d = int((sd > sr[mt]).sum())
@@ -507,9 +516,10 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
             msg += f" | recall@10 {res['recall@10']:.3f} p50 {res['latency_p50_s']:.2f} s"
         print(msg, flush=True)
         if n == n_max:
-            E_real = np.concatenate([Wq for *_, Wq in prepared[:1]])
-            E_syn = prepared[0][2][np.random.default_rng(seed).choice(n, min(n, 2000), replace=False)]
-            out["real_synthetic_separability"] = real_synthetic_separability(E_real, E_syn, seed=seed)
+            if not hasattr(first, "query_vectors"):     # orientation-bound vectors (phase) say nothing here
+                E_real = np.concatenate([Wq for *_, Wq in prepared[:1]])
+                E_syn = prepared[0][2][np.random.default_rng(seed).choice(n, min(n, 2000), replace=False)]
+                out["real_synthetic_separability"] = real_synthetic_separability(E_real, E_syn, seed=seed)
             if e2e:
                 for kk in k_sweep:
                     p2 = replace(base, k=kk, screen_k=min(base.screen_k, kk))
