@@ -336,3 +336,27 @@ def test_descriptor_upgrade_polar_to_learned_reindexes_and_keeps_every_compariso
         assert _stored_pairs(c) == before
     with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:     # polar by name: nothing
         assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
+
+
+def test_service_with_the_phase_descriptor_reindexes_and_ranks_a_turned_mate_first(tmp_path, scans):
+    """BALLISTIC_DESCRIPTOR=phase on a database built with polar: every exhibit is described again (1280-d
+    vectors searched by query expansion through the one search path), comparisons are kept, and a new upload's
+    candidate list puts its turned mates first."""
+    with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:
+        ex = new_key(c, "examiner")
+        _ingest(c, ex, scans, ["a1", "b1", "c1"])
+        c.app.state.runtime.run_pending_inline()
+        before = _stored_pairs(c)
+    with TestClient(create_app(make_settings(tmp_path, descriptor="phase"))) as c:
+        rt = c.app.state.runtime
+        space = rt.spaces["breech_face"]
+        assert space.descriptor_version.startswith("bf-polar-phase/1?") and space.raw_dim == 1280
+        assert rt.startup_report["redescribe_jobs"] == 3
+        rt.run_pending_inline()
+        assert _stored_pairs(c) == before
+        ex = new_key(c, "examiner")
+        new = _ingest(c, ex, scans, ["a2"])["a2"]          # a1 turned by 40 degrees
+        rt.run_pending_inline()
+        assert c.get(f"/v1/exhibits/{new}", headers=ex).json()["descriptor_version"] == space.descriptor_version
+        items = c.get(f"/v1/exhibits/{new}/candidates", headers=ex).json()["items"]
+        assert items and items[0]["candidate"]["id"] == 1
