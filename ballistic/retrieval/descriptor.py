@@ -39,6 +39,7 @@ from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+import scipy.ndimage as ndi
 
 from ballistic.errors import DescriptorError
 from ballistic.io.atomic import atomic_write_bytes
@@ -49,6 +50,8 @@ __all__ = [
     "DESCRIPTOR_VERSION",
     "DESCRIPTOR_DIM",
     "annulus_centre",
+    "aperture_centre",
+    "polar_centre",
     "fit_circle",
     "breech_face_descriptor",
     "ring_spectra",
@@ -101,6 +104,93 @@ def annulus_centre(surface: Surface, *, iterations: int = 10) -> tuple[float, fl
     return fit_circle(b, iterations=iterations)
 
 
+def aperture_centre(surface: Surface, *, min_radius_um: float = 300.0) -> tuple[float, float, float] | None:
+    """Centre (row, col) and radius, in pixels, of the firing-pin aperture of a processed breech face.
+
+    The aperture is the largest unmeasured region inside the convex hull of the measured points
+    (opened by 2 pixels, so thin gaps between measured areas do not join it); a robust circle is fitted
+    to the pixels of its rim that touch measured ones. Rotation-covariant like the hull.
+
+    Returns
+    -------
+    (cy, cx, radius) or None
+        None when no aperture of at least ``min_radius_um`` is found (e.g. a scan without the hole).
+    """
+    m = surface.mask
+    if m.sum() < 16:
+        return None
+    pts = np.argwhere(m)[:, ::-1].astype(np.float32)
+    hull = cv2.convexHull(pts).astype(np.int32)
+    inside = np.zeros(m.shape, dtype=np.uint8)
+    cv2.fillConvexPoly(inside, hull, 1)
+    hole = ndi.binary_opening((inside > 0) & ~m, iterations=2)
+    lab, n = ndi.label(hole)
+    if n == 0:
+        return None
+    sizes = ndi.sum_labels(hole, lab, index=np.arange(1, n + 1))
+    comp = lab == int(np.argmax(sizes)) + 1
+    rim = np.argwhere(comp & ndi.binary_dilation(m))[:, ::-1].astype(np.float64)
+    if len(rim) < 8:
+        return None
+    cy, cx, r = fit_circle(rim)
+    if np.mean(np.abs(np.hypot(rim[:, 0] - cx, rim[:, 1] - cy) - r) <= _RIM_TOLERANCE_PX) < _RIM_INLIERS:
+        # the hole joins a drop-out or a drag mark: the circle most of the rim agrees with
+        cy, cx, r = _consensus_circle(rim, min_radius_px=min_radius_um / surface.spacing_um)
+    if not (r * surface.spacing_um >= min_radius_um and 0 <= cy < m.shape[0] and 0 <= cx < m.shape[1]):
+        return None
+    return cy, cx, r
+
+
+#: rim pixels within this distance of the fitted aperture circle agree with it (pixels) ...
+_RIM_TOLERANCE_PX = 1.5
+#: ... and when fewer than half of them do, the hole is taken to join a drop-out or a drag mark (real apertures:
+#: 55-100 % of the rim on the 17 DFSC scans, 93-100 % on Fadul; a hole joined to a drop-out: 8-41 % on synthetic
+#: firings, whose centre was then 4-15 px off)
+_RIM_INLIERS = 0.5
+
+
+def _consensus_circle(points: np.ndarray, *, min_radius_px: float, trials: int = 300) -> tuple[float, float, float]:
+    """Circle through the most of ``points`` ((x, y), pixels): circles through seeded random triples, the one
+    with most points within :data:`_RIM_TOLERANCE_PX` (radius at least ``min_radius_px``), refitted to those
+    points by :func:`fit_circle`. Deterministic."""
+    rng = np.random.default_rng(0)
+    x, y = points[:, 0], points[:, 1]
+    best, best_n = None, -1
+    for i, j, k in rng.integers(0, len(points), size=(trials, 3)):
+        (x1, y1), (x2, y2), (x3, y3) = points[i], points[j], points[k]
+        den = 2.0 * (x1 * (y2 - y3) + x2 * (y3 - y1) + x3 * (y1 - y2))
+        if abs(den) < 1e-9:
+            continue
+        s1, s2, s3 = x1 * x1 + y1 * y1, x2 * x2 + y2 * y2, x3 * x3 + y3 * y3
+        ux = (s1 * (y2 - y3) + s2 * (y3 - y1) + s3 * (y1 - y2)) / den
+        uy = (s1 * (x3 - x2) + s2 * (x1 - x3) + s3 * (x2 - x1)) / den
+        r = math.hypot(x1 - ux, y1 - uy)
+        if r < min_radius_px:
+            continue
+        inl = np.abs(np.hypot(x - ux, y - uy) - r) <= _RIM_TOLERANCE_PX
+        if inl.sum() > best_n:
+            best, best_n = inl, int(inl.sum())
+    if best is None or best_n < 8:
+        return fit_circle(points)
+    return fit_circle(points[best])
+
+
+def polar_centre(surface: Surface) -> tuple[float, float]:
+    """Centre of a polar grid about the firing pin: the aperture's (:func:`aperture_centre`), else the outer
+    edge's (:func:`annulus_centre`). Pixels of ``surface``; (row, col).
+
+    The firing-pin hole is part of the breech face, so a firearm's marks sit at the same place relative to it
+    at every firing; the primer's outer edge moves with the cartridge in the chamber and with how a scan was
+    cropped. The learned embedding (``models/``) and the rotation-searched polar descriptor
+    (:mod:`ballistic.retrieval.polar_phase`) sample about this centre.
+    """
+    ap = aperture_centre(surface)
+    if ap is not None:
+        return ap[0], ap[1]
+    cy, cx, _ = annulus_centre(surface)
+    return cy, cx
+
+
 def fit_circle(points: np.ndarray, *, iterations: int = 10) -> tuple[float, float, float]:
     """Robust circle through 2-D points: algebraic least-squares fit, points farther than 3 MAD (at least
     1 unit) from the circle dropped and the fit repeated until nothing changes (at most ``iterations`` fits).
@@ -138,8 +228,9 @@ def fit_circle(points: np.ndarray, *, iterations: int = 10) -> tuple[float, floa
 
 
 def ring_spectra(surface: Surface, *, spacing_um: float = 25.0, n_theta: int = _N_THETA,
-                 r_max_um: float = _R_MAX_UM) -> tuple[np.ndarray, np.ndarray]:
-    """Angular spectra of the rings of a breech face about its annulus centre (:func:`annulus_centre`).
+                 r_max_um: float = _R_MAX_UM, centre: str = "annulus") -> tuple[np.ndarray, np.ndarray]:
+    """Angular spectra of the rings of a breech face about its annulus centre (:func:`annulus_centre`) or its
+    firing-pin aperture's (``centre="aperture"``: :func:`polar_centre`).
 
     The surface is resampled to ``spacing_um`` (when finer), then sampled in polar coordinates: rings every
     pixel from the centre out to ``r_max_um``, ``n_theta`` angles counter-clockwise as displayed (row 0 on
@@ -153,6 +244,9 @@ def ring_spectra(surface: Surface, *, spacing_um: float = 25.0, n_theta: int = _
         Preprocessed breech face (heights um, NaN outside), any orientation.
     spacing_um, n_theta, r_max_um : keyword-only
         As :func:`breech_face_descriptor`.
+    centre : {"annulus", "aperture"}, keyword-only
+        Centre of the rings: the outer edge's, or the firing-pin aperture's where one is found (else the
+        outer edge's).
 
     Returns
     -------
@@ -166,13 +260,15 @@ def ring_spectra(surface: Surface, *, spacing_um: float = 25.0, n_theta: int = _
     DescriptorError
         Fewer than 64 measured points at the working spacing.
     """
+    if centre not in ("annulus", "aperture"):
+        raise DescriptorError(f"centre must be 'annulus' or 'aperture', got {centre!r}")
     s = resample(surface, spacing_um=max(spacing_um, surface.spacing_um)) if surface.spacing_um < spacing_um \
         else surface
     m = s.mask
     if m.sum() < 64:
         raise DescriptorError(f"breech-face descriptor: only {int(m.sum())} valid points at {s.spacing_um} um; "
                               "is this a preprocessed breech face (preprocess_cartridge)?")
-    cy, cx, _ = annulus_centre(s)
+    cy, cx = polar_centre(s) if centre == "aperture" else annulus_centre(s)[:2]
     n_r = int(math.ceil(r_max_um / s.spacing_um))
     radii = np.arange(n_r) + 0.5  # ring radii, pixels (one ring per pixel of spacing)
     theta = np.arange(n_theta) * (2.0 * math.pi / n_theta)

@@ -6,7 +6,11 @@ each mark lies, and how the rings line up with one another. Two scans of one bre
 breech faces of one make share much of the power. This descriptor keeps the phases and searches the rotation
 instead of discarding it:
 
-1. the same polar sampling about the annulus centre (:func:`~ballistic.retrieval.descriptor.ring_spectra`);
+1. the same polar sampling (:func:`~ballistic.retrieval.descriptor.ring_spectra`), but about the firing-pin
+   aperture (:func:`~ballistic.retrieval.descriptor.polar_centre`; the outer edge where no aperture is found):
+   phases need a centre that sits at the same place of the breech face at every firing, and the primer's outer
+   edge moves with the cartridge (about the outer edge, recall@10 of the mates within Fadul was 0.948 / 0.929 in
+   two rotation draws, within DFSC 0.897 / 0.824; about the aperture 1.000 / 0.988 and 1.000 / 0.985);
 2. per radial band the *sum* of its rings' complex harmonics ``1..n_harmonics`` (the band's mean profile
    along the circle, phases kept; a small centre error blurs it less than it blurs single rings), bands with
    too few measured samples zero, each band scaled to unit norm, the whole to unit norm
@@ -46,7 +50,7 @@ PHASE_DESCRIPTOR_VERSION = "bf-polar-phase/1"
 
 def polar_phase_coefficients(surface: Surface, *, spacing_um: float = 25.0, n_bands: int = _N_BANDS,
                              n_harmonics: int = _N_HARMONICS, n_theta: int = _N_THETA, r_max_um: float = _R_MAX_UM,
-                             min_valid: float = 0.1) -> np.ndarray:
+                             min_valid: float = 0.1, centre: str = "aperture") -> np.ndarray:
     """Complex angular harmonics of each radial band of a breech face, phases kept.
 
     Parameters
@@ -56,6 +60,8 @@ def polar_phase_coefficients(surface: Surface, *, spacing_um: float = 25.0, n_ba
         breech face), any orientation.
     spacing_um, n_bands, n_harmonics, n_theta, r_max_um, min_valid : keyword-only
         As :func:`~ballistic.retrieval.descriptor.breech_face_descriptor` (the same defaults).
+    centre : {"aperture", "annulus"}, keyword-only
+        Centre of the polar grid (:func:`~ballistic.retrieval.descriptor.ring_spectra`).
 
     Returns
     -------
@@ -74,7 +80,7 @@ def polar_phase_coefficients(surface: Surface, *, spacing_um: float = 25.0, n_ba
         raise DescriptorError(f"n_harmonics must be in [1, n_theta/2), got {n_harmonics} with n_theta={n_theta}")
     if n_bands < 1:
         raise DescriptorError(f"n_bands must be >= 1, got {n_bands}")
-    spec, cnt = ring_spectra(surface, spacing_um=spacing_um, n_theta=n_theta, r_max_um=r_max_um)
+    spec, cnt = ring_spectra(surface, spacing_um=spacing_um, n_theta=n_theta, r_max_um=r_max_um, centre=centre)
     band_of, measured = radial_bands(cnt, n_bands=n_bands, n_theta=n_theta)
     C = np.zeros((n_bands, n_harmonics), dtype=np.complex128)
     np.add.at(C, band_of, spec[:, 1:n_harmonics + 1])
@@ -176,15 +182,16 @@ class PolarPhaseDescriptor:
 
     def __init__(self, *, spacing_um: float = 25.0, n_bands: int = _N_BANDS, n_harmonics: int = _N_HARMONICS,
                  n_theta: int = _N_THETA, r_max_um: float = _R_MAX_UM, min_valid: float = 0.1,
-                 n_rotations: int = 128, mirror: bool = True) -> None:
+                 centre: str = "aperture", n_rotations: int = 128, mirror: bool = True) -> None:
         if int(n_rotations) <= n_harmonics:
             raise DescriptorError(f"n_rotations ({n_rotations}) must exceed n_harmonics ({n_harmonics})")
         self.kwargs = dict(spacing_um=float(spacing_um), n_bands=int(n_bands), n_harmonics=int(n_harmonics),
-                           n_theta=int(n_theta), r_max_um=float(r_max_um), min_valid=float(min_valid))
+                           n_theta=int(n_theta), r_max_um=float(r_max_um), min_valid=float(min_valid),
+                           centre=str(centre))
         self.n_rotations = int(n_rotations)
         self.mirror = bool(mirror)
         self.dim = 2 * self.kwargs["n_bands"] * self.kwargs["n_harmonics"]
-        opts = "&".join(f"{k}={v:g}" for k, v in sorted(self.kwargs.items()))
+        opts = "&".join(f"{k}={v:g}" if not isinstance(v, str) else f"{k}={v}" for k, v in sorted(self.kwargs.items()))
         # the expansion changes the scores, not the stored vectors, but an index names what answered it
         self.name = f"{PHASE_DESCRIPTOR_VERSION}?{opts}&n_rotations={self.n_rotations}&mirror={int(self.mirror)}"
 

@@ -24,9 +24,9 @@ import math
 
 import cv2
 import numpy as np
-import scipy.ndimage as ndi
 
-from ballistic.retrieval.descriptor import annulus_centre, fit_circle
+# the centres are the library's (one implementation; the rotation-searched polar descriptor uses them too)
+from ballistic.retrieval.descriptor import aperture_centre, polar_centre
 from ballistic.preprocess.filters import resample
 from ballistic.surface import Surface
 
@@ -90,50 +90,6 @@ class PolarGrid:
         ok = mp > 1e-3
         zp = np.where(ok, zp / np.where(ok, mp, 1.0), 0.0)   # mean of the measured neighbours
         return zp, mp
-
-
-def aperture_centre(surface: Surface, *, min_radius_um: float = 300.0) -> tuple[float, float, float] | None:
-    """Centre (row, col) and radius, in pixels, of the firing-pin aperture of a processed breech face.
-
-    The aperture is the largest unmeasured region inside the convex hull of the measured points
-    (opened by 2 pixels, so thin gaps between measured areas do not join it); a robust circle is fitted
-    to the pixels of its rim that touch measured ones. Rotation-covariant like the hull.
-
-    Returns
-    -------
-    (cy, cx, radius) or None
-        None when no aperture of at least ``min_radius_um`` is found (e.g. a scan without the hole).
-    """
-    m = surface.mask
-    if m.sum() < 16:
-        return None
-    pts = np.argwhere(m)[:, ::-1].astype(np.float32)
-    hull = cv2.convexHull(pts).astype(np.int32)
-    inside = np.zeros(m.shape, dtype=np.uint8)
-    cv2.fillConvexPoly(inside, hull, 1)
-    hole = ndi.binary_opening((inside > 0) & ~m, iterations=2)
-    lab, n = ndi.label(hole)
-    if n == 0:
-        return None
-    sizes = ndi.sum_labels(hole, lab, index=np.arange(1, n + 1))
-    comp = lab == int(np.argmax(sizes)) + 1
-    rim = np.argwhere(comp & ndi.binary_dilation(m))[:, ::-1].astype(np.float64)
-    if len(rim) < 8:
-        return None
-    cy, cx, r = fit_circle(rim)
-    if not (r * surface.spacing_um >= min_radius_um and 0 <= cy < m.shape[0] and 0 <= cx < m.shape[1]):
-        return None
-    return cy, cx, r
-
-
-def polar_centre(surface: Surface) -> tuple[float, float]:
-    """Centre of the polar grid: the firing-pin aperture's (:func:`aperture_centre`), else the outer edge's
-    (:func:`ballistic.retrieval.descriptor.annulus_centre`). Pixels of ``surface``."""
-    ap = aperture_centre(surface)
-    if ap is not None:
-        return ap[0], ap[1]
-    cy, cx, _ = annulus_centre(surface)
-    return cy, cx
 
 
 def normalise_heights(heights: np.ndarray, *, clip: float = 4.0) -> np.ndarray:
