@@ -78,10 +78,11 @@ def _die_with_parent() -> None:
 
 
 def _warm_up(ctx) -> None:
-    """Load the comparison code and its compiled kernels, and run the breech-face descriptor once, before the
-    address-space limit is taken: importing numba/llvmlite, loading (or, with a cold or rewritten cache,
-    compiling) the kernels, and torch's first inference (its thread pool and oneDNN primitives) map memory
-    that belongs to the worker, not to a job. Without this a small job could fail the job limit ("could not
+    """Load the comparison code and its compiled kernels, run the breech-face descriptor and a many-row index
+    search once, before the address-space limit is taken: importing numba/llvmlite, loading (or, with a cold
+    or rewritten cache, compiling) the kernels, torch's first inference (its thread pool and oneDNN
+    primitives) and the BLAS work buffers of a batched FAISS search map memory that belongs to the worker, not
+    to a job. Without this a small job could fail the job limit ("could not
     create a primitive" from the learned descriptor in a freshly restarted worker)."""
     import numpy as np
 
@@ -101,6 +102,17 @@ def _warm_up(ctx) -> None:
         ctx.spaces["breech_face"].describe(Surface(z, 12.5))
     except Exception as e:  # noqa: BLE001 - as above
         log.info("worker warm-up descriptor raised %s: %s", type(e).__name__, e)
+    try:
+        # a search of many rows at once (the default descriptor's query expansion: 256) takes FAISS's BLAS path,
+        # whose library maps its work buffers on first use; under the limit that mapping fails as a SIGSEGV
+        import faiss
+
+        d = int(ctx.spaces["breech_face"].dim)
+        flat = faiss.IndexFlatIP(d)
+        flat.add(np.zeros((64, d), np.float32))
+        flat.search(np.zeros((256, d), np.float32), 8)
+    except Exception as e:  # noqa: BLE001 - as above
+        log.info("worker warm-up search raised %s: %s", type(e).__name__, e)
 
 
 def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int:

@@ -100,7 +100,8 @@ def test_a_job_over_the_memory_limit_fails_with_a_reason_and_the_api_stays_up(sh
             assert "more memory than this service allows for one job" in j["error"], j["error"]
             # the service goes on: a scan within the limit is correlated
             small = _upload(c, exam, x3p_bytes(synthetic_breech_face(5)), "small.x3p")["job"]["id"]
-            assert wait_job(c, small)["status"] == "done"
+            js = wait_job(c, small)
+            assert js["status"] == "done", js.get("error")
             workers = c.get("/v1/status").json()["workers"]
             assert workers["memory_limit_mb"] == 120
             # the worker that hit its limit ended after that job and a fresh one ran the next
