@@ -5,8 +5,8 @@ the library's one search path (:class:`~ballistic.retrieval.search.Retriever`).
 Two descriptor spaces (vectors of different lengths never share an index):
 
 * ``breech_face``: the breech-face descriptor model of ``Settings.descriptor``
-  (:func:`ballistic.retrieval.registry.default_descriptor`: the polar-FFT descriptor unless ``BALLISTIC_DESCRIPTOR=learned``
-  or it cannot load;
+  (:func:`ballistic.retrieval.registry.default_descriptor`: the rotation-searched polar descriptor unless
+  ``BALLISTIC_DESCRIPTOR`` names another (``polar``; ``learned``, polar where it cannot load);
   its version, e.g. ``bf-learned/1?weights=<sha256>``, is what a change is detected by), or a fitted whitener on top, of 3D scans (partition region ``breech_face``) and of 2D images (region
   ``breech_face_2d``);
 * ``bullet``: :class:`~ballistic.bullet.descriptor.BulletDescriptor` of a bullet's land signatures (region
@@ -171,6 +171,9 @@ class DescriptorSpace:
                 from ballistic.retrieval.descriptor import PCAWhitener
 
                 wp = Path(settings.whitener_path)
+                if hasattr(self.model, "query_vectors"):
+                    raise ValueError(f"{self.model.name} searches rotations by query expansion and is indexed raw: "
+                                     "unset BALLISTIC_WHITENER_PATH (or choose BALLISTIC_DESCRIPTOR=polar to whiten)")
                 self.whitener = PCAWhitener.load(wp)
                 fitted_on = getattr(self.whitener, "descriptor", None)
                 if self.whitener.in_dim != int(self.model.dim) or (fitted_on and fitted_on != self.model.name):

@@ -32,8 +32,9 @@ class Settings(BaseSettings):
 
     # retrieval / comparison
     descriptor: str | None = Field(None, description=(
-        "breech-face descriptor by registry name ('learned', 'polar'); unset: ballistic.default_descriptor() "
-        "(polar). One that cannot load (torch, weights) falls back to polar with a logged warning. A change "
+        "breech-face descriptor by registry name ('phase', 'polar', 'learned'); unset: "
+        "ballistic.default_descriptor() (phase). One that cannot load (torch, weights) falls back to polar with a "
+        "logged warning. A change "
         "(or new weights) re-describes and re-indexes every exhibit at start-up, keeping stored comparisons"))
     index_factory: str = "Flat"
     index_metric: str = "ip"

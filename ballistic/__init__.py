@@ -28,8 +28,9 @@ evidence (cartridge cases: breech face, firing pin, 2D images; bullets)::
       bullet/          profile.py (Crosscut, Grooves, Signature, shared 1-D helpers) orient.py crosscut.py
                        (+ kernel _band_profiles) grooves.py signature.py align.py features.py sam.py
                        descriptor.py
-      retrieval/       descriptor.py (breech-face descriptor, DescriptorModel, PCAWhitener) registry.py
-                       (default_descriptor, load_descriptor: built-in "polar" + entry points) index.py
+      retrieval/       descriptor.py (polar-FFT descriptor, polar sampling and centres, DescriptorModel,
+                       PCAWhitener) polar_phase.py (rotation-searched polar descriptor) registry.py
+                       (default_descriptor, load_descriptor: built-in "phase", "polar" + entry points) index.py
                        (VectorIndex, IndexSearch, merge_topk) search.py (Retriever.query: the one search
                        path) sharded.py (ShardedIndex) executor.py (LocalExecutor | RayExecutor) record.py
                        (SearchRecord)

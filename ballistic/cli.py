@@ -114,7 +114,7 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                     factory: str = typer.Option("HNSW32", help="FAISS index factory string"),
                     whiten_dim: int = 128, workers: int = 2, seed: int = 0,
                     cache: Optional[Path] = typer.Option(None, help="distractor descriptor cache folder"),
-                    descriptor: str = typer.Option("learned,polar", help="descriptors benchmarked side by side "
+                    descriptor: str = typer.Option("phase,polar", help="descriptors benchmarked side by side "
                                                    "(comma-separated registry names: learned, polar, phase)"),
                     fold_models: Optional[Path] = typer.Option(
                         None, help="folder of the learned descriptor's cross-validation weights (python -m "

@@ -19,7 +19,7 @@ from ballistic.retrieval.registry import (DEFAULT_DESCRIPTOR, DESCRIPTOR_ENV, DE
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_listing_descriptors_loads_neither_torch_nor_models_and_the_default_is_polar():
+def test_listing_descriptors_loads_neither_torch_nor_models_and_the_default_is_phase():
     code = ("import sys, ballistic, ballistic.cli, ballistic.bench.retrieval, ballistic.retrieval.search;"
             "ballistic.available_descriptors(); ballistic.load_descriptor('polar');"
             "bad = [m for m in ('torch', 'models') if m in sys.modules];"
@@ -27,7 +27,7 @@ def test_listing_descriptors_loads_neither_torch_nor_models_and_the_default_is_p
     env = {k: v for k, v in __import__("os").environ.items() if k != DESCRIPTOR_ENV}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.startswith("[] bf-polar-fft/2") and DEFAULT_DESCRIPTOR == "polar"
+    assert r.stdout.startswith("[] bf-polar-phase/1?") and DEFAULT_DESCRIPTOR == "phase"
 
 
 def test_entry_point_is_registered():
@@ -35,7 +35,7 @@ def test_entry_point_is_registered():
 
     eps = {ep.name: ep.value for ep in entry_points(group=DESCRIPTOR_GROUP)}
     assert eps.get("learned") == "models.breech_face.descriptor:learned_descriptor"
-    assert {"learned", "polar"} <= set(available_descriptors())
+    assert {"learned", "polar", "phase"} <= set(available_descriptors())
 
 
 def test_load_by_name_and_unknown_name():
@@ -50,6 +50,7 @@ def test_default_follows_the_setting(monkeypatch):
     monkeypatch.delenv(DESCRIPTOR_ENV, raising=False)
     d = default_descriptor()
     assert d is load_descriptor(DEFAULT_DESCRIPTOR) and ballistic.default_descriptor() is d
+    assert hasattr(d, "query_vectors")                    # the default searches rotations by query expansion
     monkeypatch.setenv(DESCRIPTOR_ENV, "polar")
     assert isinstance(default_descriptor(), PolarFFTDescriptor)
     monkeypatch.setenv(DESCRIPTOR_ENV, "polra")

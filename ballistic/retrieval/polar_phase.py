@@ -28,12 +28,14 @@ of any copy with it - the same value :func:`rotation_similarity` gives at that a
 ``query_vectors``.
 
 Nothing is fitted: the bands, harmonics and sampling are the polar-FFT descriptor's own; 128 rotations (2.8
-degrees) found the same mates as 512 on the real sets. Measured with ``ballistic bench retrieval DIR --labels CSV
---descriptor phase,polar --faiss-only --distractors 0,1000,10000 --factory Flat``
-(``benchmarks/results/retrieval_phase_{fadul,dfsc}_1e4*.json``), FAISS-stage recall@10 of the mates, 40 Fadul
-queries: among the 39 other Fadul scans alone 0.948 (polar-FFT 0.850 whitened, 0.706 raw), among 10 000 synthetic
-distractors 0.812 (0.606 whitened); 17 DFSC queries: 0.897 (0.956 whitened, 0.853 raw) and 0.294 (0.382). A query
-is 256 index rows: 0.3 s (HNSW32) to 0.7 s (Flat) among 10^5 vectors on 2 cores, against 2-40 ms for one.
+degrees) found the same mates as 512 on the real sets. It is the default descriptor
+(:data:`~ballistic.retrieval.registry.DEFAULT_DESCRIPTOR`). Measured with ``ballistic bench retrieval DIR
+--labels CSV --descriptor phase,polar --faiss-only --distractors 0,1000,10000 --factory Flat``
+(``benchmarks/results/retrieval_phase_*.json``), FAISS-stage recall of the mates, rotation draw 0: 40 Fadul
+queries among the 39 other Fadul scans @10 1.000 (polar-FFT 0.850 PCA-whitened, 0.706 raw), among 10 000
+synthetic distractors @10 0.988, @100 0.994 (0.606, 0.848); 17 DFSC queries 1.000 (0.956) and 0.706, 0.868
+(0.382, 0.471). A query is 256 index rows: 0.3 s (HNSW32) to 0.7 s (Flat) among 10^5 vectors on 2 cores,
+against 2-40 ms for one row.
 """
 from __future__ import annotations
 

@@ -14,13 +14,17 @@ that fails to load (torch not installed, weights missing or unreadable) falls ba
 descriptor with a logged warning that says why; an unknown name is an error (a typo must not silently
 change what an index holds).
 
-:data:`DEFAULT_DESCRIPTOR` is ``"polar"``. The learned embedding shipped with ``models/`` ("bf-learned/1")
-beats polar when its held-out firearm's *study* was in training (recall@10 of the mates: Fadul 0.775 vs 0.706,
-DFSC 0.882 vs 0.853), but not when the whole study is held out (Fadul 0.642 vs 0.706, DFSC 0.794 vs 0.853:
-``models/breech_face/MODEL_CARD.md``). Casework brings scans from studies, kits and scanners no model saw, so
-the default is the descriptor that holds up there. ``BALLISTIC_DESCRIPTOR=learned`` (or the service's
-``descriptor`` setting) chooses the learned one; where it cannot load (torch not installed, weights missing) the
-polar-FFT descriptor is used and the reason logged.
+:data:`DEFAULT_DESCRIPTOR` is ``"phase"``, the rotation-searched polar descriptor: it fits nothing (so every
+study is held out), and on both labelled sets it finds more mates than the polar-FFT descriptor at every
+shortlist length measured (``ballistic bench retrieval --descriptor phase,polar``, FAISS stage, recall of the
+mates, rotation draw 0: Fadul among its 40 scans @10 1.000 vs 0.850, among 10 000 synthetic distractors
+@10 0.988 vs 0.606 and @100 0.994 vs 0.848; DFSC 1.000 vs 0.956, and 0.706 vs 0.382, 0.868 vs 0.471; polar
+PCA-whitened on distractors, as the benchmark runs it; ``benchmarks/results/retrieval_phase_*.json``). Its
+cost: 256 index rows a query. ``BALLISTIC_DESCRIPTOR=polar`` keeps the polar-FFT descriptor (640 values, one
+row a query). The learned embedding shipped with ``models/`` ("bf-learned/1") falls below polar when a whole
+study is held out (``models/breech_face/MODEL_CARD.md``); ``BALLISTIC_DESCRIPTOR=learned`` (or the service's
+``descriptor`` setting) chooses it; where it cannot load (torch not installed, weights missing) the polar-FFT
+descriptor is used and the reason logged.
 """
 from __future__ import annotations
 
@@ -37,10 +41,10 @@ __all__ = ["DESCRIPTOR_GROUP", "DESCRIPTOR_ENV", "DEFAULT_DESCRIPTOR", "availabl
 
 #: Entry-point group through which other packages register descriptors.
 DESCRIPTOR_GROUP = "ballistic.descriptors"
-#: Environment variable naming the default descriptor (``polar``, ``learned``, ...).
+#: Environment variable naming the default descriptor (``phase``, ``polar``, ``learned``, ...).
 DESCRIPTOR_ENV = "BALLISTIC_DESCRIPTOR"
 #: The descriptor used when :data:`DESCRIPTOR_ENV` is not set (see the module notes for why).
-DEFAULT_DESCRIPTOR = "polar"
+DEFAULT_DESCRIPTOR = "phase"
 #: Descriptors of this library itself (no entry point needed).
 _BUILT_IN = {"polar": PolarFFTDescriptor, "phase": PolarPhaseDescriptor}
 
@@ -113,7 +117,7 @@ def default_descriptor(name: str | None = None) -> DescriptorModel:
     """The descriptor the service, the CLI and the benchmarks use.
 
     ``name`` when given (the service passes its ``descriptor`` setting), else ``$BALLISTIC_DESCRIPTOR`` when
-    set, else :data:`DEFAULT_DESCRIPTOR` (the polar-FFT descriptor). A registered descriptor that fails to load
+    set, else :data:`DEFAULT_DESCRIPTOR` (the rotation-searched polar descriptor). A registered descriptor that fails to load
     falls back to the polar-FFT one, with a warning logged that gives the reason.
 
     Raises

@@ -300,7 +300,7 @@ def _stored_pairs(c) -> dict:
 def test_descriptor_upgrade_polar_to_learned_reindexes_and_keeps_every_comparison(tmp_path, scans):
     """A database built with the polar-FFT descriptor, opened by a service set to the learned one
     (BALLISTIC_DESCRIPTOR=learned): every exhibit is described again and re-indexed; stored comparisons and
-    candidate lists are kept, not redone. Back to the default (polar): the same again."""
+    candidate lists are kept, not redone. Back to polar, then to the default (phase): the same again."""
     pytest.importorskip("torch", reason="torch is a runtime dependency of models/")
     with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:
         ex = new_key(c, "examiner")
@@ -328,18 +328,24 @@ def test_descriptor_upgrade_polar_to_learned_reindexes_and_keeps_every_compariso
         assert _stored_pairs(c) == before       # same rows (ids, scores, versions): kept, not redone or doubled
     with TestClient(create_app(make_settings(tmp_path, descriptor="learned"))) as c:   # the same again: nothing
         assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
-    with TestClient(create_app(make_settings(tmp_path))) as c:     # the default descriptor is polar: back again
+    with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:     # back to polar by name
         rt = c.app.state.runtime
         assert rt.startup_report["redescribe_jobs"] == 3
         assert rt.spaces["breech_face"].descriptor_version.startswith("bf-polar-fft/2")
         rt.run_pending_inline()
         assert _stored_pairs(c) == before
-    with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:     # polar by name: nothing
+    with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:     # polar again: nothing
         assert c.app.state.runtime.startup_report["redescribe_jobs"] == 0
+    with TestClient(create_app(make_settings(tmp_path))) as c:     # the default descriptor (phase): again
+        rt = c.app.state.runtime
+        assert rt.startup_report["redescribe_jobs"] == 3
+        assert rt.spaces["breech_face"].descriptor_version.startswith("bf-polar-phase/1?")
+        rt.run_pending_inline()
+        assert _stored_pairs(c) == before
 
 
 def test_service_with_the_phase_descriptor_reindexes_and_ranks_a_turned_mate_first(tmp_path, scans):
-    """BALLISTIC_DESCRIPTOR=phase on a database built with polar: every exhibit is described again (1280-d
+    """The default descriptor (phase) on a database built with polar: every exhibit is described again (1280-d
     vectors searched by query expansion through the one search path), comparisons are kept, and a new upload's
     candidate list puts its turned mates first."""
     with TestClient(create_app(make_settings(tmp_path, descriptor="polar"))) as c:
@@ -347,7 +353,7 @@ def test_service_with_the_phase_descriptor_reindexes_and_ranks_a_turned_mate_fir
         _ingest(c, ex, scans, ["a1", "b1", "c1"])
         c.app.state.runtime.run_pending_inline()
         before = _stored_pairs(c)
-    with TestClient(create_app(make_settings(tmp_path, descriptor="phase"))) as c:
+    with TestClient(create_app(make_settings(tmp_path))) as c:
         rt = c.app.state.runtime
         space = rt.spaces["breech_face"]
         assert space.descriptor_version.startswith("bf-polar-phase/1?") and space.raw_dim == 1280
@@ -360,3 +366,12 @@ def test_service_with_the_phase_descriptor_reindexes_and_ranks_a_turned_mate_fir
         assert c.get(f"/v1/exhibits/{new}", headers=ex).json()["descriptor_version"] == space.descriptor_version
         items = c.get(f"/v1/exhibits/{new}/candidates", headers=ex).json()["items"]
         assert items and items[0]["candidate"]["id"] == 1
+
+
+def test_a_whitener_with_the_phase_descriptor_is_refused_at_start_up(tmp_path):
+    """Query expansion rotates each harmonic separately; a PCA whitener would mix them: the service says so."""
+    w = tmp_path / "w.npz"
+    w.write_bytes(b"not read")
+    with pytest.raises(ValueError, match="query expansion.*BALLISTIC_WHITENER_PATH"):
+        with TestClient(create_app(make_settings(tmp_path, whitener_path=w))):
+            pass
