@@ -56,6 +56,7 @@ __all__ = [
     "breech_face_descriptor",
     "ring_spectra",
     "radial_bands",
+    "unit_bands",
     "DescriptorModel",
     "PolarFFTDescriptor",
     "PCAWhitener",
@@ -303,6 +304,38 @@ def radial_bands(counts: np.ndarray, *, n_bands: int, n_theta: int) -> tuple[np.
     return band_of, measured
 
 
+def _check_polar_settings(*, spacing_um: float, r_max_um: float, n_harmonics: int, n_theta: int,
+                          n_bands: int) -> None:
+    """The polar descriptors' settings, or a DescriptorError that says which is wrong."""
+    if not (spacing_um > 0 and r_max_um > spacing_um):
+        raise DescriptorError(f"need 0 < spacing_um < r_max_um, got spacing_um={spacing_um}, r_max_um={r_max_um}")
+    if not (1 <= n_harmonics < n_theta // 2):
+        raise DescriptorError(f"n_harmonics must be in [1, n_theta/2), got {n_harmonics} with n_theta={n_theta}")
+    if n_bands < 1:
+        raise DescriptorError(f"n_bands must be >= 1, got {n_bands}")
+
+
+def unit_bands(bands: np.ndarray, measured: np.ndarray, *, min_valid: float, r_max_um: float,
+               what: str) -> np.ndarray:
+    """Scale each band (row) of ``bands`` to unit norm in place, zero the bands measured below ``min_valid``
+    (or without energy); returns the mask of the bands kept.
+
+    Raises
+    ------
+    DescriptorError
+        No band is kept (``what`` names the caller in the message).
+    """
+    norms = np.linalg.norm(bands, axis=1)
+    use = (measured >= min_valid) & (norms > 0)
+    if not use.any():
+        raise DescriptorError(f"{what}: no radial band has enough measured points; "
+                              f"raise r_max_um (now {r_max_um} um) or lower min_valid (now {min_valid})",
+                              reason="descriptor_no_band")
+    bands[use] /= norms[use, None]
+    bands[~use] = 0.0
+    return use
+
+
 def breech_face_descriptor(surface: Surface, *, spacing_um: float = 25.0, n_bands: int = _N_BANDS,
                            n_harmonics: int = _N_HARMONICS, n_theta: int = _N_THETA,
                            r_max_um: float = _R_MAX_UM, min_valid: float = 0.1,
@@ -342,26 +375,15 @@ def breech_face_descriptor(surface: Surface, *, spacing_um: float = 25.0, n_band
     DescriptorError
         When the surface has too few valid points or the settings do not fit.
     """
-    if not (spacing_um > 0 and r_max_um > spacing_um):
-        raise DescriptorError(f"need 0 < spacing_um < r_max_um, got spacing_um={spacing_um}, r_max_um={r_max_um}")
-    if not (1 <= n_harmonics < n_theta // 2):
-        raise DescriptorError(f"n_harmonics must be in [1, n_theta/2), got {n_harmonics} with n_theta={n_theta}")
-    if n_bands < 1:
-        raise DescriptorError(f"n_bands must be >= 1, got {n_bands}")
+    _check_polar_settings(spacing_um=spacing_um, r_max_um=r_max_um, n_harmonics=n_harmonics, n_theta=n_theta,
+                          n_bands=n_bands)
     spec, cnt = ring_spectra(surface, spacing_um=spacing_um, n_theta=n_theta, r_max_um=r_max_um)
     power = (spec.real[:, 1:n_harmonics + 1] ** 2 + spec.imag[:, 1:n_harmonics + 1] ** 2).astype(np.float64)
     band_of, bvalid = radial_bands(cnt, n_bands=n_bands, n_theta=n_theta)
     bp = np.zeros((n_bands, n_harmonics))
     np.add.at(bp, band_of, power)
     amp = np.sqrt(bp)
-    norms = np.linalg.norm(amp, axis=1)
-    use = (bvalid >= min_valid) & (norms > 0)
-    if not use.any():
-        raise DescriptorError("breech_face_descriptor: no radial band has enough measured points; "
-                              f"raise r_max_um (now {r_max_um} um) or lower min_valid (now {min_valid})",
-                              reason="descriptor_no_band")
-    amp[use] /= norms[use, None]
-    amp[~use] = 0.0
+    use = unit_bands(amp, bvalid, min_valid=min_valid, r_max_um=r_max_um, what="breech_face_descriptor")
     d = amp.ravel()
     d /= max(np.linalg.norm(d), 1e-12)
     if radial_profile:

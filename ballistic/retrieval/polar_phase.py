@@ -42,7 +42,8 @@ from __future__ import annotations
 import numpy as np
 
 from ballistic.errors import DescriptorError
-from ballistic.retrieval.descriptor import _N_BANDS, _N_HARMONICS, _N_THETA, _R_MAX_UM, radial_bands, ring_spectra
+from ballistic.retrieval.descriptor import (_N_BANDS, _N_HARMONICS, _N_THETA, _R_MAX_UM, _check_polar_settings,
+                                            radial_bands, ring_spectra, unit_bands)
 from ballistic.surface import Surface
 
 __all__ = ["PHASE_DESCRIPTOR_VERSION", "polar_phase_coefficients", "rotation_similarity", "PolarPhaseDescriptor"]
@@ -76,24 +77,13 @@ def polar_phase_coefficients(surface: Surface, *, spacing_um: float = 25.0, n_ba
     DescriptorError
         Bad settings, too few measured points, or no band measured well enough.
     """
-    if not (spacing_um > 0 and r_max_um > spacing_um):
-        raise DescriptorError(f"need 0 < spacing_um < r_max_um, got spacing_um={spacing_um}, r_max_um={r_max_um}")
-    if not (1 <= n_harmonics < n_theta // 2):
-        raise DescriptorError(f"n_harmonics must be in [1, n_theta/2), got {n_harmonics} with n_theta={n_theta}")
-    if n_bands < 1:
-        raise DescriptorError(f"n_bands must be >= 1, got {n_bands}")
+    _check_polar_settings(spacing_um=spacing_um, r_max_um=r_max_um, n_harmonics=n_harmonics, n_theta=n_theta,
+                          n_bands=n_bands)
     spec, cnt = ring_spectra(surface, spacing_um=spacing_um, n_theta=n_theta, r_max_um=r_max_um, centre=centre)
     band_of, measured = radial_bands(cnt, n_bands=n_bands, n_theta=n_theta)
     C = np.zeros((n_bands, n_harmonics), dtype=np.complex128)
     np.add.at(C, band_of, spec[:, 1:n_harmonics + 1])
-    norms = np.linalg.norm(C, axis=1)
-    use = (measured >= min_valid) & (norms > 0)
-    if not use.any():
-        raise DescriptorError("polar_phase_coefficients: no radial band has enough measured points; "
-                              f"raise r_max_um (now {r_max_um} um) or lower min_valid (now {min_valid})",
-                              reason="descriptor_no_band")
-    C[use] /= norms[use, None]
-    C[~use] = 0.0
+    unit_bands(C, measured, min_valid=min_valid, r_max_um=r_max_um, what="polar_phase_coefficients")
     return C / np.linalg.norm(C)
 
 
