@@ -108,6 +108,8 @@ def test_best_per_id_merges_rows():
     scores = np.array([[0.9, 0.2, 0.0], [0.95, 0.5, 0.1]])
     i, s = best_per_id(ids, scores)
     assert i.tolist() == [5, 3, 7] and np.allclose(s, [0.95, 0.9, 0.5])
+    i, s = best_per_id(ids, scores, metric="l2")                  # distances: the smallest is the best
+    assert i.tolist() == [3, 5, 7] and np.allclose(s, [0.1, 0.2, 0.5])
 
 
 def test_polar_descriptors_share_one_polar_sampling():

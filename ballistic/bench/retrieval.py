@@ -466,7 +466,8 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
             qs = m["queries"]
             d = m["descriptor"]
             if hasattr(d, "query_vectors"):        # rotation search by query expansion, as the Retriever does
-                I = [best_per_id(*idx.search(index_queries(d, Wq[i]), kmax + 1)[::-1])[0][:kmax + 1] for i in qs]
+                I = [best_per_id(*idx.search(index_queries(d, Wq[i]), kmax + 1)[::-1], metric=idx.metric)[0][:kmax + 1]
+                     for i in qs]
             else:
                 _, I = idx.search(Wq[qs], kmax + 1)
             for row, i in zip(I, qs):

@@ -88,25 +88,29 @@ def index_queries(descriptor, vector: np.ndarray) -> np.ndarray:
     return v[None, :] if v.ndim == 1 else v
 
 
-def best_per_id(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def best_per_id(ids: np.ndarray, scores: np.ndarray, *, metric: str = "ip") -> tuple[np.ndarray, np.ndarray]:
     """Merge an index's answers to several rows of one query: each id once, with its best score, best first.
 
     Parameters
     ----------
     ids, scores : ndarray, shape (n_rows, k)
         As an index search returns them (id -1 = no result).
+    metric : {"ip", "l2"}, keyword-only
+        The index's metric: the best score is the largest inner product or the smallest distance.
 
     Returns
     -------
     ids : ndarray of int64, shape (n,)
     scores : ndarray of float32, shape (n,)
-        Sorted by score, highest first (ties by id).
+        Best first (ties by id).
     """
+    if metric not in ("ip", "l2"):
+        raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
     i = np.asarray(ids, dtype=np.int64).ravel()
     s = np.asarray(scores, dtype=np.float32).ravel()
     ok = i >= 0
     i, s = i[ok], s[ok]
-    order = np.lexsort((i, -s))
+    order = np.lexsort((i, -s if metric == "ip" else s))
     i, s = i[order], s[order]
     _, first = np.unique(i, return_index=True)
     first.sort()
@@ -605,7 +609,7 @@ class Retriever:
         t = time.perf_counter()
         found = self.index.query(index_queries(self.descriptor, vector), p.k + len(excl), partition=partition,
                                  members=True)
-        ids, scores = best_per_id(found.ids, found.scores)
+        ids, scores = best_per_id(found.ids, found.scores, metric=getattr(self.index, "metric", "ip"))
         keep = [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) not in excl][:p.k]
         sec["index"] = time.perf_counter() - t
         cands = {i: Candidate(i, 0, s) for i, s in keep}
