@@ -1,6 +1,6 @@
 """Retrieval benchmark: the real Fadul scans hidden among synthetic distractors, descriptors side by side.
 
-``ballistic bench retrieval DIR --labels CSV --descriptor learned,polar --json OUT`` calls
+``ballistic bench retrieval DIR --labels CSV --descriptor phase,polar,learned --json OUT`` calls
 :func:`run_retrieval_bench`:
 
 * the 40 real Fadul breech faces (preprocessed, each rotated by a seeded random
@@ -13,6 +13,10 @@
   on disk (keyed on the descriptor, the generator's version and the normalisation's code);
 * each descriptor is one "arm" of the benchmark, run on the same queries and distractors:
 
+  - ``phase`` (the default descriptor): :class:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor`, raw;
+    its FAISS stage searches with the query's rotated and mirrored copies and keeps each candidate's best, as
+    the Retriever does (:func:`~ballistic.retrieval.search.index_queries`,
+    :func:`~ballistic.retrieval.search.best_per_id`);
   - ``polar``: :class:`~ballistic.retrieval.descriptor.PolarFFTDescriptor`, PCA-whitened
     (:class:`~ballistic.retrieval.descriptor.PCAWhitener` fitted on distractor descriptors only);
   - ``learned`` (registered by ``models/``): raw embeddings. With ``fold_models`` (a folder of
