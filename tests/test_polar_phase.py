@@ -81,6 +81,11 @@ def test_phase_descriptor_in_the_one_search_path():
     d = load_descriptor("phase")
     assert "phase" in available_descriptors() and isinstance(d, PolarPhaseDescriptor)
     assert d.name.startswith("bf-polar-phase/1?") and d.dim == 1280
+    # what a database records fits its 100-character column, and another setting is another version
+    from ballistic.retrieval.descriptor import descriptor_version
+    v = descriptor_version(d)
+    assert v.startswith("bf-polar-phase/1?") and len(v) <= 100 < len(d.name)
+    assert descriptor_version(PolarPhaseDescriptor(n_rotations=256)) not in (v, None)
     surfaces = {10 + k: _firing(k, 1) for k in range(12)}
     idx = VectorIndex(d.dim)
     idx.add(np.array(list(surfaces)), np.stack([d(s) for s in surfaces.values()]))

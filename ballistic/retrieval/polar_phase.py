@@ -39,6 +39,8 @@ against 2-40 ms for one row.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from ballistic.errors import DescriptorError
@@ -186,6 +188,9 @@ class PolarPhaseDescriptor:
         opts = "&".join(f"{k}={v:g}" if not isinstance(v, str) else f"{k}={v}" for k, v in sorted(self.kwargs.items()))
         # the expansion changes the scores, not the stored vectors, but an index names what answered it
         self.name = f"{PHASE_DESCRIPTOR_VERSION}?{opts}&n_rotations={self.n_rotations}&mirror={int(self.mirror)}"
+        # what a database records (descriptor_version, at most 100 characters): the version and a digest of the
+        # whole name, so any other setting is another version and triggers a re-index
+        self.version = f"{PHASE_DESCRIPTOR_VERSION}?{hashlib.sha256(self.name.encode()).hexdigest()[:16]}"
 
     def coefficients(self, surface: Surface) -> np.ndarray:
         """:func:`polar_phase_coefficients` with this descriptor's settings."""

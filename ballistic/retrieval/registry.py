@@ -117,8 +117,8 @@ def default_descriptor(name: str | None = None) -> DescriptorModel:
     """The descriptor the service, the CLI and the benchmarks use.
 
     ``name`` when given (the service passes its ``descriptor`` setting), else ``$BALLISTIC_DESCRIPTOR`` when
-    set, else :data:`DEFAULT_DESCRIPTOR` (the rotation-searched polar descriptor). A registered descriptor that fails to load
-    falls back to the polar-FFT one, with a warning logged that gives the reason.
+    set, else :data:`DEFAULT_DESCRIPTOR` (the rotation-searched polar descriptor). A registered descriptor
+    that fails to load falls back to the polar-FFT one, with a warning logged that gives the reason.
 
     Raises
     ------
