@@ -151,21 +151,17 @@ _RIM_INLIERS = 0.5
 
 
 def _consensus_circle(points: np.ndarray, *, min_radius_px: float, trials: int = 300) -> tuple[float, float, float]:
-    """Circle through the most of ``points`` ((x, y), pixels): circles through seeded random triples, the one
-    with most points within :data:`_RIM_TOLERANCE_PX` (radius at least ``min_radius_px``), refitted to those
-    points by :func:`fit_circle`. Deterministic."""
+    """Circle through the most of ``points`` ((x, y), pixels): the circles through seeded random triples
+    (:func:`fit_circle` of three points), the one with most points within :data:`_RIM_TOLERANCE_PX` (radius at
+    least ``min_radius_px``), refitted to those points by :func:`fit_circle`. Deterministic."""
     rng = np.random.default_rng(0)
     x, y = points[:, 0], points[:, 1]
     best, best_n = None, -1
-    for i, j, k in rng.integers(0, len(points), size=(trials, 3)):
-        (x1, y1), (x2, y2), (x3, y3) = points[i], points[j], points[k]
-        den = 2.0 * (x1 * (y2 - y3) + x2 * (y3 - y1) + x3 * (y1 - y2))
-        if abs(den) < 1e-9:
+    for tri in points[rng.integers(0, len(points), size=(trials, 3))]:
+        (ax, ay), (bx, by), (cx, cy) = tri
+        if abs((bx - ax) * (cy - ay) - (by - ay) * (cx - ax)) < 1e-9:      # collinear (or repeated): no circle
             continue
-        s1, s2, s3 = x1 * x1 + y1 * y1, x2 * x2 + y2 * y2, x3 * x3 + y3 * y3
-        ux = (s1 * (y2 - y3) + s2 * (y3 - y1) + s3 * (y1 - y2)) / den
-        uy = (s1 * (x3 - x2) + s2 * (x1 - x3) + s3 * (x2 - x1)) / den
-        r = math.hypot(x1 - ux, y1 - uy)
+        uy, ux, r = fit_circle(tri, iterations=1)
         if r < min_radius_px:
             continue
         inl = np.abs(np.hypot(x - ux, y - uy) - r) <= _RIM_TOLERANCE_PX
