@@ -366,7 +366,7 @@ def _read_x3p_fileobj(
         "spacing_x_um": spacing_x,
         "spacing_y_um": spacing_y,
         # pixels more than 1 % from square were resampled to square ones of the finer spacing
-        # (ballistic.preprocess.filters.resample_grid); the grid in the file was (SizeY, SizeX)
+        # (ballistic.io.grid.resample_grid); the grid in the file was (SizeY, SizeX)
         "resampled_to_square": not square,
         "grid_in_file": (sy, sx),
         "has_mask_png": has_mask_png,
