@@ -469,9 +469,9 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
             kmax = max(faiss_ks)
             qs = m["queries"]
             d = m["descriptor"]
-            rows = {i: index_queries(d, Wq[i]) for i in qs}    # what the Retriever sends: 1 row, or the copies
+            sent = {i: index_queries(d, Wq[i]) for i in qs}    # what the Retriever sends: 1 row, or the copies
             if hasattr(d, "query_vectors"):        # rotation search by query expansion, as the Retriever does
-                I = [best_per_id(*idx.search(rows[i], kmax + 1)[::-1], metric=idx.metric)[0][:kmax + 1] for i in qs]
+                I = [best_per_id(*idx.search(sent[i], kmax + 1)[::-1], metric=idx.metric)[0][:kmax + 1] for i in qs]
             else:
                 _, I = idx.search(Wq[qs], kmax + 1)
             for row, i in zip(I, qs):
@@ -484,8 +484,8 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
                 synth_top10.append(int((ids[:10] >= DISTRACTOR_ID0).sum()))
                 # exact scores: distractors above each mate (projection to 10 n), and how the distractors
                 # compare with the real non-mates
-                sd = (Wd[:n] @ rows[i].T).max(axis=1)
-                sr = (Wq @ rows[i].T).max(axis=1)
+                sd = (Wd[:n] @ sent[i].T).max(axis=1)
+                sr = (Wq @ sent[i].T).max(axis=1)
                 nonm = np.flatnonzero((src != src[i]))
                 for mt in mates:
                     above_d = int((sd > sr[mt]).sum())
