@@ -128,6 +128,12 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                                                                 "default RetrievalParams')"),
                     prior_step: Optional[float] = typer.Option(None, help="rotation step of the stage-2 prior "
                                                                "(degrees; default RetrievalParams')"),
+                    prior: bool = typer.Option(True, "--prior/--no-prior", help="run the stage-2 rotation prior "
+                                               "(without it the comparison takes the top cmc-k of the earlier stages)"),
+                    pose_window: Optional[float] = typer.Option(
+                        None, help="search the rotation stages and the comparison only within this many degrees of "
+                        "the pose the descriptor found for each candidate (RetrievalParams.pose_window_deg; a "
+                        "descriptor that searches rotations, e.g. phase)"),
                     ) -> None:
     """Hide the real scans among synthetic distractors; recall of the mates and query latency per descriptor."""
     from ballistic.bench.retrieval import run_retrieval_bench
@@ -140,7 +146,7 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                         k_sweep=ints(k_sweep), factory=factory, whiten_dim=whiten_dim, workers=workers, seed=seed,
                         cache_dir=cache, descriptors=tuple(v.strip() for v in descriptor.split(",") if v.strip()),
                         fold_models=fold_models, e2e=e2e, faiss_ks=ints(faiss_ks), screen_step_deg=screen_step,
-                        prior_step_deg=prior_step)
+                        prior_step_deg=prior_step, prior=prior, pose_window_deg=pose_window)
 
 
 index_app = typer.Typer(help="Descriptor index of breech-face scans (build, inspect, search).", no_args_is_help=True)

@@ -25,7 +25,9 @@ In an inner-product index (FAISS) a scan is stored as its coefficients' real and
 mirrored copies (:meth:`PolarPhaseDescriptor.query_vectors`) and a candidate's score is the best inner product
 of any copy with it - the same value :func:`rotation_similarity` gives at that angle step.
 :class:`~ballistic.retrieval.search.Retriever` does the expansion for every descriptor that has
-``query_vectors``.
+``query_vectors``. The row a candidate scored best with names its pose onto the query
+(:meth:`PolarPhaseDescriptor.row_pose`: rotation and parity as a registration states them), which the later
+stages may search near instead of the full circle (``RetrievalParams.pose_window_deg``).
 
 Nothing is fitted: the bands, harmonics and sampling are the polar-FFT descriptor's own; 128 rotations (2.8
 degrees) found the same mates as 512 on the real sets. It is the default descriptor
@@ -217,6 +219,31 @@ class PolarPhaseDescriptor:
         rot = Q[None] * np.exp(1j * np.outer(a, np.arange(1, nh + 1)))[:, None, :]
         rows = np.concatenate([rot, np.conj(rot)]) if self.mirror else rot
         return np.stack([rows.real, rows.imag], axis=-1).reshape(len(rows), self.dim).astype(np.float32)
+
+    def row_pose(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """The pose each row of :meth:`query_vectors` stands for, as a registration states it.
+
+        Parameters
+        ----------
+        rows : array_like of int
+            Row numbers of :meth:`query_vectors` (e.g. the row a candidate scored best with).
+
+        Returns
+        -------
+        angle_deg : ndarray of float, shape like ``rows``
+            Rotation of the candidate onto the query (degrees, counter-clockwise as displayed, in [0, 360)):
+            :attr:`~ballistic.cartridge.cmc.register.Registration.angle_deg` of the comparison of the query
+            (reference) with the candidate (target), to within the row step (``360 / n_rotations``) and the
+            descriptor's own error.
+        mirrored : ndarray of bool
+            True for the mirror-image rows (the candidate mirrored, as ``Registration.mirrored``).
+        """
+        r = np.asarray(rows, dtype=np.int64)
+        n = self.n_rotations * (2 if self.mirror else 1)
+        if r.size and (r.min() < 0 or r.max() >= n):
+            raise DescriptorError(f"row_pose: rows must be in [0, {n}) (the rows of query_vectors), got "
+                                  f"{int(r.min())}..{int(r.max())}")
+        return (r % self.n_rotations) * (360.0 / self.n_rotations), r >= self.n_rotations
 
     def __repr__(self) -> str:
         return f"PolarPhaseDescriptor({self.name})"

@@ -35,6 +35,12 @@ A query is searched in stages:
 3. **re-rank** - the best ``cmc_k`` of stage 2 are compared (:class:`PairComparison`; CMC: about 0.2 s a
    pair on one core) on the executor. Pairs compared before (``known``) are ranked with their stored outcome.
 
+With ``RetrievalParams.pose_window_deg`` and a descriptor that searches rotations (``row_pose``), each
+candidate carries the rotation and parity its best index row stands for (``Candidate.descriptor_angle_deg``,
+``descriptor_mirrored``), and stages 1b, 2 and 3 search only that window of the circle
+(:class:`~ballistic.cartridge.cmc.register.PoseHint`): the rotation the descriptor has already searched is not
+searched three times more.
+
 The result lists the ``k`` candidates: the ``cmc_k`` compared ones first, by the comparison's score
 (ties by stage-2 score), then the others by stage-2 score. Every candidate carries all the scores it
 got, and the result names the index state it searched (for a
@@ -62,8 +68,8 @@ import numpy as np
 
 from ballistic.cartridge.cmc.pair import compare_pair
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, band_heights, prepare
-from ballistic.cartridge.cmc.register import (_ncc_from_spectra, _ncc_spectra, _ncc_window, _rim_radius_px,
-                                              warp_to_reference)
+from ballistic.cartridge.cmc.register import (PoseHint, _ncc_from_spectra, _ncc_spectra, _ncc_window,
+                                              _rim_radius_px, warp_to_reference)
 from ballistic.preprocess.filters import resample
 from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener, descriptor_version
 from ballistic.retrieval.registry import default_descriptor
@@ -88,7 +94,7 @@ def index_queries(descriptor, vector: np.ndarray) -> np.ndarray:
     return v[None, :] if v.ndim == 1 else v
 
 
-def best_per_id(ids: np.ndarray, scores: np.ndarray, *, metric: str = "ip") -> tuple[np.ndarray, np.ndarray]:
+def best_per_id(ids: np.ndarray, scores: np.ndarray, *, metric: str = "ip", rows: bool = False):
     """Merge an index's answers to several rows of one query: each id once, with its best score, best first.
 
     Parameters
@@ -97,24 +103,30 @@ def best_per_id(ids: np.ndarray, scores: np.ndarray, *, metric: str = "ip") -> t
         As an index search returns them (id -1 = no result).
     metric : {"ip", "l2"}, keyword-only
         The index's metric: the best score is the largest inner product or the smallest distance.
+    rows : bool, keyword-only
+        Also return the query row that gave each id its best score.
 
     Returns
     -------
     ids : ndarray of int64, shape (n,)
     scores : ndarray of float32, shape (n,)
         Best first (ties by id).
+    row : ndarray of int64, shape (n,)
+        Only with ``rows``: the row of ``ids``/``scores`` (the query copy) each best came from.
     """
     if metric not in ("ip", "l2"):
         raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
-    i = np.asarray(ids, dtype=np.int64).ravel()
+    i = np.asarray(ids, dtype=np.int64)
+    r = np.broadcast_to(np.arange(i.shape[0] if i.ndim > 1 else 1)[:, None], i.reshape(-1, i.shape[-1]).shape).ravel()
+    i = i.ravel()
     s = np.asarray(scores, dtype=np.float32).ravel()
     ok = i >= 0
-    i, s = i[ok], s[ok]
-    order = np.lexsort((i, -s if metric == "ip" else s))
-    i, s = i[order], s[order]
+    i, s, r = i[ok], s[ok], r[ok]
+    order = np.lexsort((r, i, -s if metric == "ip" else s))
+    i, s, r = i[order], s[order], r[order]
     _, first = np.unique(i, return_index=True)
     first.sort()
-    return i[first], s[first]
+    return (i[first], s[first], r[first]) if rows else (i[first], s[first])
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,15 @@ class RetrievalParams:
     max_shift_fraction, min_overlap : stage-2 translation window (fraction of the query size)
         and minimum shared area (fraction of the smaller measured area), as in :class:`CMCParams`.
     workers : processes for stages 1b, 2 and 3 (1 = in this process).
+    pose_window_deg : with a descriptor that searches rotations (``row_pose``, e.g.
+        :class:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor`), each candidate arrives with the
+        rotation and parity the descriptor found best; stages 1b and 2 then score it only at rotations within
+        this many degrees of that pose, and stage 3 registers it near that pose
+        (:class:`~ballistic.cartridge.cmc.register.PoseHint`; a CMC outcome is then ``search="hinted"``: counts
+        and decision, no model score or likelihood ratio). None: the full circle everywhere. The phase
+        descriptor's pose was within 2 degrees of the full registration's on every same-source Fadul pair and
+        18 of the 19 same-gun DFSC pairs (the 19th: its best phase pose is the wrong one, and the hinted
+        comparison finds C = 2 where the full one finds 6).
 
     The defaults are the configuration measured by ``ballistic bench retrieval`` (40 real Fadul
     scans among 1e5 synthetic distractors, the JSON it writes).
@@ -157,6 +178,7 @@ class RetrievalParams:
     min_overlap: float = 0.4
     workers: int = 2
     cmc: CMCParams = field(default_factory=CMCParams)
+    pose_window_deg: float | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.cmc_k < 0:
@@ -165,6 +187,8 @@ class RetrievalParams:
             raise ValueError("prior_spacing_um must be > 0 um and prior_step_deg in (0, 90] degrees")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.pose_window_deg is not None and not (0.0 < self.pose_window_deg < 180.0):
+            raise ValueError(f"pose_window_deg must be in (0, 180) degrees or None, got {self.pose_window_deg}")
 
 
 @dataclass
@@ -177,6 +201,8 @@ class Candidate:
     screen_ncc: float = float("nan")  # stage 1b (masked NCC at the screening spacing, best angle)
     prior_ncc: float = float("nan")  # stage 2 (masked NCC at the prior spacing, best angle)
     prior_angle_deg: float = float("nan")
+    descriptor_angle_deg: float = float("nan")  # stage 1: the candidate's best rotation onto the query (row_pose)
+    descriptor_mirrored: bool | None = None     # ... and its parity
     score: float | None = None      # stage 3: the comparison's ranking score (CMC: similarity)
     cmc_count: int | None = None    # from the comparison's summary (CMC)
     similarity: float | None = None
@@ -203,7 +229,7 @@ class Candidate:
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "outcome"}
-        for key in ("descriptor_score", "screen_ncc", "prior_ncc", "prior_angle_deg"):
+        for key in ("descriptor_score", "screen_ncc", "prior_ncc", "prior_angle_deg", "descriptor_angle_deg"):
             d[key] = None if not np.isfinite(d[key]) else round(float(d[key]), 6)
         return d
 
@@ -313,17 +339,43 @@ class RotationPrior:
         """
         return tuple(self.score_many([candidate])[0])  # type: ignore[return-value]
 
-    def score_many(self, candidates, *, batch: int = 1) -> np.ndarray:
+    def score_many(self, candidates, *, batch: int = 1, hints=None) -> np.ndarray:
         """:meth:`score` for many candidates (``batch`` per transform; larger batches were slower at
-        50 um, memory-bound). Returns (n, 2): ncc, angle."""
+        50 um, memory-bound). Returns (n, 2): ncc, angle.
+
+        ``hints``: optional sequence of :class:`~ballistic.cartridge.cmc.register.PoseHint` (or None) per
+        candidate, each the candidate's pose onto the query as a registration states it; a hinted candidate is
+        scored only at the query rotations within the hint's window, in its parity (the query's rotation by
+        ``-angle``, or by ``angle`` for a mirrored pose)."""
         hs = [c if isinstance(c, np.ndarray) else _heights_at(c, self.spacing_um, self.highpass_um)
               for c in candidates]
         out = np.empty((len(hs), 2))
+        if hints is not None:
+            if len(hints) != len(hs):
+                raise ValueError(f"score_many: {len(hints)} hints for {len(hs)} candidates")
+            for j, (h, hint) in enumerate(zip(hs, hints)):
+                out[j] = self._score_batch([h], rows=None if hint is None else self._hint_rows(hint))[0]
+            return out
         for lo in range(0, len(hs), batch):
             out[lo:lo + batch] = self._score_batch(hs[lo:lo + batch])
         return out
 
-    def _score_batch(self, hs: list[np.ndarray]) -> np.ndarray:
+    def _hint_rows(self, hint) -> np.ndarray:
+        """Rows of the query's rotated stack within a hint's window (parity-major: mirrored rows follow)."""
+        if hint.mirrored and not self.mirror:
+            return np.empty(0, dtype=np.int64)
+        # rotating the candidate by a onto the query is rotating the query by -a onto the candidate; a mirror
+        # image turns the other way
+        a = float(hint.angle_deg) if hint.mirrored else -float(hint.angle_deg)
+        off = np.abs((self.angles - a + 180.0) % 360.0 - 180.0)
+        near = np.flatnonzero(off <= float(hint.halfwidth_deg) + 1e-9)
+        if not near.size:
+            near = np.array([int(np.argmin(off))])
+        return near + (len(self.angles) if hint.mirrored else 0)
+
+    def _score_batch(self, hs: list[np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
+        if rows is not None and not len(rows):
+            return np.array([[-np.inf, np.nan]] * len(hs))
         N = self.N
         f = np.full((len(hs), N, N), np.nan, dtype=np.float32)
         for b, h in enumerate(hs):
@@ -335,16 +387,18 @@ class RotationPrior:
             oy, ox = (N - ny) // 2, (N - nx) // 2
             f[b, oy:oy + ny, ox:ox + nx] = h
         fs = tuple(a[:, None] for a in _ncc_spectra(f, self._shape, np.float32))
+        ms = self._spectra if rows is None else tuple(a[rows] for a in self._spectra)
+        rows = np.arange(ms[0].shape[0]) if rows is None else np.asarray(rows)
         # uncentred, as the comparison's own rotation prior: zero-mean band-passed views, 4 transforms instead of 6
-        c, n = _ncc_from_spectra(fs, self._spectra, self._shape, self._window, 16,
+        c, n = _ncc_from_spectra(fs, ms, self._shape, self._window, 16,
                                  centred=False)   # (B, angles, shifts, shifts)
         cnt = np.isfinite(f).sum(axis=(1, 2))
         mo = np.maximum(16.0, self.min_overlap * np.minimum(cnt, self._count))[:, None, None, None]
         c = np.where((n >= mo) & np.isfinite(c), c, -np.inf)
-        per_angle = c.reshape(len(hs), self._spectra[0].shape[0], -1).max(axis=2)
+        per_angle = c.reshape(len(hs), len(rows), -1).max(axis=2)
         k = per_angle.argmax(axis=1)
         best = per_angle[np.arange(len(hs)), k]
-        ang = np.where(np.isfinite(best), self.angles[k % len(self.angles)], np.nan)
+        ang = np.where(np.isfinite(best), self.angles[rows[k] % len(self.angles)], np.nan)
         return np.stack([np.where(np.isfinite(best), np.minimum(best, 1.0), -np.inf), ang], axis=1)
 
 
@@ -389,7 +443,8 @@ class PairComparison(Protocol):
     """How the re-rank stage compares the query with a candidate (default: :class:`CMCComparison`).
 
     ``prepare(query)`` runs once per search, in the calling process; ``__call__(query, candidate)`` runs in
-    the executor's tasks (a picklable object) and returns a JSON-ready outcome dict whose ``"score"`` is
+    the executor's tasks (with ``hint=``, a :class:`~ballistic.cartridge.cmc.register.PoseHint`, when
+    ``RetrievalParams.pose_window_deg`` is set and the descriptor gave the candidate a pose) (a picklable object) and returns a JSON-ready outcome dict whose ``"score"`` is
     the ranking score (higher first; ``None``: not comparable, with a ``"status"`` saying why) and whose
     ``"summary"`` is a flat record. ``version`` names the algorithm (recorded with every search).
     """
@@ -398,7 +453,7 @@ class PairComparison(Protocol):
 
     def prepare(self, query): ...
 
-    def __call__(self, query, candidate) -> dict: ...
+    def __call__(self, query, candidate, *, hint=None) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -423,8 +478,8 @@ class CMCComparison:
     def prepare(self, query):
         return query if isinstance(query, PreparedSurface) else prepare(query, self.params)
 
-    def __call__(self, query, candidate) -> dict:
-        r = compare_pair(query, candidate, self.params)
+    def __call__(self, query, candidate, *, hint=None) -> dict:
+        r = compare_pair(query, candidate, self.params, hint=hint)
         out = {"score": float(getattr(r, "score", r.similarity)), "summary": r.summary(),
                "similarity": float(r.similarity), "cmc_count": int(r.cmc_count),
                "identification": bool(r.identification)}
@@ -456,24 +511,27 @@ def _fetch_coarse(fetch: Fetch, i: int, spacing_um: float):
 
 def _task_prior(fetch: Fetch, task) -> list[tuple[int, float, float, bool]]:
     """Rotation-prior scores of a chunk of candidates: ``(id, ncc, angle, available)``."""
-    token, query, rp_kwargs, ids = task
+    token, query, rp_kwargs, ids, hints = task
     key = (token, tuple(sorted(rp_kwargs.items())))
     rp = _PRIOR_CACHE["prior"]
     if _PRIOR_CACHE["key"] != key:       # the query's rotated stack, built once per search and process
         rp = RotationPrior(query, **rp_kwargs)
         _PRIOR_CACHE.update(key=key, prior=rp)
     got = [(int(i), _fetch_coarse(fetch, i, rp.spacing_um)) for i in ids]
-    have = [(i, c) for i, c in got if c is not None]
-    sc = rp.score_many([c for _, c in have]) if have else np.empty((0, 2))
-    out = {i: (i, float(v), float(a), True) for (i, _), (v, a) in zip(have, sc)}
+    have = [(i, c, h) for (i, c), h in zip(got, hints) if c is not None]
+    sc = rp.score_many([c for _, c, _ in have], hints=None if all(h is None for *_, h in have) else
+                       [h for *_, h in have]) if have else np.empty((0, 2))
+    out = {i: (i, float(v), float(a), True) for (i, _, _), (v, a) in zip(have, sc)}
     return [out.get(i, (i, float("nan"), float("nan"), False)) for i, _ in got]
 
 
 def _task_compare(fetch: Fetch, task) -> tuple[int, dict | None]:
     """One pair comparison: ``(id, outcome)``, ``outcome=None`` when the candidate is not available."""
-    query, i, compare = task
+    query, i, compare, *hint = task
     cand = fetch(int(i))
-    return int(i), None if cand is None else compare(query, cand)
+    if cand is None:
+        return int(i), None
+    return int(i), compare(query, cand, hint=hint[0]) if hint and hint[0] is not None else compare(query, cand)
 
 
 # ----------------------------------------------------------------------------------------- retriever
@@ -551,8 +609,9 @@ class Retriever:
         v = self.descriptor(surface)
         return self.whitener.transform(v) if self.whitener is not None else v
 
-    def _rotation_stage(self, surface, ids, spacing_um, step_deg, p, token, stop):
-        """Score ``ids`` with a RotationPrior at (spacing_um, step_deg) on the executor."""
+    def _rotation_stage(self, surface, ids, spacing_um, step_deg, p, token, stop, hints):
+        """Score ``ids`` with a RotationPrior at (spacing_um, step_deg) on the executor (each id near its
+        ``hints[id]`` pose when it has one)."""
         rp_kwargs = dict(spacing_um=spacing_um, step_deg=step_deg, max_shift_fraction=p.max_shift_fraction,
                          min_overlap=p.min_overlap, mirror=p.cmc.mirror, highpass_um=p.cmc.prior_highpass_um)
         # send the query at the stage's spacing: workers rebuild its rotated stack from a few KB
@@ -560,7 +619,7 @@ class Retriever:
             if isinstance(surface, Surface) and surface.spacing_um < spacing_um else surface
         n_chunks = max(1, min(len(ids), 4 * self.executor.slots))
         chunks = [ids[j::n_chunks] for j in range(n_chunks)]
-        tasks = [(token, q, rp_kwargs, c) for c in chunks]
+        tasks = [(token, q, rp_kwargs, c, [hints.get(i) for i in c]) for c in chunks]
         results = self.executor.map(_task_prior, tasks, context=self.fetch, stop=stop)
         return [r for res in results for r in res]
 
@@ -609,11 +668,20 @@ class Retriever:
         t = time.perf_counter()
         found = self.index.query(index_queries(self.descriptor, vector), p.k + len(excl), partition=partition,
                                  members=True)
-        ids, scores = best_per_id(found.ids, found.scores, metric=getattr(self.index, "metric", "ip"))
-        keep = [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) not in excl][:p.k]
+        row_pose = getattr(self.descriptor, "row_pose", None)
+        ids, scores, rows = best_per_id(found.ids, found.scores, metric=getattr(self.index, "metric", "ip"),
+                                        rows=True)
+        ang, mir = row_pose(rows) if row_pose is not None and np.ndim(vector) == 1 else \
+            (np.full(len(ids), np.nan), np.full(len(ids), None))
+        keep = [(int(i), float(s), float(a), m) for i, s, a, m in zip(ids, scores, ang, mir) if int(i) not in excl]
+        keep = keep[:p.k]
         sec["index"] = time.perf_counter() - t
-        cands = {i: Candidate(i, 0, s) for i, s in keep}
-        order = [i for i, _ in keep]
+        cands = {i: Candidate(i, 0, s, descriptor_angle_deg=a, descriptor_mirrored=None if m is None else bool(m))
+                 for i, s, a, m in keep}
+        order = [i for i, *_ in keep]
+        # the descriptor's pose of each candidate narrows the rotation stages when asked to
+        hints = {} if p.pose_window_deg is None else {
+            i: PoseHint(a, bool(m), float(p.pose_window_deg)) for i, _, a, m in keep if np.isfinite(a)}
         prior_cache = {}
         if known is not None:
             look = known.get if isinstance(known, Mapping) else known
@@ -624,7 +692,8 @@ class Retriever:
         token = next(_SEARCH_TOKENS)
         if p.screen_k and len(order) > p.screen_k:
             t = time.perf_counter()
-            res = self._rotation_stage(surface, order, p.screen_spacing_um, p.screen_step_deg, p, token, stop)
+            res = self._rotation_stage(surface, order, p.screen_spacing_um, p.screen_step_deg, p, token, stop,
+                                       hints)
             for i, ncc, _, ok in res:
                 cands[i].screen_ncc = ncc
                 cands[i].available = ok
@@ -634,7 +703,7 @@ class Retriever:
         if p.prior and order and (len(order) > p.cmc_k or not p.cmc_k):
             t = time.perf_counter()
             head = order[:p.screen_k] if p.screen_k else order
-            res = self._rotation_stage(surface, head, p.prior_spacing_um, p.prior_step_deg, p, token, stop)
+            res = self._rotation_stage(surface, head, p.prior_spacing_um, p.prior_step_deg, p, token, stop, hints)
             for i, ncc, ang, ok in res:
                 cands[i].prior_ncc, cands[i].prior_angle_deg = ncc, ang
                 cands[i].available = ok
@@ -653,7 +722,7 @@ class Retriever:
                     cands[i].compared = "unavailable"
             if todo:
                 qprep = compare.prepare(surface)
-                tasks = [(qprep, i, compare) for i in todo]
+                tasks = [(qprep, i, compare, hints.get(i)) for i in todo]
                 for i, outcome in self.executor.map(_task_compare, tasks, context=self.fetch, stop=stop):
                     if outcome is None:
                         cands[i].available, cands[i].compared = False, "unavailable"
@@ -676,7 +745,8 @@ class Retriever:
                                n_eligible=int(members.size - np.isin(list(excl), members).sum()),
                                max_id=int(members.max()) if members.size else None,
                                descriptor_version=self.descriptor_version, transform_id=self.transform_id,
-                               algorithm_version=compare.version)
+                               algorithm_version=compare.version if not hints else
+                               f"{compare.version}+pose-window={p.pose_window_deg:g}")
 
 
 def _finite(x) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 from ballistic.cartridge.cmc.cells import DirectionResult, compare_cells
 from ballistic.cartridge.cmc.decision import CMCOutcome, cmc_count, decide, high_cmc_count
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, mirrored, prepare
-from ballistic.cartridge.cmc.register import invert_registration, register_global, register_thorough
+from ballistic.cartridge.cmc.register import PoseHint, invert_registration, register_global, register_thorough
 from ballistic.cartridge.score.features import pair_features
 from ballistic.cartridge.score.model import PairModel, default_model
 from ballistic.errors import InputError
@@ -50,7 +50,7 @@ class PairResult:
     model_score: float | None = None                 # log-odds of the shipped pair model (None: no model)
     model_log10_lr: float | None = None              # its calibrated, bounded log10 LR
     model_version: str = ""
-    search: str = "standard"                         # "standard" (register_global) or "thorough" (register_thorough)
+    search: str = "standard"     # "standard" (register_global), "hinted" (the same near a PoseHint) or "thorough"
 
     @property
     def registration(self):
@@ -115,7 +115,7 @@ def _prepared(x: Surface | PreparedSurface, p: CMCParams) -> PreparedSurface:
 
 def compare_pair(reference: Surface | PreparedSurface, target: Surface | PreparedSurface,
                  params: CMCParams | None = None, *, model: "PairModel | None | str" = "default",
-                 search: str = "standard") -> PairResult:
+                 search: str = "standard", hint: PoseHint | None = None) -> PairResult:
     """Compare two preprocessed breech faces with Congruent Matching Cells, both ways.
 
     Parameters
@@ -135,6 +135,13 @@ def compare_pair(reference: Surface | PreparedSurface, target: Surface | Prepare
         counts, the features and the model's score, but no calibrated likelihood ratio
         (``model_log10_lr`` None): the calibration was fitted on the standard search, and a wider search
         also finds higher chance correlations between different sources.
+    hint : PoseHint, optional, keyword-only
+        Register near a pose known from elsewhere (the retrieval's re-rank passes the descriptor's best
+        rotation of the candidate): the standard search with its rotation prior limited to the hint's window
+        (:func:`~ballistic.cartridge.cmc.register.register_global`), about half the time of a comparison.
+        The result is marked ``search="hinted"``; it reports the CMC counts and decision but no model score
+        and no likelihood ratio (the prior's runner-up, one of the model's features, is then searched within the
+        window only, and the calibration was fitted on the full circle).
 
     Returns
     -------
@@ -144,10 +151,15 @@ def compare_pair(reference: Surface | PreparedSurface, target: Surface | Prepare
     """
     if search not in SEARCHES:
         raise InputError(f"compare_pair: search must be one of {SEARCHES}, got {search!r}")
+    if hint is not None and search != "standard":
+        raise InputError("compare_pair: a pose hint narrows the standard search; pass search='standard' with it")
     p = params or CMCParams()
     t0 = time.perf_counter()
     a, b = _prepared(reference, p), _prepared(target, p)
-    reg = register_global(a, b, p) if search == "standard" else register_thorough(a, b, p)
+    if hint is not None:
+        reg = register_global(a, b, p, hint=hint)
+    else:
+        reg = register_global(a, b, p) if search == "standard" else register_thorough(a, b, p)
     bb = mirrored(b) if reg.mirrored else b     # cells run on the target as registered
     fwd = compare_cells(a, bb, reg, p)
     bwd = compare_cells(bb, a, invert_registration(reg), p)
@@ -157,9 +169,9 @@ def compare_pair(reference: Surface | PreparedSurface, target: Surface | Prepare
     count = high[k].count
     sim = count + (high[k].mean_cmc_corr if count else 0.0)
     res = PairResult(a.name, b.name, fwd, bwd, orig, high, count, float(sim), decide(count, p),
-                     0.0, p, search=search)
+                     0.0, p, search="hinted" if hint is not None else search)
     res.features = pair_features(res)
-    mdl = default_model() if isinstance(model, str) and model == "default" else model
+    mdl = None if hint is not None else default_model() if isinstance(model, str) and model == "default" else model
     if mdl is not None:
         res.model_score = float(mdl.score(res.features))
         lr = mdl.log10_lr(res.features) if search == "standard" else None
