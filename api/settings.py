@@ -41,8 +41,13 @@ class Settings(BaseSettings):
     whitener_path: Path | None = Field(None, description="fitted PCAWhitener (.npz); raw descriptor when unset")
     rerank_k: int = Field(20, ge=1, le=1000, description="candidates re-ranked with the CMC comparison")
     shortlist_k: int = Field(200, ge=1, le=100000, description=(
-        "descriptor nearest neighbours screened by the full-circle coarse registration (50 um) before the "
+        "descriptor nearest neighbours screened by the coarse registration (50 um) before the "
         "best rerank_k go to the CMC comparison; <= rerank_k switches the screen off"))
+    pose_window_deg: float = Field(8.0, ge=0, lt=180, description=(
+        "with a descriptor that searches rotations (phase), the coarse registration screens each candidate only "
+        "within this many degrees of the rotation and parity the descriptor found for it, not over the full "
+        "circle again; 0: the full circle. The stored CMC comparisons always search the full circle (they "
+        "carry the calibrated likelihood ratio)"))
     preprocess_kind: str = Field("auto", pattern="^(auto|raw|processed)$")
     index_save_interval_s: float = Field(0.0, ge=0, description="snapshot the index at most this often")
     index_shards: int = Field(1, ge=1, le=256, description=(

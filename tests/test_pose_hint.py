@@ -17,7 +17,7 @@ from ballistic.errors import DescriptorError, InputError
 from ballistic.preprocess.filters import crop_to_mask, rotate
 from ballistic.retrieval.index import VectorIndex
 from ballistic.retrieval.polar_phase import PolarPhaseDescriptor, rotation_similarity
-from ballistic.retrieval.search import RetrievalParams, Retriever, RotationPrior, best_per_id
+from ballistic.retrieval.search import CMCComparison, RetrievalParams, Retriever, RotationPrior, best_per_id
 
 
 def _firing(firearm: int, shot: int):
@@ -121,6 +121,14 @@ def test_retriever_passes_the_descriptors_pose_down_the_stages():
     assert top_f.summary["search"] == "standard" and top_h.summary["search"] == "hinted"
     assert top_h.cmc_count == top_f.cmc_count and top_h.prior_ncc == pytest.approx(top_f.prior_ncc)
     assert hinted.algorithm_version == f"{full.algorithm_version}+pose-window=8"
+    # a comparison that declines hints (the service stores its comparisons with their LR) is the full one,
+    # while the rotation prior still searches the window
+    with Retriever(idx, surfaces.get, descriptor=d, params=base, compare=CMCComparison(accepts_hint=False)) as r:
+        declined = r.query(q, params=RetrievalParams(k=4, cmc_k=1, screen_k=0, prior=True, workers=1,
+                                                     pose_window_deg=8.0))
+    top_d = declined.candidates[0]
+    assert top_d.summary["search"] == "standard" and top_d.summary["model_log10_lr"] == top_f.summary["model_log10_lr"]
+    assert declined.algorithm_version == full.algorithm_version and top_d.prior_ncc == pytest.approx(top_h.prior_ncc)
     assert all(np.isfinite(c.descriptor_angle_deg) for c in hinted.candidates)
     with pytest.raises(ValueError, match="pose_window_deg"):
         RetrievalParams(pose_window_deg=180.0)

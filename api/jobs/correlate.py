@@ -338,12 +338,14 @@ def _correlate_cartridge(ctx: JobContext, job_id: int, ex: _ExhibitView) -> int:
     _store_descriptor(ctx, space, ex, raw, derived_path=rel, preprocess_info=info, firing_pin_path=fp_rel,
                       firing_pin_info=fp_info)
     # 3. the one search path: descriptor shortlist of SHORTLIST_K in the exhibit's partition, screened by the
-    # full-circle coarse registration (the rotation prior of the CMC comparison, ~10 ms a pair), the best
+    # coarse registration (the rotation prior of the CMC comparison; near the descriptor's pose of each candidate
+    # with a rotation-searching descriptor and POSE_WINDOW_DEG, else over the full circle), the best
     # RERANK_K compared with compare_pair (pairs compared before are kept, not redone)
     cmc = CMCParams()
     shortlist_k = max(ctx.settings.shortlist_k, ctx.settings.rerank_k)
     params = RetrievalParams(k=shortlist_k, screen_k=0, cmc_k=ctx.settings.rerank_k, prior=True,
-                             prior_spacing_um=cmc.prior_spacing_um, workers=1, cmc=cmc)
+                             prior_spacing_um=cmc.prior_spacing_um, workers=1, cmc=cmc,
+                             pose_window_deg=ctx.settings.pose_window_deg or None)
     done = _stored_pairs(ctx, ex.id, (ex.region, "firing_pin"))
 
     def known(cid: int):
@@ -354,7 +356,8 @@ def _correlate_cartridge(ctx: JobContext, job_id: int, ex: _ExhibitView) -> int:
     fetch = StoredSurfaces(ctx.settings.database_url, str(ctx.store.root), ctx.settings.max_pixels,
                            ctx.settings.prepared_cache_size)
     query = fetch(ex.id)
-    retriever = space.retriever(fetch, params=params, compare=CMCComparison(cmc, details=True))
+    # the comparisons are stored and shown with their likelihood ratio: always the full circle
+    retriever = space.retriever(fetch, params=params, compare=CMCComparison(cmc, details=True, accepts_hint=False))
     res = retriever.query(query, partition=ex.partition, exclude=[ex.id], vector=space.transform(raw), known=known,
                           stop=ctx.stop)
     top = res.candidates[:params.cmc_k]
@@ -391,9 +394,13 @@ def _correlate_cartridge(ctx: JobContext, job_id: int, ex: _ExhibitView) -> int:
     screened = [c for c in res.candidates if np.isfinite(c.prior_ncc)]
     screen = {"used": "prior" in res.seconds, "shortlist": len(res.candidates)}
     if screen["used"]:
+        hinted = params.pose_window_deg is not None and any(np.isfinite(c.descriptor_angle_deg)
+                                                            for c in res.candidates)
         screen.update(screened=len(screened), kept=sum(1 for c in top if np.isfinite(c.prior_ncc)),
                       spacing_um=params.prior_spacing_um, step_deg=params.prior_step_deg,
-                      mirror=bool(params.cmc.mirror))
+                      mirror=bool(params.cmc.mirror),
+                      # the window about each candidate's descriptor pose it searched (None: the full circle)
+                      pose_window_deg=params.pose_window_deg if hinted else None)
     record = _search_record(
         ctx, space, ex, res, algorithm=ALGORITHM_VERSION, params=cmc.as_dict(), started_at=started,
         results=results,

@@ -155,9 +155,10 @@ class RetrievalParams:
     pose_window_deg : with a descriptor that searches rotations (``row_pose``, e.g.
         :class:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor`), each candidate arrives with the
         rotation and parity the descriptor found best; stages 1b and 2 then score it only at rotations within
-        this many degrees of that pose, and stage 3 registers it near that pose
-        (:class:`~ballistic.cartridge.cmc.register.PoseHint`; a CMC outcome is then ``search="hinted"``: counts
-        and decision, no model score or likelihood ratio). None: the full circle everywhere. The phase
+        this many degrees of that pose, and stage 3 registers it near that pose when the comparison
+        ``accepts_hint`` (:class:`~ballistic.cartridge.cmc.register.PoseHint`; a CMC outcome is then
+        ``search="hinted"``: counts and decision, no model score or likelihood ratio). None: the full circle
+        everywhere. The phase
         descriptor's pose was within 2 degrees of the full registration's on every same-source Fadul pair and
         18 of the 19 same-gun DFSC pairs (the 19th: its best phase pose is the wrong one, and the hinted
         comparison finds C = 2 where the full one finds 6).
@@ -444,7 +445,8 @@ class PairComparison(Protocol):
 
     ``prepare(query)`` runs once per search, in the calling process; ``__call__(query, candidate)`` runs in
     the executor's tasks (with ``hint=``, a :class:`~ballistic.cartridge.cmc.register.PoseHint`, when
-    ``RetrievalParams.pose_window_deg`` is set and the descriptor gave the candidate a pose) (a picklable object) and returns a JSON-ready outcome dict whose ``"score"`` is
+    ``RetrievalParams.pose_window_deg`` is set, the descriptor gave the candidate a pose and the comparison's
+    ``accepts_hint`` is true) (a picklable object) and returns a JSON-ready outcome dict whose ``"score"`` is
     the ranking score (higher first; ``None``: not comparable, with a ``"status"`` saying why) and whose
     ``"summary"`` is a flat record. ``version`` names the algorithm (recorded with every search).
     """
@@ -469,6 +471,9 @@ class CMCComparison:
 
     params: CMCParams = field(default_factory=CMCParams)
     details: bool = False
+    #: take the retrieval's pose hints (a faster comparison without model score or LR); False: always the
+    #: full-circle comparison, e.g. where the outcome is stored and shown with its likelihood ratio
+    accepts_hint: bool = True
 
     @property
     def version(self) -> str:
@@ -657,6 +662,7 @@ class Retriever:
         """
         p = params or self.params
         compare = self.compare or CMCComparison(p.cmc)
+        use_hint = bool(getattr(compare, "accepts_hint", False))
         t0 = time.perf_counter()
         sec: dict[str, float] = {}
         excl = set(int(i) for i in exclude)
@@ -722,7 +728,7 @@ class Retriever:
                     cands[i].compared = "unavailable"
             if todo:
                 qprep = compare.prepare(surface)
-                tasks = [(qprep, i, compare, hints.get(i)) for i in todo]
+                tasks = [(qprep, i, compare, hints.get(i) if use_hint else None) for i in todo]
                 for i, outcome in self.executor.map(_task_compare, tasks, context=self.fetch, stop=stop):
                     if outcome is None:
                         cands[i].available, cands[i].compared = False, "unavailable"
@@ -745,7 +751,7 @@ class Retriever:
                                n_eligible=int(members.size - np.isin(list(excl), members).sum()),
                                max_id=int(members.max()) if members.size else None,
                                descriptor_version=self.descriptor_version, transform_id=self.transform_id,
-                               algorithm_version=compare.version if not hints else
+                               algorithm_version=compare.version if not (hints and use_hint) else
                                f"{compare.version}+pose-window={p.pose_window_deg:g}")
 
 

@@ -53,6 +53,32 @@ def test_the_service_searches_with_the_library_retriever_on_its_sharded_index(tm
         assert st["index"]["consistent"] and st["index"]["backend"] == "local" and st["index"]["shards"] == 1
 
 
+@pytest.mark.parametrize("window", [8.0, 0.0])
+def test_the_service_screens_near_the_descriptor_pose_and_stores_full_comparisons(tmp_path, scans, window):
+    """With the default (phase) descriptor the service's coarse screen searches each candidate near the pose the
+    descriptor found (``pose_window_deg``; 0: the full circle), and the comparisons it stores are always the
+    full-circle ones that carry the likelihood ratio."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(make_settings(tmp_path, rerank_k=1, pose_window_deg=window))) as c:
+        ex = new_key(c, "examiner")
+        ids = []
+        for n in ("a1", "b1", "a2"):                  # the last one's job screens 2 candidates for 1 comparison
+            r = upload(c, ex, scans[n], name=f"{n}.x3p")
+            assert r.status_code == 201
+            ids.append(r.json()["id"])
+        assert run_jobs(c) == 3
+        last = max(c.get("/v1/jobs", headers=ex).json(), key=lambda j: j["id"])
+        screen = c.get(f"/v1/jobs/{last['id']}", headers=ex).json()["search_record"]["retrieval_params"]["screen"]
+        assert screen["used"] and screen["pose_window_deg"] == (window or None)
+        items = c.get(f"/v1/exhibits/{ids[2]}/candidates", headers=ex,
+                      params={"include_explanation": True}).json()["items"]
+        assert items and items[0]["candidate"]["id"] == ids[0]          # its mate, compared in full
+        assert items[0]["explanation"]["search"] == "standard" and items[0]["log10_lr"] is not None
+
+
 def test_the_cli_index_search_calls_the_same_function(tmp_path, spy):
     from typer.testing import CliRunner
 
