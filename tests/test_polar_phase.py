@@ -115,6 +115,10 @@ def test_best_per_id_merges_rows():
     assert i.tolist() == [5, 3, 7] and np.allclose(s, [0.95, 0.9, 0.5])
     i, s = best_per_id(ids, scores, metric="l2")                  # distances: the smallest is the best
     assert i.tolist() == [3, 5, 7] and np.allclose(s, [0.1, 0.2, 0.5])
+    # the query row each best came from (the pose of a rotation-searched descriptor)
+    i, s, r = best_per_id(ids, scores, rows=True)
+    assert i.tolist() == [5, 3, 7] and r.tolist() == [1, 0, 1]
+    assert best_per_id(ids, scores, metric="l2", rows=True)[2].tolist() == [1, 0, 1]
 
 
 def test_polar_descriptors_share_one_polar_sampling():

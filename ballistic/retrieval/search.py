@@ -117,7 +117,7 @@ def best_per_id(ids: np.ndarray, scores: np.ndarray, *, metric: str = "ip", rows
     if metric not in ("ip", "l2"):
         raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
     i = np.asarray(ids, dtype=np.int64)
-    r = np.broadcast_to(np.arange(i.shape[0] if i.ndim > 1 else 1)[:, None], i.reshape(-1, i.shape[-1]).shape).ravel()
+    r = np.repeat(np.arange(i.shape[0]), i.shape[1]) if i.ndim == 2 else np.zeros(i.size, dtype=np.int64)
     i = i.ravel()
     s = np.asarray(scores, dtype=np.float32).ravel()
     ok = i >= 0
@@ -158,10 +158,9 @@ class RetrievalParams:
         this many degrees of that pose, and stage 3 registers it near that pose when the comparison
         ``accepts_hint`` (:class:`~ballistic.cartridge.cmc.register.PoseHint`; a CMC outcome is then
         ``search="hinted"``: counts and decision, no model score or likelihood ratio). None: the full circle
-        everywhere. The phase
-        descriptor's pose was within 2 degrees of the full registration's on every same-source Fadul pair and
-        18 of the 19 same-gun DFSC pairs (the 19th: its best phase pose is the wrong one, and the hinted
-        comparison finds C = 2 where the full one finds 6).
+        everywhere. The phase descriptor's pose was within 2 degrees of the full registration's on every
+        same-source Fadul pair and within 1 degree on 18 of the 19 same-gun DFSC pairs (the 19th: its best phase
+        pose is the wrong one, and the hinted comparison finds C = 2 where the full one finds 6).
 
     The defaults are the configuration measured by ``ballistic bench retrieval`` (40 real Fadul
     scans among 1e5 synthetic distractors, the JSON it writes).
