@@ -367,11 +367,7 @@ class RotationPrior:
         # rotating the candidate by a onto the query is rotating the query by -a onto the candidate; a mirror
         # image turns the other way
         a = float(hint.angle_deg) if hint.mirrored else -float(hint.angle_deg)
-        off = np.abs((self.angles - a + 180.0) % 360.0 - 180.0)
-        near = np.flatnonzero(off <= float(hint.halfwidth_deg) + 1e-9)
-        if not near.size:
-            near = np.array([int(np.argmin(off))])
-        return near + (len(self.angles) if hint.mirrored else 0)
+        return hint.window(self.angles, centre_deg=a) + (len(self.angles) if hint.mirrored else 0)
 
     def _score_batch(self, hs: list[np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
         if rows is not None and not len(rows):

@@ -156,10 +156,7 @@ def compare_pair(reference: Surface | PreparedSurface, target: Surface | Prepare
     p = params or CMCParams()
     t0 = time.perf_counter()
     a, b = _prepared(reference, p), _prepared(target, p)
-    if hint is not None:
-        reg = register_global(a, b, p, hint=hint)
-    else:
-        reg = register_global(a, b, p) if search == "standard" else register_thorough(a, b, p)
+    reg = register_global(a, b, p, hint=hint) if search == "standard" else register_thorough(a, b, p)
     bb = mirrored(b) if reg.mirrored else b     # cells run on the target as registered
     fwd = compare_cells(a, bb, reg, p)
     bwd = compare_cells(bb, a, invert_registration(reg), p)
@@ -171,7 +168,9 @@ def compare_pair(reference: Surface | PreparedSurface, target: Surface | Prepare
     res = PairResult(a.name, b.name, fwd, bwd, orig, high, count, float(sim), decide(count, p),
                      0.0, p, search="hinted" if hint is not None else search)
     res.features = pair_features(res)
-    mdl = None if hint is not None else default_model() if isinstance(model, str) and model == "default" else model
+    mdl = default_model() if isinstance(model, str) and model == "default" else model
+    if hint is not None:        # the window-searched prior margin is not the feature the model was fitted on
+        mdl = None
     if mdl is not None:
         res.model_score = float(mdl.score(res.features))
         lr = mdl.log10_lr(res.features) if search == "standard" else None

@@ -126,6 +126,14 @@ class PoseHint:
             raise ValueError(f"PoseHint needs a finite angle and a half-width in (0, 180) degrees, got "
                              f"angle {self.angle_deg!r}, half-width {self.halfwidth_deg!r}")
 
+    def window(self, grid_deg: np.ndarray, *, centre_deg: float | None = None) -> np.ndarray:
+        """Indices of the angles of ``grid_deg`` within ``halfwidth_deg`` of ``centre_deg`` (default the hint's
+        angle) around the circle; the nearest one when the window is narrower than the grid's step."""
+        c = float(self.angle_deg if centre_deg is None else centre_deg)
+        off = np.abs((np.asarray(grid_deg, dtype=np.float64) - c + 180.0) % 360.0 - 180.0)
+        near = np.flatnonzero(off <= float(self.halfwidth_deg) + 1e-9)
+        return near if near.size else np.array([int(np.argmin(off))])
+
 
 def masked_ncc(fixed: np.ndarray, moving: np.ndarray, *, min_overlap: int = 16,
                shifts: tuple[int, int, int, int] | None = None,
@@ -465,13 +473,10 @@ def register_global(reference: PreparedSurface, target: PreparedSurface,
         if not p.mirror:
             prior = [(*t, False) for t in prior]
     else:
-        off = np.abs((grid - float(hint.angle_deg) + 180.0) % 360.0 - 180.0)
-        near = grid[off <= float(hint.halfwidth_deg) + 1e-9]
-        if not near.size:                       # a window narrower than the step: its nearest grid angle
-            near = grid[[int(np.argmin(off))]]
         f = bool(hint.mirrored)
-        prior = [(*t, f) for t in search_rotation(reference.prior, views[f].prior, near, min_overlap=mo_p,
-                                                  max_shift_px=shift, mirror=False, centred=False)]
+        prior = [(*t, f) for t in search_rotation(reference.prior, views[f].prior, grid[hint.window(grid)],
+                                                  min_overlap=mo_p, max_shift_px=shift, mirror=False,
+                                                  centred=False)]
     at = {(f, int(round(a / step)) % len(grid)): (v, cy, cx) for v, a, cy, cx, f in prior}
 
     def peak_angle(a, f, cy, cx):
