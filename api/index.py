@@ -201,6 +201,8 @@ class DescriptorSpace:
 
         return ShardedIndex(self.dim, self.rows, self.root, n_shards=self.settings.index_shards,
                             factory=self.settings.index_factory, metric=self.settings.index_metric,
+                            index_kwargs={"nprobe": self.settings.index_nprobe,
+                                          "ef_search": self.settings.index_ef_search},
                             executor=self.executor, name=self.space)
 
     def open(self, *, check: bool = True) -> dict:

@@ -36,8 +36,13 @@ class Settings(BaseSettings):
         "ballistic.default_descriptor() (phase). One that cannot load (torch, weights) falls back to polar with a "
         "logged warning. A change "
         "(or new weights) re-describes and re-indexes every exhibit at start-up, keeping stored comparisons"))
-    index_factory: str = "Flat"
+    index_factory: str = Field("Flat", description=(
+        "FAISS index_factory string of every shard: 'Flat' (exact), 'IVF1024,Flat', 'IVF1024,SQ8', 'HNSW32' ..."))
     index_metric: str = "ip"
+    index_nprobe: int = Field(32, ge=1, le=65536, description=(
+        "IVF factories: inverted lists searched per query row (more: closer to exact, slower); ignored otherwise"))
+    index_ef_search: int = Field(128, ge=1, le=65536, description=(
+        "HNSW factories: efSearch (FAISS searches max(efSearch, k)); ignored otherwise"))
     whitener_path: Path | None = Field(None, description="fitted PCAWhitener (.npz); raw descriptor when unset")
     rerank_k: int = Field(20, ge=1, le=1000, description="candidates re-ranked with the CMC comparison")
     shortlist_k: int = Field(200, ge=1, le=100000, description=(

@@ -112,6 +112,8 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                     cmc_k: int = typer.Option(10, help="candidates re-ranked with CMC (stage 3)"),
                     k_sweep: str = typer.Option("100,250,500,1000", help="K values rerun at the largest N"),
                     factory: str = typer.Option("HNSW32", help="FAISS index factory string"),
+                    nprobe: int = typer.Option(32, help="IVF lists searched per query row (IVF factories)"),
+                    ef_search: int = typer.Option(128, help="HNSW efSearch (HNSW factories)"),
                     whiten_dim: int = 128, workers: int = 2, seed: int = 0,
                     cache: Optional[Path] = typer.Option(None, help="distractor descriptor cache folder"),
                     descriptor: str = typer.Option("phase,polar", help="descriptors benchmarked side by side "
@@ -143,7 +145,8 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
 
     run_retrieval_bench(directory, labels, json_out=json_out, distractors=ints(distractors), k=k, cmc_k=cmc_k,
                         screen_k=screen_k,
-                        k_sweep=ints(k_sweep), factory=factory, whiten_dim=whiten_dim, workers=workers, seed=seed,
+                        k_sweep=ints(k_sweep), factory=factory, nprobe=nprobe, ef_search=ef_search,
+                        whiten_dim=whiten_dim, workers=workers, seed=seed,
                         cache_dir=cache, descriptors=tuple(v.strip() for v in descriptor.split(",") if v.strip()),
                         fold_models=fold_models, e2e=e2e, faiss_ks=ints(faiss_ks), screen_step_deg=screen_step,
                         prior_step_deg=prior_step, prior=prior, pose_window_deg=pose_window)

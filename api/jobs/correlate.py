@@ -208,6 +208,7 @@ def _search_record(ctx: JobContext, space, ex: _ExhibitView, res, *, algorithm: 
         started_at=started_at, finished_at=utc_now(), index_seq=res.max_id, shards=res.shards(),
         descriptor={"space": space.space, "transform": res.transform_id, "dim": space.dim,
                     "index_factory": ctx.settings.index_factory, "index_metric": ctx.settings.index_metric,
+                    "index_nprobe": ctx.settings.index_nprobe, "index_ef_search": ctx.settings.index_ef_search,
                     "disk_snapshot": {s["shard"]: s["snapshot"] for s in res.shards()},
                     "n_in_partition": res.n_in_partition, "backend": space.executor.backend,
                     "search": "ballistic.retrieval.search.Retriever.query"},

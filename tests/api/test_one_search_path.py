@@ -79,6 +79,27 @@ def test_the_service_screens_near_the_descriptor_pose_and_stores_full_comparison
         assert items[0]["explanation"]["search"] == "standard" and items[0]["log10_lr"] is not None
 
 
+def test_the_approximate_index_settings_reach_every_shard_and_the_search_record(tmp_path, scans):
+    """``index_nprobe`` / ``index_ef_search`` are search-time settings of an IVF / HNSW factory: each shard's
+    index is built with them and every search record says which were in force (a recall figure is only
+    reproducible with them)."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    settings = make_settings(tmp_path, index_factory="IVF2,Flat", index_nprobe=2, index_ef_search=77)
+    with TestClient(create_app(settings)) as c:
+        ex = new_key(c, "examiner")
+        for n in ("a1", "a2"):
+            assert upload(c, ex, scans[n], name=f"{n}.x3p").status_code == 201
+        assert run_jobs(c) == 2
+        space = c.app.state.runtime.job_context().spaces["breech_face"]
+        assert space.index._index_kwargs == {"factory": "IVF2,Flat", "metric": "ip", "nprobe": 2, "ef_search": 77}
+        for j in c.get("/v1/jobs", headers=ex).json():
+            d = c.get(f"/v1/jobs/{j['id']}", headers=ex).json()["search_record"]["descriptor"]
+            assert (d["index_factory"], d["index_nprobe"], d["index_ef_search"]) == ("IVF2,Flat", 2, 77)
+
+
 def test_the_cli_index_search_calls_the_same_function(tmp_path, spy):
     from typer.testing import CliRunner
 
