@@ -101,6 +101,28 @@ def test_hinted_rotation_prior_scores_within_the_window(pair):
         rp.score_many([b], hints=[])
 
 
+def test_hinted_rotation_prior_batches_candidates_without_mixing_them(pair):
+    """Hinted candidates go through the transforms together, a bounded number of (candidate, row) pairs at a
+    time: each one's score and angle are those it gets alone, whatever the batch holds; a window of the
+    whole circle is the unhinted score of that parity."""
+    a, b, p, full = pair
+    cands = [b] + [prepare(_firing(f, 1), p) for f in (4, 5, 6)]
+    rng = np.random.default_rng(2)
+    hints = [PoseHint(float(rng.uniform(0, 360)), bool(rng.integers(2)), float(rng.choice([2.0, 8.0, 30.0])))
+             for _ in range(9)] + [None, PoseHint(full.angle_deg, full.mirrored, 8.0)]
+    many = [cands[j % len(cands)] for j in range(len(hints))]
+    rp = RotationPrior(a, spacing_um=100.0, step_deg=4.0)
+    alone = np.array([rp.score_many([c], hints=[h])[0] for c, h in zip(many, hints)])
+    for per_batch in (1, 7, 64, 10_000):
+        rp._PAIRS_PER_BATCH = per_batch
+        together = rp.score_many(many, hints=hints)
+        np.testing.assert_allclose(together, alone, rtol=1e-5)     # batched transforms: float rounding only
+    assert alone[9][0] == pytest.approx(rp.score_many([many[9]])[0][0])      # None: every row
+    one_parity = RotationPrior(a, spacing_um=100.0, step_deg=4.0, mirror=False)
+    circle = one_parity.score_many(cands, hints=[PoseHint(1.0, False, 179.9)] * len(cands))
+    np.testing.assert_allclose(circle, one_parity.score_many(cands), rtol=1e-6)
+
+
 def test_retriever_passes_the_descriptors_pose_down_the_stages():
     d = PolarPhaseDescriptor()
     surfaces = {10 + k: _firing(k, 1) for k in range(8)}

@@ -353,12 +353,25 @@ class RotationPrior:
         if hints is not None:
             if len(hints) != len(hs):
                 raise ValueError(f"score_many: {len(hints)} hints for {len(hs)} candidates")
-            for j, (h, hint) in enumerate(zip(hs, hints)):
-                out[j] = self._score_batch([h], rows=None if hint is None else self._hint_rows(hint))[0]
+            every = np.arange(self._spectra[0].shape[0])
+            rows = [every if hint is None else self._hint_rows(hint) for hint in hints]
+            # a hinted candidate meets only a few rows of the query's stack: the (candidate, row) pairs of many
+            # candidates go through the transforms together, a bounded number at a time
+            lo = 0
+            while lo < len(hs):
+                hi, n_pairs = lo + 1, len(rows[lo])
+                while hi < len(hs) and n_pairs + len(rows[hi]) <= self._PAIRS_PER_BATCH:
+                    n_pairs += len(rows[hi])
+                    hi += 1
+                out[lo:hi] = self._score_batch(hs[lo:hi], rows=rows[lo:hi])
+                lo = hi
             return out
         for lo in range(0, len(hs), batch):
             out[lo:lo + batch] = self._score_batch(hs[lo:lo + batch])
         return out
+
+    #: (candidate, query row) pairs transformed at once by a hinted :meth:`score_many`
+    _PAIRS_PER_BATCH = 64
 
     def _hint_rows(self, hint) -> np.ndarray:
         """Rows of the query's rotated stack within a hint's window (parity-major: mirrored rows follow)."""
@@ -369,9 +382,9 @@ class RotationPrior:
         a = float(hint.angle_deg) if hint.mirrored else -float(hint.angle_deg)
         return hint.window(self.angles, centre_deg=a) + (len(self.angles) if hint.mirrored else 0)
 
-    def _score_batch(self, hs: list[np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
-        if rows is not None and not len(rows):
-            return np.array([[-np.inf, np.nan]] * len(hs))
+    def _score_batch(self, hs: list[np.ndarray], rows: list[np.ndarray] | None = None) -> np.ndarray:
+        """Best (ncc, angle) of each of ``hs`` over every row of the query's stack, or over ``rows[b]`` (indices
+        into the stack, possibly none) for candidate ``b``."""
         N = self.N
         f = np.full((len(hs), N, N), np.nan, dtype=np.float32)
         for b, h in enumerate(hs):
@@ -382,19 +395,34 @@ class RotationPrior:
                 ny, nx = h.shape
             oy, ox = (N - ny) // 2, (N - nx) // 2
             f[b, oy:oy + ny, ox:ox + nx] = h
-        fs = tuple(a[:, None] for a in _ncc_spectra(f, self._shape, np.float32))
-        ms = self._spectra if rows is None else tuple(a[rows] for a in self._spectra)
-        rows = np.arange(ms[0].shape[0]) if rows is None else np.asarray(rows)
-        # uncentred, as the comparison's own rotation prior: zero-mean band-passed views, 4 transforms instead of 6
-        c, n = _ncc_from_spectra(fs, ms, self._shape, self._window, 16,
-                                 centred=False)   # (B, angles, shifts, shifts)
+        fs = _ncc_spectra(f, self._shape, np.float32)
         cnt = np.isfinite(f).sum(axis=(1, 2))
-        mo = np.maximum(16.0, self.min_overlap * np.minimum(cnt, self._count))[:, None, None, None]
-        c = np.where((n >= mo) & np.isfinite(c), c, -np.inf)
-        per_angle = c.reshape(len(hs), len(rows), -1).max(axis=2)
-        k = per_angle.argmax(axis=1)
-        best = per_angle[np.arange(len(hs)), k]
-        ang = np.where(np.isfinite(best), self.angles[rows[k] % len(self.angles)], np.nan)
+        mo = np.maximum(16.0, self.min_overlap * np.minimum(cnt, self._count))
+        # uncentred, as the comparison's own rotation prior: zero-mean band-passed views, 4 transforms instead of 6
+        if rows is None:
+            # every candidate against every row: (B, rows, shifts, shifts)
+            c, n = _ncc_from_spectra(tuple(a[:, None] for a in fs), self._spectra, self._shape, self._window, 16,
+                                     centred=False)
+            c = np.where((n >= mo[:, None, None, None]) & np.isfinite(c), c, -np.inf)
+            per_angle = c.reshape(len(hs), c.shape[1], -1).max(axis=2)
+            k = per_angle.argmax(axis=1)
+            best = per_angle[np.arange(len(hs)), k]
+            row = k
+        else:
+            # the listed (candidate, row) pairs only: (pairs, shifts, shifts)
+            cand = np.concatenate([np.full(len(r), b, dtype=np.int64) for b, r in enumerate(rows)])
+            pair_rows = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
+            best, row = np.full(len(hs), -np.inf), np.zeros(len(hs), dtype=np.int64)
+            if cand.size:
+                c, n = _ncc_from_spectra(tuple(a[cand] for a in fs), tuple(a[pair_rows] for a in self._spectra),
+                                         self._shape, self._window, 16, centred=False)
+                c = np.where((n >= mo[cand][:, None, None]) & np.isfinite(c), c, -np.inf)
+                per_pair = c.reshape(len(cand), -1).max(axis=1)
+                # each candidate's best pair (the first of equal maxima, in row order, as above)
+                order = np.lexsort((np.arange(len(cand)), -per_pair, cand))
+                first = order[np.r_[True, cand[order][1:] != cand[order][:-1]]]
+                best[cand[first]], row[cand[first]] = per_pair[first], pair_rows[first]
+        ang = np.where(np.isfinite(best), self.angles[row % len(self.angles)], np.nan)
         return np.stack([np.where(np.isfinite(best), np.minimum(best, 1.0), -np.inf), ang], axis=1)
 
 
