@@ -100,7 +100,7 @@ def bench_one(name: str, n: int, gen: Clustered, Q: np.ndarray, Qx: np.ndarray, 
         idx.add(np.arange(lo, lo + m, dtype=np.int64) + 10**9, gen.chunk(c, m))   # ids are not positions
     t_build = time.perf_counter() - t0
     rss = _rss_bytes() - rss0
-    ser = sum(len(faiss.serialize_index(p.index)) for p in idx._parts.values() if p.index is not None)
+    ser = idx.faiss_nbytes()
     # latency: one query at a time, on one thread (a service answers concurrent queries on other cores;
     # OpenMP barriers for a single query only add jitter on a busy machine)
     threads = faiss.omp_get_max_threads()

@@ -74,6 +74,19 @@ def test_approximate_recall_vs_exact(data, exact, factory, kwargs):
     assert rec >= 0.95, f"{factory}: recall@10 vs exact {rec:.3f}"
 
 
+@pytest.mark.parametrize("factory, code_bytes", [("Flat", 4 * DIM), ("SQ8", DIM)])
+def test_faiss_nbytes_counts_the_codes_and_ids_of_every_partition(factory, code_bytes):
+    """Memory per vector as the benchmarks report it: the codes (4 bytes a value for Flat, 1 for SQ8) plus
+    the int64 id maps, over every partition; nothing before the first vector."""
+    idx = VectorIndex(DIM, factory=factory)
+    assert idx.faiss_nbytes() == 0
+    v = _clustered(1000, seed=3)
+    idx.add(np.arange(600), v[:600], partition="a")
+    idx.add(np.arange(600, 1000), v[600:], partition="b")
+    per = idx.faiss_nbytes() / len(idx)
+    assert code_bytes + 8 <= per <= code_bytes + 8 * 3 + 2       # codes + id map (+ reverse map, headers)
+
+
 def test_untrained_index_searches_pending_exactly(data, exact):
     ids, x, q = data
     idx = VectorIndex(DIM, factory="IVF256,Flat", min_train=100_000)

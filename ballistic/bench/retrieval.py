@@ -499,6 +499,7 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
             retrs.append(Retriever(idx, fetch, descriptor=m["descriptor"], whitener=w, params=base) if e2e else None)
         t_build = time.perf_counter() - t
         res: dict = {"distractors": n, "index_build_and_faiss_s": round(t_build, 2),
+                     "index_bytes_per_vector": round(idx.faiss_nbytes() / max(1, len(idx)), 1),
                      "faiss_recall": {f"@{kk}": round(float(np.mean(v)), 4) for kk, v in fr.items()},
                      "faiss_best_mate_rank_median": float(np.median(best_rank)),
                      "faiss_synthetic_in_top10_mean": round(float(np.mean(synth_top10)), 2)}

@@ -505,6 +505,11 @@ class VectorIndex:
     def __len__(self) -> int:
         return int(sum(p.ids.size for p in self._parts.values()))
 
+    def faiss_nbytes(self) -> int:
+        """Bytes of the FAISS indexes of every partition as serialised (codes, id maps, graph or lists; vectors
+        still pending training not counted): divided by ``len(self)``, the memory a vector costs."""
+        return int(sum(faiss.serialize_index(p.index).size for p in self._parts.values() if p.index is not None))
+
     def count(self, partition: str) -> int:
         """Number of live vectors in ``partition`` (0 when it does not exist)."""
         p = self._parts.get(partition)
