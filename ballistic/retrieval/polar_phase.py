@@ -36,8 +36,9 @@ degrees) found the same mates as 512 on the real sets. It is the default descrip
 (``benchmarks/results/retrieval_phase_*.json``), FAISS-stage recall of the mates, rotation draw 0: 40 Fadul
 queries among the 39 other Fadul scans @10 1.000 (polar-FFT 0.850 PCA-whitened, 0.706 raw), among 10 000
 synthetic distractors @10 0.988, @100 0.994 (0.606, 0.848); 17 DFSC queries 1.000 (0.956) and 0.706, 0.868
-(0.382, 0.471). A query is 256 index rows: 0.3 s (HNSW32) to 0.7 s (Flat) among 10^5 vectors on 2 cores,
-against 2-40 ms for one row.
+(0.382, 0.471). A query is 256 index rows: 0.38 s (HNSW32) to 0.51 s (Flat) among 10^5 vectors on 2 cores,
+against 2-40 ms for one row; IVF keeps too few mates (a mate is no near-duplicate of any row), and fewer rotations
+or harmonics lose mates (README, "The descriptor's pose narrows the later stages").
 """
 from __future__ import annotations
 
