@@ -43,10 +43,6 @@ class Settings(BaseSettings):
         "IVF factories: inverted lists searched per query row (more: closer to exact, slower); ignored otherwise"))
     index_ef_search: int = Field(128, ge=1, le=65536, description=(
         "HNSW factories: efSearch (FAISS searches max(efSearch, k)); ignored otherwise"))
-    index_row_k: int | None = Field(None, ge=1, le=100000, description=(
-        "neighbours asked of the index per query row when the descriptor expands a query into rows (phase: 256 "
-        "rotated copies); unset: the whole shortlist_k, exact with Flat. Fewer let index_ef_search set an HNSW "
-        "index's effort (ballistic.retrieval.search.RetrievalParams.row_k)"))
     whitener_path: Path | None = Field(None, description="fitted PCAWhitener (.npz); raw descriptor when unset")
     rerank_k: int = Field(20, ge=1, le=1000, description="candidates re-ranked with the CMC comparison")
     shortlist_k: int = Field(200, ge=1, le=100000, description=(

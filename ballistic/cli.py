@@ -136,9 +136,6 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                         None, help="search the rotation stages and the comparison only within this many degrees of "
                         "the pose the descriptor found for each candidate (RetrievalParams.pose_window_deg; a "
                         "descriptor that searches rotations, e.g. phase)"),
-                    row_k: Optional[int] = typer.Option(
-                        None, help="neighbours asked per query row of a descriptor that expands its query (phase; "
-                        "RetrievalParams.row_k; default k): fewer let --ef-search set an HNSW index's effort"),
                     ) -> None:
     """Hide the real scans among synthetic distractors; recall of the mates and query latency per descriptor."""
     from ballistic.bench.retrieval import run_retrieval_bench
@@ -152,7 +149,7 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                         whiten_dim=whiten_dim, workers=workers, seed=seed,
                         cache_dir=cache, descriptors=tuple(v.strip() for v in descriptor.split(",") if v.strip()),
                         fold_models=fold_models, e2e=e2e, faiss_ks=ints(faiss_ks), screen_step_deg=screen_step,
-                        prior_step_deg=prior_step, prior=prior, pose_window_deg=pose_window, row_k=row_k)
+                        prior_step_deg=prior_step, prior=prior, pose_window_deg=pose_window)
 
 
 index_app = typer.Typer(help="Descriptor index of breech-face scans (build, inspect, search).", no_args_is_help=True)

@@ -166,38 +166,3 @@ def test_bad_input_says_what_to_fix():
         polar_phase_coefficients(s, n_harmonics=200)
     with pytest.raises(DescriptorError, match="centre must be"):
         polar_phase_coefficients(s, centre="middle")
-
-
-def test_row_k_asks_each_query_row_for_fewer_neighbours_and_keeps_the_best_exact():
-    """``RetrievalParams.row_k``: each of the query's rotated rows asks the index for that many neighbours
-    (plus the excluded ids); the best ``row_k`` candidates are still exactly the full search's (each is among
-    the best ``row_k`` of its own best row), the rest of the list may differ."""
-    rng = np.random.default_rng(11)
-    d = PolarPhaseDescriptor(n_bands=4, n_harmonics=12, n_rotations=32)
-    C = rng.normal(size=(300, 4, 12)) + 1j * rng.normal(size=(300, 4, 12))
-    C /= np.linalg.norm(C.reshape(300, -1), axis=1)[:, None, None]
-    V = np.stack([np.stack([c.real, c.imag], axis=-1).ravel() for c in C]).astype(np.float32)
-    idx = VectorIndex(d.dim)
-    idx.add(np.arange(100, 400), V)
-    asked = []
-    real_query = idx.query
-
-    def query(Q, k, **kw):
-        asked.append((len(Q), k))
-        return real_query(Q, k, **kw)
-
-    idx.query = query
-    q = C[7] * np.exp(-1j * np.arange(1, 13) * np.radians(40.0))[None, :] + 0.05 * rng.normal(size=(4, 12))
-    qv = np.stack([q.real, q.imag], axis=-1).ravel().astype(np.float32)
-    out = {}
-    for row_k in (None, 40, 4):
-        p = RetrievalParams(k=40, cmc_k=0, screen_k=0, prior=False, workers=1, row_k=row_k)
-        with Retriever(idx, {}.get, descriptor=d, params=p) as r:
-            out[row_k] = r.query(None, vector=qv, exclude=[100, 101]).candidates
-    assert asked == [(64, 42), (64, 42), (64, 6)]
-    ids = {k: [c.id for c in v] for k, v in out.items()}
-    assert ids[40] == ids[None] and ids[None][0] == 107 and len(ids[None]) == 40
-    assert ids[4][:4] == ids[None][:4] and len(ids[4]) <= 40
-    assert [c.descriptor_score for c in out[4][:4]] == [c.descriptor_score for c in out[None][:4]]
-    with pytest.raises(ValueError, match="row_k"):
-        RetrievalParams(row_k=0)

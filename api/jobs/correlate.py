@@ -209,7 +209,6 @@ def _search_record(ctx: JobContext, space, ex: _ExhibitView, res, *, algorithm: 
         descriptor={"space": space.space, "transform": res.transform_id, "dim": space.dim,
                     "index_factory": ctx.settings.index_factory, "index_metric": ctx.settings.index_metric,
                     "index_nprobe": ctx.settings.index_nprobe, "index_ef_search": ctx.settings.index_ef_search,
-                    "index_row_k": ctx.settings.index_row_k,
                     "disk_snapshot": {s["shard"]: s["snapshot"] for s in res.shards()},
                     "n_in_partition": res.n_in_partition, "backend": space.executor.backend,
                     "search": "ballistic.retrieval.search.Retriever.query"},
@@ -347,7 +346,7 @@ def _correlate_cartridge(ctx: JobContext, job_id: int, ex: _ExhibitView) -> int:
     shortlist_k = max(ctx.settings.shortlist_k, ctx.settings.rerank_k)
     params = RetrievalParams(k=shortlist_k, screen_k=0, cmc_k=ctx.settings.rerank_k, prior=True,
                              prior_spacing_um=cmc.prior_spacing_um, workers=1, cmc=cmc,
-                             pose_window_deg=ctx.settings.pose_window_deg or None, row_k=ctx.settings.index_row_k)
+                             pose_window_deg=ctx.settings.pose_window_deg or None)
     done = _stored_pairs(ctx, ex.id, (ex.region, "firing_pin"))
 
     def known(cid: int):

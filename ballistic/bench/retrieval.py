@@ -377,7 +377,7 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
                         faiss_ks=(10, 25, 50, 100, 200, 500, 1000), descriptors=("polar",), fold_models=None,
                         study: str | None = None, e2e: bool = True, screen_step_deg: float | None = None,
                         prior_step_deg: float | None = None, prior: bool = True,
-                        pose_window_deg: float | None = None, row_k: int | None = None) -> dict:
+                        pose_window_deg: float | None = None) -> dict:
     """Run the benchmark for each descriptor (side by side), print tables, write JSON; returns the summary.
 
     ``descriptors``: registry names (``"polar"``, ``"learned"``); ``fold_models``: folder of the learned
@@ -385,7 +385,7 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
     those checkpoints (default the folder name of ``directory``, e.g. ``fadul``); ``e2e=False`` runs the
     FAISS stage only; ``screen_step_deg`` / ``prior_step_deg`` override the rotation steps of
     :class:`~ballistic.retrieval.search.RetrievalParams` (default: its own); ``prior`` and ``pose_window_deg``
-    are its ``prior`` and ``pose_window_deg``, ``row_k`` its ``row_k``.
+    are its ``prior`` and ``pose_window_deg``.
     """
     t_start = time.time()
     json_out = Path(json_out)
@@ -409,7 +409,7 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
     steps = {k_: v for k_, v in (("screen_step_deg", screen_step_deg), ("prior_step_deg", prior_step_deg))
              if v is not None}
     base = RetrievalParams(k=k, cmc_k=cmc_k, screen_k=screen_k, workers=workers, prior=prior,
-                           pose_window_deg=pose_window_deg, row_k=row_k, **steps)
+                           pose_window_deg=pose_window_deg, **steps)
     summary: dict = {
         "benchmark": "retrieval", "queries": len(arms[0]["models"][0]["queries"]) if len(arms[0]["models"]) == 1
         else sum(len(m["queries"]) for m in arms[0]["models"]), "scans": len(names),

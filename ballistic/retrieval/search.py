@@ -161,12 +161,6 @@ class RetrievalParams:
         everywhere. The phase descriptor's pose was within 2 degrees of the full registration's on every
         same-source Fadul pair and within 1 degree on 18 of the 19 same-gun DFSC pairs (the 19th: its best phase
         pose is the wrong one, and the hinted comparison finds C = 2 where the full one finds 6).
-    row_k : neighbours asked of the index for each row of a query that a descriptor expands into several rows
-        (the phase descriptor: 256 rotated copies); None: ``k``. ``k`` is exact with an exact index (a
-        candidate among the best ``k`` overall is among the best ``k`` of its best row); fewer cost the same
-        with Flat but let an approximate index's own effort setting decide (HNSW searches ``max(efSearch, k)``
-        deep a row). Among 10^5 vectors with HNSW32, efSearch 64: the same mates @100 with 10 a row as with 100
-        (``benchmarks/results/retrieval_phase_fadul_hinted_*_hnsw*.json``).
 
     The defaults are the configuration measured by ``ballistic bench retrieval`` (40 real Fadul
     scans among 1e5 synthetic distractors, the JSON it writes).
@@ -185,7 +179,6 @@ class RetrievalParams:
     workers: int = 2
     cmc: CMCParams = field(default_factory=CMCParams)
     pose_window_deg: float | None = None
-    row_k: int | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.cmc_k < 0:
@@ -196,8 +189,6 @@ class RetrievalParams:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.pose_window_deg is not None and not (0.0 < self.pose_window_deg < 180.0):
             raise ValueError(f"pose_window_deg must be in (0, 180) degrees or None, got {self.pose_window_deg}")
-        if self.row_k is not None and self.row_k < 1:
-            raise ValueError(f"row_k must be >= 1 or None, got {self.row_k}")
 
 
 @dataclass
@@ -704,9 +695,8 @@ class Retriever:
             vector = self.describe(surface)
         sec["descriptor"] = time.perf_counter() - t0
         t = time.perf_counter()
-        rows_sent = index_queries(self.descriptor, vector)
-        per_row = p.k if p.row_k is None or len(rows_sent) == 1 else min(p.row_k, p.k)
-        found = self.index.query(rows_sent, per_row + len(excl), partition=partition, members=True)
+        found = self.index.query(index_queries(self.descriptor, vector), p.k + len(excl), partition=partition,
+                                 members=True)
         row_pose = getattr(self.descriptor, "row_pose", None)
         ids, scores, rows = best_per_id(found.ids, found.scores, metric=getattr(self.index, "metric", "ip"),
                                         rows=True)

@@ -81,35 +81,23 @@ def test_the_service_screens_near_the_descriptor_pose_and_stores_full_comparison
 
 def test_the_approximate_index_settings_reach_every_shard_and_the_search_record(tmp_path, scans):
     """``index_nprobe`` / ``index_ef_search`` are search-time settings of an IVF / HNSW factory: each shard's
-    index is built with them, ``index_row_k`` is what each query row asks for, and every search record says
-    which were in force (a recall figure is only reproducible with them)."""
+    index is built with them and every search record says which were in force (a recall figure is only
+    reproducible with them)."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
 
-    settings = make_settings(tmp_path, index_factory="IVF2,Flat", index_nprobe=2, index_ef_search=77,
-                             index_row_k=3)
-    asked = []
-    real_query = ShardedIndex.query
-
-    def query(self, Q, k, **kw):
-        asked.append((len(Q), k))
-        return real_query(self, Q, k, **kw)
-
-    with TestClient(create_app(settings)) as c, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ShardedIndex, "query", query)
+    settings = make_settings(tmp_path, index_factory="IVF2,Flat", index_nprobe=2, index_ef_search=77)
+    with TestClient(create_app(settings)) as c:
         ex = new_key(c, "examiner")
         for n in ("a1", "a2"):
             assert upload(c, ex, scans[n], name=f"{n}.x3p").status_code == 201
         assert run_jobs(c) == 2
-        # the phase descriptor's 256 rows, each asked for index_row_k neighbours plus the query's own id
-        assert (256, 3 + 1) in asked
         space = c.app.state.runtime.job_context().spaces["breech_face"]
         assert space.index._index_kwargs == {"factory": "IVF2,Flat", "metric": "ip", "nprobe": 2, "ef_search": 77}
         for j in c.get("/v1/jobs", headers=ex).json():
             d = c.get(f"/v1/jobs/{j['id']}", headers=ex).json()["search_record"]["descriptor"]
-            assert (d["index_factory"], d["index_nprobe"], d["index_ef_search"], d["index_row_k"]) == \
-                ("IVF2,Flat", 2, 77, 3)
+            assert (d["index_factory"], d["index_nprobe"], d["index_ef_search"]) == ("IVF2,Flat", 2, 77)
 
 
 def test_the_cli_index_search_calls_the_same_function(tmp_path, spy):
