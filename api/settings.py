@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     index_nprobe: int = Field(32, ge=1, le=65536, description=(
         "IVF factories: inverted lists searched per query row (more: closer to exact, slower); ignored otherwise"))
     index_ef_search: int = Field(128, ge=1, le=65536, description=(
-        "HNSW factories: efSearch (FAISS searches max(efSearch, k)); ignored otherwise"))
+        "HNSW factories: efSearch, the search's breadth (more: closer to exact, slower); ignored otherwise"))
     whitener_path: Path | None = Field(None, description="fitted PCAWhitener (.npz); raw descriptor when unset")
     rerank_k: int = Field(20, ge=1, le=1000, description="candidates re-ranked with the CMC comparison")
     shortlist_k: int = Field(200, ge=1, le=100000, description=(

@@ -74,6 +74,20 @@ def test_approximate_recall_vs_exact(data, exact, factory, kwargs):
     assert rec >= 0.95, f"{factory}: recall@10 vs exact {rec:.3f}"
 
 
+def test_set_search_params_retunes_every_partition(data, exact):
+    """One IVF list a query misses neighbours; every list is the exact search (IVF keeps exact distances)."""
+    ids, x, q = data
+    idx = VectorIndex(DIM, factory="IVF64,Flat", nprobe=1)
+    idx.add(ids, x)
+    low = _recall_at_k(idx.search(q, 10)[1], exact[1], 10)
+    idx.set_search_params(nprobe=64)
+    S, I = idx.search(q, 10)
+    assert low < 0.9 and _recall_at_k(I, exact[1], 10) == 1.0 and idx.nprobe == 64
+    np.testing.assert_allclose(S, exact[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="ef_search must be >= 1"):
+        idx.set_search_params(ef_search=0)
+
+
 @pytest.mark.parametrize("factory, code_bytes", [("Flat", 4 * DIM), ("SQ8", DIM)])
 def test_faiss_nbytes_counts_the_codes_and_ids_of_every_partition(factory, code_bytes):
     """Memory per vector as the benchmarks report it: the codes (4 bytes a value for Flat, 1 for SQ8) plus

@@ -505,6 +505,20 @@ class VectorIndex:
     def __len__(self) -> int:
         return int(sum(p.ids.size for p in self._parts.values()))
 
+    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None,
+                          k_factor: int | None = None) -> None:
+        """Change the search-time settings (IVF ``nprobe``, HNSW ``efSearch``, refine ``k_factor``; None keeps
+        one) of every partition now and of those made later; the stored vectors are untouched."""
+        with self._lock:
+            for name, v in (("nprobe", nprobe), ("ef_search", ef_search), ("k_factor", k_factor)):
+                if v is not None:
+                    if int(v) < 1:
+                        raise ValueError(f"{name} must be >= 1, got {v}")
+                    setattr(self, name, int(v))
+            for p in self._parts.values():
+                if p.index is not None:
+                    self._tune(p.index)
+
     def faiss_nbytes(self) -> int:
         """Bytes of the FAISS indexes of every partition as serialised (codes, id maps, graph or lists; vectors
         still pending training not counted): divided by ``len(self)``, the memory a vector costs."""
