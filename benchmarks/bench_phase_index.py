@@ -35,14 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cartridge" / "fadul"
 
 
-def _mates(src: np.ndarray, i: int) -> np.ndarray:
-    return np.flatnonzero((src == src[i]) & (np.arange(len(src)) != i))
-
-
-def _recall(ids: np.ndarray, mates: np.ndarray, k: int) -> float:
-    return float(np.isin(mates, ids[:k]).mean())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
@@ -54,8 +46,8 @@ def main() -> None:
 
     import faiss
 
-    from ballistic.bench.retrieval import (DISTRACTOR_ID0, distractor_catalogue, distractor_descriptors,
-                                           load_rotated_scans)
+    from ballistic.bench.retrieval import (bench_index, distractor_catalogue, distractor_descriptors,
+                                           load_rotated_scans, mate_recall, mates_of)
     from ballistic.retrieval.index import VectorIndex
     from ballistic.retrieval.registry import load_descriptor
     from ballistic.retrieval.search import best_per_id, index_queries
@@ -72,12 +64,7 @@ def main() -> None:
 
     def build(factory: str, **kw) -> tuple[VectorIndex, float]:
         t = time.perf_counter()
-        idx = VectorIndex(Q.shape[1], factory=factory, **kw)
-        idx.add(np.arange(len(src)), Q)
-        for lo in range(0, n, 50_000):
-            idx.add(DISTRACTOR_ID0 + np.arange(lo, min(n, lo + 50_000)), D[lo:lo + 50_000])
-        if idx.needs_training and not idx.is_trained:
-            idx.train()
+        idx = bench_index(Q, D, factory=factory, **kw)
         return idx, time.perf_counter() - t
 
     def run(idx: VectorIndex, label: dict, row_k: int = 200) -> dict:
@@ -90,7 +77,7 @@ def main() -> None:
             got = best_per_id(ids, s, metric="ip")[0]
             got = got[got != i]
             for k in rec:
-                rec[k].append(_recall(got, _mates(src, i), k))
+                rec[k].append(mate_recall(got, mates_of(src, i), k))
         r = {**label, "row_k": row_k, "recall@10": round(float(np.mean(rec[10])), 4),
              "recall@100": round(float(np.mean(rec[100])), 4), "index_p50_s": round(float(np.median(ts)), 4),
              "bytes_per_vector": round(idx.faiss_nbytes() / len(idx), 1)}
@@ -136,7 +123,7 @@ def main() -> None:
             s[i] = -np.inf
             top = np.argsort(-s)[:100]
             for k in rec:
-                rec[k].append(_recall(top, _mates(src, i), k))
+                rec[k].append(mate_recall(top, mates_of(src, i), k))
         r = {"index": "exact, part", "setting": f"{m} harmonics, {n_rot} rotations",
              "cost_vs_full": round(m * n_rot / (nh * desc.n_rotations), 3),
              "recall@10": round(float(np.mean(rec[10])), 4), "recall@100": round(float(np.mean(rec[100])), 4)}

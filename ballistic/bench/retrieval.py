@@ -61,8 +61,8 @@ from ballistic.retrieval.registry import load_descriptor
 from ballistic.retrieval.search import RetrievalParams, Retriever, best_per_id, index_queries
 from ballistic.surface import Surface
 
-__all__ = ["BenchFetch", "distractor_catalogue", "submitted_as_processed", "distractor_descriptors",
-           "distractor_thumbnails", "run_retrieval_bench", "real_synthetic_separability", "load_rotated_scans"]
+__all__ = ["BenchFetch", "bench_index", "mates_of", "mate_recall", "distractor_catalogue", "submitted_as_processed",
+           "distractor_descriptors", "distractor_thumbnails", "run_retrieval_bench", "real_synthetic_separability", "load_rotated_scans"]
 
 DISTRACTOR_ID0 = 1_000_000
 
@@ -258,8 +258,27 @@ def load_rotated_scans(directory, labels, *, seed: int) -> tuple[list[str], np.n
     return [sc.name for sc in scans], np.array([sc.source for sc in scans]), real
 
 
-def _recall(ranked: np.ndarray, mates: np.ndarray, k: int) -> float:
+def mates_of(src: np.ndarray, i: int) -> np.ndarray:
+    """Positions of the scans of ``src[i]``'s source other than ``i`` itself (a query's mates)."""
+    return np.flatnonzero((src == src[i]) & (np.arange(len(src)) != i))
+
+
+def mate_recall(ranked: np.ndarray, mates: np.ndarray, k: int) -> float:
+    """Fraction of ``mates`` among the first ``k`` of ``ranked``."""
     return float(np.isin(mates, ranked[:k]).mean())
+
+
+def bench_index(real: np.ndarray, distractors: np.ndarray, **index_kwargs) -> VectorIndex:
+    """A :class:`VectorIndex` of the real scans' vectors (ids ``0..``) and the distractors' (ids from
+    :data:`DISTRACTOR_ID0`), added in chunks, trained when its factory needs it."""
+    idx = VectorIndex(real.shape[1], **index_kwargs)
+    idx.add(np.arange(len(real)), real)
+    for lo in range(0, len(distractors), 50_000):
+        hi = min(len(distractors), lo + 50_000)
+        idx.add(DISTRACTOR_ID0 + np.arange(lo, hi), distractors[lo:hi])
+    if idx.needs_training and not idx.is_trained:
+        idx.train()
+    return idx
 
 
 def _pct(x, q) -> float:
@@ -271,17 +290,17 @@ def _query_rows(retriever: Retriever, real: dict[int, Surface], src: np.ndarray,
     """End-to-end search of each query (its own entry excluded): recalls, stage recalls, latency."""
     rows = []
     for i in queries:
-        mates = np.flatnonzero((src == src[i]) & (np.arange(len(src)) != i))
+        mates = mates_of(src, i)
         res = retriever.query(real[i], exclude=[i], params=params, vector=None)
         ids = res.ids()
-        row = {f"recall@{kk}": _recall(ids, mates, kk) for kk in (1, 10, 100)}
+        row = {f"recall@{kk}": mate_recall(ids, mates, kk) for kk in (1, 10, 100)}
         row["top1"] = bool(ids.size and ids[0] in mates)
         if params.prior and params.cmc_k:
             sc = {c.id: c.prior_ncc for c in res.candidates if np.isfinite(c.prior_ncc)}
-            row["stage2"] = _recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.cmc_k)
+            row["stage2"] = mate_recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.cmc_k)
         if params.screen_k and params.screen_k < len(ids):
             sc = {c.id: c.screen_ncc for c in res.candidates if np.isfinite(c.screen_ncc)}
-            row["screen"] = _recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.screen_k)
+            row["screen"] = mate_recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.screen_k)
         row["seconds"] = dict(res.seconds)
         rows.append(row)
     return rows
@@ -462,13 +481,7 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
         best_rank, synth_top10, rows, proj, realism = [], [], [], [], []
         retrs = []
         for m, w, Wd, Wq in prepared:
-            idx = VectorIndex(Wq.shape[1], factory=factory, ef_search=ef_search, nprobe=nprobe, k_factor=k_factor)
-            idx.add(np.arange(n_q), Wq)
-            for lo in range(0, n, 50_000):
-                hi = min(n, lo + 50_000)
-                idx.add(DISTRACTOR_ID0 + np.arange(lo, hi), Wd[lo:hi])
-            if idx.needs_training and not idx.is_trained:
-                idx.train()
+            idx = bench_index(Wq, Wd[:n], factory=factory, ef_search=ef_search, nprobe=nprobe, k_factor=k_factor)
             kmax = max(faiss_ks)
             qs = m["queries"]
             d = m["descriptor"]
@@ -479,9 +492,9 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
                 _, I = idx.search(Wq[qs], kmax + 1)
             for row, i in zip(I, qs):
                 ids = row[(row != i) & (row >= 0)]
-                mates = np.flatnonzero((src == src[i]) & (np.arange(n_q) != i))
+                mates = mates_of(src, i)
                 for kk in faiss_ks:
-                    fr[kk].append(_recall(ids, mates, kk))
+                    fr[kk].append(mate_recall(ids, mates, kk))
                 pos = np.flatnonzero(np.isin(ids, mates))
                 best_rank.append(int(pos[0]) + 1 if pos.size else kmax + 1)
                 synth_top10.append(int((ids[:10] >= DISTRACTOR_ID0).sum()))

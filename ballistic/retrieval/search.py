@@ -409,7 +409,7 @@ class RotationPrior:
             best = per_angle[np.arange(len(hs)), k]
             row = k
         else:
-            # the listed (candidate, row) pairs only: (pairs, shifts, shifts)
+            # the listed (candidate, row) pairs only, candidate by candidate: (pairs, shifts, shifts)
             cand = np.concatenate([np.full(len(r), b, dtype=np.int64) for b, r in enumerate(rows)])
             pair_rows = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
             best, row = np.full(len(hs), -np.inf), np.zeros(len(hs), dtype=np.int64)
@@ -418,10 +418,11 @@ class RotationPrior:
                                          self._shape, self._window, 16, centred=False)
                 c = np.where((n >= mo[cand][:, None, None]) & np.isfinite(c), c, -np.inf)
                 per_pair = c.reshape(len(cand), -1).max(axis=1)
-                # each candidate's best pair (the first of equal maxima, in row order, as above)
-                order = np.lexsort((np.arange(len(cand)), -per_pair, cand))
-                first = order[np.r_[True, cand[order][1:] != cand[order][:-1]]]
-                best[cand[first]], row[cand[first]] = per_pair[first], pair_rows[first]
+                sizes = np.array([len(r) for r in rows])
+                for b, (lo, hi) in enumerate(zip(np.cumsum(sizes) - sizes, np.cumsum(sizes))):
+                    if hi > lo:         # its best row (the first of equal maxima, as above)
+                        j = lo + int(per_pair[lo:hi].argmax())
+                        best[b], row[b] = per_pair[j], pair_rows[j]
         ang = np.where(np.isfinite(best), self.angles[row % len(self.angles)], np.nan)
         return np.stack([np.where(np.isfinite(best), np.minimum(best, 1.0), -np.inf), ang], axis=1)
 
