@@ -194,3 +194,31 @@ def rotation_similarity(query, candidates, mirror, n_angles):
                     best = (v, 360.0 * k / n_angles, flip)
         out.append(best)
     return out
+
+
+def rotation_scan(query, stored, k, n_harmonics, n_rotations, mirror):
+    """Twin of :func:`ballistic.retrieval.polar_phase.rotation_scan`: every rotated (and mirrored) copy of the
+    query built one by one, every stored vector scored by each copy's inner product (float64), its best copy
+    kept (the first on ties, NaN never best), the k best returned by score then position."""
+    q = np.asarray(query, dtype=np.float64)
+    Q = (q[0::2] + 1j * q[1::2]).reshape(-1, n_harmonics)
+    m = np.arange(1, n_harmonics + 1)
+    copies = []
+    for flip in ((False, True) if mirror else (False,)):
+        for j in range(n_rotations):
+            c = Q * np.exp(1j * m * 2 * np.pi * j / n_rotations)[None, :]
+            c = np.conj(c) if flip else c
+            copies.append(np.stack([c.real, c.imag], axis=-1).ravel())
+    X = np.asarray(stored, dtype=np.float64)
+    best = np.full(len(X), -np.inf)
+    row = np.zeros(len(X), dtype=np.int64)
+    for i, x in enumerate(X):
+        if not np.isfinite(x).all():
+            continue
+        for j, c in enumerate(copies):
+            v = float(np.dot(c, x))
+            if v > best[i]:
+                best[i], row[i] = v, j
+    order = sorted(range(len(X)), key=lambda i: (-best[i], i))
+    order = [i for i in order if np.isfinite(best[i])][:k]
+    return best[order], np.asarray(order, dtype=np.int64), row[order]

@@ -9,7 +9,8 @@ from ballistic.errors import DescriptorError
 from ballistic.preprocess.filters import crop_to_mask, rotate
 from ballistic.retrieval.descriptor import breech_face_descriptor
 from ballistic.retrieval.index import VectorIndex
-from ballistic.retrieval.polar_phase import PolarPhaseDescriptor, polar_phase_coefficients, rotation_similarity
+from ballistic.retrieval.polar_phase import (PolarPhaseDescriptor, polar_phase_coefficients, rotation_scan,
+                                            rotation_similarity)
 from ballistic.retrieval.registry import available_descriptors, load_descriptor
 from ballistic.retrieval.search import RetrievalParams, Retriever, best_per_id, index_queries
 from tests import naive
@@ -56,6 +57,67 @@ def test_query_expansion_inner_products_are_the_sampled_rotation_search():
     assert d.query_vectors(stored[1]).tobytes() == rows.tobytes()          # input untouched, deterministic
     assert PolarPhaseDescriptor(n_bands=4, n_harmonics=12, n_rotations=32, mirror=False).query_vectors(
         stored[1]).shape == (32, d.dim)
+
+
+def _stored(C):
+    return np.stack([np.stack([c.real, c.imag], axis=-1).ravel() for c in C]).astype(np.float32)
+
+
+@pytest.mark.parametrize("mirror", [True, False])
+@pytest.mark.parametrize("n_rot", [24, 17, 13])          # above 2 n_harmonics, odd, and aliasing (12 < R < 24)
+def test_rotation_scan_matches_the_copy_by_copy_twin(mirror, n_rot):
+    rng = np.random.default_rng(5)
+    C = _random_coefficients(rng, 40)
+    X = _stored(C)
+    X[7] = np.nan                                          # never returned
+    X[8, 3] = np.inf
+    q = _stored((C[3] * np.exp(-1j * np.arange(1, 13) * np.radians(100.0))[None, :])[None])[0]
+    before = X.copy()
+    for k, chunk, threads in ((5, 4096, 1), (40, 7, 2), (100, 3, 3)):
+        s, pos, row = rotation_scan(q, X, k, n_harmonics=12, n_rotations=n_rot, mirror=mirror, chunk=chunk,
+                                    threads=threads)
+        ts, tpos, trow = naive.rotation_scan(q, X, k, 12, n_rot, mirror)
+        assert s.dtype == np.float32 and pos.dtype == np.int64 and len(s) == min(k, 38)
+        np.testing.assert_allclose(s, ts, atol=2e-6)
+        np.testing.assert_array_equal(pos, tpos)
+        np.testing.assert_array_equal(row, trow)
+        assert 7 not in pos and 8 not in pos
+    np.testing.assert_array_equal(X, before)               # read, never changed
+    assert pos[0] == 3                                     # the turned query finds its own scan first
+
+
+def test_rotation_scan_is_the_best_row_of_the_index_search_and_names_the_pose():
+    rng = np.random.default_rng(6)
+    d = PolarPhaseDescriptor(n_bands=4, n_harmonics=12, n_rotations=32)
+    C = _random_coefficients(rng, 300)
+    C[11] = np.conj(C[11])                                 # a mirror image of nothing in particular
+    X = _stored(C)
+    turned = C[5] * np.exp(-1j * np.arange(1, 13) * np.radians(78.75))[None, :]  # 7 steps of 11.25 degrees
+    q = _stored(np.conj(turned)[None])[0]                  # the query is the mirror image of 5, turned
+    rows = d.query_vectors(q)
+    S = X @ rows.T
+    order = np.lexsort((np.arange(len(X)), -S.max(axis=1)))[:50]
+    s, pos, row = d.scan(rows, X, 50)
+    np.testing.assert_array_equal(pos, order)
+    np.testing.assert_allclose(s, S.max(axis=1)[order], atol=2e-6)
+    np.testing.assert_array_equal(row, S.argmax(axis=1)[order])
+    ang, mir = d.row_pose(row[:1])
+    assert pos[0] == 5 and mir[0] and s[0] == pytest.approx(1.0, abs=1e-5)
+    assert rotation_similarity(np.conj(turned), C[5], n_angles=32)[1][0] == pytest.approx(ang[0])
+    with pytest.raises(DescriptorError, match="query copies"):
+        d.scan(rows[:10], X, 5)
+
+
+def test_rotation_scan_refuses_what_it_cannot_score():
+    X = np.zeros((3, 96), np.float32)
+    q = np.ones(96, np.float32)
+    assert [a.shape for a in rotation_scan(q, X[:0], 5, n_harmonics=12, n_rotations=32)] == [(0,)] * 3
+    for bad, match in ((dict(query=q[:95]), "query must be one vector"), (dict(stored=X[:, :90]), "stored must"),
+                       (dict(query=np.full(96, np.nan)), "NaN"), (dict(k=0), "positive"),
+                       (dict(n_rotations=12), "must exceed")):
+        args = dict(query=q, stored=X, k=2, n_harmonics=12, n_rotations=32) | bad
+        with pytest.raises(DescriptorError, match=match):
+            rotation_scan(args.pop("query"), args.pop("stored"), args.pop("k"), **args)
 
 
 def test_a_turned_and_mirrored_scan_is_recognised_and_its_turn_recovered():

@@ -43,7 +43,10 @@ or harmonics lose mates (README, "The descriptor's pose narrows the later stages
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 
+import numba as nb
 import numpy as np
 
 from ballistic.errors import DescriptorError
@@ -51,7 +54,8 @@ from ballistic.retrieval.descriptor import (_N_BANDS, _N_HARMONICS, _N_THETA, _R
                                             radial_bands, ring_spectra, unit_bands)
 from ballistic.surface import Surface
 
-__all__ = ["PHASE_DESCRIPTOR_VERSION", "polar_phase_coefficients", "rotation_similarity", "PolarPhaseDescriptor"]
+__all__ = ["PHASE_DESCRIPTOR_VERSION", "polar_phase_coefficients", "rotation_similarity", "rotation_scan",
+           "PolarPhaseDescriptor"]
 
 PHASE_DESCRIPTOR_VERSION = "bf-polar-phase/1"
 
@@ -164,6 +168,175 @@ def _rotation_max(Q: np.ndarray, C: np.ndarray, n_angles: int, mirror: bool):
     return best, angle, flip
 
 
+def rotation_scan(query: np.ndarray, stored: np.ndarray, k: int, *, n_harmonics: int = _N_HARMONICS,
+                  n_rotations: int = 128, mirror: bool = True, chunk: int = 4096, threads: int | None = None):
+    """The ``k`` stored vectors with the largest rotation-searched inner product with ``query``: the exact
+    answer of an inner-product search with every rotated (and mirrored) copy of the query, each stored vector
+    scored by its best copy, for a small part of the arithmetic.
+
+    Searching the ``R = n_rotations`` copies (``2 R`` with ``mirror``) of :meth:`PolarPhaseDescriptor.query_vectors`
+    costs ``2 R dim`` multiply-adds per stored vector. Every copy is the query with harmonic ``m`` turned by
+    ``exp(i m a)``, so per stored vector the cross-spectra ``c_m = sum_b Q[b, m] conj(D[b, m])`` (the plain
+    copies) and ``c'_m = sum_b Q D`` (the mirror images) are formed once (``2 dim`` multiply-adds), and all
+    ``2 R`` scores ``Re sum_m c_m exp(i m a_k)``, ``Re sum_m c'_m exp(i m a_k)`` come out of one complex FFT of
+    length ``R`` (``c`` in its real part, ``c'`` in its imaginary part, each as a Hermitian spectrum).
+
+    Parameters
+    ----------
+    query : ndarray of float, shape (dim,)
+        The query in the stored format of :class:`PolarPhaseDescriptor` (real and imaginary parts of
+        ``(n_bands, n_harmonics)`` coefficients interleaved, ``dim = 2 n_bands n_harmonics``); finite.
+    stored : ndarray of float32, shape (n, dim)
+        Stored vectors in the same format, finite as an index holds them (a row with NaN or infinity is never
+        returned). Read in blocks, never copied whole, never changed.
+    k : int
+        Results wanted (fewer when ``n < k``).
+    n_harmonics, n_rotations, mirror : keyword-only
+        The descriptor's settings (:class:`PolarPhaseDescriptor`).
+    chunk : int, keyword-only
+        Stored vectors scored per block (memory ``~ 4 chunk n_rotations`` floats per thread).
+    threads : int, optional, keyword-only
+        Blocks scored at once (default: the CPUs this process may use).
+
+    Returns
+    -------
+    scores : ndarray of float32, shape (m,)
+        Best inner product of any query copy with each returned vector, highest first (ties by position).
+    positions : ndarray of int64, shape (m,)
+        Row numbers in ``stored``; ``m = min(k, n)`` less any row that is not finite.
+    rows : ndarray of int64, shape (m,)
+        The query copy that scored best (the row of :meth:`PolarPhaseDescriptor.query_vectors`:
+        ``j`` = rotation ``360 j / R`` degrees, ``R + j`` its mirror image), for
+        :meth:`PolarPhaseDescriptor.row_pose`.
+
+    Raises
+    ------
+    DescriptorError
+        Shapes that do not fit the settings, a non-finite query, or ``k < 1``.
+    """
+    q = np.asarray(query, dtype=np.float64)
+    X = np.asarray(stored)
+    nh, R = int(n_harmonics), int(n_rotations)
+    if nh < 1 or R <= nh:
+        raise DescriptorError(f"rotation_scan: n_rotations ({R}) must exceed n_harmonics ({nh}) >= 1")
+    if q.ndim != 1 or q.size == 0 or q.size % (2 * nh):
+        raise DescriptorError(f"rotation_scan: query must be one vector of 2 n_bands n_harmonics values "
+                              f"(n_harmonics={nh}), got shape {q.shape}")
+    if X.ndim != 2 or X.shape[1] != q.size:
+        raise DescriptorError(f"rotation_scan: stored must have shape (n, {q.size}) like the query, got {X.shape}")
+    if not np.isfinite(q).all():
+        raise DescriptorError("rotation_scan: the query has NaN or infinite values; describe the scan again")
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise DescriptorError(f"rotation_scan: k must be a positive integer, got {k!r}")
+    if X.dtype != np.float32 or not X.flags.c_contiguous:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+    n = X.shape[0]
+    if n == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    Q = q.reshape(-1, nh, 2)
+    qr, qi = np.ascontiguousarray(Q[..., 0], np.float32), np.ascontiguousarray(Q[..., 1], np.float32)
+    step = max(1, int(chunk))
+    best = np.empty(n, np.float32)
+    row = np.empty(n, np.int64)
+
+    def score(lo: int) -> None:
+        import scipy.fft
+
+        hi = min(n, lo + step)
+        Z = np.empty((hi - lo, R), np.complex64)
+        _cross_spectra(X, lo, hi, qr, qi, Z)
+        y = scipy.fft.ifft(Z, axis=1, norm="forward", overwrite_x=True, workers=1)   # S + i S' at every angle
+        _best_angle(y.view(np.float32), bool(mirror), best[lo:hi], row[lo:hi])
+
+    starts = range(0, n, step)
+    t = int(threads) if threads is not None else len(getattr(os, "sched_getaffinity", lambda _: [1, 1])(0))
+    if t > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(t, len(starts))) as ex:
+            list(ex.map(score, starts))
+    else:
+        for lo in starts:
+            score(lo)
+    m = min(int(k), n)
+    top = np.argpartition(-best, m - 1)[:m] if m < n else np.arange(n)
+    top = top[np.lexsort((top, -best[top]))]
+    top = top[np.isfinite(best[top])]
+    return best[top], top.astype(np.int64), row[top]
+
+
+@nb.njit(nogil=True, cache=True, fastmath={"contract"})
+def _cross_spectra(X, lo, hi, qr, qi, Z):
+    """Rows ``lo..hi`` of ``X`` (float32 (n, 2 nb nh), re/im interleaved) against the query ``qr + i qi``
+    (nb, nh): into row ``t`` of ``Z`` (complex, (hi - lo, R)) the Hermitian spectra of both parities,
+    ``Z[m] = (c_m + i c'_m) / 2`` and ``Z[-m] = (conj(c_m) + i conj(c'_m)) / 2`` for ``m = 1..nh`` (modulo R:
+    bins that meet add up, as the harmonics alias at R angles), zero elsewhere, so that ``ifft(Z) * R = S + i S'``."""
+    nbands, nh = qr.shape
+    R = Z.shape[1]
+    nn = nbands * nh
+    pr = np.empty(nn, np.float32)
+    pi = np.empty(nn, np.float32)
+    s1 = np.empty(nh, np.float32)
+    s2 = np.empty(nh, np.float32)
+    s3 = np.empty(nh, np.float32)
+    s4 = np.empty(nh, np.float32)
+    for t in range(hi - lo):
+        n = lo + t
+        for j in range(nn):                 # de-interleave once: the sums below then run over contiguous rows
+            pr[j] = X[n, 2 * j]
+            pi[j] = X[n, 2 * j + 1]
+        s1[:] = 0.0
+        s2[:] = 0.0
+        s3[:] = 0.0
+        s4[:] = 0.0
+        for b in range(nbands):
+            base = b * nh
+            for m in range(nh):
+                dr = pr[base + m]
+                di = pi[base + m]
+                a = qr[b, m]
+                c = qi[b, m]
+                s1[m] += a * dr
+                s2[m] += c * di
+                s3[m] += a * di
+                s4[m] += c * dr
+        for j in range(R):
+            Z[t, j] = 0.0
+        for m in range(nh):
+            cr, ci = s1[m] + s2[m], s4[m] - s3[m]            # Q conj(D): the plain copies
+            mr, mi = s1[m] - s2[m], s3[m] + s4[m]            # Q D: the mirror images
+            # c -> real part of the transform, c' -> imaginary part: (c + i c') / 2 and (conj c + i conj c') / 2
+            Z[t, (m + 1) % R] += complex(0.5 * (cr - mi), 0.5 * (ci + mr))
+            Z[t, (R - (m + 1) % R) % R] += complex(0.5 * (cr + mi), 0.5 * (mr - ci))
+
+
+@nb.njit(nogil=True, cache=True)
+def _best_angle(y, mirror, best, row):
+    """Per row of ``y`` (float32 (n, 2 R): ``S`` and ``S'`` of each angle interleaved) the largest score over
+    the angles (and the mirror images) and its query-copy row (``j``, or ``R + j`` for a mirror image);
+    -inf where a score is NaN."""
+    R = y.shape[1] // 2
+    for t in range(y.shape[0]):
+        v = -np.inf
+        r = 0
+        bad = False
+        for j in range(R):
+            s = y[t, 2 * j]
+            if s > v:
+                v = s
+                r = j
+            elif not s == s:
+                bad = True
+        if mirror:
+            for j in range(R):
+                s = y[t, 2 * j + 1]
+                if s > v:
+                    v = s
+                    r = R + j
+                elif not s == s:
+                    bad = True
+        best[t] = -np.inf if bad else v
+        row[t] = r
+
+
 class PolarPhaseDescriptor:
     """:class:`~ballistic.retrieval.descriptor.DescriptorModel` of :func:`polar_phase_coefficients` for an
     inner-product index, searched over rotations by query expansion.
@@ -220,6 +393,27 @@ class PolarPhaseDescriptor:
         rot = Q[None] * np.exp(1j * np.outer(a, np.arange(1, nh + 1)))[:, None, :]
         rows = np.concatenate([rot, np.conj(rot)]) if self.mirror else rot
         return np.stack([rows.real, rows.imag], axis=-1).reshape(len(rows), self.dim).astype(np.float32)
+
+    def scan(self, rows: np.ndarray, stored: np.ndarray, k: int, *, threads: int | None = None):
+        """The answer of searching ``stored`` with the query copies ``rows`` (:meth:`query_vectors`), each stored
+        vector scored by its best copy, computed by :func:`rotation_scan` instead of ``len(rows)`` inner products.
+
+        An index whose vectors lie in memory as they were stored (FAISS ``Flat``) calls this for a query of
+        this descriptor (:meth:`~ballistic.retrieval.index.VectorIndex.search` with ``scan=``); the copies
+        must be this descriptor's own, of which row 0 is the query itself.
+
+        Returns
+        -------
+        scores, positions, rows : ndarray, shape (m,)
+            As :func:`rotation_scan`: the best ``min(k, len(stored))``, the rows being those of ``rows``.
+        """
+        r = np.asarray(rows)
+        n_rows = self.n_rotations * (2 if self.mirror else 1)
+        if r.ndim != 2 or r.shape != (n_rows, self.dim):
+            raise DescriptorError(f"scan: expected the ({n_rows}, {self.dim}) query copies of this descriptor "
+                                  f"(query_vectors), got shape {r.shape}")
+        return rotation_scan(r[0], stored, k, n_harmonics=self.kwargs["n_harmonics"], n_rotations=self.n_rotations,
+                             mirror=self.mirror, threads=threads)
 
     def row_pose(self, rows) -> tuple[np.ndarray, np.ndarray]:
         """The pose each row of :meth:`query_vectors` stands for, as a registration states it.
