@@ -7,7 +7,9 @@ retrieval benchmark's own, cached in ``--cache``), the FAISS-stage recall of eac
 :func:`~ballistic.retrieval.search.best_per_id` (as :class:`~ballistic.retrieval.search.Retriever` merges
 the rows) and the index time a query (median), for
 
-* ``Flat`` (exact) - the reference;
+* ``Flat`` (exact) - the reference, searched row by row (FAISS) and by the descriptor's rotation scan
+  (:func:`~ballistic.retrieval.polar_phase.rotation_scan`, what the retriever does on a Flat index: the same
+  answer from one cross-spectrum per stored vector and one FFT over the angles);
 * ``HNSW32`` for each efSearch and each number of neighbours asked of every query row (the retriever asks
   each row for the whole shortlist; measured: efSearch sets the cost, the depth a row hardly does);
 * ``IVF<4 sqrt N>,Flat`` and ``,SQ8`` for each nprobe;
@@ -16,7 +18,7 @@ the rows) and the index time a query (median), for
 
 Memory per vector is :meth:`~ballistic.retrieval.index.VectorIndex.faiss_nbytes` over the count.
 
-    python benchmarks/bench_phase_index.py [--distractors 100000] [--cache out/cache]
+    python benchmarks/bench_phase_index.py [--distractors 100000] [--cache out/cache] [--arms flat,hnsw,ivf,parts]
 
 Prints a table and writes ``benchmarks/results/phase_index_<N>.json``.
 """
@@ -42,6 +44,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=ROOT / "out" / "cache")
     ap.add_argument("--seed", type=int, default=0, help="rotation draw of the real scans")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--arms", default="flat,hnsw,ivf,parts", help="which of flat,hnsw,ivf,parts to run")
     a = ap.parse_args()
 
     import faiss
@@ -67,12 +70,12 @@ def main() -> None:
         idx = bench_index(Q, D, factory=factory, **kw)
         return idx, time.perf_counter() - t
 
-    def run(idx: VectorIndex, label: dict, row_k: int = 200) -> dict:
+    def run(idx: VectorIndex, label: dict, row_k: int = 200, scan=None) -> dict:
         rec = {10: [], 100: []}
         ts = []
         for i in range(len(src)):
             t = time.perf_counter()
-            s, ids = idx.search(rows[i], row_k + 1)
+            s, ids = idx.search(rows[i], row_k + 1, scan=scan)
             ts.append(time.perf_counter() - t)
             got = best_per_id(ids, s, metric="ip")[0]
             got = got[got != i]
@@ -87,17 +90,21 @@ def main() -> None:
               flush=True)
         return r
 
-    idx, tb = build("Flat")
-    run(idx, {"index": "Flat", "build_s": round(tb, 1)})
-    del idx
-    idx, tb = build("HNSW32", ef_search=128)
-    for ef in (32, 64, 128):
-        idx.set_search_params(ef_search=ef)
-        for row_k in (10, 20, 50, 200):
-            run(idx, {"index": "HNSW32", "setting": f"efSearch {ef}", "build_s": round(tb, 1)}, row_k)
-    del idx
+    arms = set(a.arms.split(","))
+    if "flat" in arms:
+        idx, tb = build("Flat")
+        run(idx, {"index": "Flat", "build_s": round(tb, 1)})
+        run(idx, {"index": "Flat", "setting": "rotation scan", "build_s": round(tb, 1)}, scan=desc.scan)
+        del idx
+    if "hnsw" in arms:
+        idx, tb = build("HNSW32", ef_search=128)
+        for ef in (32, 64, 128):
+            idx.set_search_params(ef_search=ef)
+            for row_k in (10, 20, 50, 200):
+                run(idx, {"index": "HNSW32", "setting": f"efSearch {ef}", "build_s": round(tb, 1)}, row_k)
+        del idx
     lists = int(4 * np.sqrt(n + len(src)))
-    for codes in ("Flat", "SQ8"):
+    for codes in ("Flat", "SQ8") if "ivf" in arms else ():
         idx, tb = build(f"IVF{lists},{codes}", nprobe=16)
         for nprobe in (16, 64):
             idx.set_search_params(nprobe=nprobe)
@@ -106,7 +113,7 @@ def main() -> None:
 
     # exact searches on a part of the descriptor: fewer rotations, or the first harmonics only
     nb, nh = desc.kwargs["n_bands"], desc.kwargs["n_harmonics"]
-    A = np.concatenate([Q, D]).reshape(-1, nb, nh, 2)
+    A = np.concatenate([Q, D]).reshape(-1, nb, nh, 2) if "parts" in arms else None
 
     def part_rows(v: np.ndarray, m: int, n_rot: int) -> np.ndarray:
         c = v.reshape(nb, nh, 2)
@@ -115,7 +122,7 @@ def main() -> None:
         r = np.concatenate([c[None] * turn[:, None, :], np.conj(c)[None] * turn[:, None, :]])
         return np.stack([r.real, r.imag], axis=-1).reshape(len(r), -1).astype(np.float32)
 
-    for m, n_rot in ((16, 64), (24, 96), (32, 128), (48, 96), (64, 64), (64, 128)):
+    for m, n_rot in ((16, 64), (24, 96), (32, 128), (48, 96), (64, 64), (64, 128)) if "parts" in arms else ():
         Am = np.ascontiguousarray(A[:, :, :m, :].reshape(len(A), -1))
         rec = {10: [], 100: []}
         for i in range(len(src)):

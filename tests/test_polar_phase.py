@@ -120,6 +120,49 @@ def test_rotation_scan_refuses_what_it_cannot_score():
             rotation_scan(args.pop("query"), args.pop("stored"), args.pop("k"), **args)
 
 
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat"])
+def test_an_index_scored_by_the_scan_answers_as_its_row_search(tmp_path, factory):
+    from ballistic.retrieval.sharded import ShardedIndex, SQLiteRowSource
+    rng = np.random.default_rng(7)
+    d = PolarPhaseDescriptor(n_bands=4, n_harmonics=12, n_rotations=32)
+    X = _stored(_random_coefficients(rng, 400))
+    ids = np.arange(400, dtype=np.int64) * 7 + 3
+    parts = np.array(["a", "b"])[np.arange(400) % 2]
+    idx = VectorIndex(d.dim, factory=factory, min_train=10_000)       # IVF: every vector still pending
+    for part in ("a", "b"):
+        idx.add(ids[parts == part], X[parts == part], partition=part)
+    idx.remove(ids[:6])                                                # a removed id is never an answer
+    rows = d.query_vectors(X[10])
+    for partition in ("a", None):
+        D, I = idx.search(rows, 30, partition=partition, scan=d.scan)
+        D0, I0 = idx.search(rows, 30, partition=partition)
+        got, want = best_per_id(I, D, rows=True), best_per_id(I0, D0, rows=True)
+        n = 30 if factory != "HNSW16" else len(want[0])
+        np.testing.assert_array_equal(got[0][:n], want[0][:n])
+        np.testing.assert_allclose(got[1][:n], want[1][:n], atol=2e-6)
+        np.testing.assert_array_equal(got[2][:n], want[2][:n])
+        assert not set(got[0]) & set(ids[:6].tolist())
+        if factory == "HNSW16":                                        # not stored as is: searched row by row
+            np.testing.assert_array_equal(I, I0)
+        else:                                                          # each id once, in its best row
+            assert (I >= 0).sum() == len(got[0]) >= 30 and (I[rows.shape[0] // 2:] >= 0).any()
+    if factory == "HNSW16":
+        return
+    import pickle
+    again = pickle.loads(pickle.dumps(d.scan))                         # as the Ray backend sends it to shards
+    np.testing.assert_array_equal(again(rows, X, 5)[1], d.scan(rows, X, 5)[1])
+    # the sharded index passes the scan to every shard and merges the same answer
+    src = SQLiteRowSource(tmp_path / "rows.sqlite")
+    src.append(ids, X, partition=list(parts))
+    src.delete(ids[:6])
+    with ShardedIndex(d.dim, src, None, n_shards=3, factory=factory) as si:
+        r = si.query(rows, 30, partition=None, scan=d.scan)
+    got = best_per_id(r.ids, r.scores)
+    want = best_per_id(*idx.search(rows, 30, partition=None, scan=d.scan)[::-1])
+    np.testing.assert_array_equal(got[0][:30], want[0][:30])
+    np.testing.assert_allclose(got[1][:30], want[1][:30], atol=2e-6)
+
+
 def test_a_turned_and_mirrored_scan_is_recognised_and_its_turn_recovered():
     s = _firing(1, 1)
     C = polar_phase_coefficients(s)

@@ -141,6 +141,23 @@ def merge_topk(res: list[tuple[np.ndarray, np.ndarray]], nq: int, k: int, metric
     return D, I.astype(np.int64)
 
 
+def _row_lists(scores, ids, rows, nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Results ranked by their best query row (``scores`` best first) as per-row top-k lists: each result in
+    its own row, in score order; (nq, k) scores (-inf) and ids (-1) where a row has fewer."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= nq):
+        raise ValueError(f"scan returned rows outside the {nq} query rows ({int(rows.min())}..{int(rows.max())})")
+    D = np.full((nq, k), -np.inf, np.float32)
+    I = np.full((nq, k), -1, np.int64)
+    order = np.argsort(rows, kind="stable")
+    r = rows[order]
+    col = np.arange(r.size) - np.searchsorted(r, r)
+    ok = col < k
+    D[r[ok], col[ok]] = np.asarray(scores, np.float32)[order][ok]
+    I[r[ok], col[ok]] = np.asarray(ids, np.int64)[order][ok]
+    return D, I
+
+
 @dataclass(frozen=True)
 class ShardState:
     """Position of one shard (or of a whole :class:`VectorIndex`) when it answered: database ``seq`` (``None``
@@ -439,7 +456,8 @@ class VectorIndex:
             self.snapshot_id = None
         return n
 
-    def search(self, queries: np.ndarray, k: int, *, partition: str | None = "any") -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, *, partition: str | None = "any",
+               scan=None) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours of each query.
 
         Parameters
@@ -449,6 +467,15 @@ class VectorIndex:
             Results per query.
         partition : str or None, keyword-only
             Search this partition only; ``None`` searches all and merges.
+        scan : callable, optional, keyword-only
+            For queries that are the rows of one expanded query (e.g.
+            :meth:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor.query_vectors`): ``scan(queries, stored,
+            k) -> (scores, positions, rows)`` ranks stored vectors (float32 (n, dim)) by their best row, as
+            :meth:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor.scan` does. Partitions whose vectors lie
+            in memory as stored (``Flat``, inner product, and vectors pending training) are then scored by it
+            instead of by FAISS, and each result appears once, in the row of ``queries`` it scored best with
+            (other rows hold fewer than ``k``): merged per id (:func:`~ballistic.retrieval.search.best_per_id`)
+            the answer is the row search's. Other partitions are searched row by row as without it.
 
         Returns
         -------
@@ -467,16 +494,17 @@ class VectorIndex:
                 parts = list(self._parts.values())
             else:
                 parts = [self._parts[partition]] if partition in self._parts else []
-            res = [self._search_part(p, Q, k) for p in parts]
+            res = [self._scan_part(p, Q, k, scan) if scan is not None and self._scannable(p)
+                   else self._search_part(p, Q, k) for p in parts]
         return merge_topk(res, Q.shape[0], k, self.metric)
 
     def query(self, queries: np.ndarray, k: int, *, partition: str | None = "any",
-              members: bool = False) -> IndexSearch:
+              members: bool = False, scan=None) -> IndexSearch:
         """:meth:`search` with the state searched: an :class:`IndexSearch` (one pseudo-shard ``"index"`` at
         this snapshot; ``members``: the sorted ids of ``partition``, all when ``None``)."""
         import time
         t = time.perf_counter()
-        D, I = self.search(queries, k, partition=partition)
+        D, I = self.search(queries, k, partition=partition, scan=scan)
         seconds = time.perf_counter() - t
         eligible = len(self) if partition is None else self.count(partition)
         return IndexSearch(D, I, None, eligible, [ShardState("index", None, self.snapshot_id, eligible, seconds)],
@@ -500,6 +528,25 @@ class VectorIndex:
                 dead = _isin_sorted(I, part.tombstones)
                 I = np.where(dead, -1, I)
             out.append((D, I))
+        return merge_topk(out, Q.shape[0], k, self.metric)
+
+    def _scannable(self, part: _Partition) -> bool:
+        # Flat removes ids outright (no tombstones); an index not yet trained holds its vectors pending
+        return self.metric == "ip" and not part.tombstones.size and (
+            part.index is None or isinstance(faiss.downcast_index(part.index.index), faiss.IndexFlat))
+
+    def _scan_part(self, part: _Partition, Q: np.ndarray, k: int, scan):
+        """A partition scored by ``scan`` over its stored vectors (read in place, never copied)."""
+        out = []
+        if part.pending_ids.size:
+            s, pos, row = scan(Q, part.pending_vecs, k)
+            out.append(_row_lists(s, part.pending_ids[pos], row, Q.shape[0], k))
+        if part.index is not None and part.index.ntotal:
+            flat = faiss.downcast_index(part.index.index)
+            n = int(flat.ntotal)
+            X = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+            s, pos, row = scan(Q, X, k)
+            out.append(_row_lists(s, faiss.vector_to_array(part.index.id_map)[pos], row, Q.shape[0], k))
         return merge_topk(out, Q.shape[0], k, self.metric)
 
     def __len__(self) -> int:

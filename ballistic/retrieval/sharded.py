@@ -347,12 +347,12 @@ class _Shard:
 
     # ------------------------------------------------------------------ calls
     def search(self, queries: np.ndarray, k: int, partition: str | None, sync: bool, upto: int | None,
-               members: bool = False) -> dict:
+               members: bool = False, scan=None) -> dict:
         with self._lock:
             if sync or upto is not None:
                 self.sync(upto)
             t = time.perf_counter()
-            D, I = self.index.search(queries, k, partition=partition)
+            D, I = self.index.search(queries, k, partition=partition, scan=scan)
             seconds = time.perf_counter() - t
             eligible = len(self.index) if partition is None else self.index.count(partition)
             return {"shard": self.name, "scores": D, "ids": I, "eligible": int(eligible), "seq": self.seq,
@@ -494,12 +494,13 @@ class ShardedIndex:
 
     # ------------------------------------------------------------------ search
     def query(self, queries, k: int, *, partition: str | None = "any", sync: bool = True,
-              members: bool = False) -> IndexSearch:
+              members: bool = False, scan=None) -> IndexSearch:
         """Fan the queries out to the shards holding ``partition`` (``None``: all partitions), merge top ``k``.
 
         With ``sync`` (default) each shard first applies the rows written since it last looked, and the
         answer reflects one database position for all shards. With ``members`` the answer carries the
         sorted ids present in the searched partition(s) at that position (:attr:`IndexSearch.members`).
+        ``scan`` is passed to every shard's :meth:`VectorIndex.search` (it must pickle for the Ray backend).
 
         Raises
         ------
@@ -512,12 +513,13 @@ class ShardedIndex:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         names = self.shard_map.shards_for(partition)
-        res = self._call({n: ("search", (Q, int(k), partition, sync, None, members)) for n in names})
+        res = self._call({n: ("search", (Q, int(k), partition, sync, None, members, scan)) for n in names})
         if sync:
             top = max(r["seq"] for r in res.values())
             lag = [n for n, r in res.items() if r["seq"] < top]
             if lag:        # rows arrived during the fan-out: bring the lagging shards to the same position
-                res.update(self._call({n: ("search", (Q, int(k), partition, False, top, members)) for n in lag}))
+                res.update(self._call({n: ("search", (Q, int(k), partition, False, top, members, scan))
+                                       for n in lag}))
         seqs = {r["seq"] for r in res.values()}
         D, I = merge_topk([(res[n]["scores"], res[n]["ids"]) for n in names], Q.shape[0], int(k), self.metric)
         states = [ShardState(n, int(res[n]["seq"]), res[n]["snapshot"], int(res[n]["eligible"]),
