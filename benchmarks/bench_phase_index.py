@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="rotation draw of the real scans")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--arms", default="flat,hnsw,ivf,parts", help="which of flat,hnsw,ivf,parts to run")
+    ap.add_argument("--rotations", default="",
+                    help="also scan the Flat index with these rotation counts (comma-separated, e.g. 256,512): the "
+                         "stored vectors are the same, only the query's angle step changes")
     a = ap.parse_args()
 
     import faiss
@@ -52,6 +55,7 @@ def main() -> None:
     from ballistic.bench.retrieval import (bench_index, distractor_catalogue, distractor_descriptors,
                                            load_rotated_scans, mate_recall, mates_of)
     from ballistic.retrieval.index import VectorIndex
+    from ballistic.retrieval.polar_phase import PolarPhaseDescriptor
     from ballistic.retrieval.registry import load_descriptor
     from ballistic.retrieval.search import best_per_id, index_queries
 
@@ -95,6 +99,12 @@ def main() -> None:
         idx, tb = build("Flat")
         run(idx, {"index": "Flat", "build_s": round(tb, 1)})
         run(idx, {"index": "Flat", "setting": "rotation scan", "build_s": round(tb, 1)}, scan=desc.scan)
+        for n_rot in [int(x) for x in a.rotations.split(",") if x]:
+            finer = PolarPhaseDescriptor(**desc.kwargs, n_rotations=n_rot, mirror=desc.mirror)
+            base = rows
+            rows = {i: index_queries(finer, Q[i]) for i in range(len(src))}
+            run(idx, {"index": "Flat", "setting": f"scan {n_rot} rot.", "build_s": round(tb, 1)}, scan=finer.scan)
+            rows = base
         del idx
     if "hnsw" in arms:
         idx, tb = build("HNSW32", ef_search=128)

@@ -234,7 +234,8 @@ def rotation_scan(query: np.ndarray, stored: np.ndarray, k: int, *, n_harmonics:
     if n == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
     Q = q.reshape(-1, nh, 2)
-    qr, qi = np.ascontiguousarray(Q[..., 0], np.float32), np.ascontiguousarray(Q[..., 1], np.float32)
+    qa = np.ascontiguousarray(Q.reshape(-1, 2 * nh), np.float32)
+    qb = np.ascontiguousarray(Q[..., ::-1].reshape(-1, 2 * nh), np.float32)
     step = max(1, int(chunk))
     best = np.empty(n, np.float32)
     row = np.empty(n, np.int64)
@@ -244,7 +245,7 @@ def rotation_scan(query: np.ndarray, stored: np.ndarray, k: int, *, n_harmonics:
 
         hi = min(n, lo + step)
         Z = np.empty((hi - lo, R), np.complex64)
-        _cross_spectra(X, lo, hi, qr, qi, Z)
+        _cross_spectra(X, lo, hi, qa, qb, Z.view(np.float32))
         y = scipy.fft.ifft(Z, axis=1, norm="forward", overwrite_x=True, workers=1)   # S + i S' at every angle
         _best_angle(y.view(np.float32), bool(mirror), best[lo:hi], row[lo:hi])
 
@@ -264,48 +265,47 @@ def rotation_scan(query: np.ndarray, stored: np.ndarray, k: int, *, n_harmonics:
 
 
 @nb.njit(nogil=True, cache=True, fastmath={"contract"})
-def _cross_spectra(X, lo, hi, qr, qi, Z):
-    """Rows ``lo..hi`` of ``X`` (float32 (n, 2 nb nh), re/im interleaved) against the query ``qr + i qi``
-    (nb, nh): into row ``t`` of ``Z`` (complex, (hi - lo, R)) the Hermitian spectra of both parities,
+def _cross_spectra(X, lo, hi, qa, qb, Zf):
+    """Rows ``lo..hi`` of ``X`` (float32 (n, 2 nb nh), re/im interleaved) against the query: into row ``t`` of
+    ``Zf`` (float32 view of a complex (hi - lo, R) array) the Hermitian spectra of both parities,
     ``Z[m] = (c_m + i c'_m) / 2`` and ``Z[-m] = (conj(c_m) + i conj(c'_m)) / 2`` for ``m = 1..nh`` (modulo R:
-    bins that meet add up, as the harmonics alias at R angles), zero elsewhere, so that ``ifft(Z) * R = S + i S'``."""
-    nbands, nh = qr.shape
-    R = Z.shape[1]
-    nn = nbands * nh
-    pr = np.empty(nn, np.float32)
-    pi = np.empty(nn, np.float32)
-    s1 = np.empty(nh, np.float32)
-    s2 = np.empty(nh, np.float32)
-    s3 = np.empty(nh, np.float32)
-    s4 = np.empty(nh, np.float32)
+    bins that meet add up, as the harmonics alias at R angles), zero elsewhere, so that ``ifft(Z) * R = S + i S'``.
+
+    ``qa`` (nb, 2 nh) is the query interleaved as stored ``[qr, qi, ...]``, ``qb`` the same with each pair
+    swapped ``[qi, qr, ...]``: summed over the bands, ``x * qa`` gives ``qr dr, qi di`` and ``x * qb`` gives
+    ``qi dr, qr di`` of every harmonic, two multiply-adds per stored value over contiguous memory."""
+    nbands, nh2 = qa.shape
+    nh = nh2 // 2
+    R = Zf.shape[1] // 2
+    U = np.empty(nh2, np.float32)
+    V = np.empty(nh2, np.float32)
+    ip = np.empty(nh, np.int64)
+    im = np.empty(nh, np.int64)
+    for m in range(nh):
+        ip[m] = (m + 1) % R
+        im[m] = (R - (m + 1) % R) % R
     for t in range(hi - lo):
-        n = lo + t
-        for j in range(nn):                 # de-interleave once: the sums below then run over contiguous rows
-            pr[j] = X[n, 2 * j]
-            pi[j] = X[n, 2 * j + 1]
-        s1[:] = 0.0
-        s2[:] = 0.0
-        s3[:] = 0.0
-        s4[:] = 0.0
+        row = X[lo + t]
+        U[:] = 0.0
+        V[:] = 0.0
         for b in range(nbands):
-            base = b * nh
-            for m in range(nh):
-                dr = pr[base + m]
-                di = pi[base + m]
-                a = qr[b, m]
-                c = qi[b, m]
-                s1[m] += a * dr
-                s2[m] += c * di
-                s3[m] += a * di
-                s4[m] += c * dr
-        for j in range(R):
-            Z[t, j] = 0.0
+            base = b * nh2
+            for j in range(nh2):
+                x = row[base + j]
+                U[j] += x * qa[b, j]
+                V[j] += x * qb[b, j]
+        z = Zf[t]
+        z[:] = 0.0
         for m in range(nh):
-            cr, ci = s1[m] + s2[m], s4[m] - s3[m]            # Q conj(D): the plain copies
-            mr, mi = s1[m] - s2[m], s3[m] + s4[m]            # Q D: the mirror images
+            p1, p2 = U[2 * m], U[2 * m + 1]                  # sum qr dr, sum qi di
+            p4, p3 = V[2 * m], V[2 * m + 1]                  # sum qi dr, sum qr di
+            cr, ci = p1 + p2, p4 - p3                        # Q conj(D): the plain copies
+            mr, mi = p1 - p2, p3 + p4                        # Q D: the mirror images
             # c -> real part of the transform, c' -> imaginary part: (c + i c') / 2 and (conj c + i conj c') / 2
-            Z[t, (m + 1) % R] += complex(0.5 * (cr - mi), 0.5 * (ci + mr))
-            Z[t, (R - (m + 1) % R) % R] += complex(0.5 * (cr + mi), 0.5 * (mr - ci))
+            z[2 * ip[m]] += 0.5 * (cr - mi)
+            z[2 * ip[m] + 1] += 0.5 * (ci + mr)
+            z[2 * im[m]] += 0.5 * (cr + mi)
+            z[2 * im[m] + 1] += 0.5 * (mr - ci)
 
 
 @nb.njit(nogil=True, cache=True)
