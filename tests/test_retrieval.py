@@ -105,3 +105,35 @@ def test_screen_stage_narrows_before_the_prior(db):
     assert all(np.isfinite(x.screen_ncc) for x in c)                 # every shortlisted one screened
     assert sum(np.isfinite(x.prior_ncc) for x in c) == 6             # only screen_k went on to stage 2
     assert "screen" in res.seconds
+
+
+def test_rotation_stages_order_by_descriptor_and_ncc_together():
+    from ballistic.retrieval.search import Candidate, order_after_stage
+    # descriptor scores and screen NCCs of six candidates: 1 is first by NCC but last by descriptor, 3 is a
+    # close second by NCC and high by descriptor, first by both; 5 was not scored by the stage (NaN)
+    desc = [0.30, 0.05, 0.20, 0.28, 0.10, 0.50]
+    ncc = [0.20, 0.45, 0.30, 0.42, 0.25, float("nan")]
+    cands = {i: Candidate(i, 0, d, screen_ncc=n) for i, (d, n) in enumerate(zip(desc, ncc))}
+    ids = list(range(6))
+    assert order_after_stage(ids, cands, "screen_ncc", "ncc") == [1, 3, 2, 4, 0, 5]
+    fused = order_after_stage(ids, cands, "screen_ncc", "fused")
+    assert fused[0] == 3 and fused[-1] == 5 and fused.index(1) > 0
+    assert order_after_stage(ids, cands, "screen_ncc") == fused                  # fused is the default
+    # equal scores keep the earlier order; nothing scored: the earlier order
+    same = {i: Candidate(i, 0, 0.2, screen_ncc=0.3) for i in (7, 4, 9)}
+    assert order_after_stage([7, 4, 9], same, "screen_ncc") == [7, 4, 9]
+    none = {i: Candidate(i, 0, 0.2) for i in (7, 4)}
+    assert order_after_stage([7, 4], none, "screen_ncc") == [7, 4]
+    with pytest.raises(ValueError, match="stage_order"):
+        RetrievalParams(stage_order="best")
+
+
+def test_the_screen_passes_on_its_fused_order(db):
+    from ballistic.retrieval.search import order_after_stage
+    cat, desc, w, idx = db
+    for how in ("fused", "ncc"):
+        params = RetrievalParams(k=40, screen_k=6, cmc_k=0, prior=False, workers=1, stage_order=how)
+        with Retriever(idx, cat, descriptor=desc, whitener=w, params=params) as r:
+            res = r.query(_query(31))
+        by_id = {c.id: c for c in res.candidates}
+        assert [c.id for c in res.candidates] == order_after_stage(list(by_id), by_id, "screen_ncc", how)

@@ -58,7 +58,7 @@ from ballistic.io.atomic import atomic_write, atomic_write_bytes
 from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener
 from ballistic.retrieval.index import VectorIndex
 from ballistic.retrieval.registry import load_descriptor
-from ballistic.retrieval.search import RetrievalParams, Retriever, best_per_id, index_queries
+from ballistic.retrieval.search import RetrievalParams, Retriever, best_per_id, index_queries, order_after_stage
 from ballistic.surface import Surface
 
 __all__ = ["BenchFetch", "bench_index", "mates_of", "mate_recall", "distractor_catalogue", "submitted_as_processed",
@@ -299,8 +299,11 @@ def _query_rows(retriever: Retriever, real: dict[int, Surface], src: np.ndarray,
             sc = {c.id: c.prior_ncc for c in res.candidates if np.isfinite(c.prior_ncc)}
             row["stage2"] = mate_recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.cmc_k)
         if params.screen_k and params.screen_k < len(ids):
-            sc = {c.id: c.screen_ncc for c in res.candidates if np.isfinite(c.screen_ncc)}
-            row["screen"] = mate_recall(np.array(sorted(sc, key=lambda j: -sc[j])), mates, params.screen_k)
+            # what the screen passed on: its candidates in the order the stage gave them
+            by_id = {c.id: c for c in res.candidates}
+            passed = order_after_stage([c.id for c in res.candidates if np.isfinite(c.screen_ncc)], by_id,
+                                       "screen_ncc", params.stage_order)
+            row["screen"] = mate_recall(np.array(passed), mates, params.screen_k)
         row["seconds"] = dict(res.seconds)
         rows.append(row)
     return rows
@@ -487,7 +490,9 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
             d = m["descriptor"]
             sent = {i: index_queries(d, Wq[i]) for i in qs}    # what the Retriever sends: 1 row, or the copies
             if hasattr(d, "query_vectors"):        # rotation search by query expansion, as the Retriever does
-                I = [best_per_id(*idx.search(sent[i], kmax + 1)[::-1], metric=idx.metric)[0][:kmax + 1] for i in qs]
+                scan = getattr(d, "scan", None)
+                I = [best_per_id(*idx.search(sent[i], kmax + 1, scan=scan)[::-1], metric=idx.metric)[0][:kmax + 1]
+                     for i in qs]
             else:
                 _, I = idx.search(Wq[qs], kmax + 1)
             for row, i in zip(I, qs):
