@@ -37,7 +37,9 @@ class Settings(BaseSettings):
         "logged warning. A change "
         "(or new weights) re-describes and re-indexes every exhibit at start-up, keeping stored comparisons"))
     index_factory: str = Field("Flat", description=(
-        "FAISS index_factory string of every shard: 'Flat' (exact), 'IVF1024,Flat', 'IVF1024,SQ8', 'HNSW32' ..."))
+        "FAISS index_factory string of every shard: 'Flat' (exact), 'SQfp16' (vectors in half precision: half "
+        "the memory; the phase descriptor's rotation scan reads Flat and SQfp16 in place), 'IVF1024,Flat', "
+        "'IVF1024,SQ8', 'HNSW32' (approximate, searched row by row) ..."))
     index_metric: str = "ip"
     index_nprobe: int = Field(32, ge=1, le=65536, description=(
         "IVF factories: inverted lists searched per query row (more: closer to exact, slower); ignored otherwise"))

@@ -9,7 +9,8 @@ the rows) and the index time a query (median), for
 
 * ``Flat`` (exact) - the reference, searched row by row (FAISS) and by the descriptor's rotation scan
   (:func:`~ballistic.retrieval.polar_phase.rotation_scan`, what the retriever does on a Flat index: the same
-  answer from one cross-spectrum per stored vector and one FFT over the angles);
+  answer from one cross-spectrum per stored vector and one FFT over the angles), and ``SQfp16`` (the vectors
+  in half precision, scanned too);
 * ``HNSW32`` for each efSearch and each number of neighbours asked of every query row (the retriever asks
   each row for the whole shortlist; measured: efSearch sets the cost, the depth a row hardly does);
 * ``IVF<4 sqrt N>,Flat`` and ``,SQ8`` for each nprobe;
@@ -105,6 +106,9 @@ def main() -> None:
             rows = {i: index_queries(finer, Q[i]) for i in range(len(src))}
             run(idx, {"index": "Flat", "setting": f"scan {n_rot} rot.", "build_s": round(tb, 1)}, scan=finer.scan)
             rows = base
+        del idx
+        idx, tb = build("SQfp16")                       # float16 vectors: half the memory, scanned in place
+        run(idx, {"index": "SQfp16", "setting": "rotation scan", "build_s": round(tb, 1)}, scan=desc.scan)
         del idx
     if "hnsw" in arms:
         idx, tb = build("HNSW32", ef_search=128)

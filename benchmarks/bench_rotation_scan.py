@@ -7,9 +7,10 @@ one cross-spectrum per stored vector and one FFT over the angles. This script ti
 ``N`` random unit vectors in the stored format (the cost does not depend on what the vectors hold), for each
 ``N`` and for 1 and 2 threads, reports the share of the k best ids they agree on (floating-point
 order aside, all), and reports the memory a vector takes in
-the index (:meth:`~ballistic.retrieval.index.VectorIndex.faiss_nbytes`).
+the index (:meth:`~ballistic.retrieval.index.VectorIndex.faiss_nbytes`), for a ``Flat`` index (float32) and an
+``SQfp16`` one (float16: half the memory; the scan decodes a block at a time).
 
-    python benchmarks/bench_rotation_scan.py [--sizes 10000,100000,1000000] [--queries 5]
+    python benchmarks/bench_rotation_scan.py [--sizes 10000,100000,1000000] [--queries 5] [--factories Flat,SQfp16]
 
 Prints a table and writes ``benchmarks/results/rotation_scan.json``.
 """
@@ -32,6 +33,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--queries", type=int, default=5)
     ap.add_argument("--k", type=int, default=200)
+    ap.add_argument("--factories", default="Flat,SQfp16",
+                    help="indexes the scan reads in place: Flat (float32) and SQfp16 (float16, half the memory)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "rotation_scan.json")
     a = ap.parse_args()
 
@@ -46,9 +49,10 @@ def main() -> None:
     out: dict = {"benchmark": "rotation_scan", "descriptor": desc.name, "k": a.k, "queries": a.queries,
                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                  "faiss_threads": faiss.omp_get_max_threads(), "runs": []}
-    print(f"{'N':>9} {'threads':>7} {'row search':>11} {'scan':>9} {'ratio':>6} {'overlap':>8} {'B/vec':>6}")
-    for n in [int(x) for x in a.sizes.split(",") if x]:
-        idx = VectorIndex(desc.dim)
+    print(f"{'N':>9} {'index':>7} {'threads':>7} {'row search':>11} {'scan':>9} {'ratio':>6} {'overlap':>8} "
+          f"{'B/vec':>6}")
+    for n, factory in [(int(x), f) for x in a.sizes.split(",") if x for f in a.factories.split(",") if f]:
+        idx = VectorIndex(desc.dim, factory=factory)
         for lo in range(0, n, 100_000):
             X = rng.standard_normal((min(n, lo + 100_000) - lo, desc.dim), dtype=np.float32)
             X /= np.linalg.norm(X, axis=1, keepdims=True)
@@ -73,12 +77,12 @@ def main() -> None:
                 D1, I1 = idx.search(rows, a.k, scan=scan)
                 t_scan.append(time.perf_counter() - t)
                 same.append(len(np.intersect1d(best_per_id(I0, D0)[0][:a.k], best_per_id(I1, D1)[0][:a.k])) / a.k)
-            r = {"n": n, "threads": threads, "row_search_p50_s": round(float(np.median(t_rows)), 4),
+            r = {"n": n, "factory": factory, "threads": threads, "row_search_p50_s": round(float(np.median(t_rows)), 4),
                  "scan_p50_s": round(float(np.median(t_scan)), 4),
                  "ratio": round(float(np.median(t_rows) / np.median(t_scan)), 1), "top_k_overlap": round(float(np.mean(same)), 4),
                  "bytes_per_vector": round(bpv, 1)}
             out["runs"].append(r)
-            print(f"{n:>9} {threads:>7} {r['row_search_p50_s']:>10.3f}s {r['scan_p50_s']:>8.3f}s {r['ratio']:>6.1f} "
+            print(f"{n:>9} {factory:>7} {threads:>7} {r['row_search_p50_s']:>10.3f}s {r['scan_p50_s']:>8.3f}s {r['ratio']:>6.1f} "
                   f"{np.mean(same):>8.3f} {bpv:>6.0f}", flush=True)
         faiss.omp_set_num_threads(os.cpu_count() or 1)
         del idx

@@ -84,6 +84,28 @@ def test_rotation_scan_matches_the_copy_by_copy_twin(mirror, n_rot):
         assert 7 not in pos and 8 not in pos
     np.testing.assert_array_equal(X, before)               # read, never changed
     assert pos[0] == 3                                     # the turned query finds its own scan first
+    X16 = X.astype(np.float16)                             # as a half-precision (SQfp16) index holds them
+    X16[9, :6] = [6e-8, -6e-8, 3e-5, -0.0, 0.0, 65504.0]   # subnormal halves, signed zero, the largest half
+    s, pos, row = rotation_scan(q, X16, 40, n_harmonics=12, n_rotations=n_rot, mirror=mirror, chunk=7, threads=2)
+    ts, tpos, trow = naive.rotation_scan(q, X16, 40, 12, n_rot, mirror)
+    np.testing.assert_allclose(s, ts, atol=2e-6)
+    np.testing.assert_array_equal(pos, tpos)
+    np.testing.assert_array_equal(row, trow)
+
+
+def test_half_precision_rows_decode_exactly():
+    from ballistic.retrieval.polar_phase import _cross_spectra, _cross_spectra_half
+    rng = np.random.default_rng(8)
+    H = rng.normal(scale=0.05, size=(5, 96)).astype(np.float16)
+    H[1, :8] = [6e-8, -6e-8, 3e-5, -3e-5, -0.0, 0.0, 65504.0, -65504.0]    # subnormals, zeros, extremes
+    H[2, 5], H[3, 7], H[4, 9] = np.inf, -np.inf, np.nan
+    qa = rng.normal(size=(4, 24)).astype(np.float32)
+    qb = np.ascontiguousarray(qa.reshape(4, 12, 2)[..., ::-1].reshape(4, 24))
+    Z16, Z32 = np.empty((5, 32), np.complex64), np.empty((5, 32), np.complex64)
+    _cross_spectra_half(H.view(np.uint16), 0, 5, qa, qb, Z16.view(np.float32))
+    _cross_spectra(H.astype(np.float32), 0, 5, qa, qb, Z32.view(np.float32))
+    np.testing.assert_array_equal(Z16, Z32)
+    assert np.isfinite(Z16[:2]).all() and all(not np.isfinite(z).all() for z in Z16[2:])
 
 
 def test_rotation_scan_is_the_best_row_of_the_index_search_and_names_the_pose():
@@ -120,7 +142,7 @@ def test_rotation_scan_refuses_what_it_cannot_score():
             rotation_scan(args.pop("query"), args.pop("stored"), args.pop("k"), **args)
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat"])
+@pytest.mark.parametrize("factory", ["Flat", "SQfp16", "HNSW16", "IVF4,Flat"])
 def test_an_index_scored_by_the_scan_answers_as_its_row_search(tmp_path, factory):
     from ballistic.retrieval.sharded import ShardedIndex, SQLiteRowSource
     rng = np.random.default_rng(7)
@@ -142,6 +164,10 @@ def test_an_index_scored_by_the_scan_answers_as_its_row_search(tmp_path, factory
         np.testing.assert_allclose(got[1][:n], want[1][:n], atol=2e-6)
         np.testing.assert_array_equal(got[2][:n], want[2][:n])
         assert not set(got[0]) & set(ids[:6].tolist())
+        if factory == "SQfp16":                                        # half the memory, scanned in place
+            flat = VectorIndex(d.dim)
+            flat.add(ids[6:], X[6:])
+            assert idx.faiss_nbytes() < 0.6 * flat.faiss_nbytes()
         if factory == "HNSW16":                                        # not stored as is: searched row by row
             np.testing.assert_array_equal(I, I0)
         else:                                                          # each id once, in its best row

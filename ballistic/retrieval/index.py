@@ -141,6 +141,21 @@ def merge_topk(res: list[tuple[np.ndarray, np.ndarray]], nq: int, k: int, metric
     return D, I.astype(np.int64)
 
 
+def _stored_view(idmap) -> np.ndarray | None:
+    """The vectors of an ``IndexIDMap2`` as its FAISS index holds them, without a copy: float32 (n, d) for
+    ``Flat``, float16 for ``SQfp16``; None for any other index (graphs, lists, codes that need decoding). Valid
+    while the index is not changed."""
+    inner = faiss.downcast_index(idmap.index)
+    n, d = int(inner.ntotal), int(inner.d)
+    if isinstance(inner, faiss.IndexFlat):
+        return faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
+    if isinstance(inner, faiss.IndexScalarQuantizer) and inner.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+        if not n:
+            return np.zeros((0, d), np.float16)
+        return faiss.rev_swig_ptr(inner.codes.data(), n * inner.code_size).view(np.float16).reshape(n, d)
+    return None
+
+
 def _row_lists(scores, ids, rows, nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Results ranked by their best query row (``scores`` best first) as per-row top-k lists: each result in
     its own row, in score order; (nq, k) scores (-inf) and ids (-1) where a row has fewer."""
@@ -472,8 +487,8 @@ class VectorIndex:
             :meth:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor.query_vectors`): ``scan(queries, stored,
             k) -> (scores, positions, rows)`` ranks stored vectors (float32 (n, dim)) by their best row, as
             :meth:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor.scan` does. Partitions whose vectors lie
-            in memory as stored (``Flat``, inner product, and vectors pending training) are then scored by it
-            instead of by FAISS, and each result appears once, in the row of ``queries`` it scored best with
+            in memory as stored (``Flat`` float32, ``SQfp16`` float16, inner product, and vectors pending
+            training) are then scored by it instead of by FAISS, and each result appears once, in the row of ``queries`` it scored best with
             (other rows hold fewer than ``k``): merged per id (:func:`~ballistic.retrieval.search.best_per_id`)
             the answer is the row search's. Other partitions are searched row by row as without it.
 
@@ -531,9 +546,9 @@ class VectorIndex:
         return merge_topk(out, Q.shape[0], k, self.metric)
 
     def _scannable(self, part: _Partition) -> bool:
-        # Flat removes ids outright (no tombstones); an index not yet trained holds its vectors pending
+        # Flat and SQfp16 remove ids outright (no tombstones); an index not yet trained holds its vectors pending
         return self.metric == "ip" and not part.tombstones.size and (
-            part.index is None or isinstance(faiss.downcast_index(part.index.index), faiss.IndexFlat))
+            part.index is None or _stored_view(part.index) is not None)
 
     def _scan_part(self, part: _Partition, Q: np.ndarray, k: int, scan):
         """A partition scored by ``scan`` over its stored vectors (read in place, never copied)."""
@@ -542,10 +557,7 @@ class VectorIndex:
             s, pos, row = scan(Q, part.pending_vecs, k)
             out.append(_row_lists(s, part.pending_ids[pos], row, Q.shape[0], k))
         if part.index is not None and part.index.ntotal:
-            flat = faiss.downcast_index(part.index.index)
-            n = int(flat.ntotal)
-            X = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
-            s, pos, row = scan(Q, X, k)
+            s, pos, row = scan(Q, _stored_view(part.index), k)
             out.append(_row_lists(s, faiss.vector_to_array(part.index.id_map)[pos], row, Q.shape[0], k))
         return merge_topk(out, Q.shape[0], k, self.metric)
 

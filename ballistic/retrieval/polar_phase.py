@@ -190,9 +190,10 @@ def rotation_scan(query: np.ndarray, stored: np.ndarray, k: int, *, n_harmonics:
     query : ndarray of float, shape (dim,)
         The query in the stored format of :class:`PolarPhaseDescriptor` (real and imaginary parts of
         ``(n_bands, n_harmonics)`` coefficients interleaved, ``dim = 2 n_bands n_harmonics``); finite.
-    stored : ndarray of float32, shape (n, dim)
+    stored : ndarray of float32 or float16, shape (n, dim)
         Stored vectors in the same format, finite as an index holds them (a row with NaN or infinity is never
-        returned). Read in blocks, never copied whole, never changed.
+        returned; float16 as a FAISS ``SQfp16`` index keeps them, half the memory, decoded row by row). Read
+        in blocks, never copied whole, never changed.
     k : int
         Results wanted (fewer when ``n < k``).
     n_harmonics, n_rotations, mirror : keyword-only
@@ -232,7 +233,7 @@ def rotation_scan(query: np.ndarray, stored: np.ndarray, k: int, *, n_harmonics:
         raise DescriptorError("rotation_scan: the query has NaN or infinite values; describe the scan again")
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise DescriptorError(f"rotation_scan: k must be a positive integer, got {k!r}")
-    if X.dtype != np.float32 or not X.flags.c_contiguous:
+    if X.dtype not in (np.float32, np.float16) or not X.flags.c_contiguous:
         X = np.ascontiguousarray(X, dtype=np.float32)
     n = X.shape[0]
     if n == 0:
@@ -249,7 +250,10 @@ def rotation_scan(query: np.ndarray, stored: np.ndarray, k: int, *, n_harmonics:
 
         hi = min(n, lo + step)
         Z = np.empty((hi - lo, R), np.complex64)
-        _cross_spectra(X, lo, hi, qa, qb, Z.view(np.float32))
+        if X.dtype == np.float16:                            # half-precision store, decoded row by row
+            _cross_spectra_half(X.view(np.uint16), lo, hi, qa, qb, Z.view(np.float32))
+        else:
+            _cross_spectra(X, lo, hi, qa, qb, Z.view(np.float32))
         y = scipy.fft.ifft(Z, axis=1, norm="forward", overwrite_x=True, workers=1)   # S + i S' at every angle
         _best_angle(y.view(np.float32), bool(mirror), best[lo:hi], row[lo:hi])
 
@@ -278,38 +282,79 @@ def _cross_spectra(X, lo, hi, qa, qb, Zf):
     ``qa`` (nb, 2 nh) is the query interleaved as stored ``[qr, qi, ...]``, ``qb`` the same with each pair
     swapped ``[qi, qr, ...]``: summed over the bands, ``x * qa`` gives ``qr dr, qi di`` and ``x * qb`` gives
     ``qi dr, qr di`` of every harmonic, two multiply-adds per stored value over contiguous memory."""
-    nbands, nh2 = qa.shape
-    nh = nh2 // 2
-    R = Zf.shape[1] // 2
+    nh2 = qa.shape[1]
     U = np.empty(nh2, np.float32)
     V = np.empty(nh2, np.float32)
+    ip, im = _bins(nh2 // 2, Zf.shape[1] // 2)
+    for t in range(hi - lo):
+        _spectrum_of_row(X[lo + t], qa, qb, U, V, ip, im, Zf[t])
+
+
+@nb.njit(nogil=True, cache=True, fastmath={"contract"})
+def _cross_spectra_half(H, lo, hi, qa, qb, Zf):
+    """:func:`_cross_spectra` of rows stored in half precision, ``H`` their bits (uint16 (n, 2 nb nh), as a
+    FAISS ``SQfp16`` index keeps them), each row decoded to float32 on the way (exactly: every half is a
+    float32)."""
+    nh2 = qa.shape[1]
+    U = np.empty(nh2, np.float32)
+    V = np.empty(nh2, np.float32)
+    ip, im = _bins(nh2 // 2, Zf.shape[1] // 2)
+    bits = np.empty(H.shape[1], np.uint32)
+    row = bits.view(np.float32)
+    for t in range(hi - lo):
+        h = H[lo + t]
+        special = False
+        for j in range(h.size):
+            b = np.uint32(h[j])
+            # the half's sign to bit 31, its exponent and mantissa 13 bits up: the float32 2^-112 times the value
+            # (zero and subnormals included), so one multiply by 2^112 below gives the value itself
+            bits[j] = ((b & np.uint32(0x8000)) << np.uint32(16)) | ((b & np.uint32(0x7FFF)) << np.uint32(13))
+            special |= (b & np.uint32(0x7C00)) == np.uint32(0x7C00)
+        for j in range(h.size):
+            row[j] *= np.float32(5.192296858534828e33)
+        if special:                                  # infinity or NaN: exponent all ones
+            for j in range(h.size):
+                b = np.uint32(h[j])
+                if (b & np.uint32(0x7C00)) == np.uint32(0x7C00):
+                    bits[j] = ((b & np.uint32(0x8000)) << np.uint32(16)) | np.uint32(0x7F800000) | \
+                        ((b & np.uint32(0x3FF)) << np.uint32(13))
+        _spectrum_of_row(row, qa, qb, U, V, ip, im, Zf[t])
+
+
+@nb.njit(nogil=True, cache=True)
+def _bins(nh, R):
+    """FFT bins of harmonic ``m = 1..nh`` and of ``-m`` over ``R`` angles."""
     ip = np.empty(nh, np.int64)
     im = np.empty(nh, np.int64)
     for m in range(nh):
         ip[m] = (m + 1) % R
         im[m] = (R - (m + 1) % R) % R
-    for t in range(hi - lo):
-        row = X[lo + t]
-        U[:] = 0.0
-        V[:] = 0.0
-        for b in range(nbands):
-            base = b * nh2
-            for j in range(nh2):
-                x = row[base + j]
-                U[j] += x * qa[b, j]
-                V[j] += x * qb[b, j]
-        z = Zf[t]
-        z[:] = 0.0
-        for m in range(nh):
-            p1, p2 = U[2 * m], U[2 * m + 1]                  # sum qr dr, sum qi di
-            p4, p3 = V[2 * m], V[2 * m + 1]                  # sum qi dr, sum qr di
-            cr, ci = p1 + p2, p4 - p3                        # Q conj(D): the plain copies
-            mr, mi = p1 - p2, p3 + p4                        # Q D: the mirror images
-            # c -> real part of the transform, c' -> imaginary part: (c + i c') / 2 and (conj c + i conj c') / 2
-            z[2 * ip[m]] += 0.5 * (cr - mi)
-            z[2 * ip[m] + 1] += 0.5 * (ci + mr)
-            z[2 * im[m]] += 0.5 * (cr + mi)
-            z[2 * im[m] + 1] += 0.5 * (mr - ci)
+    return ip, im
+
+
+@nb.njit(nogil=True, cache=True, fastmath={"contract"})
+def _spectrum_of_row(row, qa, qb, U, V, ip, im, z):
+    """One stored row (float32, interleaved) into its Hermitian spectra ``z`` (float32 view, 2 R)."""
+    nbands, nh2 = qa.shape
+    U[:] = 0.0
+    V[:] = 0.0
+    for b in range(nbands):
+        base = b * nh2
+        for j in range(nh2):
+            x = row[base + j]
+            U[j] += x * qa[b, j]
+            V[j] += x * qb[b, j]
+    z[:] = 0.0
+    for m in range(nh2 // 2):
+        p1, p2 = U[2 * m], U[2 * m + 1]                      # sum qr dr, sum qi di
+        p4, p3 = V[2 * m], V[2 * m + 1]                      # sum qi dr, sum qr di
+        cr, ci = p1 + p2, p4 - p3                            # Q conj(D): the plain copies
+        mr, mi = p1 - p2, p3 + p4                            # Q D: the mirror images
+        # c -> real part of the transform, c' -> imaginary part: (c + i c') / 2 and (conj c + i conj c') / 2
+        z[2 * ip[m]] += 0.5 * (cr - mi)
+        z[2 * ip[m] + 1] += 0.5 * (ci + mr)
+        z[2 * im[m]] += 0.5 * (cr + mi)
+        z[2 * im[m] + 1] += 0.5 * (mr - ci)
 
 
 @nb.njit(nogil=True, cache=True)
