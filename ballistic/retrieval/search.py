@@ -21,10 +21,12 @@ A query is searched in stages:
    candidates (cheap, millions of entries per second). A descriptor that searches rotations by query
    expansion (``query_vectors``, e.g. :class:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor`) sends
    all its copies in one batch and each candidate keeps its best score (:func:`index_queries`,
-   :func:`best_per_id`);
+   :func:`best_per_id`); where it also has ``scan`` and the index holds the vectors as stored (``Flat``,
+   ``SQfp16``), the index scores every vector by its best copy in one pass instead
+   (:func:`~ballistic.retrieval.polar_phase.rotation_scan`: the same answer, a sixth of the time);
 1b. **screen** (``screen_k > 0``) - the same registration as stage 2 at 100 um
    every 4 degrees, the mirror image too (on stored coarse thumbnails), keeps the
-   best ``screen_k`` of the ``k``;
+   best ``screen_k`` of the ``k`` (by its NCC and the descriptor score together, ``stage_order``);
 2. **rotation prior** - each of those candidates is registered to the
    query at a coarse spacing (default 50 um) over the full circle (every
    ``prior_step_deg``), translation by masked NCC (FFT, the query's rotated
@@ -42,7 +44,7 @@ candidate carries the rotation and parity its best index row stands for (``Candi
 searched three times more.
 
 The result lists the ``k`` candidates: the ``cmc_k`` compared ones first, by the comparison's score
-(ties by stage-2 score), then the others by stage-2 score. Every candidate carries all the scores it
+(ties by stage-2 score), then the others in the order of the last rotation stage (:func:`order_after_stage`). Every candidate carries all the scores it
 got, and the result names the index state it searched (for a
 :class:`~ballistic.retrieval.record.SearchRecord`).
 
