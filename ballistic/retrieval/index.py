@@ -485,12 +485,13 @@ class VectorIndex:
         scan : callable, optional, keyword-only
             For queries that are the rows of one expanded query (e.g.
             :meth:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor.query_vectors`): ``scan(queries, stored,
-            k) -> (scores, positions, rows)`` ranks stored vectors (float32 (n, dim)) by their best row, as
-            :meth:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor.scan` does. Partitions whose vectors lie
-            in memory as stored (``Flat`` float32, ``SQfp16`` float16, inner product, and vectors pending
-            training) are then scored by it instead of by FAISS, and each result appears once, in the row of ``queries`` it scored best with
-            (other rows hold fewer than ``k``): merged per id (:func:`~ballistic.retrieval.search.best_per_id`)
-            the answer is the row search's. Other partitions are searched row by row as without it.
+            k) -> (scores, positions, rows)`` ranks stored vectors (float32 or float16 (n, dim)) by their best
+            row, as :meth:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor.scan` does. Partitions whose
+            vectors lie in memory as stored (``Flat`` float32, ``SQfp16`` float16, inner product, and vectors
+            pending training) are then scored by it instead of by FAISS, and each result appears once, in the
+            row of ``queries`` it scored best with (other rows hold fewer than ``k``): merged per id
+            (:func:`~ballistic.retrieval.search.best_per_id`) the answer is the row search's. Other partitions
+            are searched row by row as without it.
 
         Returns
         -------

@@ -36,13 +36,14 @@ degrees) found the same mates as 512 on the real sets. It is the default descrip
 (``benchmarks/results/retrieval_phase_*.json``), FAISS-stage recall of the mates, rotation draw 0: 40 Fadul
 queries among the 39 other Fadul scans @10 1.000 (polar-FFT 0.850 PCA-whitened, 0.706 raw), among 10 000
 synthetic distractors @10 0.988, @100 0.994 (0.606, 0.848); 17 DFSC queries 1.000 (0.956) and 0.706, 0.868
-(0.382, 0.471). A query is 256 copies; where the index holds the vectors as stored (``Flat``) the copies are not
-searched one by one: :func:`rotation_scan` scores every stored vector by its best copy from one cross-spectrum and
-one FFT over the angles (:meth:`PolarPhaseDescriptor.scan`, called by the index), the same answer in 0.077 s
-instead of 0.43 s among 10^5 vectors on 2 cores, 0.70 s instead of 4.4 s among 10^6, and from an ``SQfp16``
-index (half precision, half the memory) 0.88 s (``python benchmarks/bench_rotation_scan.py``). HNSW and IVF search the copies row by row and lose hard mates
-(a mate is no near-duplicate of any copy), fewer rotations or harmonics lose mates, and 256 or 512 rotations
-found no more of them among 10^5 (README, "The descriptor's pose narrows the later stages").
+(0.382, 0.471). A query is 256 copies; where the index holds the vectors as stored (``Flat``, ``SQfp16``) the
+copies are not searched one by one: :func:`rotation_scan` scores every stored vector by its best copy from one
+cross-spectrum and one FFT over the angles (:meth:`PolarPhaseDescriptor.scan`, called by the index), the same
+answer in 0.077 s instead of 0.43 s among 10^5 vectors on 2 cores, 0.70 s instead of 4.4 s among 10^6, and from an
+``SQfp16`` index (half precision, half the memory) 0.88 s (``python benchmarks/bench_rotation_scan.py``). HNSW and
+IVF search the copies row by row and lose hard mates (a mate is no near-duplicate of any copy), fewer rotations or
+harmonics lose mates, and 256 or 512 rotations found no more of them among 10^5 (README, "The descriptor's pose
+narrows the later stages").
 """
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ mates, rotation draw 0: Fadul among its 40 scans @10 1.000 vs 0.850, among 10 00
 @10 0.988 vs 0.606 and @100 0.994 vs 0.848; DFSC 1.000 vs 0.956, and 0.706 vs 0.382, 0.868 vs 0.471; polar
 PCA-whitened on distractors, as the benchmark runs it; ``benchmarks/results/retrieval_phase_*.json``). Its
 cost: a query is 256 rotated copies, scored over a Flat index by one rotation scan (0.07 s among 10^5 vectors
-on 2 cores, :func:`~ballistic.retrieval.polar_phase.rotation_scan`). ``BALLISTIC_DESCRIPTOR=polar`` keeps the polar-FFT descriptor (640 values, one
-row a query). The learned embedding shipped with ``models/`` ("bf-learned/1") falls below polar when a whole
+on 2 cores, :func:`~ballistic.retrieval.polar_phase.rotation_scan`). ``BALLISTIC_DESCRIPTOR=polar`` keeps the
+polar-FFT descriptor (640 values, one row a query). The learned embedding shipped with ``models/`` ("bf-learned/1") falls below polar when a whole
 study is held out (``models/breech_face/MODEL_CARD.md``); ``BALLISTIC_DESCRIPTOR=learned`` (or the service's
 ``descriptor`` setting) chooses it; where it cannot load (torch not installed, weights missing) the polar-FFT
 descriptor is used and the reason logged.

@@ -44,7 +44,8 @@ candidate carries the rotation and parity its best index row stands for (``Candi
 searched three times more.
 
 The result lists the ``k`` candidates: the ``cmc_k`` compared ones first, by the comparison's score
-(ties by stage-2 score), then the others in the order of the last rotation stage (:func:`order_after_stage`). Every candidate carries all the scores it
+(ties by stage-2 score), then the others in the order of the last rotation stage (:func:`order_after_stage`).
+Every candidate carries all the scores it
 got, and the result names the index state it searched (for a
 :class:`~ballistic.retrieval.record.SearchRecord`).
 
