@@ -136,6 +136,9 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                         None, help="search the rotation stages and the comparison only within this many degrees of "
                         "the pose the descriptor found for each candidate (RetrievalParams.pose_window_deg; a "
                         "descriptor that searches rotations, e.g. phase)"),
+                    thumb_spacings: str = typer.Option("100", help="spacings (um) at which the distractors' coarse "
+                                                       "height maps are stored for the rotation stages (100: the "
+                                                       "screen's; 100,50 serves the prior too)"),
                     ) -> None:
     """Hide the real scans among synthetic distractors; recall of the mates and query latency per descriptor."""
     from ballistic.bench.retrieval import run_retrieval_bench
@@ -149,7 +152,8 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                         whiten_dim=whiten_dim, workers=workers, seed=seed,
                         cache_dir=cache, descriptors=tuple(v.strip() for v in descriptor.split(",") if v.strip()),
                         fold_models=fold_models, e2e=e2e, faiss_ks=ints(faiss_ks), screen_step_deg=screen_step,
-                        prior_step_deg=prior_step, prior=prior, pose_window_deg=pose_window)
+                        prior_step_deg=prior_step, prior=prior, pose_window_deg=pose_window,
+                        thumb_spacings=tuple(float(v) for v in thumb_spacings.split(",") if v.strip()))
 
 
 index_app = typer.Typer(help="Descriptor index of breech-face scans (build, inspect, search).", no_args_is_help=True)

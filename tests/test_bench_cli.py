@@ -169,3 +169,26 @@ def test_real_synthetic_separability_tells_a_shifted_set_from_a_mixed_one():
     apart = real_synthetic_separability(real + 1.0, synth)
     assert 0.3 < mixed["linear_auc"] < 0.7 and 0.3 < mixed["nn_synthetic_fraction"] < 0.7
     assert apart["linear_auc"] > 0.95 and apart["nn_synthetic_fraction"] < 0.1
+
+
+def test_bench_fetch_serves_the_stored_view_that_fits_the_stage():
+    from ballistic.bench.retrieval import BenchFetch, distractor_catalogue, distractor_thumbnails
+    from ballistic.surface import Surface
+    cat = distractor_catalogue()
+    views = {s: distractor_thumbnails(2, catalogue=cat, spacing_um=s, workers=1) for s in (100.0, 50.0)}
+    assert views[100.0].shape == (2, 40, 40) and views[50.0].shape == (2, 80, 80)     # one 4 mm field
+    real = Surface(np.zeros((5, 5)), 25.0)
+    f = BenchFetch({7: real}, cat, thumbs=views)
+    d = cat.id_offset + 1
+    assert f(7, spacing_um=50.0) is real
+    assert f(d, spacing_um=100.0).spacing_um == 100.0 and f(d, spacing_um=200.0).spacing_um == 100.0
+    got = f(d, spacing_um=50.0)
+    assert got.spacing_um == 50.0 and got.heights.shape == (80, 80)
+    np.testing.assert_array_equal(got.heights, views[50.0][1].astype(np.float64))
+    assert f(d, spacing_um=25.0).spacing_um == 25.0                     # finer than any stored view: regenerated
+    # one array at one spacing, as before
+    old = BenchFetch({}, cat, thumbs=views[100.0])
+    assert old(d, spacing_um=100.0).spacing_um == 100.0 and old(d, spacing_um=50.0).spacing_um == 50.0
+    # a stored view is the regenerated surface at that spacing, centred (float16 heights)
+    fresh = cat(d, spacing_um=50.0)
+    assert np.nanmax(np.abs(fresh.heights)) == pytest.approx(np.nanmax(np.abs(got.heights)), rel=1e-2)

@@ -68,24 +68,28 @@ DISTRACTOR_ID0 = 1_000_000
 
 
 class BenchFetch:
-    """Picklable ``fetch``: real surfaces by id; synthetic distractors from stored thumbnails (at
-    ``thumb_spacing_um`` and coarser, as a service would keep them beside the descriptors) or
+    """Picklable ``fetch``: real surfaces by id; synthetic distractors from stored thumbnails (coarse height
+    maps, as a service would keep them beside the descriptors: ``thumbs`` one array at ``thumb_spacing_um``, or
+    ``{spacing_um: array}``; a request at a spacing gets the coarsest stored one that is not coarser) or
     regenerated from their id."""
 
     def __init__(self, real: dict[int, Surface], catalogue: SyntheticCatalogue, *,
-                 thumbs: np.ndarray | None = None, thumb_spacing_um: float = 100.0) -> None:
+                 thumbs: np.ndarray | dict[float, np.ndarray] | None = None,
+                 thumb_spacing_um: float = 100.0) -> None:
         self.real = real
         self.catalogue = catalogue
-        self.thumbs = thumbs
-        self.thumb_spacing_um = thumb_spacing_um
+        self.thumbs = {} if thumbs is None else dict(thumbs) if isinstance(thumbs, dict) else \
+            {float(thumb_spacing_um): thumbs}
 
     def __call__(self, id: int, spacing_um: float | None = None) -> Surface:
         if int(id) in self.real:
             return self.real[int(id)]
         j = int(id) - self.catalogue.id_offset
-        if self.thumbs is not None and spacing_um is not None and spacing_um >= self.thumb_spacing_um - 1e-9 \
-                and 0 <= j < len(self.thumbs):
-            return Surface(self.thumbs[j].astype(np.float64), self.thumb_spacing_um)
+        fit = [s for s in self.thumbs if spacing_um is not None and s <= spacing_um + 1e-9
+               and 0 <= j < len(self.thumbs[s])]
+        if fit:
+            s = max(fit)
+            return Surface(self.thumbs[s][j].astype(np.float64), s)
         return self.catalogue(int(id), spacing_um=spacing_um)
 
 
@@ -107,22 +111,31 @@ def _distractor_key(*parts) -> str:
 _THUMB = 40
 
 
+def _thumb_size(spacing_um: float) -> int:
+    """Pixels of a thumbnail's side: the same 4 mm field at every spacing (40 at 100 um)."""
+    return int(round(_THUMB * 100.0 / float(spacing_um)))
+
+
 def _thumb_range(args) -> np.ndarray:
     from ballistic.cartridge.cmc.params import centre_heights
     from ballistic.preprocess.filters import resample
     catalogue, spacing, lo, hi = args
-    out = np.full((hi - lo, _THUMB, _THUMB), np.nan, dtype=np.float16)
+    size = _thumb_size(spacing)
+    out = np.full((hi - lo, size, size), np.nan, dtype=np.float16)
     for k, i in enumerate(range(lo, hi)):
-        h = centre_heights(resample(catalogue(i, spacing_um=50.0), spacing_um=spacing).heights)[:_THUMB, :_THUMB]
-        oy, ox = (_THUMB - h.shape[0]) // 2, (_THUMB - h.shape[1]) // 2
+        s = catalogue(i, spacing_um=min(50.0, spacing))
+        h = centre_heights(s.heights if abs(s.spacing_um - spacing) < 1e-9 else
+                           resample(s, spacing_um=spacing).heights)[:size, :size]
+        oy, ox = (size - h.shape[0]) // 2, (size - h.shape[1]) // 2
         out[k, oy:oy + h.shape[0], ox:ox + h.shape[1]] = h
     return out
 
 
 def distractor_thumbnails(n: int, *, catalogue: SyntheticCatalogue, spacing_um: float = 100.0, workers: int = 2,
                           batch: int = 2000, cache_dir: str | Path | None = None) -> np.ndarray:
-    """Coarse height maps (float16, NaN-padded to 40 x 40 at ``spacing_um``) of the first n distractors."""
-    key = _distractor_key(repr(catalogue), spacing_um, _THUMB)
+    """Coarse height maps (float16, NaN-padded to a 4 mm square at ``spacing_um``: 40 x 40 at 100 um) of the first
+    n distractors."""
+    key = _distractor_key(repr(catalogue), spacing_um, _thumb_size(spacing_um))
     f = None if cache_dir is None else Path(cache_dir) / f"thumbs-{key}-{n}.npy"
     if f is not None and f.exists():
         return np.load(f)
@@ -399,7 +412,7 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
                         faiss_ks=(10, 25, 50, 100, 200, 500, 1000), descriptors=("polar",), fold_models=None,
                         study: str | None = None, e2e: bool = True, screen_step_deg: float | None = None,
                         prior_step_deg: float | None = None, prior: bool = True,
-                        pose_window_deg: float | None = None) -> dict:
+                        pose_window_deg: float | None = None, thumb_spacings=(100.0,)) -> dict:
     """Run the benchmark for each descriptor (side by side), print tables, write JSON; returns the summary.
 
     ``descriptors``: registry names (``"polar"``, ``"learned"``); ``fold_models``: folder of the learned
@@ -407,7 +420,9 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
     those checkpoints (default the folder name of ``directory``, e.g. ``fadul``); ``e2e=False`` runs the
     FAISS stage only; ``screen_step_deg`` / ``prior_step_deg`` override the rotation steps of
     :class:`~ballistic.retrieval.search.RetrievalParams` (default: its own); ``prior`` and ``pose_window_deg``
-    are its ``prior`` and ``pose_window_deg``.
+    are its ``prior`` and ``pose_window_deg``; ``thumb_spacings``: the spacings (um) at which the distractors'
+    coarse height maps are stored for the rotation stages (:class:`BenchFetch`; 100: the screen's; adding 50
+    serves the prior's too, as a service that kept a 50 um view of every exhibit would).
     """
     t_start = time.time()
     json_out = Path(json_out)
@@ -424,8 +439,9 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
                                 workers=workers, cache_dir=cache_dir)
     t_desc = time.perf_counter() - t
     t = time.perf_counter()
-    thumbs = distractor_thumbnails(n_max, catalogue=catalogue, workers=workers,
-                                   cache_dir=cache_dir) if (screen_k and e2e) else None
+    thumbs = {float(s): distractor_thumbnails(n_max, catalogue=catalogue, spacing_um=float(s), workers=workers,
+                                              cache_dir=cache_dir)
+              for s in thumb_spacings} if ((screen_k or prior) and e2e) else None
     t_thumb = time.perf_counter() - t
     fetch = BenchFetch(real, catalogue, thumbs=thumbs)
     steps = {k_: v for k_, v in (("screen_step_deg", screen_step_deg), ("prior_step_deg", prior_step_deg))
@@ -438,6 +454,7 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
         "synthetic_distractors": _SYNTH_VERSION,
         "mates_per_query_mean": round(float(np.mean([(src == v).sum() - 1 for v in src])), 3),
         "factory": factory, "index_settings": {"ef_search": ef_search, "nprobe": nprobe, "k_factor": k_factor},
+        "thumb_spacings_um": sorted(thumbs) if thumbs else [],
         "params": {kk: v for kk, v in asdict(base).items() if kk != "cmc"},
         "distractor_descriptor_seconds": round(t_desc, 1), "distractor_thumbnail_seconds": round(t_thumb, 1),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "arms": {},
