@@ -449,9 +449,12 @@ class RayExecutor:
         return out
 
     def stop(self, names: Sequence[str]) -> None:
+        # with no Ray connection left (shut down, or lost) the actors went with it; calling Ray now would
+        # connect anew (ray.kill initialises Ray on its own) and can wait forever for a cluster that is gone
+        connected = self.ray.is_initialized()
         for n in names:
             h = self.handles.pop(n, None)
-            if h is not None:
+            if h is not None and connected:
                 try:
                     self.ray.kill(h, no_restart=True)
                 except Exception:               # noqa: BLE001 - best effort on shutdown
