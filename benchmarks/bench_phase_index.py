@@ -75,12 +75,13 @@ def main() -> None:
         idx = bench_index(Q, D, factory=factory, **kw)
         return idx, time.perf_counter() - t
 
-    def run(idx: VectorIndex, label: dict, row_k: int = 200, scan=None) -> dict:
+    def run(idx: VectorIndex, label: dict, row_k: int = 200, scan=None, sent=None) -> dict:
+        sent = rows if sent is None else sent             # the query copies: the descriptor's, or another step's
         rec = {10: [], 100: []}
         ts = []
         for i in range(len(src)):
             t = time.perf_counter()
-            s, ids = idx.search(rows[i], row_k + 1, scan=scan)
+            s, ids = idx.search(sent[i], row_k + 1, scan=scan)
             ts.append(time.perf_counter() - t)
             got = best_per_id(ids, s, metric="ip")[0]
             got = got[got != i]
@@ -102,10 +103,8 @@ def main() -> None:
         run(idx, {"index": "Flat", "setting": "rotation scan", "build_s": round(tb, 1)}, scan=desc.scan)
         for n_rot in [int(x) for x in a.rotations.split(",") if x]:
             finer = PolarPhaseDescriptor(**desc.kwargs, n_rotations=n_rot, mirror=desc.mirror)
-            base = rows
-            rows = {i: index_queries(finer, Q[i]) for i in range(len(src))}
-            run(idx, {"index": "Flat", "setting": f"scan {n_rot} rot.", "build_s": round(tb, 1)}, scan=finer.scan)
-            rows = base
+            run(idx, {"index": "Flat", "setting": f"scan {n_rot} rot.", "build_s": round(tb, 1)}, scan=finer.scan,
+                sent={i: index_queries(finer, Q[i]) for i in range(len(src))})
         del idx
         idx, tb = build("SQfp16")                       # float16 vectors: half the memory, scanned in place
         run(idx, {"index": "SQfp16", "setting": "rotation scan", "build_s": round(tb, 1)}, scan=desc.scan)

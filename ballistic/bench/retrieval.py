@@ -124,8 +124,7 @@ def _thumb_range(args) -> np.ndarray:
     out = np.full((hi - lo, size, size), np.nan, dtype=np.float16)
     for k, i in enumerate(range(lo, hi)):
         s = catalogue(i, spacing_um=min(50.0, spacing))
-        h = centre_heights(s.heights if abs(s.spacing_um - spacing) < 1e-9 else
-                           resample(s, spacing_um=spacing).heights)[:size, :size]
+        h = centre_heights(resample(s, spacing_um=spacing).heights)[:size, :size]      # resample: as is at 50
         oy, ox = (size - h.shape[0]) // 2, (size - h.shape[1]) // 2
         out[k, oy:oy + h.shape[0], ox:ox + h.shape[1]] = h
     return out

@@ -559,7 +559,8 @@ class VectorIndex:
             out.append(_row_lists(s, part.pending_ids[pos], row, Q.shape[0], k))
         if part.index is not None and part.index.ntotal:
             s, pos, row = scan(Q, _stored_view(part.index), k)
-            out.append(_row_lists(s, faiss.vector_to_array(part.index.id_map)[pos], row, Q.shape[0], k))
+            id_map = faiss.rev_swig_ptr(part.index.id_map.data(), part.index.ntotal)      # read in place
+            out.append(_row_lists(s, id_map[pos], row, Q.shape[0], k))
         return merge_topk(out, Q.shape[0], k, self.metric)
 
     def __len__(self) -> int:

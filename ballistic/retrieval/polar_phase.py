@@ -53,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
+import scipy.fft
 
 from ballistic.errors import DescriptorError
 from ballistic.retrieval.descriptor import (_N_BANDS, _N_HARMONICS, _N_THETA, _R_MAX_UM, _check_polar_settings,
@@ -247,8 +248,6 @@ def rotation_scan(query: np.ndarray, stored: np.ndarray, k: int, *, n_harmonics:
     row = np.empty(n, np.int64)
 
     def score(lo: int) -> None:
-        import scipy.fft
-
         hi = min(n, lo + step)
         Z = np.empty((hi - lo, R), np.complex64)
         if X.dtype == np.float16:                            # half-precision store, decoded row by row
@@ -448,7 +447,7 @@ class PolarPhaseDescriptor:
         """The answer of searching ``stored`` with the query copies ``rows`` (:meth:`query_vectors`), each stored
         vector scored by its best copy, computed by :func:`rotation_scan` instead of ``len(rows)`` inner products.
 
-        An index whose vectors lie in memory as they were stored (FAISS ``Flat``) calls this for a query of
+        An index whose vectors lie in memory as they were stored (FAISS ``Flat``, ``SQfp16``) calls this for a query of
         this descriptor (:meth:`~ballistic.retrieval.index.VectorIndex.search` with ``scan=``); the copies
         must be this descriptor's own, of which row 0 is the query itself.
 

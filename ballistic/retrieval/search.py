@@ -711,7 +711,7 @@ class Retriever:
         sec["descriptor"] = time.perf_counter() - t0
         t = time.perf_counter()
         # a descriptor that can score its query copies over stored vectors itself does so where the index
-        # holds them as stored (Flat): the same answer as the copies' row search, for a fraction of its cost
+        # holds them as stored (Flat, SQfp16): the same answer as the copies' row search, for a fraction of its cost
         scan = getattr(self.descriptor, "scan", None) if np.ndim(vector) == 1 else None
         found = self.index.query(index_queries(self.descriptor, vector), p.k + len(excl), partition=partition,
                                  members=True, **({} if scan is None else {"scan": scan}))
