@@ -21,6 +21,7 @@ kinds, and callers decide from the kind, never from a message or from an inciden
     |   +-- DescriptorError                      no descriptor for this surface
     +-- StateError (also RuntimeError)          stored state or the machinery behind it, not the caller's data
         +-- IndexStateError                      an index snapshot missing, foreign or corrupt
+        +-- PreparedViewsError                   stored comparison views damaged, foreign or stale
         +-- ScaleOutError                        shards and distributed re-ranking
             +-- ShardUnavailableError, RerankError, ScaleOutConfigError
 
@@ -66,6 +67,7 @@ __all__ = [
     "DescriptorError",
     # state
     "IndexStateError",
+    "PreparedViewsError",
     "ScaleOutError",
     "ScaleOutConfigError",
     "ShardUnavailableError",
@@ -235,6 +237,12 @@ class DescriptorError(ProcessingError):
 class IndexStateError(StateError):
     """A saved index is missing, corrupt or incompatible with this code (rebuild it from stored descriptors
     with :meth:`ballistic.retrieval.index.VectorIndex.rebuild`)."""
+
+
+class PreparedViewsError(StateError):
+    """A stored file of prepared comparison views that cannot be served as the current ones (damaged, of
+    another format, made with other settings or code, or from an older version of its scan): prepare the
+    surface again from its scan and store the views again."""
 
 
 class ScaleOutError(StateError):

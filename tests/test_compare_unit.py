@@ -607,3 +607,59 @@ def test_cell_windows_match_naive_windows_inside_and_across_every_edge():
         got[:] = 0.0                                   # a copy: writing it leaves the input alone
     np.testing.assert_array_equal(a, before)
     assert _windows(a, np.array([], int), np.array([], int), 4, 4).shape == (0, 4, 4)
+
+
+# --------------------------------------------------------------------------- stored prepared views
+
+def test_prepared_views_round_trip_exactly(annulus, ref_prep, tmp_path):
+    from ballistic.cartridge.cmc.params import load_prepared, save_prepared
+
+    before = {v: getattr(ref_prep, v).copy() for v in ("fine", "coarse", "prior")}
+    src = tmp_path / "scan.x3p"
+    src.write_bytes(b"a scan")
+    path = save_prepared(ref_prep, tmp_path / "v.npz", params=PARAMS, source=src)
+    got = load_prepared(path, PARAMS, source=src)
+    for v, a in before.items():      # bit for bit, NaN where NaN; the input untouched
+        assert np.array_equal(getattr(got, v), a, equal_nan=True) and getattr(got, v).dtype == np.float64
+        assert np.array_equal(getattr(ref_prep, v), a, equal_nan=True)
+    assert got.name == ref_prep.name
+    for f in ("spacing_um", "coarse_spacing_um", "prior_spacing_um", "prior_highpass_um", "highpass_um"):
+        assert getattr(got, f) == getattr(ref_prep, f), f
+    assert load_prepared(path, PARAMS, name="other").name == "other"
+    # a comparison of loaded views is the comparison of the prepared ones
+    target = prepare(crop_to_mask(rotate(annulus, 40.0)), PARAMS)
+    assert register_global(got, target, PARAMS) == register_global(ref_prep, target, PARAMS)
+
+
+def test_prepared_views_refused_when_stale_foreign_or_damaged(ref_prep, tmp_path):
+    import os
+
+    from ballistic.cartridge.cmc.params import load_prepared, save_prepared
+    from ballistic.errors import PreparedViewsError, StateError
+
+    src = tmp_path / "scan.x3p"
+    src.write_bytes(b"a scan")
+    path = save_prepared(ref_prep, tmp_path / "v.npz", params=PARAMS, source=src)
+    with pytest.raises(PreparedViewsError, match="other comparison settings"):
+        load_prepared(path, CMCParams(highpass_um=250.0))
+    with pytest.raises(PreparedViewsError, match="other comparison settings"):
+        load_prepared(path, CMCParams(grid=7))
+    load_prepared(path, CMCParams(corr_threshold=0.4))      # a setting prepare does not use: still current
+    st = os.stat(src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # the scan rewritten since
+    with pytest.raises(PreparedViewsError, match="changed since"):
+        load_prepared(path, PARAMS, source=src)
+    load_prepared(path, PARAMS)                              # without a source to check: served
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(path.read_bytes()[:200])                 # truncated
+    with pytest.raises(PreparedViewsError, match="prepare the surface again") as e:
+        load_prepared(bad, PARAMS)
+    assert isinstance(e.value, StateError)
+    other = tmp_path / "other.npz"
+    np.savez(other, meta=np.array('{"format": "something/9"}'))
+    with pytest.raises(PreparedViewsError, match="format"):
+        load_prepared(other, PARAMS)
+    with pytest.raises(FileNotFoundError):
+        load_prepared(tmp_path / "missing.npz", PARAMS)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        save_prepared(ref_prep, tmp_path / "no" / "v.npz", params=PARAMS)
