@@ -196,29 +196,43 @@ def rotation_similarity(query, candidates, mirror, n_angles):
     return out
 
 
-def rotation_scan(query, stored, k, n_harmonics, n_rotations, mirror):
+def rotation_scan(query, stored, k, n_harmonics, n_rotations, mirror, variants=(), variant_k=None):
     """Twin of :func:`ballistic.retrieval.polar_phase.rotation_scan`: every rotated (and mirrored) copy of the
     query built one by one, every stored vector scored by each copy's inner product (float64), its best copy
-    kept (the first on ties, NaN never best), the k best returned by score then position."""
-    q = np.asarray(query, dtype=np.float64)
-    Q = (q[0::2] + 1j * q[1::2]).reshape(-1, n_harmonics)
-    m = np.arange(1, n_harmonics + 1)
-    copies = []
-    for flip in ((False, True) if mirror else (False,)):
-        for j in range(n_rotations):
-            c = Q * np.exp(1j * m * 2 * np.pi * j / n_rotations)[None, :]
-            c = np.conj(c) if flip else c
-            copies.append(np.stack([c.real, c.imag], axis=-1).ravel())
+    kept (the first on ties, NaN never best); then the ``variant_k`` best (all without it) scored
+    by every copy of every variant in turn, a copy replacing the best only when strictly better; the k best
+    returned by score then position."""
+    def copies_of(query):
+        q = np.asarray(query, dtype=np.float64)
+        Q = (q[0::2] + 1j * q[1::2]).reshape(-1, n_harmonics)
+        m = np.arange(1, n_harmonics + 1)
+        copies = []
+        for flip in ((False, True) if mirror else (False,)):
+            for j in range(n_rotations):
+                c = Q * np.exp(1j * m * 2 * np.pi * j / n_rotations)[None, :]
+                c = np.conj(c) if flip else c
+                copies.append(np.stack([c.real, c.imag], axis=-1).ravel())
+        return copies
+
     X = np.asarray(stored, dtype=np.float64)
     best = np.full(len(X), -np.inf)
     row = np.zeros(len(X), dtype=np.int64)
     for i, x in enumerate(X):
         if not np.isfinite(x).all():
             continue
-        for j, c in enumerate(copies):
+        for j, c in enumerate(copies_of(query)):
             v = float(np.dot(c, x))
             if v > best[i]:
                 best[i], row[i] = v, j
+    if len(variants):
+        m1 = len(X) if variant_k is None else min(len(X), variant_k)
+        chosen = [i for i in sorted(range(len(X)), key=lambda i: (-best[i], i))[:m1] if np.isfinite(best[i])]
+        for v in variants:
+            for j, c in enumerate(copies_of(v)):
+                for i in chosen:
+                    s = float(np.dot(c, X[i]))
+                    if s > best[i]:
+                        best[i], row[i] = s, j
     order = sorted(range(len(X)), key=lambda i: (-best[i], i))
     order = [i for i in order if np.isfinite(best[i])][:k]
     return best[order], np.asarray(order, dtype=np.int64), row[order]

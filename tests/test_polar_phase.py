@@ -226,11 +226,14 @@ def test_phase_descriptor_in_the_one_search_path():
         res = r.query(q)
     assert res.candidates[0].id == 14
     assert len({c.id for c in res.candidates}) == 5
-    # the same first candidate and score as the exact search over the copies
+    # the same first candidate and score as the exact search over the copies of the query about every centre
+    # variant (12 stored vectors: all re-scored by the variants)
     rows = index_queries(d, d(q))
     assert rows.shape == (256, d.dim)
-    exact = np.stack([d(s) for s in surfaces.values()]) @ rows.T
-    assert res.candidates[0].descriptor_score == pytest.approx(float(exact.max()), abs=1e-5)
+    stored = np.stack([d(s) for s in surfaces.values()])
+    exact = max(float((stored @ index_queries(d, v).T).max()) for v in d.query_variants(q))
+    assert exact > float((stored @ rows.T).max())            # a centre near the query's own fits better
+    assert res.candidates[0].descriptor_score == pytest.approx(exact, abs=1e-5)
     # the plain inner product (no expansion) compares one orientation only: far below the turned match
     assert float(d(surfaces[14]) @ d(q)) < res.candidates[0].descriptor_score - 0.3
     from ballistic.retrieval.descriptor import PCAWhitener
@@ -297,3 +300,140 @@ def test_bad_input_says_what_to_fix():
         polar_phase_coefficients(s, n_harmonics=200)
     with pytest.raises(DescriptorError, match="centre must be"):
         polar_phase_coefficients(s, centre="middle")
+
+
+# ----------------------------------------------------------------------- the query's centre variants
+
+@pytest.mark.parametrize("variant_k", [None, 5, 12])
+def test_rotation_scan_with_centre_variants_matches_the_twin(variant_k):
+    rng = np.random.default_rng(11)
+    C = _random_coefficients(rng, 40)
+    X = _stored(C)
+    X[7] = np.nan                                          # never returned, never re-scored
+    q = _stored(C[3][None])[0] * 0.6 + _stored(_random_coefficients(rng, 1))[0] * 0.4
+    V = np.stack([_stored(C[j][None])[0] * 0.5 + q * 0.5 for j in (4, 9, 20)])   # variants near other scans
+    plain = rotation_scan(q, X, 40, n_harmonics=12, n_rotations=24)
+    first = None
+    for store, chunk, threads in ((X, 4096, 1), (X, 5, 2), (X.astype(np.float16), 3, 3)):
+        before = store.copy()
+        s, pos, row = rotation_scan(q, store, 10, n_harmonics=12, n_rotations=24, chunk=chunk, threads=threads,
+                                    variants=V, variant_k=variant_k)
+        ts, tpos, trow = naive.rotation_scan(q, store, 10, 12, 24, True, variants=V, variant_k=variant_k)
+        np.testing.assert_allclose(s, ts, atol=2e-6)
+        np.testing.assert_array_equal(pos, tpos)
+        np.testing.assert_array_equal(row, trow)
+        np.testing.assert_array_equal(store, before)
+        assert 7 not in pos
+        first = first or (s, pos)
+    # a variant only ever raises a score, and with all vectors re-scored a scan near a variant comes up
+    s, pos = first
+    by_pos = dict(zip(plain[1].tolist(), plain[0].tolist()))
+    assert all(v >= by_pos[p] - 1e-6 for v, p in zip(s, pos))
+    if variant_k is None:
+        assert {4, 9, 20} <= set(pos.tolist())
+
+
+def test_rotation_scan_refuses_variants_it_cannot_score():
+    X = np.zeros((3, 96), np.float32)
+    q = np.ones(96, np.float32)
+    for kw, match in ((dict(variants=np.ones((2, 95))), "variants must have shape"),
+                      (dict(variants=np.full((1, 96), np.nan)), "NaN"),
+                      (dict(variants=np.ones((1, 96)), variant_k=0), "variant_k")):
+        with pytest.raises(DescriptorError, match=match):
+            rotation_scan(q, X, 2, n_harmonics=12, n_rotations=32, **kw)
+
+
+def test_query_variants_are_the_scan_described_about_nearby_centres():
+    s = _firing(2, 1)
+    d = PolarPhaseDescriptor()
+    V = d.query_variants(s)
+    off = d.jitter_offsets_um
+    assert V.shape == (25, d.dim) and V.dtype == np.float32 and off.shape == (25, 2)
+    assert off[0].tolist() == [0.0, 0.0] and np.abs(off).max() == 50.0 and len({tuple(o) for o in off}) == 25
+    assert V[0].tobytes() == d(s).tobytes()                # row 0: the stored vector itself
+    C = polar_phase_coefficients(s, offsets_um=off[[3, 17]])
+    np.testing.assert_array_equal(V[[3, 17]], np.stack([C.real, C.imag], axis=-1).astype(np.float32).reshape(2, -1))
+    assert not np.allclose(V[1], V[0]) and np.allclose(np.linalg.norm(V, axis=1), 1.0, atol=1e-5)
+    assert PolarPhaseDescriptor(jitter_steps=0).query_variants(s) is None
+    assert PolarPhaseDescriptor(jitter_steps=1).query_variants(s).shape == (9, d.dim)
+    # the settings are part of the descriptor's name and version (an index names what answered it)
+    assert "jitter_steps=2" in d.name and d.version != PolarPhaseDescriptor(jitter_steps=1).version
+    assert d.variant_rows(100_000, 200) == 5000 and d.variant_rows(3000, 200) == 1000
+    assert d.variant_rows(500, 200) == 500 and d.variant_rows(100_000, 8000) == 8000
+    for bad in (dict(jitter_um=0.0), dict(jitter_steps=-1), dict(jitter_share=0.0), dict(jitter_share=1.5)):
+        with pytest.raises(DescriptorError, match="jitter"):
+            PolarPhaseDescriptor(**bad)
+    with pytest.raises(DescriptorError, match="offsets_um"):
+        polar_phase_coefficients(s, offsets_um=[(0.0, np.nan)])
+
+
+def test_the_index_and_the_retriever_score_with_the_query_variants(tmp_path):
+    """The Retriever describes a Surface query about nearby centres and the index's scan re-scores with them:
+    the answer of ``descriptor.scan(..., variants=...)`` over the stored vectors, through a pickled scan too."""
+    import pickle
+
+    from ballistic.retrieval.search import query_scan, query_variants
+
+    d = PolarPhaseDescriptor()
+    shots = {i: _firing(1 + i // 2, 1 + i % 2) for i in range(8)}
+    X = np.stack([d(shots[i]) for i in range(8)])
+    idx = VectorIndex(d.dim)
+    idx.add(np.arange(8) + 100, X)
+    query = crop_to_mask(rotate(shots[0], 33.0))
+    V = query_variants(d, query)
+    assert V.shape == (25, d.dim) and query_variants(d, object()) is None
+    assert query_scan(d, None) == d.scan and query_scan(object(), V) is None
+    rows = index_queries(d, V[0])
+    scan = pickle.loads(pickle.dumps(query_scan(d, V)))
+    D, I = idx.search(rows, 8, scan=scan)
+    got = best_per_id(I, D)
+    s, pos, _ = d.scan(rows, X, 8, variants=V)
+    np.testing.assert_array_equal(got[0], pos + 100)
+    np.testing.assert_allclose(got[1], s, atol=1e-6)
+    plain = best_per_id(*idx.search(rows, 8, scan=d.scan)[::-1])
+    assert all(a >= b - 1e-6 for a, b in zip(sorted(got[1]), sorted(plain[1])))
+    seen = []
+    real = d.scan
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(d, name)
+
+        def __call__(self, surface):
+            return d(surface)
+
+        def scan(self, *a, **kw):
+            seen.append(kw.get("variants"))
+            return real(*a, **kw)
+
+    r = Retriever(idx, lambda i: shots[i - 100], descriptor=Spy(),
+                  params=RetrievalParams(k=4, prior=False, cmc_k=0))
+    res = r.query(query)
+    assert res.ids()[0] == 100 and len(seen) == 1 and seen[0] is not None and seen[0].shape == (25, d.dim)
+    r.close()
+
+
+def test_the_benchmarks_exact_scores_are_the_index_stages_answer():
+    """The retrieval benchmark projects recall from every stored vector's score (``_exact_scores``): with centre
+    variants these must be the scores the index stage gives for its k, whatever number of scores is asked for
+    (asking for all of them must not re-score all of them)."""
+    from ballistic.bench.retrieval import _exact_scores
+    from ballistic.retrieval.search import query_scan
+
+    rng = np.random.default_rng(12)
+    d = PolarPhaseDescriptor(n_bands=4, n_harmonics=12, n_rotations=32)
+    X = _stored(_random_coefficients(rng, 3000))
+    q = X[17] * 0.3 + _stored(_random_coefficients(rng, 1))[0]
+    V = np.concatenate([q[None], X[[5, 2500, 2999]] * 0.5 + q * 0.5]).astype(np.float32)
+    idx = VectorIndex(d.dim)
+    idx.add(np.arange(3000), X)
+    rows = d.query_vectors(q)
+    k = 50
+    got = best_per_id(*idx.search(rows, k, scan=query_scan(d, V))[::-1])
+    exact = _exact_scores(d, rows, V, X, k)
+    order = np.lexsort((np.arange(3000), -exact))[:k]
+    np.testing.assert_array_equal(got[0], order)
+    np.testing.assert_allclose(got[1], exact[order], atol=1e-6)
+    assert d.variant_rows(3000, k) == 1000
+    everything = d.scan(rows, X, 3000, variants=V, variant_k=3000)[0]     # all re-scored: higher somewhere
+    assert everything.max() >= exact.max() and np.sort(everything)[::-1][k] >= np.sort(exact)[::-1][k]

@@ -314,7 +314,7 @@ def _correlate_cartridge(ctx: JobContext, job_id: int, ex: _ExhibitView) -> int:
     from ballistic.cartridge.breech_face import preprocess_cartridge
     from ballistic.cartridge.cmc.params import CMCParams
     from ballistic.retrieval.record import utc_now
-    from ballistic.retrieval.search import CMCComparison, RetrievalParams
+    from ballistic.retrieval.search import CMCComparison, RetrievalParams, query_variants
 
     started = utc_now()
     space = ctx.spaces["breech_face"]
@@ -359,8 +359,10 @@ def _correlate_cartridge(ctx: JobContext, job_id: int, ex: _ExhibitView) -> int:
     query = fetch(ex.id)
     # the comparisons are stored and shown with their likelihood ratio: always the full circle
     retriever = space.retriever(fetch, params=params, compare=CMCComparison(cmc, details=True, accepts_hint=False))
-    res = retriever.query(query, partition=ex.partition, exclude=[ex.id], vector=space.transform(raw), known=known,
-                          stop=ctx.stop)
+    # the preprocessed scan described about centres near its own (the phase descriptor's query variants)
+    variants = query_variants(space.model, pre) if space.whitener is None else None
+    res = retriever.query(query, partition=ex.partition, exclude=[ex.id], vector=space.transform(raw),
+                          variants=variants, known=known, stop=ctx.stop)
     top = res.candidates[:params.cmc_k]
     # 4. the compared pairs, with the likelihood ratio where a calibration of this region is configured
     from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION

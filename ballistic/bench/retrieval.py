@@ -58,7 +58,8 @@ from ballistic.io.atomic import atomic_write, atomic_write_bytes
 from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener
 from ballistic.retrieval.index import VectorIndex
 from ballistic.retrieval.registry import load_descriptor
-from ballistic.retrieval.search import RetrievalParams, Retriever, best_per_id, index_queries, order_after_stage
+from ballistic.retrieval.search import (RetrievalParams, Retriever, best_per_id, index_queries, order_after_stage,
+                                       query_scan, query_variants)
 from ballistic.surface import Surface
 
 __all__ = ["BenchFetch", "bench_index", "mates_of", "mate_recall", "distractor_catalogue", "submitted_as_processed",
@@ -191,7 +192,7 @@ def _spec(descriptor) -> tuple[str, tuple]:
         return ("polar", tuple(sorted(getattr(descriptor, "kwargs", {}).items())))
     if descriptor.name.startswith("bf-polar-phase/"):
         return ("phase", tuple(sorted({**descriptor.kwargs, "n_rotations": descriptor.n_rotations,
-                                       "mirror": descriptor.mirror}.items())))
+                                       "mirror": descriptor.mirror, **descriptor.jitter}.items())))
     w = getattr(descriptor, "weights_path", None)
     return ("learned", (("threads", 1),) + ((("weights", str(w)),) if w else ()))
 
@@ -473,6 +474,21 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
     return summary
 
 
+def _exact_scores(descriptor, rows: np.ndarray, variants: np.ndarray | None, stored: np.ndarray,
+                  k: int) -> np.ndarray:
+    """Every stored vector's score as an index stage asked for ``k`` gives it (float64, shape (n,)): the best
+    inner product of the query's rows, or the descriptor's own scan of the whole store (its centre variants
+    re-scoring the vectors they would re-score for ``k``)."""
+    scan = getattr(descriptor, "scan", None)
+    if scan is None:
+        return (stored @ rows.T).max(axis=1)
+    extra = {} if variants is None else {"variants": variants, "variant_k": descriptor.variant_rows(len(stored), k)}
+    s, pos, _ = scan(rows, stored, len(stored), **extra)
+    out = np.full(len(stored), -np.inf)
+    out[pos] = s
+    return out
+
+
 def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.ndarray, fetch: BenchFetch,
              base: RetrievalParams, *, distractors, factory, whiten_dim, whiten_sample, ef_search, nprobe, k_factor,
              faiss_ks, k_sweep, e2e: bool, seed: int) -> dict:
@@ -505,12 +521,14 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
             qs = m["queries"]
             d = m["descriptor"]
             sent = {i: index_queries(d, Wq[i]) for i in qs}    # what the Retriever sends: 1 row, or the copies
+            # and the query's centre variants where the descriptor has them (never through a whitener)
+            var = {i: query_variants(d, real[i]) if w is None else None for i in qs}
             if hasattr(d, "query_vectors"):        # rotation search by query expansion, as the Retriever does
-                scan = getattr(d, "scan", None)
-                I = [best_per_id(*idx.search(sent[i], kmax + 1, scan=scan)[::-1], metric=idx.metric)[0][:kmax + 1]
-                     for i in qs]
+                I = [best_per_id(*idx.search(sent[i], kmax + 1, scan=query_scan(d, var[i]))[::-1],
+                                 metric=idx.metric)[0][:kmax + 1] for i in qs]
             else:
                 _, I = idx.search(Wq[qs], kmax + 1)
+            both = np.concatenate([Wq, Wd[:n]])        # what the index holds: the real scans, then the distractors
             for row, i in zip(I, qs):
                 ids = row[(row != i) & (row >= 0)]
                 mates = mates_of(src, i)
@@ -521,8 +539,8 @@ def _run_arm(arm: dict, Ds: list[np.ndarray], real: dict[int, Surface], src: np.
                 synth_top10.append(int((ids[:10] >= DISTRACTOR_ID0).sum()))
                 # exact scores: distractors above each mate (projection to 10 n), and how the distractors
                 # compare with the real non-mates
-                sd = (Wd[:n] @ sent[i].T).max(axis=1)
-                sr = (Wq @ sent[i].T).max(axis=1)
+                sc = _exact_scores(d, sent[i], var[i], both, kmax + 1)
+                sr, sd = sc[:len(Wq)], sc[len(Wq):]
                 nonm = np.flatnonzero((src != src[i]))
                 for mt in mates:
                     above_d = int((sd > sr[mt]).sum())

@@ -225,7 +225,8 @@ def fit_circle(points: np.ndarray, *, iterations: int = 10) -> tuple[float, floa
 
 
 def ring_spectra(surface: Surface, *, spacing_um: float = 25.0, n_theta: int = _N_THETA,
-                 r_max_um: float = _R_MAX_UM, centre: str = "annulus") -> tuple[np.ndarray, np.ndarray]:
+                 r_max_um: float = _R_MAX_UM, centre: str = "annulus",
+                 offsets_um: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Angular spectra of the rings of a breech face about its annulus centre (:func:`annulus_centre`) or its
     firing-pin aperture's (``centre="aperture"``: :func:`polar_centre`).
 
@@ -244,12 +245,17 @@ def ring_spectra(surface: Surface, *, spacing_um: float = 25.0, n_theta: int = _
     centre : {"annulus", "aperture"}, keyword-only
         Centre of the rings: the outer edge's, or the firing-pin aperture's where one is found (else the
         outer edge's).
+    offsets_um : array_like of float, shape (n_offsets, 2), optional, keyword-only
+        Also sample about centres moved by these ``(down, right)`` offsets (um, rows down and columns right
+        as displayed) from the one found, the centre found once: a query described about several centres near
+        its own (:meth:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor.query_variants`).
 
     Returns
     -------
-    spec : ndarray of complex, shape (n_rings, n_theta // 2 + 1)
-        ``numpy.fft.rfft`` of each ring (ring ``j`` at radius ``(j + 0.5)`` pixels of the working spacing).
-    counts : ndarray of int, shape (n_rings,)
+    spec : ndarray of complex, shape (n_rings, n_theta // 2 + 1), or (n_offsets, n_rings, n_theta // 2 + 1)
+        ``numpy.fft.rfft`` of each ring (ring ``j`` at radius ``(j + 0.5)`` pixels of the working spacing);
+        with ``offsets_um``, one such array per offset.
+    counts : ndarray of int, shape (n_rings,), or (n_offsets, n_rings)
         Measured samples of each ring.
 
     Raises
@@ -265,23 +271,37 @@ def ring_spectra(surface: Surface, *, spacing_um: float = 25.0, n_theta: int = _
     if m.sum() < 64:
         raise DescriptorError(f"breech-face descriptor: only {int(m.sum())} valid points at {s.spacing_um} um; "
                               "is this a preprocessed breech face (preprocess_cartridge)?")
+    off = None
+    if offsets_um is not None:
+        off = np.asarray(offsets_um, dtype=np.float64)
+        if off.ndim != 2 or off.shape[1] != 2 or len(off) == 0 or not np.isfinite(off).all():
+            raise DescriptorError(f"offsets_um must be finite (down, right) pairs of shape (n, 2), got {off.shape}")
     cy, cx = polar_centre(s) if centre == "aperture" else annulus_centre(s)[:2]
     n_r = int(math.ceil(r_max_um / s.spacing_um))
     radii = np.arange(n_r) + 0.5  # ring radii, pixels (one ring per pixel of spacing)
     theta = np.arange(n_theta) * (2.0 * math.pi / n_theta)
-    map_x = (cx + radii[:, None] * np.cos(theta)[None, :]).astype(np.float32)
-    map_y = (cy - radii[:, None] * np.sin(theta)[None, :]).astype(np.float32)
+    ring_x = radii[:, None] * np.cos(theta)[None, :]
+    ring_y = -radii[:, None] * np.sin(theta)[None, :]
     z0 = np.where(m, s.heights, 0.0).astype(np.float32)
     mf = m.astype(np.float32)
-    zp = cv2.remap(z0, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    mp = cv2.remap(mf, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    ok = mp > 0.5
-    with np.errstate(invalid="ignore", divide="ignore"):
-        zp = np.where(ok, zp / np.where(ok, mp, 1.0), 0.0)
-    cnt = ok.sum(axis=1)
-    mean = np.where(cnt > 0, zp.sum(axis=1) / np.maximum(cnt, 1), 0.0)
-    zp = np.where(ok, zp - mean[:, None], 0.0)
-    return np.fft.rfft(zp, axis=1), cnt
+
+    def about(y: float, x: float) -> tuple[np.ndarray, np.ndarray]:
+        map_x = (x + ring_x).astype(np.float32)
+        map_y = (y + ring_y).astype(np.float32)
+        zp = cv2.remap(z0, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        mp = cv2.remap(mf, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        ok = mp > 0.5
+        with np.errstate(invalid="ignore", divide="ignore"):
+            zp = np.where(ok, zp / np.where(ok, mp, 1.0), 0.0)
+        cnt = ok.sum(axis=1)
+        mean = np.where(cnt > 0, zp.sum(axis=1) / np.maximum(cnt, 1), 0.0)
+        zp = np.where(ok, zp - mean[:, None], 0.0)
+        return np.fft.rfft(zp, axis=1), cnt
+
+    if off is None:
+        return about(cy, cx)
+    got = [about(cy + dy / s.spacing_um, cx + dx / s.spacing_um) for dy, dx in off]
+    return np.stack([g[0] for g in got]), np.stack([g[1] for g in got])
 
 
 def radial_bands(counts: np.ndarray, *, n_bands: int, n_theta: int) -> tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,8 @@ with a ``__call__``).
 """
 from __future__ import annotations
 
+import functools
+
 import inspect
 import itertools
 import math
@@ -82,7 +84,8 @@ from ballistic.retrieval.record import partition_state_id, whitener_id
 from ballistic.surface import Surface
 
 __all__ = ["RetrievalParams", "Candidate", "RetrievalResult", "RotationPrior", "rotation_prior_scores",
-           "PairComparison", "CMCComparison", "Retriever", "index_queries", "best_per_id", "order_after_stage"]
+           "PairComparison", "CMCComparison", "Retriever", "index_queries", "query_scan", "query_variants", "best_per_id",
+           "order_after_stage"]
 
 Fetch = Callable[..., "Surface | PreparedSurface"]
 
@@ -95,6 +98,23 @@ def index_queries(descriptor, vector: np.ndarray) -> np.ndarray:
     if expand is not None and v.ndim == 1:
         return np.asarray(expand(v), dtype=np.float32)
     return v[None, :] if v.ndim == 1 else v
+
+
+def query_scan(descriptor, variants: np.ndarray | None = None):
+    """The ``scan=`` an index gets for a query of ``descriptor``: its ``scan`` (None if it has none), bound to
+    the query's centre ``variants`` (:meth:`~ballistic.retrieval.polar_phase.PolarPhaseDescriptor.query_variants`)
+    when there are any. Picklable, so a Ray shard runs it too."""
+    scan = getattr(descriptor, "scan", None)
+    if scan is None or variants is None:
+        return scan
+    return functools.partial(scan, variants=np.asarray(variants, dtype=np.float32))
+
+
+def query_variants(descriptor, surface) -> np.ndarray | None:
+    """``descriptor.query_variants(surface)`` for a descriptor that has them and a :class:`Surface` query
+    (a :class:`PreparedSurface` is not what descriptors describe), else None."""
+    qv = getattr(descriptor, "query_variants", None)
+    return qv(surface) if qv is not None and isinstance(surface, Surface) else None
 
 
 def best_per_id(ids: np.ndarray, scores: np.ndarray, *, metric: str = "ip", rows: bool = False):
@@ -668,6 +688,7 @@ class Retriever:
 
     def query(self, surface, *, partition: str | None = "any", exclude: Iterable[int] = (),
               params: RetrievalParams | None = None, vector: np.ndarray | None = None,
+              variants: np.ndarray | None = None,
               known: Mapping[int, dict] | Callable[[int], dict | None] | None = None,
               stop: threading.Event | None = None) -> RetrievalResult:
         """Rank database candidates for one preprocessed query.
@@ -685,6 +706,9 @@ class Retriever:
             Overrides the retriever's settings for this query (``workers`` is the executor's).
         vector : ndarray, optional, keyword-only
             Precomputed query vector (as stored in the index).
+        variants : ndarray, optional, keyword-only
+            Precomputed centre variants of the query (``descriptor.query_variants``, stored format); computed
+            here when the descriptor has them, ``surface`` is a :class:`Surface` and no whitener is used.
         known : mapping or callable, optional, keyword-only
             Outcomes of pairs compared before (``id -> {"score", "summary"...}`` or ``id -> outcome or
             None``): such candidates are screened and ranked with that outcome, never compared again.
@@ -708,11 +732,14 @@ class Retriever:
             if isinstance(surface, PreparedSurface):
                 raise TypeError("query(): pass the query Surface, or a PreparedSurface together with vector=")
             vector = self.describe(surface)
+        if variants is None and self.whitener is None and np.ndim(vector) == 1:
+            variants = query_variants(self.descriptor, surface)
         sec["descriptor"] = time.perf_counter() - t0
         t = time.perf_counter()
         # a descriptor that can score its query copies over stored vectors itself does so where the index
-        # holds them as stored (Flat, SQfp16): the same answer as the copies' row search, for a fraction of its cost
-        scan = getattr(self.descriptor, "scan", None) if np.ndim(vector) == 1 else None
+        # holds them as stored (Flat, SQfp16): the same answer as the copies' row search, for a fraction of its
+        # cost, and there the query's centre variants re-score the stored vectors it scores best
+        scan = query_scan(self.descriptor, variants) if np.ndim(vector) == 1 else None
         found = self.index.query(index_queries(self.descriptor, vector), p.k + len(excl), partition=partition,
                                  members=True, **({} if scan is None else {"scan": scan}))
         row_pose = getattr(self.descriptor, "row_pose", None)
