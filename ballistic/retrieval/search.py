@@ -23,7 +23,9 @@ A query is searched in stages:
    all its copies in one batch and each candidate keeps its best score (:func:`index_queries`,
    :func:`best_per_id`); where it also has ``scan`` and the index holds the vectors as stored (``Flat``,
    ``SQfp16``), the index scores every vector by its best copy in one pass instead
-   (:func:`~ballistic.retrieval.polar_phase.rotation_scan`: the same answer, a sixth of the time);
+   (:func:`~ballistic.retrieval.polar_phase.rotation_scan`: the same answer, a sixth of the time), and a
+   descriptor with ``query_variants`` (the query described about nearby centres) re-scores the vectors the
+   query ranks best with them (:func:`query_variants`, :func:`query_scan`);
 1b. **screen** (``screen_k > 0``) - the same registration as stage 2 at 100 um
    every 4 degrees, the mirror image too (on stored coarse thumbnails), keeps the
    best ``screen_k`` of the ``k`` (by its NCC and the descriptor score together, ``stage_order``);

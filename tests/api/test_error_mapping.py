@@ -26,6 +26,7 @@ CASES = [
     (E.UnusableLandError("no measured points"), 422, False),
     (E.DescriptorError("too few points"), 422, False),
     (E.IndexStateError("snapshot corrupt"), 503, True),
+    (E.PreparedViewsError("stored views damaged"), 503, True),
     (E.ScaleOutError("row order"), 503, True),
     (E.ShardUnavailableError("s0", "actor died"), 503, True),
     (E.RerankError("batch lost"), 503, True),
