@@ -392,7 +392,7 @@ def test_the_index_and_the_retriever_score_with_the_query_variants(tmp_path):
     np.testing.assert_allclose(got[1], s, atol=1e-6)
     plain = best_per_id(*idx.search(rows, 8, scan=d.scan)[::-1])
     assert all(a >= b - 1e-6 for a, b in zip(sorted(got[1]), sorted(plain[1])))
-    seen = []
+    seen, described = [], []
     real = d.scan
 
     class Spy:
@@ -400,6 +400,7 @@ def test_the_index_and_the_retriever_score_with_the_query_variants(tmp_path):
             return getattr(d, name)
 
         def __call__(self, surface):
+            described.append(1)
             return d(surface)
 
         def scan(self, *a, **kw):
@@ -410,6 +411,7 @@ def test_the_index_and_the_retriever_score_with_the_query_variants(tmp_path):
                   params=RetrievalParams(k=4, prior=False, cmc_k=0))
     res = r.query(query)
     assert res.ids()[0] == 100 and len(seen) == 1 and seen[0] is not None and seen[0].shape == (25, d.dim)
+    assert not described                    # the query's vector is row 0 of its variants: described once
     r.close()
 
 

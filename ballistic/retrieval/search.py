@@ -730,12 +730,12 @@ class Retriever:
         t0 = time.perf_counter()
         sec: dict[str, float] = {}
         excl = set(int(i) for i in exclude)
-        if vector is None:
-            if isinstance(surface, PreparedSurface):
-                raise TypeError("query(): pass the query Surface, or a PreparedSurface together with vector=")
-            vector = self.describe(surface)
-        if variants is None and self.whitener is None and np.ndim(vector) == 1:
+        if vector is None and isinstance(surface, PreparedSurface):
+            raise TypeError("query(): pass the query Surface, or a PreparedSurface together with vector=")
+        if variants is None and self.whitener is None and (vector is None or np.ndim(vector) == 1):
             variants = query_variants(self.descriptor, surface)
+        if vector is None:          # row 0 of the variants is the stored-format vector itself: described once
+            vector = variants[0] if variants is not None and self.whitener is None else self.describe(surface)
         sec["descriptor"] = time.perf_counter() - t0
         t = time.perf_counter()
         # a descriptor that can score its query copies over stored vectors itself does so where the index
