@@ -14,8 +14,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-
 from api.db.models import Exhibit
 
 __all__ = ["PreparedCache", "prepared_views_path", "StoredSurfaces", "StoredFiringPins", "StoredLands", "LandSet"]
@@ -140,14 +138,14 @@ class StoredSurfaces(_StoredFile):
         from ballistic.errors import PreparedViewsError
         from ballistic.io.x3p import read_x3p
 
-        views = prepared_views_path(path)
+        views, params = prepared_views_path(path), CMCParams()
         try:
-            return load_prepared(views, CMCParams(), source=path, name=label)
+            return load_prepared(views, params, source=path, name=label)
         except (FileNotFoundError, PreparedViewsError):
             pass
-        prepared = prepare(read_x3p(path, max_points=self.max_points), CMCParams(), name=label)
+        prepared = prepare(read_x3p(path, max_points=self.max_points), params, name=label)
         try:
-            save_prepared(prepared, views, params=CMCParams(), source=path)
+            save_prepared(prepared, views, params=params, source=path)
         except OSError:          # a read-only evidence store (a worker that may only read): no views kept
             pass
         return prepared

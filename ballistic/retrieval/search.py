@@ -62,7 +62,6 @@ with a ``__call__``).
 from __future__ import annotations
 
 import functools
-
 import inspect
 import itertools
 import math

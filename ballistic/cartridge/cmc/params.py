@@ -8,7 +8,6 @@ that a surface compared with many others is prepared once (:class:`PreparedSurfa
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import zipfile
