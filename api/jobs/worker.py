@@ -78,10 +78,10 @@ def _die_with_parent() -> None:
 
 
 def _warm_up(ctx) -> None:
-    """Load the comparison code and its compiled kernels, run the breech-face descriptor and a many-row index
-    search once, before the address-space limit is taken: importing numba/llvmlite, loading (or, with a cold
-    or rewritten cache, compiling) the kernels, torch's first inference (its thread pool and oneDNN
-    primitives) and the BLAS work buffers of a batched FAISS search map memory that belongs to the worker, not
+    """Load the comparison code and its compiled kernels, run the breech-face descriptor (with its query
+    variants and rotation scan) and a many-row index search once, before the address-space limit is taken:
+    importing numba/llvmlite, loading (or, with a cold or rewritten cache, compiling) the kernels, torch's first
+    inference (its thread pool and oneDNN primitives) and the BLAS work buffers of a batched FAISS search map memory that belongs to the worker, not
     to a job. Without this a small job could fail the job limit ("could not
     create a primitive" from the learned descriptor in a freshly restarted worker)."""
     import numpy as np
@@ -99,7 +99,19 @@ def _warm_up(ctx) -> None:
     except Exception as e:  # noqa: BLE001 - a warm-up only; a real job reports its own errors
         log.info("worker warm-up comparison raised %s: %s", type(e).__name__, e)
     try:
-        ctx.spaces["breech_face"].describe(Surface(z, 12.5))
+        # the descriptor, its query's centre variants and its rotation scan as a job searches with them: the
+        # scan's compiled kernels (both precisions) load on first use (one block of rows: no threads, whose
+        # memory arenas are the job's to pay)
+        from ballistic.retrieval.search import index_queries, query_scan, query_variants
+
+        space = ctx.spaces["breech_face"]
+        q = Surface(z, 12.5)
+        v = space.describe(q)
+        scan = query_scan(space.model, query_variants(space.model, q) if space.whitener is None else None)
+        if scan is not None:
+            stored = np.zeros((64, int(space.dim)), np.float32)
+            for dtype in (np.float32, np.float16):
+                scan(index_queries(space.model, v), stored.astype(dtype, copy=False), 8)
     except Exception as e:  # noqa: BLE001 - as above
         log.info("worker warm-up descriptor raised %s: %s", type(e).__name__, e)
     try:
