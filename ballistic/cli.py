@@ -139,6 +139,10 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                     thumb_spacings: str = typer.Option("100", help="spacings (um) at which the distractors' coarse "
                                                        "height maps are stored for the rotation stages (100: the "
                                                        "screen's; 100,50 serves the prior too)"),
+                    stored_views: bool = typer.Option(
+                        True, "--stored-views/--regenerate-views", help="the comparison loads each candidate's "
+                        "prepared views as the service does (a distractor's made and stored in the cache folder the "
+                        "first time it is a candidate), or regenerates and prepares it at every comparison"),
                     ) -> None:
     """Hide the real scans among synthetic distractors; recall of the mates and query latency per descriptor."""
     from ballistic.bench.retrieval import run_retrieval_bench
@@ -153,7 +157,8 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                         cache_dir=cache, descriptors=tuple(v.strip() for v in descriptor.split(",") if v.strip()),
                         fold_models=fold_models, e2e=e2e, faiss_ks=ints(faiss_ks), screen_step_deg=screen_step,
                         prior_step_deg=prior_step, prior=prior, pose_window_deg=pose_window,
-                        thumb_spacings=tuple(float(v) for v in thumb_spacings.split(",") if v.strip()))
+                        thumb_spacings=tuple(float(v) for v in thumb_spacings.split(",") if v.strip()),
+                        stored_views=stored_views)
 
 
 index_app = typer.Typer(help="Descriptor index of breech-face scans (build, inspect, search).", no_args_is_help=True)

@@ -192,3 +192,35 @@ def test_bench_fetch_serves_the_stored_view_that_fits_the_stage():
     # a stored view is the regenerated surface at that spacing, centred (float16 heights)
     fresh = cat(d, spacing_um=50.0)
     assert np.nanmax(np.abs(fresh.heights)) == pytest.approx(np.nanmax(np.abs(got.heights)), rel=1e-2)
+
+
+def test_bench_fetch_serves_stored_prepared_views_to_the_comparison(tmp_path):
+    """As the service: a candidate's prepared views are stored once and loaded, bit-identical to preparing it."""
+    import pickle
+
+    from ballistic.bench.retrieval import BenchFetch, distractor_catalogue
+    from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, prepare
+    cat = distractor_catalogue()
+    p = CMCParams()
+    real = cat(cat.id_offset + 5)                   # any preprocessed surface serves as a "real" scan
+    f = BenchFetch({7: real}, cat, views_dir=tmp_path / "views", params=p)
+    d = cat.id_offset + 1
+    want = prepare(cat(d), p)
+    got = f(d)
+    assert isinstance(got, PreparedSurface) and (tmp_path / "views" / f"{d}.npz").is_file()
+    again = f(d)                                    # now loaded from the file
+    for v in ("fine", "coarse", "prior"):
+        np.testing.assert_array_equal(getattr(got, v), getattr(want, v))
+        np.testing.assert_array_equal(getattr(again, v), getattr(want, v))
+    assert again.spacing_um == want.spacing_um
+    # a damaged file is made again, not served
+    (tmp_path / "views" / f"{d}.npz").write_bytes(b"not an npz")
+    np.testing.assert_array_equal(f(d).fine, want.fine)
+    # a real scan is prepared once per process, and a pickled fetch prepares its own
+    r1 = f(7)
+    assert isinstance(r1, PreparedSurface) and f(7) is r1
+    np.testing.assert_array_equal(r1.fine, prepare(real, p).fine)
+    assert pickle.loads(pickle.dumps(f))._real_views == {}
+    # the rotation stages still get surfaces; without views_dir the comparison gets the surface itself
+    assert f(7, spacing_um=50.0) is real
+    assert BenchFetch({7: real}, cat)(7) is real

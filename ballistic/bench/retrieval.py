@@ -28,7 +28,9 @@
 
 * every Fadul scan queries the index (its own entry excluded) through
   :class:`~ballistic.retrieval.search.Retriever`; its mates are the other scans of the
-  same slide (2 to 4 each). Distractors needed by stages 2-3 are regenerated from their id.
+  same slide (2 to 4 each). Distractors needed by the rotation stages come from stored coarse views (or are
+  regenerated from their id); those the comparison needs from stored prepared views, as the service keeps them
+  (:class:`BenchFetch`, ``views``).
 
 Reported per arm and ``N``: recall@1/10/100 of the mates after re-ranking, the FAISS
 stage's own recall at several K, stage 2's recall at ``cmc_k``, query latency
@@ -53,7 +55,10 @@ import numpy as np
 
 from ballistic.cartridge.synth import SYNTH_VERSION as _SYNTH_VERSION
 from ballistic.cartridge.breech_face import submitted_as_processed
+from ballistic.cartridge.cmc.params import (CMCParams, PreparedSurface, load_prepared, prepare, prepared_key,
+                                           save_prepared)
 from ballistic.cartridge.synth import SyntheticCatalogue
+from ballistic.errors import PreparedViewsError
 from ballistic.io.atomic import atomic_write, atomic_write_bytes
 from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener
 from ballistic.retrieval.index import VectorIndex
@@ -72,26 +77,59 @@ class BenchFetch:
     """Picklable ``fetch``: real surfaces by id; synthetic distractors from stored thumbnails (coarse height
     maps, as a service would keep them beside the descriptors: ``thumbs`` one array at ``thumb_spacing_um``, or
     ``{spacing_um: array}``; a request at a spacing gets the coarsest stored one that is not coarser) or
-    regenerated from their id."""
+    regenerated from their id.
+
+    With ``views_dir`` a request at full resolution (the comparison's) gets the candidate's prepared comparison
+    views (:func:`~ballistic.cartridge.cmc.params.prepare` with ``params``), as the service stores them beside
+    each exhibit when it is submitted and loads them for a search (:class:`api.jobs.fetch.StoredSurfaces`): a
+    distractor's from ``views_dir/<id>.npz`` (made, and stored there, the first time it is asked for), a real
+    scan's prepared once per process. Without it the candidate is regenerated (a distractor, ~0.05 s at
+    12.5 um) and prepared by every comparison, which a service does not do.
+    """
 
     def __init__(self, real: dict[int, Surface], catalogue: SyntheticCatalogue, *,
                  thumbs: np.ndarray | dict[float, np.ndarray] | None = None,
-                 thumb_spacing_um: float = 100.0) -> None:
+                 thumb_spacing_um: float = 100.0, views_dir: str | Path | None = None,
+                 params: CMCParams | None = None) -> None:
         self.real = real
         self.catalogue = catalogue
         self.thumbs = {} if thumbs is None else dict(thumbs) if isinstance(thumbs, dict) else \
             {float(thumb_spacing_um): thumbs}
+        self.views_dir = None if views_dir is None else Path(views_dir)
+        self.params = params or CMCParams()
+        self._real_views: dict[int, PreparedSurface] = {}
+        if self.views_dir is not None:
+            self.views_dir.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, id: int, spacing_um: float | None = None) -> Surface:
-        if int(id) in self.real:
-            return self.real[int(id)]
-        j = int(id) - self.catalogue.id_offset
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_real_views": {}}      # each process prepares its own
+
+    def __call__(self, id: int, spacing_um: float | None = None) -> Surface | PreparedSurface:
+        id = int(id)
+        if spacing_um is None and self.views_dir is not None:
+            return self._views(id)
+        if id in self.real:
+            return self.real[id]
+        j = id - self.catalogue.id_offset
         fit = [s for s in self.thumbs if spacing_um is not None and s <= spacing_um + 1e-9
                and 0 <= j < len(self.thumbs[s])]
         if fit:
             s = max(fit)
             return Surface(self.thumbs[s][j].astype(np.float64), s)
-        return self.catalogue(int(id), spacing_um=spacing_um)
+        return self.catalogue(id, spacing_um=spacing_um)
+
+    def _views(self, id: int) -> PreparedSurface:
+        if id in self.real:
+            if id not in self._real_views:
+                self._real_views[id] = prepare(self.real[id], self.params)
+            return self._real_views[id]
+        path = self.views_dir / f"{id}.npz"
+        try:
+            return load_prepared(path, self.params)
+        except (FileNotFoundError, PreparedViewsError):
+            got = prepare(self.catalogue(id), self.params)
+            save_prepared(got, path, params=self.params)
+            return got
 
 
 def distractor_catalogue() -> SyntheticCatalogue:
@@ -412,7 +450,8 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
                         faiss_ks=(10, 25, 50, 100, 200, 500, 1000), descriptors=("polar",), fold_models=None,
                         study: str | None = None, e2e: bool = True, screen_step_deg: float | None = None,
                         prior_step_deg: float | None = None, prior: bool = True,
-                        pose_window_deg: float | None = None, thumb_spacings=(100.0,)) -> dict:
+                        pose_window_deg: float | None = None, thumb_spacings=(100.0,),
+                        stored_views: bool = True) -> dict:
     """Run the benchmark for each descriptor (side by side), print tables, write JSON; returns the summary.
 
     ``descriptors``: registry names (``"polar"``, ``"learned"``); ``fold_models``: folder of the learned
@@ -422,7 +461,10 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
     :class:`~ballistic.retrieval.search.RetrievalParams` (default: its own); ``prior`` and ``pose_window_deg``
     are its ``prior`` and ``pose_window_deg``; ``thumb_spacings``: the spacings (um) at which the distractors'
     coarse height maps are stored for the rotation stages (:class:`BenchFetch`; 100: the screen's; adding 50
-    serves the prior's too, as a service that kept a 50 um view of every exhibit would).
+    serves the prior's too, as a service that kept a 50 um view of every exhibit would); ``stored_views``: the
+    comparison loads each candidate's prepared views, as the service does (:class:`BenchFetch` ``views_dir``, a
+    folder of ``cache_dir``; a distractor's are made and stored the first time it is a candidate, and the
+    summary says how many a run made), else regenerates and prepares it at every comparison.
     """
     t_start = time.time()
     json_out = Path(json_out)
@@ -443,11 +485,14 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
                                               cache_dir=cache_dir)
               for s in thumb_spacings} if ((screen_k or prior) and e2e) else None
     t_thumb = time.perf_counter() - t
-    fetch = BenchFetch(real, catalogue, thumbs=thumbs)
     steps = {k_: v for k_, v in (("screen_step_deg", screen_step_deg), ("prior_step_deg", prior_step_deg))
              if v is not None}
     base = RetrievalParams(k=k, cmc_k=cmc_k, screen_k=screen_k, workers=workers, prior=prior,
                            pose_window_deg=pose_window_deg, **steps)
+    views_dir = Path(cache_dir) / f"views-{_distractor_key('views', prepared_key(base.cmc))}" \
+        if stored_views and e2e else None
+    views_before = len(list(views_dir.glob("*.npz"))) if views_dir is not None and views_dir.is_dir() else 0
+    fetch = BenchFetch(real, catalogue, thumbs=thumbs, views_dir=views_dir, params=base.cmc)
     summary: dict = {
         "benchmark": "retrieval", "queries": len(arms[0]["models"][0]["queries"]) if len(arms[0]["models"]) == 1
         else sum(len(m["queries"]) for m in arms[0]["models"]), "scans": len(names),
@@ -455,6 +500,7 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
         "mates_per_query_mean": round(float(np.mean([(src == v).sum() - 1 for v in src])), 3),
         "factory": factory, "index_settings": {"ef_search": ef_search, "nprobe": nprobe, "k_factor": k_factor},
         "thumb_spacings_um": sorted(thumbs) if thumbs else [],
+        "candidate_views": "stored" if views_dir is not None else "regenerated",
         "params": {kk: v for kk, v in asdict(base).items() if kk != "cmc"},
         "distractor_descriptor_seconds": round(t_desc, 1), "distractor_thumbnail_seconds": round(t_thumb, 1),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "arms": {},
@@ -467,6 +513,8 @@ def run_retrieval_bench(directory, labels, *, json_out, distractors=(1000, 10_00
                                                 whiten_dim=whiten_dim, whiten_sample=whiten_sample,
                                                 ef_search=ef_search, nprobe=nprobe, k_factor=k_factor,
                                                 faiss_ks=faiss_ks, k_sweep=k_sweep, e2e=e2e, seed=seed)
+    if views_dir is not None:      # views a service would have stored when the exhibits were submitted
+        summary["distractor_views_made_this_run"] = len(list(views_dir.glob("*.npz"))) - views_before
     summary["wall_seconds"] = round(time.time() - t_start, 1)
     for name, a in summary["arms"].items():
         _print_table(name, a, k)
