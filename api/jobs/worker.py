@@ -178,6 +178,12 @@ def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int
     _write_status(run_dir, {**base, "job_id": None})
 
     def handle(job_id: int) -> None:
+        if stop.is_set():
+            # this worker is ending (a job ran into the memory limit, or SIGTERM) but its consumer took one more
+            # message before it stopped: hand the job back for the next worker instead of running it here
+            log.info("worker %s: ending; job %s handed back to the queue", slot, job_id)
+            queue.enqueue(int(job_id))
+            return
         _write_status(run_dir, {**base, "job_id": int(job_id), "since": time.time()})
         try:
             run_correlation_job(ctx, int(job_id))

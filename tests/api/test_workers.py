@@ -105,6 +105,7 @@ def test_a_job_over_the_memory_limit_fails_with_a_reason_and_the_api_stays_up(sh
             workers = c.get("/v1/status").json()["workers"]
             assert workers["memory_limit_mb"] == 120
             # the worker that hit its limit ended after that job and a fresh one ran the next
-            assert workers["workers"][0]["restarts"] == 1, workers
+            log = (tmp_path / "server.log").read_text(errors="replace") if (tmp_path / "server.log").exists() else ""
+            assert workers["workers"][0]["restarts"] == 1, (workers, js, log[-4000:])
     finally:
         srv.stop()
