@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["main", "run_worker", "status_path", "read_status", "SETTINGS_ENV", "THREAD_ENV"]
+__all__ = ["main", "run_worker", "job_handler", "status_path", "read_status", "SETTINGS_ENV", "THREAD_ENV"]
 
 log = logging.getLogger("ballistic.api.worker")
 
@@ -127,6 +127,34 @@ def _warm_up(ctx) -> None:
         log.info("worker warm-up search raised %s: %s", type(e).__name__, e)
 
 
+def job_handler(run_job, ctx, *, enqueue, stop: threading.Event, lifted: threading.Event, status, slot: int = 0):
+    """What a worker's queue consumer calls with each job id: ``run_job(ctx, job_id)`` between two ``status``
+    writes (the job's id, then None).
+
+    A worker that is ending (``stop`` set: a job ran into the memory limit, or SIGTERM) may still be handed one
+    more message by its consumer before it stops; that job goes back to the queue (``enqueue``) for the next
+    worker instead of running in a process whose limit was lifted. After a job that ran into the limit
+    (``lifted`` set by ``ctx.on_memory_error``) the handler sets ``stop``: a process that hit its address-space
+    limit may hold half-made state (a thread that could not start, a library lock), so it ends and the pool
+    starts a fresh one.
+    """
+    def handle(job_id: int) -> None:
+        if stop.is_set():
+            log.info("worker %s: ending; job %s handed back to the queue", slot, job_id)
+            enqueue(int(job_id))
+            return
+        status(int(job_id))
+        try:
+            run_job(ctx, int(job_id))
+        finally:
+            status(None)
+        if lifted.is_set():
+            log.warning("worker %s: job %s ran into the memory limit; this worker restarts", slot, job_id)
+            stop.set()
+
+    return handle
+
+
 def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int:
     """Run jobs until SIGTERM (or the parent's death); returns the exit status."""
     from huey.consumer import Consumer
@@ -177,25 +205,12 @@ def run_worker(settings, *, slot: int = 0, parent_pid: int | None = None) -> int
             "nice": os.nice(0), "backend": settings.backend}
     _write_status(run_dir, {**base, "job_id": None})
 
-    def handle(job_id: int) -> None:
-        if stop.is_set():
-            # this worker is ending (a job ran into the memory limit, or SIGTERM) but its consumer took one more
-            # message before it stopped: hand the job back for the next worker instead of running it here
-            log.info("worker %s: ending; job %s handed back to the queue", slot, job_id)
-            queue.enqueue(int(job_id))
-            return
-        _write_status(run_dir, {**base, "job_id": int(job_id), "since": time.time()})
-        try:
-            run_correlation_job(ctx, int(job_id))
-        finally:
-            _write_status(run_dir, {**base, "job_id": None})
-        if lifted.is_set():
-            # a process that ran into its address-space limit may hold half-made state (a thread that could not
-            # start, a library lock): it ends here and the pool starts a fresh one for the next job
-            log.warning("worker %s: job %s ran into the memory limit; this worker restarts", slot, job_id)
-            stop.set()
+    def status(job_id: int | None) -> None:
+        _write_status(run_dir, {**base, "job_id": job_id} if job_id is None else
+                      {**base, "job_id": job_id, "since": time.time()})
 
-    queue.handler = handle
+    queue.handler = job_handler(run_correlation_job, ctx, enqueue=queue.enqueue, stop=stop, lifted=lifted,
+                                status=status, slot=slot)
 
     class _Consumer(Consumer):
         def _set_signal_handlers(self):  # this process's own handlers stay

@@ -109,3 +109,37 @@ def test_a_job_over_the_memory_limit_fails_with_a_reason_and_the_api_stays_up(sh
             assert workers["workers"][0]["restarts"] == 1, (workers, js, log[-4000:])
     finally:
         srv.stop()
+
+
+def test_a_worker_that_is_ending_hands_a_late_job_back_and_one_over_its_limit_ends_after_it():
+    """The worker's job handler: a message that reaches a worker which is ending goes back to the queue (it never
+    runs where the memory limit was lifted); a job that ran into the limit ends the worker after it."""
+    import threading
+
+    from api.jobs.worker import job_handler
+
+    ran, queued, states = [], [], []
+    stop, lifted = threading.Event(), threading.Event()
+
+    def run_job(ctx, job_id):
+        ran.append(job_id)
+        if job_id == 2:
+            lifted.set()          # as ctx.on_memory_error does when the job meets its MemoryError
+
+    h = job_handler(run_job, "ctx", enqueue=queued.append, stop=stop, lifted=lifted, status=states.append)
+    h(1)
+    assert ran == [1] and queued == [] and states == [1, None] and not stop.is_set()
+    h(2)                                                  # runs into the limit: the worker is to end after it
+    assert ran == [1, 2] and states == [1, None, 2, None] and stop.is_set()
+    h(3)                                                  # delivered before the consumer stopped: handed back
+    assert ran == [1, 2] and queued == [3] and states == [1, None, 2, None]
+
+    def failing(ctx, job_id):
+        raise RuntimeError("boom")
+
+    stop.clear()
+    lifted.clear()
+    states.clear()
+    with pytest.raises(RuntimeError):
+        job_handler(failing, None, enqueue=queued.append, stop=stop, lifted=lifted, status=states.append)(4)
+    assert states == [4, None] and not stop.is_set()      # the status is cleared whatever the job did
