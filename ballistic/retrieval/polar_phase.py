@@ -291,8 +291,10 @@ def rotation_scan(query: np.ndarray, stored: np.ndarray, k: int, *, n_harmonics:
         sel = np.sort(sel[np.isfinite(best[sel])])
         if sel.size:
             bs, rs = np.empty(sel.size, np.float32), np.empty(sel.size, np.int64)
-            # blocks small enough that both threads get work from a few thousand vectors
-            _scan_rows(X[sel], V, nh, R, bool(mirror), max(64, min(int(chunk), -(-sel.size // (4 * t)))), t, bs, rs)
+            # blocks small enough that both threads get work from a few thousand vectors, and that stay in cache
+            # while every variant reads them (_VARIANT_BLOCK)
+            step = max(64, min(int(chunk), _VARIANT_BLOCK, -(-sel.size // (4 * t))))
+            _scan_rows(X[sel], V, nh, R, bool(mirror), step, t, bs, rs)
             up = bs > best[sel]
             best[sel[up]], row[sel[up]] = bs[up], rs[up]
     m = min(int(k), n)
@@ -300,6 +302,12 @@ def rotation_scan(query: np.ndarray, stored: np.ndarray, k: int, *, n_harmonics:
     top = top[np.lexsort((top, -best[top]))]
     top = top[np.isfinite(best[top])]
     return best[top], top.astype(np.int64), row[top]
+
+
+#: Stored vectors per block of the variants' pass: each block is read once per variant, and 512 rows (2.6 MB as
+#: float32) stay in cache between them; 50 000 rows x 24 variants took 0.78 s in blocks of 512 and 0.92 s in blocks
+#: of 4096 on 2 cores (the plain pass, one read per block, is the same at 512-4096).
+_VARIANT_BLOCK = 512
 
 
 def _scan_rows(X: np.ndarray, qs: np.ndarray, nh: int, R: int, mirror: bool, step: int, threads: int,
