@@ -663,3 +663,33 @@ def test_prepared_views_refused_when_stale_foreign_or_damaged(ref_prep, tmp_path
         load_prepared(tmp_path / "missing.npz", PARAMS)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         save_prepared(ref_prep, tmp_path / "no" / "v.npz", params=PARAMS)
+
+
+def test_load_or_prepare_reads_the_scan_only_when_the_views_must_be_made(annulus, tmp_path):
+    import os
+
+    from ballistic.cartridge.cmc.params import load_or_prepare
+
+    src = tmp_path / "scan.x3p"
+    src.write_bytes(b"a scan")
+    reads = []
+
+    def read():
+        reads.append(1)
+        return annulus
+
+    want = prepare(annulus, PARAMS, name="A")
+    path = tmp_path / "v.npz"
+    got = load_or_prepare(path, read, PARAMS, source=src, name="A")          # missing: made and stored
+    assert len(reads) == 1 and path.is_file() and np.array_equal(got.fine, want.fine, equal_nan=True)
+    again = load_or_prepare(path, read, PARAMS, source=src, name="A")        # stored: the scan is not read
+    assert len(reads) == 1 and again.name == "A" and np.array_equal(again.prior, want.prior, equal_nan=True)
+    st = os.stat(src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))               # stale: made again
+    load_or_prepare(path, read, PARAMS, source=src, name="A")
+    assert len(reads) == 2
+    load_or_prepare(path, read, PARAMS, source=src, name="A")
+    assert len(reads) == 2
+    # a folder that cannot be written: the views are made, not stored, and no error
+    got = load_or_prepare(tmp_path / "no" / "v.npz", read, PARAMS)
+    assert len(reads) == 3 and np.array_equal(got.coarse, want.coarse, equal_nan=True)

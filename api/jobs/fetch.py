@@ -134,21 +134,11 @@ class StoredSurfaces(_StoredFile):
     _column = 1
 
     def _read(self, path: Path, label: str):
-        from ballistic.cartridge.cmc.params import CMCParams, load_prepared, prepare, save_prepared
-        from ballistic.errors import PreparedViewsError
+        from ballistic.cartridge.cmc.params import CMCParams, load_or_prepare
         from ballistic.io.x3p import read_x3p
 
-        views, params = prepared_views_path(path), CMCParams()
-        try:
-            return load_prepared(views, params, source=path, name=label)
-        except (FileNotFoundError, PreparedViewsError):
-            pass
-        prepared = prepare(read_x3p(path, max_points=self.max_points), params, name=label)
-        try:
-            save_prepared(prepared, views, params=params, source=path)
-        except OSError:          # a read-only evidence store (a worker that may only read): no views kept
-            pass
-        return prepared
+        return load_or_prepare(prepared_views_path(path), lambda: read_x3p(path, max_points=self.max_points),
+                               CMCParams(), source=path, name=label)
 
 
 class StoredFiringPins(_StoredFile):

@@ -55,10 +55,8 @@ import numpy as np
 
 from ballistic.cartridge.synth import SYNTH_VERSION as _SYNTH_VERSION
 from ballistic.cartridge.breech_face import submitted_as_processed
-from ballistic.cartridge.cmc.params import (CMCParams, PreparedSurface, load_prepared, prepare, prepared_key,
-                                           save_prepared)
+from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, load_or_prepare, prepare, prepared_key
 from ballistic.cartridge.synth import SyntheticCatalogue
-from ballistic.errors import PreparedViewsError
 from ballistic.io.atomic import atomic_write, atomic_write_bytes
 from ballistic.retrieval.descriptor import DescriptorModel, PCAWhitener
 from ballistic.retrieval.index import VectorIndex
@@ -123,13 +121,7 @@ class BenchFetch:
             if id not in self._real_views:
                 self._real_views[id] = prepare(self.real[id], self.params)
             return self._real_views[id]
-        path = self.views_dir / f"{id}.npz"
-        try:
-            return load_prepared(path, self.params)
-        except (FileNotFoundError, PreparedViewsError):
-            got = prepare(self.catalogue(id), self.params)
-            save_prepared(got, path, params=self.params)
-            return got
+        return load_or_prepare(self.views_dir / f"{id}.npz", lambda: self.catalogue(id), self.params)
 
 
 def distractor_catalogue() -> SyntheticCatalogue:

@@ -22,7 +22,7 @@ from ballistic.preprocess.filters import gaussian_lowpass, resample
 from ballistic.surface import Surface
 
 __all__ = ["CMCParams", "PreparedSurface", "prepare", "band_heights", "mirrored", "centre_heights",
-           "PREPARED_FORMAT", "prepared_key", "save_prepared", "load_prepared"]
+           "PREPARED_FORMAT", "prepared_key", "save_prepared", "load_prepared", "load_or_prepare"]
 
 
 @dataclass(frozen=True)
@@ -259,6 +259,40 @@ def load_prepared(path: str | os.PathLike, params: CMCParams | None = None, *,
     return PreparedSurface(views["fine"], views["coarse"], views["prior"], float(meta["spacing_um"]),
                            float(meta["coarse_spacing_um"]), meta["name"] if name is None else name,
                            float(meta["prior_spacing_um"]), meta["prior_highpass_um"], meta["highpass_um"])
+
+
+def load_or_prepare(path: str | os.PathLike, read, params: CMCParams | None = None, *,
+                    source: str | os.PathLike | None = None, name: str | None = None) -> PreparedSurface:
+    """The prepared views stored at ``path`` (:func:`load_prepared`), else ``prepare(read())`` stored there
+    (:func:`save_prepared`) for the next time.
+
+    Views that are missing, damaged, made with other settings or code, or from an older ``source`` are made
+    again; a folder that cannot be written is only read (the views are made every time).
+
+    Parameters
+    ----------
+    path : path-like
+        The views' file.
+    read : callable
+        ``read() -> Surface``: the preprocessed surface, called only when the views must be made.
+    params : CMCParams, optional
+    source, name : optional, keyword-only
+        As :func:`load_prepared` (``name`` also names a surface prepared here).
+
+    Returns
+    -------
+    PreparedSurface
+    """
+    try:
+        return load_prepared(path, params, source=source, name=name)
+    except (FileNotFoundError, PreparedViewsError):
+        pass
+    prepared = prepare(read(), params, name=name or "")
+    try:
+        save_prepared(prepared, path, params=params, source=source)
+    except OSError:          # a read-only store (a worker that may only read): no views kept
+        pass
+    return prepared
 
 
 def mirrored(prepared: PreparedSurface) -> PreparedSurface:
