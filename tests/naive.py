@@ -217,10 +217,11 @@ def rotation_scan(query, stored, k, n_harmonics, n_rotations, mirror, variants=(
     X = np.asarray(stored, dtype=np.float64)
     best = np.full(len(X), -np.inf)
     row = np.zeros(len(X), dtype=np.int64)
+    plain = copies_of(query)
     for i, x in enumerate(X):
         if not np.isfinite(x).all():
             continue
-        for j, c in enumerate(copies_of(query)):
+        for j, c in enumerate(plain):
             v = float(np.dot(c, x))
             if v > best[i]:
                 best[i], row[i] = v, j
