@@ -79,9 +79,23 @@ def bench_generalization(data: Path = typer.Option(Path("../shared/data"), help=
                          model_out: Optional[Path] = typer.Option(None, help="where --fit writes the model "
                                                                   "(default: ballistic/cartridge/score/data/pair_model.json)"),
                          search: str = typer.Option("standard", help="registration of every pair: standard | "
-                                                    "thorough (the whole circle at the coarse spacing, ~8x slower)")) -> None:
+                                                    "thorough (the whole circle at the coarse spacing, ~8x slower)"),
+                         seeds: Optional[str] = typer.Option(None, help="several rotation draws, e.g. '0-9': every "
+                                                             "protocol per draw and its mean / range over the draws "
+                                                             "(instead of --seed)")) -> None:
     """Train on some labelled cartridge sets, test on others: pair model and CMC rule side by side."""
-    from ballistic.bench.generalization import run_generalization_bench
+    from ballistic.bench.generalization import parse_seeds, run_generalization_bench, run_generalization_draws
+    if seeds is not None:
+        try:
+            draws = parse_seeds(seeds)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--seeds")
+        if fit:
+            raise typer.BadParameter("the shipped model is fitted on one draw (--seed); drop --seeds to fit",
+                                     param_hint="--fit")
+        run_generalization_draws(data, seeds=draws, json_out=json_out, cache_dir=cache, workers=workers,
+                                 log=typer.echo, search=search)
+        return
     run_generalization_bench(data, json_out=json_out, cache_dir=cache, workers=workers, seed=seed, fit=fit,
                              model_out=model_out, log=typer.echo, search=search)
 

@@ -1,12 +1,14 @@
 """Generalisation benchmark: pair model and CMC rule, trained on some cartridge sets and tested on others.
 
     python benchmarks/bench_generalization.py [--data ../shared/data] [--workers 2] [--fit]
+    python benchmarks/bench_generalization.py --seeds 0-9 --json benchmarks/results/generalization_draws.json
 
 The same as ``ballistic bench generalization`` (see :mod:`ballistic.bench.generalization`):
 per-pair comparisons are cached under ``out/generalization/`` (recomputed when the code's
 versions, parameters or the scans change), a table is printed and the JSON goes to
 ``benchmarks/results/generalization.json``. ``--fit`` also writes the shipped model
-``ballistic/cartridge/score/data/pair_model.json``.
+``ballistic/cartridge/score/data/pair_model.json``. ``--seeds`` runs several rotation draws and reports each
+protocol's mean and range over them (and every pair some draw got wrong, with how often).
 """
 from __future__ import annotations
 
@@ -27,8 +29,15 @@ def main() -> None:
     ap.add_argument("--model-out", type=Path, default=None)
     ap.add_argument("--search", choices=("standard", "thorough"), default="standard",
                     help="registration of every pair (thorough: the whole circle at the coarse spacing, ~8x slower)")
+    ap.add_argument("--seeds", default=None, help="several rotation draws, e.g. 0-9 (instead of --seed)")
     a = ap.parse_args()
-    from ballistic.bench.generalization import run_generalization_bench
+    from ballistic.bench.generalization import parse_seeds, run_generalization_bench, run_generalization_draws
+    if a.seeds is not None:
+        if a.fit:
+            ap.error("--fit fits the shipped model on one draw (--seed); drop --seeds")
+        run_generalization_draws(a.data, seeds=parse_seeds(a.seeds), json_out=a.json, cache_dir=a.cache,
+                                 workers=a.workers, search=a.search)
+        return
     run_generalization_bench(a.data, json_out=a.json, cache_dir=a.cache, workers=a.workers, seed=a.seed, fit=a.fit,
                              model_out=a.model_out, search=a.search)
 

@@ -136,3 +136,73 @@ def test_cached_pairs_are_keyed_to_the_comparison_source(tmp_path, monkeypatch):
 def test_the_shipped_model_is_fitted_only_on_the_standard_search(tmp_path):
     with pytest.raises(ValueError, match="standard search"):
         G.run_generalization_bench(tmp_path, json_out=tmp_path / "g.json", fit=True, search="thorough")
+
+
+def test_parse_seeds_ranges_lists_and_errors():
+    assert G.parse_seeds("0-3") == [0, 1, 2, 3]
+    assert G.parse_seeds("5, 0-2,2") == [0, 1, 2, 5]
+    for bad in ("", "a", "3-1", "-1", "1..3"):
+        with pytest.raises(ValueError, match="seeds"):
+            G.parse_seeds(bad)
+
+
+def test_aggregate_draws_means_ranges_and_pairs_wrong_in_several_draws():
+    """Two draws of synthetic rows that differ: the summary's mean / min / max are those of the draws' own
+    figures, and a pair is listed with every draw it was wrong in."""
+    draws = {s: G.evaluate(_rows(seed=s)) for s in (3, 1)}
+    # make one pair wrong in both draws and one in a single draw, with known scores
+    e = {"reference": "a", "target": "b", "same_source": False, "set": "dfsc", "cmc_count": 2, "wrong": ["model"],
+         "registration_ncc": 0.3}
+    draws[1]["errors"] = [{**e, "model_cv_score": 0.4}]
+    draws[3]["errors"] = [{**e, "model_cv_score": 0.1},
+                          {**e, "target": "c", "same_source": True, "model_cv_score": -1.0, "wrong": ["model", "cmc"]}]
+    agg = G.aggregate_draws(draws)
+    assert agg["seeds"] == [1, 3]
+    for proto, sets in draws[1]["protocols"].items():
+        for name, blk in sets.items():
+            for score in ("model", "cmc"):
+                if "auc" not in blk[score]:
+                    continue
+                got = agg["protocols"][proto][name][score]
+                per = [draws[s]["protocols"][proto][name][score]["auc"] for s in (1, 3)]
+                assert got["auc"]["per_draw"] == pytest.approx(per)
+                assert got["auc"]["mean"] == pytest.approx(np.mean(per))
+                assert got["auc"]["min"] == pytest.approx(min(per)) and got["draws"] == 2
+                fp = [draws[s]["protocols"][proto][name][score]["false_positives"] for s in (1, 3)]
+                assert got["false_positives"]["max"] == max(fp)
+    first, second = agg["wrong_pairs"]
+    assert (first["target"], first["draws"], first["model_cv_score"]) == ("b", [1, 3], [0.4, 0.1])
+    assert (second["target"], second["draws"], second["wrong"]) == ("c", [3], ["model/cmc"])
+    table = G.format_draws_table(agg)
+    assert "2 rotation draws (seeds 1..3)" in table and " 2x a vs b [dfsc]" in table
+    with pytest.raises(ValueError, match="no draws"):
+        G.aggregate_draws({})
+
+
+@pytest.mark.realdata
+def test_generalization_cli_over_rotation_draws_from_caches(shared_data, tmp_path):
+    """``--seeds`` evaluates each draw's cached pairs and writes the per-draw figures and their summary; it
+    refuses --fit (the shipped model is fitted on one draw) and a malformed list."""
+    from typer.testing import CliRunner
+
+    from ballistic.cli import app
+    from ballistic.io.csv import write_rows_csv
+    scans = G.discover_sets(shared_data)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for s in (0, 1):
+        write_rows_csv(_rows(seed=s), cache / f"pairs_{G._cache_key(scans, s)}.csv")
+    out = tmp_path / "draws.json"
+    args = ["bench", "generalization", "--data", str(shared_data), "--json", str(out), "--cache", str(cache)]
+    res = CliRunner().invoke(app, args + ["--seeds", "0-1"])
+    assert res.exit_code == 0, res.output
+    s = json.loads(out.read_text())
+    assert s["seeds"] == [0, 1] and set(s["per_draw"]) == {"0", "1"}
+    assert all(s["pairs_info"][k]["cached"] is True for k in ("0", "1"))
+    blk = s["protocols"]["pooled_cv"]["pooled"]["model"]
+    per = [s["per_draw"][k]["protocols"]["pooled_cv"]["pooled"]["model"]["auc"] for k in ("0", "1")]
+    assert blk["auc"]["per_draw"] == pytest.approx(per) and "2 rotation draws" in res.output
+    bad = CliRunner().invoke(app, args + ["--seeds", "0-1", "--fit"])
+    assert bad.exit_code != 0 and "--fit" in bad.output
+    bad = CliRunner().invoke(app, args + ["--seeds", "1-0"])
+    assert bad.exit_code != 0 and "seeds" in bad.output

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Scan", "discover_sets", "pair_table", "evaluate", "run_generalization_bench", "format_table"]
+__all__ = ["Scan", "discover_sets", "pair_table", "evaluate", "run_generalization_bench", "format_table",
+           "aggregate_draws", "format_draws_table", "run_generalization_draws", "parse_seeds"]
 
 _DFSC_NAME = re.compile(r"^(K\d{3})[a-z]([A-Z])(\d+)")
 
@@ -427,6 +428,156 @@ def run_generalization_bench(data_root: str | Path, *, json_out: str | Path,
         model.save(out)
         summary["model_written"] = str(out)
         log(f"model written to {out}")
+    json_out = Path(json_out)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(summary, indent=1, default=lambda o: None))
+    log(f"wrote {json_out}")
+    return summary
+
+
+# --------------------------------------------------------------------------- rotation draws
+#: the figures of one protocol, set and score that are summarised over rotation draws
+_DRAW_FIGURES = ("auc", "eer", "error_rate", "fn_rate", "false_positives", "false_negatives", "cllr")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Rotation draws from ``"0-9"``, ``"0,3,5"`` or a mix (``"0-4,7"``): sorted, each once.
+
+    Raises
+    ------
+    ValueError
+        Anything else (says what was given).
+    """
+    out: set[int] = set()
+    for part in str(text).replace(" ", "").split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise ValueError(f"seeds: expected non-negative integers and ranges such as '0-9' or '0,3,5', got "
+                             f"{text!r}")
+        out.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    return sorted(out)
+
+
+def aggregate_draws(draws: dict[int, dict]) -> dict:
+    """Each protocol's figures over rotation draws.
+
+    The random rotation of every scan (``seed``) is a nuisance of the benchmark, not of the method: a pair's
+    registration, features and score move a little with it, and so do the few pairs near a threshold. One
+    draw's FP/FN count is therefore a sample; the mean over draws estimates what the method does.
+
+    Parameters
+    ----------
+    draws : dict
+        ``{seed: evaluate(rows)}`` (at least ``protocols`` and ``errors`` of each).
+
+    Returns
+    -------
+    dict
+        ``protocols[protocol][set][score]``: for each figure of :data:`_DRAW_FIGURES` its ``mean``, ``min``,
+        ``max`` and ``per_draw`` list (draws in ascending seed order; a figure a draw lacks is skipped), plus
+        ``draws``; ``wrong_pairs``: every pair some draw got wrong, with the draws and scores of those errors,
+        most often wrong first (a pair wrong in every draw is the method's error, not the draw's).
+    """
+    if not draws:
+        raise ValueError("aggregate_draws: no draws given")
+    seeds = sorted(draws)
+    protocols: dict = {}
+    for proto in draws[seeds[0]]["protocols"]:
+        protocols[proto] = {}
+        for name in draws[seeds[0]]["protocols"][proto]:
+            protocols[proto][name] = {}
+            for score in ("model", "cmc"):
+                got = [draws[s]["protocols"].get(proto, {}).get(name, {}).get(score) for s in seeds]
+                got = [g for g in got if g]
+                if not got:
+                    continue
+                blk: dict = {"draws": len(got), "pairs": got[0].get("pairs"), "same": got[0].get("same")}
+                for f in _DRAW_FIGURES:
+                    v = [float(g[f]) for g in got if g.get(f) is not None and np.isfinite(g[f])]
+                    if v:
+                        blk[f] = {"mean": float(np.mean(v)), "min": float(min(v)), "max": float(max(v)),
+                                  "per_draw": v}
+                protocols[proto][name][score] = blk
+    wrong: dict = {}
+    for s in seeds:
+        for e in draws[s].get("errors", []):
+            key = f"{e['reference']} vs {e['target']}"
+            w = wrong.setdefault(key, {"reference": e["reference"], "target": e["target"], "set": e["set"],
+                                       "same_source": e["same_source"], "draws": [], "wrong": [],
+                                       "model_cv_score": [], "cmc_count": []})
+            w["draws"].append(s)
+            w["wrong"].append("/".join(e["wrong"]))
+            w["model_cv_score"].append(e["model_cv_score"])
+            w["cmc_count"].append(e["cmc_count"])
+    ranked = sorted(wrong.values(), key=lambda w: (-len(w["draws"]), w["reference"], w["target"]))
+    return {"seeds": seeds, "protocols": protocols, "wrong_pairs": ranked}
+
+
+def format_draws_table(agg: dict) -> str:
+    """Fixed-width table of :func:`aggregate_draws`: per protocol, set and score the mean over draws and the
+    range (AUC: worst draw; FP, FN, error: most in a draw)."""
+    n = len(agg["seeds"])
+    head = (f"{'protocol':<20}{'test set':<26}{'score':<7}{'pairs':>6}{'same':>5}{'AUC mean':>10}{'min':>7}"
+            f"{'FP mean':>9}{'max':>5}{'FN mean':>9}{'max':>5}{'err% mean':>11}{'max':>7}{'Cllr mean':>11}")
+    lines = [f"{n} rotation draws (seeds {agg['seeds'][0]}..{agg['seeds'][-1]})", head, "-" * len(head)]
+
+    def g(blk, f, stat, scale=1.0, nd=3):
+        v = blk.get(f, {}).get(stat)
+        return _fmt(None if v is None else scale * v, nd)
+
+    for proto, sets in agg["protocols"].items():
+        for name, scores in sets.items():
+            for score, blk in scores.items():
+                lines.append(f"{proto:<20}{name[:25]:<26}{score:<7}{_fmt(blk.get('pairs')):>6}"
+                             f"{_fmt(blk.get('same')):>5}{g(blk, 'auc', 'mean'):>10}{g(blk, 'auc', 'min'):>7}"
+                             f"{g(blk, 'false_positives', 'mean', nd=1):>9}"
+                             f"{g(blk, 'false_positives', 'max', nd=0):>5}"
+                             f"{g(blk, 'false_negatives', 'mean', nd=1):>9}"
+                             f"{g(blk, 'false_negatives', 'max', nd=0):>5}"
+                             f"{g(blk, 'error_rate', 'mean', 100.0, 2):>11}{g(blk, 'error_rate', 'max', 100.0, 2):>7}"
+                             f"{g(blk, 'cllr', 'mean'):>11}")
+    if agg["wrong_pairs"]:
+        lines += ["", f"pairs wrong in some draw (of {n}):"]
+        for w in agg["wrong_pairs"]:
+            lines.append(f"  {len(w['draws']):>2}x {w['reference']} vs {w['target']} [{w['set']}] same source "
+                         f"{w['same_source']}: {', '.join(sorted(set(w['wrong'])))}; model "
+                         f"{min(w['model_cv_score']):+.2f}..{max(w['model_cv_score']):+.2f}, CMC "
+                         f"{min(w['cmc_count'])}..{max(w['cmc_count'])}")
+    return "\n".join(lines)
+
+
+def run_generalization_draws(data_root: str | Path, *, seeds, json_out: str | Path,
+                             cache_dir: str | Path = "out/generalization", workers: int = 2,
+                             search: str = "standard", l2: float | None = None, progress: bool = False,
+                             log=print) -> dict:
+    """Every protocol of :func:`run_generalization_bench` over several rotation draws (``seeds``), summarised by
+    :func:`aggregate_draws`; prints the table and writes JSON (per draw and summary). Each draw's pairs are
+    cached as in the single-draw bench (a draw already compared is read back). Fits nothing that ships."""
+    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
+    from ballistic.cartridge.score.features import FEATURE_VERSION
+    from ballistic.cartridge.score.model import DEFAULT_L2, MODEL_FEATURES
+
+    seeds = sorted({int(s) for s in seeds})
+    if not seeds:
+        raise ValueError("run_generalization_draws: give at least one seed")
+    l2 = DEFAULT_L2 if l2 is None else l2
+    scans = discover_sets(data_root)
+    if not scans:
+        raise FileNotFoundError(f"no labelled cartridge sets under {Path(data_root) / 'cartridge'}")
+    draws, infos = {}, {}
+    for s in seeds:
+        rows, infos[s] = pair_table(scans, cache_dir=cache_dir, seed=s, workers=workers, progress=progress,
+                                    log=log, search=search)
+        res = evaluate(rows, l2=l2)
+        res.pop("cv_scores"), res.pop("cv_log10_lr")
+        draws[s] = res
+        log(f"draw {s}: done")
+    agg = aggregate_draws(draws)
+    summary = {"algorithm": ALGORITHM_VERSION, "search": search, "features": FEATURE_VERSION,
+               "model_features": [list(f) for f in MODEL_FEATURES], "l2": l2, **agg,
+               "population": _population(rows, scans), "pairs_info": infos,
+               "per_draw": {str(s): {"protocols": d["protocols"], "errors": d["errors"]} for s, d in draws.items()}}
+    log(format_draws_table(agg))
     json_out = Path(json_out)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(summary, indent=1, default=lambda o: None))
