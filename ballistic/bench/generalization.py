@@ -366,6 +366,30 @@ def _population(rows: list[dict], scans: list[Scan]) -> dict:
                         "DFSC K013sA1/A2_processed)"}
 
 
+def _labelled_scans(data_root: str | Path) -> list[Scan]:
+    scans = discover_sets(data_root)
+    if not scans:
+        raise FileNotFoundError(f"no labelled cartridge sets under {Path(data_root) / 'cartridge'}")
+    return scans
+
+
+def _summary_head(search: str, l2: float) -> dict:
+    """What every summary of this bench starts with: the comparison, feature and model versions it measured."""
+    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
+    from ballistic.cartridge.score.features import FEATURE_VERSION
+    from ballistic.cartridge.score.model import MODEL_FEATURES
+    return {"algorithm": ALGORITHM_VERSION, "search": search, "features": FEATURE_VERSION,
+            "model_features": [list(f) for f in MODEL_FEATURES], "l2": l2}
+
+
+def _write_summary(summary: dict, json_out: str | Path, log) -> None:
+    from ballistic.io.atomic import atomic_write_bytes
+    json_out = Path(json_out)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(json_out, json.dumps(summary, indent=1, default=lambda o: None).encode())
+    log(f"wrote {json_out}")
+
+
 def run_generalization_bench(data_root: str | Path, *, json_out: str | Path,
                              cache_dir: str | Path = "out/generalization",
                              workers: int = 2, seed: int = 0, fit: bool = False, model_out: str | Path | None = None,
@@ -376,14 +400,12 @@ def run_generalization_bench(data_root: str | Path, *, json_out: str | Path,
     it; ``search="thorough"`` measures what the wider registration would change)."""
     from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
     from ballistic.cartridge.score.features import FEATURE_VERSION
-    from ballistic.cartridge.score.model import DEFAULT_L2, DEFAULT_MODEL_PATH, MODEL_FEATURES, PairModel
+    from ballistic.cartridge.score.model import DEFAULT_L2, DEFAULT_MODEL_PATH, PairModel
 
     if fit and search != "standard":
         raise ValueError("the shipped model is fitted on the standard search's pairs; run --fit without --search")
     l2 = DEFAULT_L2 if l2 is None else l2
-    scans = discover_sets(data_root)
-    if not scans:
-        raise FileNotFoundError(f"no labelled cartridge sets under {Path(data_root) / 'cartridge'}")
+    scans = _labelled_scans(data_root)
     rows, info = pair_table(scans, cache_dir=cache_dir, seed=seed, workers=workers, progress=progress, log=log,
                             search=search)
     t = time.perf_counter()
@@ -392,8 +414,7 @@ def run_generalization_bench(data_root: str | Path, *, json_out: str | Path,
     res.pop("cv_log10_lr")
     first = evaluate(rows, l2=0.01, spec=FIRST_FEATURE_SET)
     first.pop("cv_scores"), first.pop("cv_log10_lr"), first.pop("errors")
-    summary = {"algorithm": ALGORITHM_VERSION, "search": search, "features": FEATURE_VERSION,
-               "model_features": [list(f) for f in MODEL_FEATURES], "l2": l2, "seed": seed,
+    summary = {**_summary_head(search, l2), "seed": seed,
                "population": _population(rows, scans), "pairs_info": info,
                "evaluation_seconds": time.perf_counter() - t, **res,
                "first_feature_set": {"features": [list(f) for f in FIRST_FEATURE_SET], "l2": 0.01,
@@ -428,10 +449,7 @@ def run_generalization_bench(data_root: str | Path, *, json_out: str | Path,
         model.save(out)
         summary["model_written"] = str(out)
         log(f"model written to {out}")
-    json_out = Path(json_out)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(summary, indent=1, default=lambda o: None))
-    log(f"wrote {json_out}")
+    _write_summary(summary, json_out, log)
     return summary
 
 
@@ -553,17 +571,13 @@ def run_generalization_draws(data_root: str | Path, *, seeds, json_out: str | Pa
     """Every protocol of :func:`run_generalization_bench` over several rotation draws (``seeds``), summarised by
     :func:`aggregate_draws`; prints the table and writes JSON (per draw and summary). Each draw's pairs are
     cached as in the single-draw bench (a draw already compared is read back). Fits nothing that ships."""
-    from ballistic.cartridge.cmc.pair import ALGORITHM_VERSION
-    from ballistic.cartridge.score.features import FEATURE_VERSION
-    from ballistic.cartridge.score.model import DEFAULT_L2, MODEL_FEATURES
+    from ballistic.cartridge.score.model import DEFAULT_L2
 
     seeds = sorted({int(s) for s in seeds})
     if not seeds:
         raise ValueError("run_generalization_draws: give at least one seed")
     l2 = DEFAULT_L2 if l2 is None else l2
-    scans = discover_sets(data_root)
-    if not scans:
-        raise FileNotFoundError(f"no labelled cartridge sets under {Path(data_root) / 'cartridge'}")
+    scans = _labelled_scans(data_root)
     draws, infos = {}, {}
     for s in seeds:
         rows, infos[s] = pair_table(scans, cache_dir=cache_dir, seed=s, workers=workers, progress=progress,
@@ -573,13 +587,8 @@ def run_generalization_draws(data_root: str | Path, *, seeds, json_out: str | Pa
         draws[s] = res
         log(f"draw {s}: done")
     agg = aggregate_draws(draws)
-    summary = {"algorithm": ALGORITHM_VERSION, "search": search, "features": FEATURE_VERSION,
-               "model_features": [list(f) for f in MODEL_FEATURES], "l2": l2, **agg,
-               "population": _population(rows, scans), "pairs_info": infos,
+    summary = {**_summary_head(search, l2), **agg, "population": _population(rows, scans), "pairs_info": infos,
                "per_draw": {str(s): {"protocols": d["protocols"], "errors": d["errors"]} for s, d in draws.items()}}
     log(format_draws_table(agg))
-    json_out = Path(json_out)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(summary, indent=1, default=lambda o: None))
-    log(f"wrote {json_out}")
+    _write_summary(summary, json_out, log)
     return summary
