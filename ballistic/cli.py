@@ -84,7 +84,8 @@ def bench_generalization(data: Path = typer.Option(Path("../shared/data"), help=
                                                              "protocol per draw and its mean / range over the draws "
                                                              "(instead of --seed)")) -> None:
     """Train on some labelled cartridge sets, test on others: pair model and CMC rule side by side."""
-    from ballistic.bench.generalization import parse_seeds, run_generalization_bench, run_generalization_draws
+    from ballistic.bench.draws import parse_seeds
+    from ballistic.bench.generalization import run_generalization_bench, run_generalization_draws
     if seeds is not None:
         try:
             draws = parse_seeds(seeds)
@@ -157,22 +158,32 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                         True, "--stored-views/--regenerate-views", help="the comparison loads each candidate's "
                         "prepared views as the service does (a distractor's made and stored in the cache folder the "
                         "first time it is a candidate), or regenerates and prepares it at every comparison"),
+                    seeds: Optional[str] = typer.Option(None, help="several rotation draws, e.g. '0-9': one run "
+                                                        "per draw (its JSON beside --json, _seed<S>) and each "
+                                                        "figure's mean / range over them (instead of --seed)"),
                     ) -> None:
     """Hide the real scans among synthetic distractors; recall of the mates and query latency per descriptor."""
-    from ballistic.bench.retrieval import run_retrieval_bench
+    from ballistic.bench.draws import parse_seeds
+    from ballistic.bench.retrieval import run_retrieval_bench, run_retrieval_draws
 
     def ints(x: str) -> tuple[int, ...]:
         return tuple(int(float(v)) for v in x.split(",") if v.strip())
 
-    run_retrieval_bench(directory, labels, json_out=json_out, distractors=ints(distractors), k=k, cmc_k=cmc_k,
-                        screen_k=screen_k,
-                        k_sweep=ints(k_sweep), factory=factory, nprobe=nprobe, ef_search=ef_search,
-                        whiten_dim=whiten_dim, workers=workers, seed=seed,
-                        cache_dir=cache, descriptors=tuple(v.strip() for v in descriptor.split(",") if v.strip()),
-                        fold_models=fold_models, e2e=e2e, faiss_ks=ints(faiss_ks), screen_step_deg=screen_step,
-                        prior_step_deg=prior_step, prior=prior, pose_window_deg=pose_window,
-                        thumb_spacings=tuple(float(v) for v in thumb_spacings.split(",") if v.strip()),
-                        stored_views=stored_views)
+    bench = dict(distractors=ints(distractors), k=k, cmc_k=cmc_k, screen_k=screen_k, k_sweep=ints(k_sweep),
+                 factory=factory, nprobe=nprobe, ef_search=ef_search, whiten_dim=whiten_dim, workers=workers,
+                 cache_dir=cache, descriptors=tuple(v.strip() for v in descriptor.split(",") if v.strip()),
+                 fold_models=fold_models, e2e=e2e, faiss_ks=ints(faiss_ks), screen_step_deg=screen_step,
+                 prior_step_deg=prior_step, prior=prior, pose_window_deg=pose_window,
+                 thumb_spacings=tuple(float(v) for v in thumb_spacings.split(",") if v.strip()),
+                 stored_views=stored_views)
+    if seeds is not None:
+        try:
+            draws = parse_seeds(seeds)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--seeds")
+        run_retrieval_draws(directory, labels, seeds=draws, json_out=json_out, **bench)
+        return
+    run_retrieval_bench(directory, labels, json_out=json_out, seed=seed, **bench)
 
 
 index_app = typer.Typer(help="Descriptor index of breech-face scans (build, inspect, search).", no_args_is_help=True)

@@ -31,7 +31,8 @@ def main() -> None:
                     help="registration of every pair (thorough: the whole circle at the coarse spacing, ~8x slower)")
     ap.add_argument("--seeds", default=None, help="several rotation draws, e.g. 0-9 (instead of --seed)")
     a = ap.parse_args()
-    from ballistic.bench.generalization import parse_seeds, run_generalization_bench, run_generalization_draws
+    from ballistic.bench.draws import parse_seeds
+    from ballistic.bench.generalization import run_generalization_bench, run_generalization_draws
     if a.seeds is not None:
         if a.fit:
             ap.error("--fit fits the shipped model on one draw (--seed); drop --seeds")

@@ -161,6 +161,52 @@ def test_bench_retrieval_runs_the_descriptors_side_by_side(shared_data, tmp_path
     assert phase["per_n"]["30"]["faiss_recall"]["@10"] > 0.85
 
 
+def test_aggregate_retrieval_draws_means_and_worst_draw():
+    """Per arm and distractor count, each FAISS-stage and end-to-end figure's mean / min / max over the draws,
+    draws in seed order; a figure only some draws have is summarised over those."""
+    from ballistic.bench.retrieval import aggregate_retrieval_draws, format_retrieval_draws
+
+    def summary(r10, r100, e2e=None):
+        per = {"faiss_recall": {"@10": r10, "@100": r100}, "faiss_recall_projected_10x": {"@10": r10 / 2,
+                                                                                          "@100": r100 / 2}}
+        if e2e is not None:
+            per["recall@10"] = e2e
+        return {"arms": {"phase": {"per_n": {"1000": per}}}}
+    agg = aggregate_retrieval_draws({7: summary(0.5, 0.9), 2: summary(0.7, 1.0, e2e=0.8)})
+    o = agg["arms"]["phase"]["1000"]
+    assert agg["seeds"] == [2, 7] and o["draws"] == 2
+    assert o["faiss_recall"]["@10"] == {"mean": pytest.approx(0.6), "min": 0.5, "max": 0.7, "per_draw": [0.7, 0.5]}
+    assert o["faiss_recall_projected_10x"]["@100"]["min"] == pytest.approx(0.45)
+    assert o["recall@10"]["per_draw"] == [0.8]                 # only the draw that ran the re-ranking
+    table = format_retrieval_draws(agg, ks=("@10", "@100"))
+    assert "2 rotation draws (seeds 2..7)" in table and "0.600 (0.500)" in table
+    with pytest.raises(ValueError, match="no draws"):
+        aggregate_retrieval_draws({})
+
+
+@pytest.mark.realdata
+def test_bench_retrieval_over_rotation_draws(shared_data, tmp_path):
+    """``--seeds 0-1``: one run per draw (its JSON beside --json) and the summary of both; a bad list is refused."""
+    from typer.testing import CliRunner
+
+    from ballistic.cli import app
+    d = shared_data / "cartridge" / "fadul"
+    out = tmp_path / "r.json"
+    args = ["bench", "retrieval", str(d), "--labels", str(d / "labels.csv"), "--json", str(out), "--descriptor",
+            "phase", "--distractors", "30", "--factory", "Flat", "--faiss-only", "--workers", "1",
+            "--faiss-ks", "10,50", "--k-sweep", "", "--cache", str(tmp_path / "cache")]
+    res = CliRunner().invoke(app, args + ["--seeds", "0-1"])
+    assert res.exit_code == 0, res.output
+    s = json.loads(out.read_text())
+    per = [json.loads((tmp_path / f"r_seed{k}.json").read_text()) for k in (0, 1)]
+    assert s["seeds"] == [0, 1] and set(s["per_draw_files"]) == {"0", "1"}
+    got = s["arms"]["phase"]["30"]["faiss_recall"]["@10"]
+    assert got["per_draw"] == [p["arms"]["phase"]["per_n"]["30"]["faiss_recall"]["@10"] for p in per]
+    assert 0.85 < got["min"] <= got["mean"] <= got["max"] <= 1.0 and "2 rotation draws" in res.output
+    bad = CliRunner().invoke(app, args + ["--seeds", "x"])
+    assert bad.exit_code != 0 and "seeds" in bad.output
+
+
 def test_real_synthetic_separability_tells_a_shifted_set_from_a_mixed_one():
     from ballistic.bench.retrieval import real_synthetic_separability
     rng = np.random.default_rng(0)

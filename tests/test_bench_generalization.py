@@ -139,11 +139,14 @@ def test_the_shipped_model_is_fitted_only_on_the_standard_search(tmp_path):
 
 
 def test_parse_seeds_ranges_lists_and_errors():
-    assert G.parse_seeds("0-3") == [0, 1, 2, 3]
-    assert G.parse_seeds("5, 0-2,2") == [0, 1, 2, 5]
+    from ballistic.bench.draws import parse_seeds, spread
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("5, 0-2,2") == [0, 1, 2, 5]
     for bad in ("", "a", "3-1", "-1", "1..3"):
         with pytest.raises(ValueError, match="seeds"):
-            G.parse_seeds(bad)
+            parse_seeds(bad)
+    assert spread([0.5, None, float("nan"), 1.0]) == {"mean": 0.75, "min": 0.5, "max": 1.0, "per_draw": [0.5, 1.0]}
+    assert spread([None]) is None
 
 
 def test_aggregate_draws_means_ranges_and_pairs_wrong_in_several_draws():

@@ -41,8 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ballistic.bench.draws import spread
+
 __all__ = ["Scan", "discover_sets", "pair_table", "evaluate", "run_generalization_bench", "format_table",
-           "aggregate_draws", "format_draws_table", "run_generalization_draws", "parse_seeds"]
+           "aggregate_draws", "format_draws_table", "run_generalization_draws"]
 
 _DFSC_NAME = re.compile(r"^(K\d{3})[a-z]([A-Z])(\d+)")
 
@@ -458,24 +460,6 @@ def run_generalization_bench(data_root: str | Path, *, json_out: str | Path,
 _DRAW_FIGURES = ("auc", "eer", "error_rate", "fn_rate", "false_positives", "false_negatives", "cllr")
 
 
-def parse_seeds(text: str) -> list[int]:
-    """Rotation draws from ``"0-9"``, ``"0,3,5"`` or a mix (``"0-4,7"``): sorted, each once.
-
-    Raises
-    ------
-    ValueError
-        Anything else (says what was given).
-    """
-    out: set[int] = set()
-    for part in str(text).replace(" ", "").split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise ValueError(f"seeds: expected non-negative integers and ranges such as '0-9' or '0,3,5', got "
-                             f"{text!r}")
-        out.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
-    return sorted(out)
-
-
 def aggregate_draws(draws: dict[int, dict]) -> dict:
     """Each protocol's figures over rotation draws.
 
@@ -511,10 +495,9 @@ def aggregate_draws(draws: dict[int, dict]) -> dict:
                     continue
                 blk: dict = {"draws": len(got), "pairs": got[0].get("pairs"), "same": got[0].get("same")}
                 for f in _DRAW_FIGURES:
-                    v = [float(g[f]) for g in got if g.get(f) is not None and np.isfinite(g[f])]
-                    if v:
-                        blk[f] = {"mean": float(np.mean(v)), "min": float(min(v)), "max": float(max(v)),
-                                  "per_draw": v}
+                    sp = spread(g.get(f) for g in got)
+                    if sp is not None:
+                        blk[f] = sp
                 protocols[proto][name][score] = blk
     wrong: dict = {}
     for s in seeds:

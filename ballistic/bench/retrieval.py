@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ballistic.bench.draws import spread
 from ballistic.cartridge.synth import SYNTH_VERSION as _SYNTH_VERSION
 from ballistic.cartridge.breech_face import submitted_as_processed
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, load_or_prepare, prepare, prepared_key
@@ -66,7 +67,8 @@ from ballistic.retrieval.search import (RetrievalParams, Retriever, best_per_id,
 from ballistic.surface import Surface
 
 __all__ = ["BenchFetch", "bench_index", "mates_of", "mate_recall", "distractor_catalogue", "submitted_as_processed",
-           "distractor_descriptors", "distractor_thumbnails", "run_retrieval_bench", "real_synthetic_separability", "load_rotated_scans"]
+           "distractor_descriptors", "distractor_thumbnails", "run_retrieval_bench", "real_synthetic_separability", "load_rotated_scans",
+           "aggregate_retrieval_draws", "format_retrieval_draws", "run_retrieval_draws"]
 
 DISTRACTOR_ID0 = 1_000_000
 
@@ -665,3 +667,86 @@ def _print_table(name: str, s: dict, k: int) -> None:
     last = s["per_n"][max(s["per_n"], key=int)]
     print(f"distractor realism: separability {s.get('real_synthetic_separability')}; "
           f"{last['distractors_vs_real_nonmates']}; FAISS projected to 10x: {last['faiss_recall_projected_10x']}")
+
+
+# --------------------------------------------------------------------------- rotation draws
+#: end-to-end figures of one draw summarised over draws (where the draw ran the re-ranking stages)
+_E2E_FIGURES = ("recall@1", "recall@10", "recall@100", "top1_is_mate", "latency_p50_s", "latency_p95_s")
+
+
+def aggregate_retrieval_draws(draws: dict[int, dict]) -> dict:
+    """Each arm's figures over rotation draws (:mod:`ballistic.bench.draws`).
+
+    Parameters
+    ----------
+    draws : dict
+        ``{seed: run_retrieval_bench(...)}`` summaries of one benchmark run per draw (same arms and distractor
+        counts).
+
+    Returns
+    -------
+    dict
+        ``arms[arm][n]``: ``faiss_recall`` and ``faiss_recall_projected_10x`` per ``@K``, and the end-to-end
+        figures of :data:`_E2E_FIGURES` where the draws have them, each as :func:`~ballistic.bench.draws.spread`
+        (mean, min, max, per draw in ascending seed order); ``seeds``.
+    """
+    if not draws:
+        raise ValueError("aggregate_retrieval_draws: no draws given")
+    seeds = sorted(draws)
+    first = draws[seeds[0]]["arms"]
+    arms: dict = {}
+    for arm, a in first.items():
+        arms[arm] = {}
+        for n in a["per_n"]:
+            per = [draws[s]["arms"].get(arm, {}).get("per_n", {}).get(n) for s in seeds]
+            per = [p for p in per if p]
+            out: dict = {"draws": len(per)}
+            for key in ("faiss_recall", "faiss_recall_projected_10x"):
+                ks = per[0].get(key, {})
+                out[key] = {k: spread(p.get(key, {}).get(k) for p in per) for k in ks}
+            for f in _E2E_FIGURES:
+                sp = spread(p.get(f) for p in per)
+                if sp is not None:
+                    out[f] = sp
+            arms[arm][n] = out
+    return {"seeds": seeds, "arms": arms}
+
+
+def format_retrieval_draws(agg: dict, *, ks=("@10", "@100", "@200", "@1000")) -> str:
+    """Table of :func:`aggregate_retrieval_draws`: FAISS-stage recall (mean and worst draw) at ``ks``, the 10x
+    projection at the largest, and recall@10 after re-ranking where run."""
+    lines = [f"{len(agg['seeds'])} rotation draws (seeds {agg['seeds'][0]}..{agg['seeds'][-1]})"]
+    for arm, per_n in agg["arms"].items():
+        head = f"{'arm':<8}{'distractors':>12}" + "".join(f"{'FAISS' + k:>14}" for k in ks) + \
+            f"{'proj.10x' + ks[-1]:>16}{'R@10 e2e':>14}"
+        lines += [head, "-" * len(head)]
+        for n, o in per_n.items():
+            def cell(sp):
+                return f"{sp['mean']:.3f} ({sp['min']:.3f})" if sp else "-"
+            fr, pr = o["faiss_recall"], o["faiss_recall_projected_10x"]
+            lines.append(f"{arm:<8}{n:>12}" + "".join(f"{cell(fr.get(k)):>14}" for k in ks) +
+                         f"{cell(pr.get(ks[-1])):>16}{cell(o.get('recall@10')):>14}")
+    lines.append("cells: mean over draws (worst draw)")
+    return "\n".join(lines)
+
+
+def run_retrieval_draws(directory, labels, *, seeds, json_out, **bench) -> dict:
+    """:func:`run_retrieval_bench` once per rotation draw (each draw's summary beside ``json_out`` as
+    ``<stem>_seed<S>.json``), then :func:`aggregate_retrieval_draws` of them: printed, and written to
+    ``json_out`` with the per-draw files named. ``bench``: every other argument of :func:`run_retrieval_bench`."""
+    seeds = sorted({int(s) for s in seeds})
+    if not seeds:
+        raise ValueError("run_retrieval_draws: give at least one seed")
+    json_out = Path(json_out)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    draws, files = {}, {}
+    for s in seeds:
+        files[s] = json_out.with_name(f"{json_out.stem}_seed{s}.json")
+        draws[s] = run_retrieval_bench(directory, labels, json_out=files[s], seed=s, **bench)
+    agg = aggregate_retrieval_draws(draws)
+    head = {k: draws[seeds[0]].get(k) for k in ("benchmark", "queries", "scans", "synthetic_distractors",
+                                                "mates_per_query_mean", "factory", "params")}
+    summary = {**head, **agg, "per_draw_files": {str(s): str(f) for s, f in files.items()}}
+    print(format_retrieval_draws(agg), flush=True)
+    atomic_write_bytes(json_out, json.dumps(summary, indent=2).encode())
+    return summary
