@@ -9,5 +9,6 @@ module          benchmark
 ``retrieval``   real scans hidden among synthetic distractors (recall@k, latency)
 ``generalization``  train on some labelled cartridge sets, test on others (firearm CV, transfer,
                 leave-one-kit-out): pair model and CMC rule side by side
+``draws``       the rotation draws of ``--seeds`` and a figure's spread over them (used by the two above)
 ==============  ======================================================================
 """
