@@ -68,6 +68,17 @@ def bench_cartridge(directory: Path, labels: Path = typer.Option(..., help="labe
             typer.echo(f"{'LR ' + k:>24}: {lr[k]}")
 
 
+def _draw_seeds(text: Optional[str]) -> Optional[list[int]]:
+    """The rotation draws of a bench's ``--seeds`` (None when not given); a malformed list is a usage error."""
+    if text is None:
+        return None
+    from ballistic.bench.draws import parse_seeds
+    try:
+        return parse_seeds(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--seeds")
+
+
 @bench_app.command("generalization")
 def bench_generalization(data: Path = typer.Option(Path("../shared/data"), help="data root holding cartridge/fadul, "
                                                    "cartridge/dfsc, cartridge/baldwin"),
@@ -84,13 +95,9 @@ def bench_generalization(data: Path = typer.Option(Path("../shared/data"), help=
                                                              "protocol per draw and its mean / range over the draws "
                                                              "(instead of --seed)")) -> None:
     """Train on some labelled cartridge sets, test on others: pair model and CMC rule side by side."""
-    from ballistic.bench.draws import parse_seeds
     from ballistic.bench.generalization import run_generalization_bench, run_generalization_draws
-    if seeds is not None:
-        try:
-            draws = parse_seeds(seeds)
-        except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="--seeds")
+    draws = _draw_seeds(seeds)
+    if draws is not None:
         if fit:
             raise typer.BadParameter("the shipped model is fitted on one draw (--seed); drop --seeds to fit",
                                      param_hint="--fit")
@@ -163,7 +170,6 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                                                         "figure's mean / range over them (instead of --seed)"),
                     ) -> None:
     """Hide the real scans among synthetic distractors; recall of the mates and query latency per descriptor."""
-    from ballistic.bench.draws import parse_seeds
     from ballistic.bench.retrieval import run_retrieval_bench, run_retrieval_draws
 
     def ints(x: str) -> tuple[int, ...]:
@@ -176,11 +182,8 @@ def bench_retrieval(directory: Path, labels: Path = typer.Option(..., help="labe
                  prior_step_deg=prior_step, prior=prior, pose_window_deg=pose_window,
                  thumb_spacings=tuple(float(v) for v in thumb_spacings.split(",") if v.strip()),
                  stored_views=stored_views)
-    if seeds is not None:
-        try:
-            draws = parse_seeds(seeds)
-        except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="--seeds")
+    draws = _draw_seeds(seeds)
+    if draws is not None:
         run_retrieval_draws(directory, labels, seeds=draws, json_out=json_out, **bench)
         return
     run_retrieval_bench(directory, labels, json_out=json_out, seed=seed, **bench)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["parse_seeds", "spread"]
+__all__ = ["parse_seeds", "spread", "heading"]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -40,3 +40,9 @@ def spread(values: Iterable) -> dict | None:
     if not v:
         return None
     return {"mean": float(np.mean(v)), "min": float(min(v)), "max": float(max(v)), "per_draw": v}
+
+
+def heading(seeds) -> str:
+    """First line of a draws table: how many draws and which seeds."""
+    seeds = list(seeds)
+    return f"{len(seeds)} rotation draws (seeds {seeds[0]}..{seeds[-1]})"

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ballistic.bench.draws import spread
+from ballistic.bench.draws import heading, spread
 
 __all__ = ["Scan", "discover_sets", "pair_table", "evaluate", "run_generalization_bench", "format_table",
            "aggregate_draws", "format_draws_table", "run_generalization_draws"]
@@ -520,7 +520,7 @@ def format_draws_table(agg: dict) -> str:
     n = len(agg["seeds"])
     head = (f"{'protocol':<20}{'test set':<26}{'score':<7}{'pairs':>6}{'same':>5}{'AUC mean':>10}{'min':>7}"
             f"{'FP mean':>9}{'max':>5}{'FN mean':>9}{'max':>5}{'err% mean':>11}{'max':>7}{'Cllr mean':>11}")
-    lines = [f"{n} rotation draws (seeds {agg['seeds'][0]}..{agg['seeds'][-1]})", head, "-" * len(head)]
+    lines = [heading(agg["seeds"]), head, "-" * len(head)]
 
     def g(blk, f, stat, scale=1.0, nd=3):
         v = blk.get(f, {}).get(stat)

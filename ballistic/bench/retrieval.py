@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ballistic.bench.draws import spread
+from ballistic.bench.draws import heading, spread
 from ballistic.cartridge.synth import SYNTH_VERSION as _SYNTH_VERSION
 from ballistic.cartridge.breech_face import submitted_as_processed
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, load_or_prepare, prepare, prepared_key
@@ -715,7 +715,7 @@ def aggregate_retrieval_draws(draws: dict[int, dict]) -> dict:
 def format_retrieval_draws(agg: dict, *, ks=("@10", "@100", "@200", "@1000")) -> str:
     """Table of :func:`aggregate_retrieval_draws`: FAISS-stage recall (mean and worst draw) at ``ks``, the 10x
     projection at the largest, and recall@10 after re-ranking where run."""
-    lines = [f"{len(agg['seeds'])} rotation draws (seeds {agg['seeds'][0]}..{agg['seeds'][-1]})"]
+    lines = [heading(agg["seeds"])]
     for arm, per_n in agg["arms"].items():
         head = f"{'arm':<8}{'distractors':>12}" + "".join(f"{'FAISS' + k:>14}" for k in ks) + \
             f"{'proj.10x' + ks[-1]:>16}{'R@10 e2e':>14}"
