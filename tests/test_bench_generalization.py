@@ -63,7 +63,7 @@ def _rows(seed=0):
                              "kit_a": kits[i] if fam == "srx9" else "fadul", "kit_b": kits[j] if fam == "srx9" else "fadul",
                              "cmc_count": float(12 if same else rng.integers(0, 3)), "similarity": 0.0,
                              "f_ncc": base + rng.normal(0, 0.05), "f_cluster_frac_mean": base + rng.normal(0, 0.05),
-                             "f_cluster_offset_max_um": (5.0 if same else 150.0) + abs(rng.normal(0, 10)),
+                             "f_cluster_pose_frac_mean": max(0.0, (0.5 if same else 0.02) + rng.normal(0, 0.05)),
                              **{f"f_{k}": base + rng.normal(0, 0.05) for k in
                                 ("cluster_frac_min", "cluster_corr_mean", "corr_frac_above", "prior_margin")}})
     for r in rows:

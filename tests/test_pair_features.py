@@ -10,7 +10,8 @@ from ballistic.cartridge.cmc.cells import CellResult, DirectionResult
 from ballistic.cartridge.cmc.params import CMCParams
 from ballistic.cartridge.cmc.register import Registration
 from ballistic.cartridge.cmc.pair import PairResult
-from ballistic.cartridge.score.features import MIN_CLUSTER_POINTS, dbscan, direction_features, pair_features
+from ballistic.cartridge.score.features import (MIN_CLUSTER_POINTS, dbscan, direction_features, pair_features,
+                                               pose_weight)
 from ballistic.cartridge.cmc.decision import high_cmc_count
 
 
@@ -100,6 +101,31 @@ def test_direction_features_cluster_of_agreeing_cells():
     assert f["angle_offset_deg"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_pose_weight_values_and_bad_tolerance():
+    assert pose_weight(0.0, 25.0) == 1.0
+    assert pose_weight(25.0, 25.0) == pytest.approx(math.exp(-0.5))
+    assert pose_weight(-50.0, 25.0) == pytest.approx(math.exp(-2.0))      # a distance: sign-free
+    assert pose_weight(250.0, 25.0) < 1e-20
+    with pytest.raises(ValueError, match="tolerance_um"):
+        pose_weight(1.0, 0.0)
+
+
+@pytest.mark.parametrize("offset_um", [0.0, 20.0, 60.0, 150.0])
+def test_cluster_pose_frac_discounts_a_consensus_away_from_the_registration(offset_um):
+    """The same 20 agreeing cells count fully at the registration's pose and fade with their
+    distance from it (the chance cluster of a different-source pair is small *and* seldom at the pose)."""
+    rng = np.random.default_rng(11)
+    d = _direction(rng, 40, 20, offset=(offset_um, 0.0), jitter_um=2.0)
+    f = direction_features(d, high_cmc_count(d, P), P)
+    expect = f["cluster_frac"] * math.exp(-0.5 * (f["cluster_offset_um"] / P.translation_threshold_um) ** 2)
+    assert f["cluster_pose_frac"] == pytest.approx(expect)
+    assert f["cluster_offset_um"] == pytest.approx(offset_um, abs=3.0)
+    if offset_um == 0.0:
+        assert f["cluster_pose_frac"] == pytest.approx(f["cluster_frac"], rel=0.02)
+    if offset_um >= 60.0:
+        assert f["cluster_pose_frac"] < 0.1 * f["cluster_frac"]
+
+
 def test_direction_features_no_cluster_and_no_cells():
     rng = np.random.default_rng(4)
     d = _direction(rng, 40, 0)
@@ -108,6 +134,7 @@ def test_direction_features_no_cluster_and_no_cells():
     empty = DirectionResult(Registration(0.0, 0.0, 0.0, 0.0), [])
     g = direction_features(empty, high_cmc_count(empty, P), P)
     assert g["cells_compared"] == 0 and g["cluster_frac"] == 0.0 and g["cmc_frac"] == 0.0
+    assert g["cluster_pose_frac"] == 0.0
 
 
 def test_pair_features_finite_and_ordered():
@@ -116,10 +143,13 @@ def test_pair_features_finite_and_ordered():
     nonmatch = pair_features(_pair(rng, 0))
     for f in (match, nonmatch):
         assert all(isinstance(v, float) and math.isfinite(v) for v in f.values())
-    for key in ("cluster_frac_min", "cluster_frac_mean", "cluster_corr_mean", "corr_frac_above", "cmc_frac_min"):
+    for key in ("cluster_frac_min", "cluster_frac_mean", "cluster_corr_mean", "corr_frac_above", "cmc_frac_min",
+                "cluster_pose_frac_mean"):
         assert match[key] > nonmatch[key], key
     assert match["prior_margin"] == pytest.approx(0.2)
     assert match["overlap"] == 1.0 and match["mirrored"] == 0.0
+    assert match["cluster_pose_frac_mean"] == pytest.approx(
+        0.5 * (match["cluster_pose_frac_fwd"] + match["cluster_pose_frac_bwd"]))
 
 
 def test_pair_features_with_missing_cells():

@@ -16,7 +16,7 @@ def _features(rng, same, n):
     for s in same[:n]:
         base = 0.6 if s else 0.15
         out.append({"ncc": base + rng.normal(0, 0.08), "cluster_frac_mean": base + rng.normal(0, 0.1),
-                    "cluster_offset_max_um": abs((10.0 if s else 150.0) + rng.normal(0, 20.0)), "extra": 1.0})
+                    "cluster_pose_frac_mean": max(0.0, (0.5 if s else 0.02) + rng.normal(0, 0.08)), "extra": 1.0})
     return out
 
 
@@ -59,7 +59,7 @@ def test_design_matrix_transforms_and_errors():
         M.design_matrix([{"a": np.nan, "b": 0.0, "c": 0.0}], spec)
     with pytest.raises(PairModelError):
         M.design_matrix({"a": 0.5}, [("a", "bogus")])
-    assert {name for name, _ in M.MODEL_FEATURES} <= {"ncc", "cluster_frac_mean", "cluster_offset_max_um"}
+    assert {name for name, _ in M.MODEL_FEATURES} <= {"ncc", "cluster_frac_mean", "cluster_pose_frac_mean"}
 
 
 def test_strata_weigh_each_family_the_same():

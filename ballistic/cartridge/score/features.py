@@ -19,7 +19,13 @@ own comparison:
   wins. ``cluster_frac`` (its size over the compared cells), ``cluster_corr`` (mean cell
   correlation in it), ``cluster_offset_um`` (distance of its centre from the global
   registration: cells of a true match agree with the whole-surface pose) and
-  ``angle_offset_deg``;
+  ``angle_offset_deg``. ``cluster_pose_frac`` is the cluster's share discounted by how far it lies
+  from the registration (``cluster_frac * exp(-offset^2 / (2 t^2))``, t = the CMC translation
+  threshold): a consensus counts as agreement with the registration only as far as it is both
+  large and at the registration's pose. The offset alone is a poor witness when the cluster is
+  small: a chance cluster of 4-10 cells of a different-source pair can sit within t of the
+  registration (the registration and the cells see the same large-scale shape), and a model
+  that reads the offset by itself then scores such a pair as a near match;
 * **correlation distribution**: median, 90th percentile and share above the CMC
   correlation threshold of every cell's best correlation, both directions pooled;
 * **overlap**: ``cells_compared`` / ``cells_total`` (cells with enough target data under
@@ -37,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FEATURE_VERSION", "dbscan", "direction_features", "pair_features"]
+__all__ = ["FEATURE_VERSION", "dbscan", "direction_features", "pair_features", "pose_weight"]
 
-FEATURE_VERSION = "pair-features/1"
+FEATURE_VERSION = "pair-features/2"
 
 #: DBSCAN: a translation cluster needs this many cells (ACES uses 5 on finer cells; our 8 x 8
 #: grid has 40-60 cells, where 4 points within 25 um arise by chance in ~1 % of unrelated pairs).
@@ -95,6 +101,15 @@ def dbscan(points: np.ndarray, eps: float, min_points: int) -> np.ndarray:
     return labels
 
 
+def pose_weight(offset_um: float, tolerance_um: float) -> float:
+    """Weight in (0, 1] of a translation consensus whose centre lies ``offset_um`` from the
+    registration's pose: ``exp(-offset^2 / (2 tolerance^2))`` (1 at the pose, 0.61 at one
+    tolerance, 0.14 at two); the tolerance is the CMC translation threshold, in um."""
+    if not tolerance_um > 0:
+        raise ValueError(f"tolerance_um must be > 0, got {tolerance_um}")
+    return float(math.exp(-0.5 * (float(offset_um) / tolerance_um) ** 2))
+
+
 def direction_features(direction: Any, outcome: Any, params: Any) -> dict[str, float]:
     """Features of one direction (a :class:`ballistic.cartridge.cmc.cells.DirectionResult` and its
     High-CMC :class:`ballistic.score.CMCOutcome`)."""
@@ -106,7 +121,8 @@ def direction_features(direction: Any, outcome: Any, params: Any) -> dict[str, f
     radius = (params.region_scale - 1.0) * (cells[0].size_px if cells else 0) * params.spacing_um / 2.0
     out = {"cells_total": float(total), "cells_compared": float(n), "cmc": float(outcome.count),
            "cmc_frac": outcome.count / n if n else 0.0, "cluster_frac": 0.0, "cluster_size": 0.0,
-           "cluster_corr": 0.0, "cluster_offset_um": float(radius), "angle_offset_deg": 0.0}
+           "cluster_corr": 0.0, "cluster_offset_um": float(radius), "angle_offset_deg": 0.0,
+           "cluster_pose_frac": 0.0}
     if not n or not cells[0].per_angle:
         return out
     n_ang = min(len(c.per_angle) for c in cells)
@@ -134,6 +150,8 @@ def direction_features(direction: Any, outcome: Any, params: Any) -> dict[str, f
         out.update(cluster_size=float(size), cluster_frac=size / n, cluster_corr=mc,
                    cluster_offset_um=float(math.hypot(np.mean(dy), np.mean(dx))),
                    angle_offset_deg=float((ref_angle - direction.registration.angle_deg + 180.0) % 360.0 - 180.0))
+        out["cluster_pose_frac"] = out["cluster_frac"] * pose_weight(out["cluster_offset_um"],
+                                                                     params.translation_threshold_um)
     return out
 
 
@@ -159,6 +177,7 @@ def pair_features(result: Any) -> dict[str, float]:
         "cluster_frac_mean": 0.5 * (f["cluster_frac"] + b["cluster_frac"]),
         "cluster_corr_mean": 0.5 * (f["cluster_corr"] + b["cluster_corr"]),
         "cluster_offset_max_um": max(f["cluster_offset_um"], b["cluster_offset_um"]),
+        "cluster_pose_frac_mean": 0.5 * (f["cluster_pose_frac"] + b["cluster_pose_frac"]),
         "angle_offset_sum_deg": abs(f["angle_offset_deg"] + b["angle_offset_deg"]),
         "corr_median": float(np.median(corr)) if corr.size else 0.0,
         "corr_q90": float(np.quantile(corr, 0.9)) if corr.size else 0.0,
@@ -167,6 +186,6 @@ def pair_features(result: Any) -> dict[str, float]:
         "cells_compared": f["cells_compared"] + b["cells_compared"],
     }
     for name, d in (("fwd", f), ("bwd", b)):
-        for key in ("cmc_frac", "cluster_frac", "cluster_corr", "cluster_offset_um"):
+        for key in ("cmc_frac", "cluster_frac", "cluster_corr", "cluster_offset_um", "cluster_pose_frac"):
             out[f"{key}_{name}"] = float(d[key])
     return {k: float(v) for k, v in out.items()}

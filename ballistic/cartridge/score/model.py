@@ -36,17 +36,22 @@ MODEL_FORMAT = "ballistic-pair-model/1"
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "data" / "pair_model.json"
 
 #: (feature, transform) pairs: "atanh" for correlations (Fisher z), "identity" for fractions,
-#: "log_um" for distances. The three ACES-like quantities (Zemmels et al.): how well the whole
+#: "log_um" for distances. Three ACES-like quantities (Zemmels et al.): how well the whole
 #: surfaces agree under the registration, how many cells agree on one translation (DBSCAN, both
-#: directions), and how far that consensus lies from the registration's own pose. A first,
-#: five-feature set (registration NCC, cluster fraction, cluster correlation, share of cells
-#: above 0.5, prior margin) chosen before any fit transferred badly from Fadul to DFSC (23 of
-#: 30 same-gun pairs missed): every feature separates Fadul perfectly, so its weights were
-#: arbitrary there. See benchmarks/results/generalization.json for the figures of both.
+#: directions), and how many of them agree on it *at the registration's pose* (the consensus
+#: discounted by its distance from the pose, ``cluster_pose_frac_mean``). A first, five-feature
+#: set (registration NCC, cluster fraction, cluster correlation, share of cells above 0.5, prior
+#: margin) chosen before any fit transferred badly from Fadul to DFSC (23 of 30 same-gun pairs
+#: missed): every feature separates Fadul perfectly, so its weights were arbitrary there. The
+#: second set read the consensus's distance from the pose as a feature by itself
+#: (``cluster_offset_max_um``, log): every false positive it made over ten rotation draws (19 of
+#: 19) was a different-source pair whose small chance cluster (11-24 % of the cells) happened to
+#: sit 9-31 um from the registration, so it was replaced by the discounted fraction (2026-12-04;
+#: figures in benchmarks/results/generalization_draws.json and README).
 MODEL_FEATURES: tuple[tuple[str, str], ...] = (
     ("ncc", "atanh"),
     ("cluster_frac_mean", "identity"),
-    ("cluster_offset_max_um", "log_um"),
+    ("cluster_pose_frac_mean", "identity"),
 )
 
 #: Penalty of the shipped model (mild; keeps the fit finite on separable training sets).
