@@ -64,6 +64,7 @@ def _rows(seed=0):
                              "cmc_count": float(12 if same else rng.integers(0, 3)), "similarity": 0.0,
                              "f_ncc": base + rng.normal(0, 0.05), "f_cluster_frac_mean": base + rng.normal(0, 0.05),
                              "f_cluster_pose_frac_mean": max(0.0, (0.5 if same else 0.02) + rng.normal(0, 0.05)),
+                             "f_cluster_offset_max_um": (5.0 if same else 150.0) + abs(rng.normal(0, 10)),
                              **{f"f_{k}": base + rng.normal(0, 0.05) for k in
                                 ("cluster_frac_min", "cluster_corr_mean", "corr_frac_above", "prior_margin")}})
     for r in rows:
@@ -117,6 +118,8 @@ def test_generalization_cli_from_a_cache(shared_data, tmp_path, monkeypatch):
     s = json.loads(out.read_text())
     assert s["pairs_info"]["cached"] is True and s["population"]["sets"]["fadul"]["scans"] == 40
     assert "pooled_cv" in s["protocols"] and "first_feature_set" in s
+    prev = s["offset_feature_set"]                       # the model's previous features, evaluated beside it
+    assert ["cluster_offset_max_um", "log_um"] in prev["features"] and "pooled_cv" in prev["protocols"]
 
 
 def test_cached_pairs_are_keyed_to_the_comparison_source(tmp_path, monkeypatch):
@@ -205,6 +208,9 @@ def test_generalization_cli_over_rotation_draws_from_caches(shared_data, tmp_pat
     blk = s["protocols"]["pooled_cv"]["pooled"]["model"]
     per = [s["per_draw"][k]["protocols"]["pooled_cv"]["pooled"]["model"]["auc"] for k in ("0", "1")]
     assert blk["auc"]["per_draw"] == pytest.approx(per) and "2 rotation draws" in res.output
+    prev = s["offset_feature_set"]["protocols"]["pooled_cv"]["pooled"]["model"]
+    assert prev["draws"] == 2 and len(prev["auc"]["per_draw"]) == 2
+    assert "previous features" in res.output
     bad = CliRunner().invoke(app, args + ["--seeds", "0-1", "--fit"])
     assert bad.exit_code != 0 and "--fit" in bad.output
     bad = CliRunner().invoke(app, args + ["--seeds", "1-0"])

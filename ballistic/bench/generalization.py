@@ -51,6 +51,12 @@ _DFSC_NAME = re.compile(r"^(K\d{3})[a-z]([A-Z])(\d+)")
 #: the pair model's feature set chosen before any fit (see ballistic.cartridge.score.model.MODEL_FEATURES)
 FIRST_FEATURE_SET = (("ncc", "atanh"), ("cluster_frac_min", "identity"), ("cluster_corr_mean", "atanh"),
                      ("corr_frac_above", "identity"), ("prior_margin", "identity"))
+#: the model's second feature set (pair-features/1, until 2026-12-04): the consensus's distance from the
+#: registration read by itself; its false positives were all small chance clusters near the pose, so it was
+#: replaced by the consensus discounted by that distance. Evaluated beside the current set, for the record.
+OFFSET_FEATURE_SET = (("ncc", "atanh"), ("cluster_frac_mean", "identity"), ("cluster_offset_max_um", "log_um"))
+_OFFSET_NOTE = ("the model's previous features (until 2026-12-04): the consensus's distance from the registration "
+                "by itself instead of the consensus discounted by it; kept for the record")
 
 
 @dataclass(frozen=True)
@@ -416,13 +422,18 @@ def run_generalization_bench(data_root: str | Path, *, json_out: str | Path,
     res.pop("cv_log10_lr")
     first = evaluate(rows, l2=0.01, spec=FIRST_FEATURE_SET)
     first.pop("cv_scores"), first.pop("cv_log10_lr"), first.pop("errors")
+    previous = evaluate(rows, l2=l2, spec=OFFSET_FEATURE_SET)
+    previous.pop("cv_scores"), previous.pop("cv_log10_lr")
     summary = {**_summary_head(search, l2), "seed": seed,
                "population": _population(rows, scans), "pairs_info": info,
                "evaluation_seconds": time.perf_counter() - t, **res,
                "first_feature_set": {"features": [list(f) for f in FIRST_FEATURE_SET], "l2": 0.01,
                                      "note": "chosen before any fit, replaced after this run: kept for the record",
                                      "protocols": {k: v for k, v in first["protocols"].items()
-                                                   if k in ("pooled_cv", "fadul_to_dfsc", "dfsc_to_fadul")}}}
+                                                   if k in ("pooled_cv", "fadul_to_dfsc", "dfsc_to_fadul")}},
+               "offset_feature_set": {"features": [list(f) for f in OFFSET_FEATURE_SET], "l2": l2,
+                                      "note": _OFFSET_NOTE, "protocols": previous["protocols"],
+                                      "errors": previous["errors"]}}
     table = format_table(res)
     log(table)
     for e in res["errors"]:
@@ -561,17 +572,25 @@ def run_generalization_draws(data_root: str | Path, *, seeds, json_out: str | Pa
         raise ValueError("run_generalization_draws: give at least one seed")
     l2 = DEFAULT_L2 if l2 is None else l2
     scans = _labelled_scans(data_root)
-    draws, infos = {}, {}
+    draws, previous, infos = {}, {}, {}
     for s in seeds:
         rows, infos[s] = pair_table(scans, cache_dir=cache_dir, seed=s, workers=workers, progress=progress,
                                     log=log, search=search)
-        res = evaluate(rows, l2=l2)
-        res.pop("cv_scores"), res.pop("cv_log10_lr")
-        draws[s] = res
+        for out, spec in ((draws, None), (previous, OFFSET_FEATURE_SET)):
+            res = evaluate(rows, l2=l2, spec=spec)
+            res.pop("cv_scores"), res.pop("cv_log10_lr")
+            out[s] = res
         log(f"draw {s}: done")
     agg = aggregate_draws(draws)
+    prev = aggregate_draws(previous)
     summary = {**_summary_head(search, l2), **agg, "population": _population(rows, scans), "pairs_info": infos,
-               "per_draw": {str(s): {"protocols": d["protocols"], "errors": d["errors"]} for s, d in draws.items()}}
+               "per_draw": {str(s): {"protocols": d["protocols"], "errors": d["errors"]} for s, d in draws.items()},
+               "offset_feature_set": {"features": [list(f) for f in OFFSET_FEATURE_SET], "l2": l2,
+                                      "note": _OFFSET_NOTE, "protocols": prev["protocols"],
+                                      "wrong_pairs": prev["wrong_pairs"]}}
     log(format_draws_table(agg))
+    pooled = {"seeds": prev["seeds"], "protocols": {"pooled_cv": prev["protocols"]["pooled_cv"]}, "wrong_pairs": []}
+    log("\nthe model's previous features (consensus offset by itself), for the record:\n"
+        + format_draws_table(pooled))
     _write_summary(summary, json_out, log)
     return summary
