@@ -23,9 +23,10 @@ own comparison:
   from the registration (``cluster_frac * exp(-offset^2 / (2 t^2))``, t = the CMC translation
   threshold): a consensus counts as agreement with the registration only as far as it is both
   large and at the registration's pose. The offset alone is a poor witness when the cluster is
-  small: a chance cluster of 4-10 cells of a different-source pair can sit within t of the
-  registration (the registration and the cells see the same large-scale shape), and a model
-  that reads the offset by itself then scores such a pair as a near match;
+  small: a chance cluster of a few cells of a different-source pair (11-24 % of them in the
+  cases seen) can sit within t of the registration (probably because the registration and the
+  cells see the same large-scale shape), and a model that reads the offset by itself then
+  scores such a pair as a near match;
 * **correlation distribution**: median, 90th percentile and share above the CMC
   correlation threshold of every cell's best correlation, both directions pooled;
 * **overlap**: ``cells_compared`` / ``cells_total`` (cells with enough target data under
