@@ -159,3 +159,21 @@ def test_shipped_model_matches_this_code():
     assert m.algorithm_version == ALGORITHM_VERSION and m.feature_version == FEATURE_VERSION
     assert m.calibrator and m.population.get("pairs", 0) > 0
 
+
+
+@pytest.mark.parametrize("features, match", [
+    # the largest chance consensus of a different-source pair seen in ten rotation draws of DFSC/Baldwin/Fadul
+    # (24 % of the cells, right at the registration's pose, registration NCC 0.27): not a match
+    ({"ncc": 0.27, "cluster_frac_mean": 0.24, "cluster_pose_frac_mean": 0.23}, False),
+    ({"ncc": 0.24, "cluster_frac_mean": 0.15, "cluster_pose_frac_mean": 0.14}, False),
+    # the weakest same-gun SR9 pairs that the registration found (consensus 0.40-0.43 at the pose): a match
+    ({"ncc": 0.29, "cluster_frac_mean": 0.40, "cluster_pose_frac_mean": 0.38}, True),
+    ({"ncc": 0.37, "cluster_frac_mean": 0.43, "cluster_pose_frac_mean": 0.40}, True),
+])
+def test_shipped_model_does_not_take_a_small_consensus_at_the_pose_for_a_match(features, match):
+    """The previous model read the consensus's distance from the registration by itself, and every one of its
+    false positives over ten rotation draws was a small chance cluster lying near the pose; the shipped model
+    must keep such a pair below its threshold and the weakest found mates above it."""
+    m = M.default_model()
+    assert (m.score(features) > 0.0) is match
+    assert (m.log10_lr(features) > 0.0) is match
