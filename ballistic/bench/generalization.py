@@ -55,8 +55,14 @@ FIRST_FEATURE_SET = (("ncc", "atanh"), ("cluster_frac_min", "identity"), ("clust
 #: registration read by itself; its false positives were all small chance clusters near the pose, so it was
 #: replaced by the consensus discounted by that distance. Evaluated beside the current set, for the record.
 OFFSET_FEATURE_SET = (("ncc", "atanh"), ("cluster_frac_mean", "identity"), ("cluster_offset_max_um", "log_um"))
-_OFFSET_NOTE = ("the model's previous features (until 2026-12-04): the consensus's distance from the registration "
-                "by itself instead of the consensus discounted by it; kept for the record")
+
+
+def _offset_feature_record(l2: float, protocols: dict, **figures) -> dict:
+    """The summary's record of :data:`OFFSET_FEATURE_SET` evaluated on the same pairs (one draw or several)."""
+    return {"features": [list(f) for f in OFFSET_FEATURE_SET], "l2": l2,
+            "note": "the model's previous features (until 2026-12-04): the consensus's distance from the "
+                    "registration by itself instead of the consensus discounted by it; kept for the record",
+            "protocols": protocols, **figures}
 
 
 @dataclass(frozen=True)
@@ -431,9 +437,7 @@ def run_generalization_bench(data_root: str | Path, *, json_out: str | Path,
                                      "note": "chosen before any fit, replaced after this run: kept for the record",
                                      "protocols": {k: v for k, v in first["protocols"].items()
                                                    if k in ("pooled_cv", "fadul_to_dfsc", "dfsc_to_fadul")}},
-               "offset_feature_set": {"features": [list(f) for f in OFFSET_FEATURE_SET], "l2": l2,
-                                      "note": _OFFSET_NOTE, "protocols": previous["protocols"],
-                                      "errors": previous["errors"]}}
+               "offset_feature_set": _offset_feature_record(l2, previous["protocols"], errors=previous["errors"])}
     table = format_table(res)
     log(table)
     for e in res["errors"]:
@@ -585,9 +589,7 @@ def run_generalization_draws(data_root: str | Path, *, seeds, json_out: str | Pa
     prev = aggregate_draws(previous)
     summary = {**_summary_head(search, l2), **agg, "population": _population(rows, scans), "pairs_info": infos,
                "per_draw": {str(s): {"protocols": d["protocols"], "errors": d["errors"]} for s, d in draws.items()},
-               "offset_feature_set": {"features": [list(f) for f in OFFSET_FEATURE_SET], "l2": l2,
-                                      "note": _OFFSET_NOTE, "protocols": prev["protocols"],
-                                      "wrong_pairs": prev["wrong_pairs"]}}
+               "offset_feature_set": _offset_feature_record(l2, prev["protocols"], wrong_pairs=prev["wrong_pairs"])}
     log(format_draws_table(agg))
     pooled = {"seeds": prev["seeds"], "protocols": {"pooled_cv": prev["protocols"]["pooled_cv"]}, "wrong_pairs": []}
     log("\nthe model's previous features (consensus offset by itself), for the record:\n"
