@@ -152,6 +152,16 @@ def test_parse_seeds_ranges_lists_and_errors():
     assert spread([None]) is None
 
 
+def test_draws_modes_refuse_an_empty_list_of_seeds(tmp_path):
+    from ballistic.bench.draws import draw_seeds
+    from ballistic.bench.retrieval import run_retrieval_draws
+    assert draw_seeds([3, "1", 3], caller="x") == [1, 3]
+    with pytest.raises(ValueError, match="run_generalization_draws: give at least one seed"):
+        G.run_generalization_draws(tmp_path, seeds=[], json_out=tmp_path / "g.json")
+    with pytest.raises(ValueError, match="run_retrieval_draws: give at least one seed"):
+        run_retrieval_draws(tmp_path, tmp_path / "labels.csv", seeds=(), json_out=tmp_path / "r.json")
+
+
 def test_aggregate_draws_means_ranges_and_pairs_wrong_in_several_draws():
     """Two draws of synthetic rows that differ: the summary's mean / min / max are those of the draws' own
     figures, and a pair is listed with every draw it was wrong in."""

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["parse_seeds", "spread", "heading"]
+__all__ = ["parse_seeds", "draw_seeds", "spread", "heading"]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -32,6 +32,20 @@ def parse_seeds(text: str) -> list[int]:
                              f"{text!r}")
         out.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
     return sorted(out)
+
+
+def draw_seeds(seeds: Iterable, *, caller: str) -> list[int]:
+    """The draws a draws-mode run covers: ``seeds`` as sorted, distinct ints.
+
+    Raises
+    ------
+    ValueError
+        When there is none (named after ``caller``, the function that was given them).
+    """
+    out = sorted({int(s) for s in seeds})
+    if not out:
+        raise ValueError(f"{caller}: give at least one seed")
+    return out
 
 
 def spread(values: Iterable) -> dict | None:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ballistic.bench.draws import heading, spread
+from ballistic.bench.draws import draw_seeds, heading, spread
 
 __all__ = ["Scan", "discover_sets", "pair_table", "evaluate", "run_generalization_bench", "format_table",
            "aggregate_draws", "format_draws_table", "run_generalization_draws"]
@@ -571,9 +571,7 @@ def run_generalization_draws(data_root: str | Path, *, seeds, json_out: str | Pa
     cached as in the single-draw bench (a draw already compared is read back). Fits nothing that ships."""
     from ballistic.cartridge.score.model import DEFAULT_L2
 
-    seeds = sorted({int(s) for s in seeds})
-    if not seeds:
-        raise ValueError("run_generalization_draws: give at least one seed")
+    seeds = draw_seeds(seeds, caller="run_generalization_draws")
     l2 = DEFAULT_L2 if l2 is None else l2
     scans = _labelled_scans(data_root)
     draws, previous, infos = {}, {}, {}

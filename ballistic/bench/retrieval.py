@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ballistic.bench.draws import heading, spread
+from ballistic.bench.draws import draw_seeds, heading, spread
 from ballistic.cartridge.synth import SYNTH_VERSION as _SYNTH_VERSION
 from ballistic.cartridge.breech_face import submitted_as_processed
 from ballistic.cartridge.cmc.params import CMCParams, PreparedSurface, load_or_prepare, prepare, prepared_key
@@ -734,9 +734,7 @@ def run_retrieval_draws(directory, labels, *, seeds, json_out, **bench) -> dict:
     """:func:`run_retrieval_bench` once per rotation draw (each draw's summary beside ``json_out`` as
     ``<stem>_seed<S>.json``), then :func:`aggregate_retrieval_draws` of them: printed, and written to
     ``json_out`` with the per-draw files named. ``bench``: every other argument of :func:`run_retrieval_bench`."""
-    seeds = sorted({int(s) for s in seeds})
-    if not seeds:
-        raise ValueError("run_retrieval_draws: give at least one seed")
+    seeds = draw_seeds(seeds, caller="run_retrieval_draws")
     json_out = Path(json_out)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     draws, files = {}, {}
